@@ -1,0 +1,43 @@
+# Two set-up commands for a fresh machine with python3 and make:
+#   make demo   create .venv, install inmem, run the demo (the main job)
+#   make test   create .venv, install inmem with the test extra, run the whole suite
+# Both also try to build the optional C hot path (native/); without a compiler
+# the pure-Python path is used and nothing fails.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench native clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[native]'
+	$(BIN)/python native/build.py
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,native]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m engine demo
+
+# The whole suite on the native path (when built), then the storage-format and
+# recovery tests again on the pure-Python path (INMEM_PURE=1): both paths must
+# agree byte for byte.
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	INMEM_PURE=1 $(BIN)/python -m pytest -q -m "not slow" tests/test_wal_format.py tests/test_recovery.py tests/test_kv.py $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m pytest benches --benchmark-only --benchmark-columns=min,median,max,ops,rounds -p no:randomly
+
+native: $(VENV)/.installed
+	$(BIN)/python native/build.py --strict
+
+clean:
+	rm -rf $(VENV) build *.egg-info engine/_native*.so .pytest_cache .benchmarks

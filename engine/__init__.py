@@ -1,0 +1,52 @@
+"""inmem: an embedded state substrate for AI agents.
+
+A Python program opens a directory and gets durable memory for its agents:
+runs as first-class entities and run-scoped KV state, in one sorted map,
+persisted through a checksummed write-ahead log and recovered after a crash.
+
+>>> import tempfile
+>>> from engine import Database
+>>> with Database.open(tempfile.mkdtemp(), durability="strict") as db:
+...     run = db.begin_run("researcher", tags=["demo"])
+...     db.kv.put(run, "notes/1", ["read the paper", "summarise"])
+...     db.kv.put(run, "notes/2", "ask the user")
+...     sorted(k for k, _ in db.kv.scan(run, "notes/"))
+['notes/1', 'notes/2']
+
+Layers, lowest first: ``errors``, ``keys``/``codec`` → ``checksum``,
+``native``, ``fs`` → ``store``, ``wal`` → ``recovery``, ``registry`` →
+``primitives`` → ``database``. SPEC.md holds the formats and guarantees.
+"""
+
+from .database import Database
+from .errors import (
+    CorruptionError,
+    DatabaseClosed,
+    DatabaseLocked,
+    DatabasePoisoned,
+    InmemError,
+    InvalidArgument,
+    InvalidKey,
+    InvalidValue,
+    RunClosed,
+    RunNotFound,
+    TransactionConflict,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CorruptionError",
+    "Database",
+    "DatabaseClosed",
+    "DatabaseLocked",
+    "DatabasePoisoned",
+    "InmemError",
+    "InvalidArgument",
+    "InvalidKey",
+    "InvalidValue",
+    "RunClosed",
+    "RunNotFound",
+    "TransactionConflict",
+    "__version__",
+]

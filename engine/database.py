@@ -1,0 +1,345 @@
+"""The database facade: open a directory, commit, read, and close.
+
+This module owns the commit path and the lifecycle of a database handle; it
+wires the lower layers together (lock file, recovery, store, run registry,
+WAL writer) and hangs the primitives on the handle (``db.kv``).
+
+The commit path (one critical section, then the durability wait)::
+
+    with commit lock:                         # serialises commits: version order = LSN order
+        check open / not poisoned / runs active
+        version = last version + 1
+        frame = encode_commit_frame(lsn, version, now, writes)
+        wal.append(frame)                     # may raise DatabasePoisoned: nothing applied
+        store.apply(version, writes)          # now visible to readers
+    wal.wait(lsn)                             # strict: group fsync; off: write; batched: no wait
+
+Invariants: each commit is exactly one WAL record; commit versions rise by one
+per commit; the store never holds a write whose record was not appended.
+Readers may see a commit before its ``wait`` returns (as in every WAL engine
+with early lock release); if that fsync fails the database is poisoned and
+the commit raises.
+
+Thread safety: one handle may be shared by any number of threads. Point reads
+take no lock; scans and commits take the commit lock briefly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import native
+from .errors import DatabaseClosed, InvalidArgument
+from .fs import FileSystem, OSFileSystem
+from .primitives.kv import KV
+from .recovery import recover
+from .registry import RunRegistry
+from .store import UnifiedStore
+from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame
+from .wal.writer import DURABILITY_MODES, WalWriter
+
+__all__ = ["Database"]
+
+MiB = 1024 * 1024
+LOCK_FILE = "LOCK"
+
+Writes = list[tuple[bytes, bytes | None]]
+
+
+class Database:
+    """An open inmem database directory. Create with :meth:`Database.open`.
+
+    >>> import tempfile
+    >>> with Database.open(tempfile.mkdtemp()) as db:
+    ...     run = db.begin_run("planner")
+    ...     db.kv.put(run, "goal", {"task": "summarise", "steps": 3})
+    ...     db.kv.get(run, "goal")["steps"]
+    3
+    """
+
+    kv: KV
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        raise TypeError("use Database.open(path, ...) to open a database")
+
+    # --- opening and closing -------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "batched",
+        flush_interval_ms: int = 100,
+        segment_bytes: int = 64 * MiB,
+        salvage: bool = False,
+        fs: FileSystem | None = None,
+    ) -> Database:
+        """Open (creating if needed) the database in directory ``path`` and recover it.
+
+        :param durability: ``"strict"`` — a commit returns once its WAL record
+            is fsynced (concurrent committers share one fsync); ``"batched"``
+            (default) — a background flusher writes and fsyncs every
+            ``flush_interval_ms``, so a crash loses at most that window, never
+            a partial transaction; ``"off"`` — each commit is written to the OS
+            but never fsynced (survives a process crash, not a power loss).
+        :param flush_interval_ms: ``batched`` flush period in milliseconds (1..60000).
+        :param segment_bytes: WAL segment rotation size in bytes (>= 4096).
+        :param salvage: on corruption, keep the longest valid prefix instead of
+            raising; what was dropped is set aside and reported in
+            ``stats()["recovery"]["salvaged"]``.
+        :param fs: file-system seam (default: the real disk).
+
+        Complexity: O(WAL bytes) for recovery.
+
+        :raises InvalidArgument: an option is out of range (nothing is touched on disk).
+        :raises DatabaseLocked: another handle, in this or another process, has it open.
+        :raises CorruptionError: the WAL is damaged (names the file and byte offset).
+        """
+        if durability not in DURABILITY_MODES:
+            raise InvalidArgument(f"durability must be one of {', '.join(DURABILITY_MODES)}; got {durability!r}")
+        if type(flush_interval_ms) is not int or not 1 <= flush_interval_ms <= 60_000:
+            raise InvalidArgument(f"flush_interval_ms must be an int in 1..60000; got {flush_interval_ms!r}")
+        if type(segment_bytes) is not int or not 4096 <= segment_bytes <= MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(f"segment_bytes must be an int in 4096..{MAX_PAYLOAD_BYTES}; got {segment_bytes!r}")
+        fs = fs if fs is not None else OSFileSystem()
+        dirpath = os.fspath(path)
+        fs.makedirs(dirpath)
+        lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
+        try:
+            rec = recover(fs, dirpath, salvage=salvage)
+            store = UnifiedStore(rec.state)
+            del rec.state
+            registry = RunRegistry()
+            registry.load(store)
+            wal = WalWriter(
+                fs,
+                dirpath,
+                rec.identity.db_id,
+                durability=durability,
+                flush_interval_ms=flush_interval_ms,
+                segment_bytes=segment_bytes,
+                next_lsn=rec.next_lsn,
+                active=rec.active,
+                closed_bytes=rec.closed_bytes,
+                closed_segments=rec.closed_segments,
+            )
+        except BaseException:
+            lock.release()
+            raise
+        self = object.__new__(cls)
+        self._path = dirpath
+        self._fs = fs
+        self._lock_file = lock
+        self._durability = durability
+        self._flush_interval_ms = flush_interval_ms
+        self._segment_bytes = segment_bytes
+        self._identity = rec.identity
+        self._recovery = rec.report
+        self._store = store
+        self._registry = registry
+        self._wal = wal
+        self._version = rec.version
+        self._commit_lock = threading.Lock()
+        self._closed = False
+        self._commits = 0
+        self.kv = KV(_Autocommit(self))
+        return self
+
+    def close(self) -> None:
+        """Flush and fsync the WAL, then release the directory. Idempotent.
+
+        On a poisoned database nothing more is written (the failed bytes are
+        discarded) and the lock is still released.
+
+        :raises DatabasePoisoned: the final write or fsync failed.
+        """
+        with self._commit_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._wal.close()
+        finally:
+            self._lock_file.release()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"version {self._version}"
+        return f"<inmem.Database {self._path!r} {self._durability} {state}>"
+
+    @property
+    def path(self) -> str:
+        """The database directory."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def begin_run(
+        self,
+        name: str | None = None,
+        *,
+        parent: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Start a run and return its id: UUIDv7 text, which sorts by creation time.
+
+        The run record (name, parent, tags, metadata, status ``"active"``,
+        start time) is committed like any write.
+
+        :raises InvalidArgument: ``name`` or a tag is not a str.
+        :raises RunNotFound: ``parent`` names no run.
+        :raises InvalidValue: ``metadata`` is not a dict cbor2 can encode.
+        :raises DatabasePoisoned: / :raises DatabaseClosed: as for any write.
+        """
+        run, key, value = self._registry.prepare_begin(name, parent, tags, metadata)
+        registry = self._registry
+        self._commit([(key, value)], (), lambda: registry.applied_begin(run))
+        return run
+
+    def end_run(self, run: str, status: str = "completed") -> None:
+        """End ``run`` with ``status`` (``completed``, ``failed`` or ``cancelled``); it becomes read-only.
+
+        :raises InvalidArgument: unknown ``status``.
+        :raises RunNotFound: no such run.
+        :raises RunClosed: the run has already ended.
+        """
+        with self._commit_lock:
+            self._check_can_write()
+            key, value = self._registry.prepare_end(self._store, run, status)
+            registry = self._registry
+            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_end(run, status))
+        self._wal.wait(lsn)
+
+    # --- durability and figures --------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Make every commit so far durable (write + fsync), whatever the durability mode.
+
+        :raises DatabasePoisoned: the write or fsync failed.
+        :raises DatabaseClosed: the database is closed.
+        """
+        if self._closed:
+            raise DatabaseClosed(f"database {self._path} is closed")
+        self._wal.sync()
+
+    def stats(self) -> dict[str, Any]:
+        """Figures about this handle, as a JSON-compatible dict.
+
+        Keys: ``path``, ``format_version``, ``commit_version`` (last commit),
+        ``commits`` (by this handle), ``keys`` (entries in the unified store,
+        run records included), ``runs``, ``runs_by_status``, ``wal_bytes``,
+        ``wal_segments``, ``durability``, ``flush_interval_ms``,
+        ``segment_bytes``, ``native`` (C hot path on), ``poisoned``, and
+        ``recovery``: what opening did (``segments``, ``records``, ``bytes``
+        read, ``seconds``, ``torn_tail``, ``salvaged``, ``created``).
+        """
+        wal = self._wal.stats()
+        return {
+            "path": self._path,
+            "format_version": FORMAT_VERSION,
+            "commit_version": self._version,
+            "commits": self._commits,
+            "keys": len(self._store),
+            "runs": len(self._registry),
+            "runs_by_status": self._registry.count_by_status(),
+            "wal_bytes": wal["bytes"],
+            "wal_segments": wal["segments"],
+            "durability": self._durability,
+            "flush_interval_ms": self._flush_interval_ms,
+            "segment_bytes": self._segment_bytes,
+            "native": native.ENABLED,
+            "poisoned": self._wal.poisoned,
+            "recovery": dict(self._recovery),
+        }
+
+    # --- the commit path (private; primitives reach it through their Context) ------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"database {self._path} is closed")
+
+    def _check_can_write(self) -> None:
+        self._check_open()
+        if self._wal.poisoned:
+            raise self._wal.poison_error()
+
+    def _commit(self, writes: Writes, runs: Iterable[str], after: Callable[[], None] | None = None) -> int:
+        """Commit ``writes`` atomically as one WAL record; return the commit version."""
+        with self._commit_lock:
+            lsn = self._commit_locked(writes, runs, after)
+            version = self._version
+        self._wal.wait(lsn)
+        return version
+
+    def _commit_locked(self, writes: Writes, runs: Iterable[str], after: Callable[[], None] | None) -> int:
+        """The critical section of a commit; the caller holds the commit lock. Returns the LSN."""
+        if self._closed:
+            raise DatabaseClosed(f"database {self._path} is closed")
+        registry = self._registry
+        for run in runs:  # a run may have ended since the caller's unlocked check
+            registry.check(run, write=True)
+        wal = self._wal
+        lsn = wal.next_lsn
+        version = self._version + 1
+        wal.append(encode_commit_frame(lsn, version, time.time_ns() // 1000, writes))
+        self._store.apply(version, writes)
+        self._version = version
+        self._commits += 1
+        if after is not None:
+            after()
+        return lsn
+
+
+class _Autocommit:
+    """The :class:`~engine.primitives.kv.Context` of ``db.kv``: every write is its own commit."""
+
+    __slots__ = ("_db", "_get", "prefix_maps", "check_run")
+
+    def __init__(self, db: Database):
+        self._db = db
+        self._get = db._store.get
+        self.prefix_maps = db._registry.prefix_maps
+        self.check_run = db._registry.check
+
+    def read(self, key: bytes) -> bytes | None:
+        if self._db._closed:
+            raise DatabaseClosed(f"database {self._db._path} is closed")
+        entry = self._get(key)
+        return None if entry is None else entry[1]
+
+    def write(self, run: str, key: bytes, value: bytes | None) -> None:
+        self._db._commit([(key, value)], (run,))
+
+    def delete(self, run: str, key: bytes) -> bool:
+        db = self._db
+        with db._commit_lock:
+            if self._get(key) is None:
+                db._check_can_write()
+                db._registry.check(run, write=True)
+                return False
+            lsn = db._commit_locked([(key, None)], (run,), None)
+        db._wal.wait(lsn)
+        return True
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        db = self._db
+        with db._commit_lock:
+            db._check_open()
+            items = db._store.scan(lo, hi)
+        return [(k, e[1]) for k, e in items]
+

@@ -1,0 +1,145 @@
+"""Every exception inmem raises on purpose, grouped by the phase that raises it.
+
+This module owns the exception tree; nothing else in ``engine`` defines a public
+exception. Invariant: every error below derives from :class:`InmemError`, so
+``except InmemError`` catches everything the engine raises deliberately.
+Errors that mean "your argument is wrong" also derive from the matching
+built-in (``TypeError``/``ValueError``) so ordinary Python code handles them
+as it would anywhere else.
+
+::
+
+    InmemError
+    ├── open / recovery
+    │   ├── CorruptionError        a checksum, sequence or header check failed
+    │   └── DatabaseLocked         another handle holds the directory
+    ├── lifecycle
+    │   ├── DatabaseClosed         the handle was closed
+    │   └── DatabasePoisoned       an earlier write or fsync failed; writes refused
+    ├── runs
+    │   ├── RunNotFound            no run with that id
+    │   └── RunClosed              the run has ended; it is read-only
+    ├── bad input (raised before anything is written)
+    │   ├── InvalidKey             (also TypeError) key is not a str / not encodable
+    │   ├── InvalidValue           (also TypeError) value cbor2 cannot encode
+    │   └── InvalidArgument        (also ValueError) an option or argument out of range
+    └── transactions
+        └── TransactionConflict    OCC validation failed (used from the Transactions issue)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CorruptionError",
+    "DatabaseClosed",
+    "DatabaseLocked",
+    "DatabasePoisoned",
+    "InmemError",
+    "InvalidArgument",
+    "InvalidKey",
+    "InvalidValue",
+    "RunClosed",
+    "RunNotFound",
+    "TransactionConflict",
+]
+
+
+class InmemError(Exception):
+    """Base class of every error inmem raises deliberately."""
+
+
+# --- open / recovery -------------------------------------------------------
+
+
+class CorruptionError(InmemError):
+    """On-disk data failed a check: checksum, sequence, header, or identity.
+
+    ``path`` is the damaged file and ``offset`` the byte offset of the first
+    bad byte found (``None`` when the whole file is at fault, e.g. a missing
+    segment). Recovery raises it and opens nothing; ``Database.open(...,
+    salvage=True)`` keeps the longest valid prefix instead.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None):
+        where = ""
+        if path is not None:
+            where = f" [file {path}" + (f", offset {offset}" if offset is not None else "") + "]"
+        super().__init__(message + where)
+        self.path = path
+        self.offset = offset
+
+
+class DatabaseLocked(InmemError):
+    """The directory is already open by another handle (this process or another)."""
+
+
+# --- lifecycle --------------------------------------------------------------
+
+
+class DatabaseClosed(InmemError):
+    """The database handle was closed; open the directory again."""
+
+
+class DatabasePoisoned(InmemError):
+    """A WAL write or fsync failed earlier; every later write is refused.
+
+    After a failed fsync the kernel may have dropped the dirty pages, so nothing
+    already handed to it can be trusted to reach the disk (the PostgreSQL 2018
+    "fsyncgate" lesson). inmem never retries: close and reopen the directory,
+    and recovery decides from what is really on disk. Reads still work.
+    """
+
+
+# --- runs -------------------------------------------------------------------
+
+
+class RunNotFound(InmemError, KeyError):
+    """No run with that id exists in this database."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep a plain message
+        return str(self.args[0]) if self.args else "run not found"
+
+
+class RunClosed(InmemError):
+    """The run has ended (``end_run``); its data is read-only."""
+
+
+# --- bad input --------------------------------------------------------------
+
+
+class InvalidKey(InmemError, TypeError):
+    """A key is not a ``str``, is not valid UTF-8 text, or is too long."""
+
+
+class InvalidValue(InmemError, TypeError):
+    """A value cannot be encoded with cbor2 (unsupported type, cycle, naive datetime)."""
+
+
+class InvalidArgument(InmemError, ValueError):
+    """An option or argument is outside its allowed range (e.g. an unknown durability mode)."""
+
+
+# --- transactions -----------------------------------------------------------
+
+
+class TransactionConflict(InmemError):
+    """Optimistic validation failed: another commit touched what this transaction read or wrote.
+
+    ``run`` and ``key`` name the conflicting key; ``begin_version`` is the
+    transaction's snapshot and ``conflict_version`` the commit that won.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run: str | None = None,
+        key: str | None = None,
+        begin_version: int | None = None,
+        conflict_version: int | None = None,
+    ):
+        super().__init__(message)
+        self.run = run
+        self.key = key
+        self.begin_version = begin_version
+        self.conflict_version = conflict_version

@@ -1,0 +1,195 @@
+"""The run registry: which runs exist, their status, and their key prefixes.
+
+This module owns the run record (key ``NS_RUN | run id | TAG_RUN``, a CBOR map)
+and the in-memory table of runs rebuilt from the store on open. Invariant:
+the table equals what the run records in the store say, because it changes
+only under the commit lock, right after the commit that wrote the record is
+applied. (The full run index with queries comes with the Primitives issue.)
+
+Run record value (CBOR map)::
+
+    {"name": str | None, "parent": str | None, "tags": [str], "metadata": {...},
+     "status": "active" | "completed" | "failed" | "cancelled",
+     "started_at": datetime (UTC), "ended_at": datetime (UTC) | None}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from .codec import decode_value, encode_value
+from .errors import InvalidArgument, InvalidValue, RunClosed, RunNotFound
+from .keys import NS_RUN, TAG_RUN, new_run_id, prefix_end, run_id_bytes, run_prefix
+from .store import UnifiedStore
+
+__all__ = ["END_STATUSES", "RunRegistry"]
+
+ACTIVE = "active"
+#: Statuses ``end_run`` accepts.
+END_STATUSES = ("completed", "failed", "cancelled")
+
+
+def run_record_key(rid: bytes) -> bytes:
+    """Key of a run's own record: the first key of the run's range."""
+    return run_prefix(rid, TAG_RUN)
+
+
+class RunRegistry:
+    """In-memory table of runs: status and per-primitive key prefixes."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, str] = {}
+        self._rid: dict[str, bytes] = {}
+        # per primitive tag: run id text -> key prefix, for all runs / active runs only.
+        # Primitives hold these dicts and look prefixes up on their fast paths.
+        self._all: dict[int, dict[str, bytes]] = {}
+        self._active: dict[int, dict[str, bytes]] = {}
+
+    # --- loading ---------------------------------------------------------------
+
+    def load(self, store: UnifiedStore) -> None:
+        """Rebuild the table from the run records in ``store``.
+
+        Skips from run to run by bisection: O(runs * log n), not O(keys).
+        """
+        lo = bytes((NS_RUN,))
+        key = store.ceiling_key(lo)
+        while key is not None and key[0] == NS_RUN:
+            rid = key[1:17]
+            entry = store.get(run_record_key(rid))
+            if entry is not None:
+                record = decode_value(entry[1])
+                self._add(str(uuid.UUID(bytes=rid)), rid, record["status"])
+            end = prefix_end(run_prefix(rid))
+            key = store.ceiling_key(end) if end is not None else None
+
+    def _add(self, run: str, rid: bytes, status: str) -> None:
+        self._status[run] = status
+        self._rid[run] = rid
+        for tag, table in self._all.items():
+            table[run] = run_prefix(rid, tag)
+        if status == ACTIVE:
+            for tag, table in self._active.items():
+                table[run] = run_prefix(rid, tag)
+
+    # --- lookups -----------------------------------------------------------------
+
+    def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Return live ``(all runs, active runs)`` maps from run id to the key prefix of ``tag``."""
+        if tag not in self._all:
+            self._all[tag] = {r: run_prefix(rid, tag) for r, rid in self._rid.items()}
+            self._active[tag] = {
+                r: run_prefix(rid, tag) for r, rid in self._rid.items() if self._status[r] == ACTIVE
+            }
+        return self._all[tag], self._active[tag]
+
+    def check(self, run: object, *, write: bool) -> bytes:
+        """Return the run's 16-byte id, or raise why it cannot be used.
+
+        :raises RunNotFound: no such run (or not a run id at all).
+        :raises RunClosed: ``write`` and the run has ended.
+        """
+        status = self._status.get(run) if isinstance(run, str) else None
+        if status is None:
+            run_id_bytes(run)  # raises RunNotFound with a precise message for malformed ids
+            raise RunNotFound(f"no run {run!r} in this database")
+        if write and status != ACTIVE:
+            raise RunClosed(f"run {run} has ended ({status}); its data is read-only")
+        return self._rid[run]  # type: ignore[index]
+
+    def status(self, run: str) -> str:
+        """The run's status. :raises RunNotFound: no such run."""
+        self.check(run, write=False)
+        return self._status[run]
+
+    def __len__(self) -> int:
+        return len(self._status)
+
+    def __contains__(self, run: object) -> bool:
+        return run in self._status
+
+    def runs(self) -> list[str]:
+        """All run ids, in creation order (UUIDv7 text sorts by time)."""
+        return sorted(self._status)
+
+    def count_by_status(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self._status.values():
+            out[s] = out.get(s, 0) + 1
+        return out
+
+    # --- changes (prepared outside the commit lock, applied under it) ----------------
+
+    def prepare_begin(
+        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any
+    ) -> tuple[str, bytes, bytes]:
+        """Validate a new run and return ``(run id, record key, record value)``.
+
+        :raises InvalidArgument: ``name`` is not a str or None, a tag is not a str.
+        :raises RunNotFound: ``parent`` names no run.
+        :raises InvalidValue: ``metadata`` cannot be encoded.
+        """
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgument(f"run name must be a str or None, got {type(name).__name__}")
+        if isinstance(tags, str):
+            raise InvalidArgument("tags must be an iterable of str, not a single str")
+        tag_list = list(tags)
+        for t in tag_list:
+            if not isinstance(t, str):
+                raise InvalidArgument(f"tags must be str, got {type(t).__name__}: {t!r:.80}")
+        if parent is not None:
+            self.check(parent, write=False)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidValue(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        run = new_run_id()
+        rid = run_id_bytes(run)
+        record = {
+            "name": name,
+            "parent": parent,
+            "tags": tag_list,
+            "metadata": metadata or {},
+            "status": ACTIVE,
+            "started_at": _dt.datetime.now(_dt.timezone.utc),
+            "ended_at": None,
+        }
+        return run, run_record_key(rid), encode_value(record)
+
+    def prepare_end(self, store: UnifiedStore, run: str, status: str) -> tuple[bytes, bytes]:
+        """Validate ending ``run`` (call under the commit lock); return ``(record key, new value)``.
+
+        :raises InvalidArgument: ``status`` is not one of :data:`END_STATUSES`.
+        :raises RunNotFound: no such run.
+        :raises RunClosed: the run has already ended.
+        """
+        if status not in END_STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(END_STATUSES)}; got {status!r}")
+        rid = self.check(run, write=True)
+        key = run_record_key(rid)
+        record = decode_value(self._record_bytes(store, key))
+        record["status"] = status
+        record["ended_at"] = _dt.datetime.now(_dt.timezone.utc)
+        return key, encode_value(record)
+
+    @staticmethod
+    def _record_bytes(store: UnifiedStore, key: bytes) -> bytes:
+        entry = store.get(key)
+        assert entry is not None, "run in registry without a run record"
+        return entry[1]
+
+    def record(self, store: UnifiedStore, run: str) -> dict[str, Any]:
+        """The decoded run record. :raises RunNotFound: no such run."""
+        rid = self.check(run, write=False)
+        return decode_value(self._record_bytes(store, run_record_key(rid)))
+
+    def applied_begin(self, run: str) -> None:
+        """The begin commit is applied: the run exists and is active."""
+        self._add(run, run_id_bytes(run), ACTIVE)
+
+    def applied_end(self, run: str, status: str) -> None:
+        """The end commit is applied: the run is read-only from now on."""
+        self._status[run] = status
+        for table in self._active.values():
+            table.pop(run, None)

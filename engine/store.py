@@ -1,0 +1,106 @@
+"""The unified store: one sorted map from encoded key to (commit version, encoded value).
+
+This module owns the in-memory state of a database. Every primitive of every
+run lives in this one ``sortedcontainers.SortedDict``, keyed by the bytes that
+:mod:`engine.keys` builds, so a run, or one primitive of a run, is a contiguous
+key range.
+
+Invariants (checked by :meth:`UnifiedStore._check`):
+
+* every key is ``bytes`` and every entry is a tuple ``(version, value)`` with
+  ``version`` an ``int`` >= 1 (the commit version that wrote it) and ``value``
+  immutable ``bytes`` (CBOR from :mod:`engine.codec`);
+* the store never decodes or copies values; callers decode on read.
+
+Concurrency: the store is not thread-safe by itself. Point reads are single
+dict lookups (atomic under the GIL); mutations and range reads run under the
+database's commit lock.
+
+Complexity: point get O(1) (SortedDict is a dict plus a sorted key list);
+put of a new key and delete O(log n) amortised; range scan O(log n + k).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from sortedcontainers import SortedDict
+
+__all__ = ["Entry", "UnifiedStore"]
+
+#: (commit version that wrote the value, encoded value bytes)
+Entry = tuple[int, bytes]
+
+
+class UnifiedStore:
+    """A sorted map ``bytes -> (version, bytes)`` holding all state of one database."""
+
+    __slots__ = ("_map", "get")
+
+    def __init__(self, items: Mapping[bytes, Entry] | None = None):
+        # SortedDict(dict) sorts once: O(n log n) with a C sort, far faster than
+        # n inserts. Recovery builds a plain dict, then hands it over here.
+        self._map: SortedDict = SortedDict(items) if items else SortedDict()
+        #: Point read: ``get(key) -> Entry | None``. Bound directly to the dict
+        #: lookup: this is the hottest call in the engine.
+        self.get = self._map.get
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._map
+
+    def put(self, key: bytes, version: int, value: bytes) -> None:
+        """Insert or replace ``key``. Complexity: O(log n) for a new key, O(1) to replace."""
+        self._map[key] = (version, value)
+
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; return whether it was present. Complexity: O(log n)."""
+        return self._map.pop(key, None) is not None
+
+    def apply(self, version: int, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Apply one commit's writes: ``value is None`` deletes, anything else puts."""
+        m = self._map
+        for key, value in writes:
+            if value is None:
+                m.pop(key, None)
+            else:
+                m[key] = (version, value)
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, Entry]]:
+        """Return every ``(key, entry)`` with ``lo <= key < hi`` in key order.
+
+        ``hi=None`` means no upper bound. Materialised, so the caller may
+        release the lock before decoding. Complexity: O(log n + k).
+        """
+        m = self._map
+        keys = m.irange(lo, hi, inclusive=(True, False)) if hi is not None else m.irange(lo)
+        return [(k, m[k]) for k in keys]
+
+    def count(self, lo: bytes, hi: bytes | None) -> int:
+        """Number of keys with ``lo <= key < hi``. Complexity: O(log n)."""
+        m = self._map
+        start = m.bisect_left(lo)
+        end = m.bisect_left(hi) if hi is not None else len(m)
+        return end - start
+
+    def ceiling_key(self, key: bytes) -> bytes | None:
+        """Smallest stored key ``>= key``, or ``None``. Complexity: O(log n)."""
+        m = self._map
+        i = m.bisect_left(key)
+        return m.keys()[i] if i < len(m) else None
+
+    def items(self) -> Iterable[tuple[bytes, Entry]]:
+        """All entries in key order (for tests and snapshots; hold the lock)."""
+        return self._map.items()
+
+    def _check(self) -> None:
+        """Assert the invariants in the module docstring (tests call this after mutations)."""
+        self._map._check()
+        for key, entry in self._map.items():
+            assert type(key) is bytes, key
+            assert type(entry) is tuple and len(entry) == 2, entry
+            version, value = entry
+            assert type(version) is int and version >= 1, entry
+            assert type(value) is bytes, entry

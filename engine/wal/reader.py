@@ -1,0 +1,81 @@
+"""The WAL reader: checks one segment's bytes and yields its commit records in LSN order.
+
+This module owns the rule "never trust a length before its checksum has
+passed" on the read side; :func:`engine.wal.format.check_frame` applies it to
+one frame, :class:`SegmentScan` to a whole segment. It decides nothing about
+torn tails or corruption: it reports *where* the valid prefix ends and why,
+and :mod:`engine.recovery` decides what that means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .format import (
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    SegmentHeader,
+    check_frame,
+    decode_commit,
+    decode_segment_header,
+)
+
+__all__ = ["SegmentScan"]
+
+Record = tuple[int, int, int, list[tuple[bytes, bytes | None]]]  # lsn, version, ts_us, writes
+
+
+class SegmentScan:
+    """Scan of one segment file's bytes.
+
+    Iterate :meth:`records` to completion; afterwards ``end`` is the offset
+    where the valid prefix ends, ``error`` the :class:`FrameError` that stopped
+    the scan (``None`` if it reached the end of the file cleanly), and
+    ``next_lsn`` the LSN the next frame should carry.
+
+    :param buf: the whole segment file.
+    :param header: its parsed header; ``header.first_lsn`` is the LSN the first
+        frame must carry, and LSNs must then rise by one per frame.
+    :param last_version: the commit version of the record before this
+        segment; every record's version must be greater than its predecessor's.
+    """
+
+    def __init__(self, buf: bytes, header: SegmentHeader, last_version: int):
+        self.buf = buf
+        self.header = header
+        self.last_version = last_version
+        self.end = SEGMENT_HEADER_SIZE
+        self.error: FrameError | None = None
+        self.next_lsn = header.first_lsn
+        self.count = 0
+
+    @staticmethod
+    def header_of(buf: bytes) -> SegmentHeader:
+        """Parse the segment header. :raises FrameError: as :func:`decode_segment_header`."""
+        return decode_segment_header(buf)
+
+    def records(self) -> Iterator[Record]:
+        """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one."""
+        buf = self.buf
+        n = len(buf)
+        pos = SEGMENT_HEADER_SIZE
+        expected = self.next_lsn
+        try:
+            while pos < n:
+                lsn, _rtype, pstart, end = check_frame(buf, pos)
+                if lsn != expected:
+                    raise FrameError(f"frame has LSN {lsn}, expected {expected} (out of sequence)", pos)
+                version, ts_us, writes = decode_commit(buf, pstart, end)
+                if version <= self.last_version:
+                    raise FrameError(
+                        f"commit version {version} does not follow {self.last_version} (out of order)", pos
+                    )
+                self.last_version = version
+                yield lsn, version, ts_us, writes
+                expected += 1
+                pos = end
+                self.end = end
+                self.next_lsn = expected
+                self.count += 1
+        except FrameError as exc:
+            self.error = exc

@@ -1,0 +1,322 @@
+"""The WAL writer: appends commit frames to segment files and makes them durable.
+
+This module owns the active segment, segment rotation, the three durability
+modes, group commit and poisoning. Byte layouts come from
+:mod:`engine.wal.format`; the file system from :mod:`engine.fs`.
+
+Life of a commit (the caller holds the database's commit lock for steps 1-2)::
+
+    1. frame = encode_commit_frame(wal.next_lsn, ...)
+    2. wal.append(frame)          -> frame joins the pending buffer, LSN assigned
+    3. wal.wait(lsn)              -> outside the commit lock:
+         strict : write + fsync up to lsn (one fsync serves every waiting committer)
+         off    : write up to lsn (the OS decides when it reaches the disk)
+         batched: return at once; the flusher thread writes + fsyncs every interval
+
+Invariants:
+
+* Frames reach the file in LSN order, each frame wholly inside one segment.
+  A frame that would push a segment past ``segment_bytes`` starts a new
+  segment (a frame larger than that gets a segment of its own).
+* A finished segment is fsynced before its successor is created, so only the
+  *last* segment can ever end in a torn frame (recovery relies on this).
+* A new segment is written as ``<name>.tmp`` with its header, fsynced, renamed,
+  and the directory fsynced: a segment file either has a complete header or
+  does not exist.
+* Poisoning: the first ``OSError`` from a write or fsync poisons the writer.
+  The bytes of the failed write are dropped and never written again; every
+  later append raises :class:`~engine.errors.DatabasePoisoned`. No retry
+  (PostgreSQL's 2018 "fsyncgate": after a failed fsync the kernel may have
+  discarded the dirty pages, so a retry that succeeds proves nothing).
+
+Lock order: commit lock -> ``_io_lock`` -> ``_lock``. ``_lock`` guards the
+pending buffer and LSN counters and is held only for list/bytearray work;
+``_io_lock`` serialises all file I/O (writes, fsyncs, rotation), which is
+where group commit happens: committers queue on it, and whichever gets it
+writes and fsyncs everything pending, so the others find their LSN durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from ..errors import DatabaseClosed, DatabasePoisoned
+from ..fs import FileSystem, WritableFile
+from .format import SEGMENT_HEADER_SIZE, encode_segment_header, segment_name
+
+__all__ = ["DURABILITY_MODES", "ActiveSegment", "WalWriter"]
+
+log = logging.getLogger("inmem")
+
+DURABILITY_MODES = ("strict", "batched", "off")
+
+#: In ``batched`` mode, a pending buffer larger than this wakes the flusher
+#: before its interval is up, bounding memory under heavy write load.
+BATCH_WAKE_BYTES = 4 * 1024 * 1024  # 4 MiB
+
+
+@dataclass
+class ActiveSegment:
+    """The segment recovery hands over for appending: its seq, path, size in bytes and first LSN."""
+
+    seq: int
+    path: str
+    size: int
+    first_lsn: int
+
+
+class WalWriter:
+    """Appends frames to the WAL of one database directory.
+
+    :param fs: the file system seam.
+    :param dirpath: the database directory.
+    :param db_id: 16-byte database id written into every segment header.
+    :param durability: ``"strict"``, ``"batched"`` or ``"off"`` (see module doc).
+    :param flush_interval_ms: ``batched`` mode flush period, in milliseconds.
+    :param segment_bytes: rotate once a segment would exceed this many bytes.
+    :param next_lsn: LSN of the next frame (1 for a new database).
+    :param active: the last segment, to append to; ``None`` creates a new one.
+    :param closed_bytes: total size in bytes of the earlier, finished segments.
+    :param closed_segments: how many earlier segments there are.
+    """
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        dirpath: str,
+        db_id: bytes,
+        *,
+        durability: str,
+        flush_interval_ms: int,
+        segment_bytes: int,
+        next_lsn: int,
+        active: ActiveSegment | None,
+        closed_bytes: int = 0,
+        closed_segments: int = 0,
+    ):
+        self._fs = fs
+        self._dir = dirpath
+        self._db_id = db_id
+        self._mode = durability
+        self._interval_s = flush_interval_ms / 1000.0
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._wake = threading.Condition(threading.Lock())
+        self._poisoned: BaseException | None = None
+        self._closed = False
+
+        #: LSN the next appended frame must carry. Read and advanced under the commit lock.
+        self.next_lsn = next_lsn
+        self._appended_lsn = next_lsn - 1  # last LSN in the pending buffer or beyond
+        self._written_lsn = next_lsn - 1  # last LSN handed to the OS
+        self._durable_lsn = next_lsn - 1  # last LSN fsynced
+
+        # pending frames not yet written, and the offsets in it where a new segment starts
+        self._pending = bytearray()
+        self._marks: list[tuple[int, int, int]] = []  # (offset in _pending, new seq, its first lsn)
+
+        self._closed_bytes = closed_bytes
+        self._closed_segments = closed_segments
+        if active is None:
+            seq = closed_segments + 1
+            self._file = self._create_segment(seq, next_lsn)
+            self._seq = seq
+        else:
+            self._file = fs.open_append(active.path)
+            self._seq = active.seq
+        # the segment the *next appended* frame lands in, counting pending bytes
+        self._tail_seq = self._seq
+        self._tail_size = self._file.size()
+        self._tail_frames = 1 if self._tail_size > SEGMENT_HEADER_SIZE else 0
+
+        self._flusher: threading.Thread | None = None
+        if durability == "batched":
+            self._flusher = threading.Thread(target=self._flush_loop, name="inmem-wal-flusher", daemon=True)
+            self._flusher.start()
+
+    # --- the commit path ---------------------------------------------------------
+
+    def append(self, frame: bytes) -> int:
+        """Add one frame, built with LSN ``self.next_lsn``, to the pending buffer; return its LSN.
+
+        The caller holds the commit lock, so frames arrive in LSN order.
+        Nothing is written here: see :meth:`wait`.
+
+        :raises DatabasePoisoned: an earlier write or fsync failed.
+        :raises DatabaseClosed: the writer was closed.
+        """
+        if self._poisoned is not None:
+            raise self.poison_error()
+        if self._closed:
+            raise DatabaseClosed("database is closed")
+        n = len(frame)
+        with self._lock:
+            lsn = self.next_lsn
+            if self._tail_frames and self._tail_size + n > self._segment_bytes:
+                self._tail_seq += 1
+                self._marks.append((len(self._pending), self._tail_seq, lsn))
+                self._tail_size = SEGMENT_HEADER_SIZE
+                self._tail_frames = 0
+            self._pending += frame
+            self._tail_size += n
+            self._tail_frames += 1
+            self.next_lsn = lsn + 1
+            self._appended_lsn = lsn
+            wake = self._flusher is not None and len(self._pending) > BATCH_WAKE_BYTES
+        if wake:
+            with self._wake:
+                self._wake.notify()
+        return lsn
+
+    def wait(self, lsn: int) -> None:
+        """Block until frame ``lsn`` is as durable as the durability mode promises.
+
+        ``strict``: written and fsynced (group commit). ``off``: written to the
+        OS. ``batched``: returns at once.
+
+        :raises DatabasePoisoned: the write or fsync failed (this commit's fate
+            on disk is unknown), or an earlier one had.
+        """
+        mode = self._mode
+        if mode == "strict":
+            if self._durable_lsn < lsn:
+                self._flush(lsn, sync=True)
+        elif mode == "off":
+            if self._written_lsn < lsn:
+                self._flush(lsn, sync=False)
+
+    def sync(self) -> None:
+        """Write and fsync everything appended so far, in any mode.
+
+        :raises DatabasePoisoned: the write or fsync failed, or an earlier one had.
+        """
+        self._flush(self._appended_lsn, sync=True)
+
+    # --- I/O -----------------------------------------------------------------------
+
+    def _flush(self, upto: int, *, sync: bool) -> None:
+        with self._io_lock:
+            if self._poisoned is not None:
+                raise self.poison_error()
+            if (self._durable_lsn if sync else self._written_lsn) >= upto:
+                return  # another committer's write/fsync already covered us: group commit
+            with self._lock:
+                data, marks, last = self._pending, self._marks, self._appended_lsn
+                self._pending = bytearray()
+                self._marks = []
+            try:
+                if data:
+                    self._write(data, marks)
+                self._written_lsn = last
+                if sync and self._durable_lsn < last:
+                    self._file.sync()
+                    self._durable_lsn = last
+            except OSError as exc:
+                self._poisoned = exc
+                log.error("inmem: WAL write or fsync failed; database poisoned, writes refused: %s", exc)
+                raise self.poison_error() from exc
+
+    def _write(self, data: bytearray, marks: list[tuple[int, int, int]]) -> None:
+        view = memoryview(data)
+        start = 0
+        for offset, seq, first_lsn in marks:
+            if offset > start:
+                self._file.write(view[start:offset])
+            self._rotate(seq, first_lsn)
+            start = offset
+        if start < len(data):
+            self._file.write(view[start:])
+
+    def _rotate(self, seq: int, first_lsn: int) -> None:
+        """Finish the active segment (fsync, close) and make segment ``seq`` active."""
+        old = self._file
+        old.sync()
+        self._closed_bytes += old.size()
+        self._closed_segments += 1
+        old.close()
+        self._file = self._create_segment(seq, first_lsn)
+        self._seq = seq
+
+    def _create_segment(self, seq: int, first_lsn: int) -> WritableFile:
+        path = os.path.join(self._dir, segment_name(seq))
+        tmp = path + ".tmp"
+        fs = self._fs
+        if fs.exists(tmp):
+            fs.remove(tmp)
+        f = fs.create(tmp)
+        try:
+            f.write(encode_segment_header(self._db_id, seq, first_lsn))
+            f.sync()
+        finally:
+            f.close()
+        fs.rename(tmp, path)
+        fs.sync_dir(self._dir)
+        return fs.open_append(path)
+
+    def _flush_loop(self) -> None:
+        """Batched mode: write + fsync whatever is pending, once per interval."""
+        while True:
+            with self._wake:
+                if not self._closed:
+                    self._wake.wait(self._interval_s)
+                closing = self._closed
+            if self._poisoned is None and self._appended_lsn > self._durable_lsn:
+                try:
+                    self._flush(self._appended_lsn, sync=True)
+                except DatabasePoisoned:
+                    pass  # logged in _flush; the next commit raises
+            if closing:
+                return
+
+    def poison_error(self) -> DatabasePoisoned:
+        return DatabasePoisoned(
+            f"an earlier WAL write or fsync failed ({self._poisoned}); writes are refused. "
+            "Close the database and reopen it: recovery keeps what is really on disk."
+        )
+
+    # --- lifecycle and figures ---------------------------------------------------------
+
+    @property
+    def poisoned(self) -> bool:
+        return self._poisoned is not None
+
+    @property
+    def durable_lsn(self) -> int:
+        """Last LSN known fsynced."""
+        return self._durable_lsn
+
+    def stats(self) -> dict[str, int]:
+        """WAL figures: ``bytes`` (on disk plus pending), ``segments``, LSNs."""
+        with self._lock:
+            pending = len(self._pending)
+        return {
+            "bytes": self._closed_bytes + self._file.size() + pending,
+            "segments": self._closed_segments + 1 + len(self._marks),
+            "next_lsn": self.next_lsn,
+            "durable_lsn": self._durable_lsn,
+        }
+
+    def close(self) -> None:
+        """Write and fsync everything pending (unless poisoned), stop the flusher, close the file.
+
+        Idempotent. On a poisoned writer the pending bytes are discarded.
+
+        :raises DatabasePoisoned: the final write or fsync failed.
+        """
+        if self._closed:
+            return
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            if self._poisoned is None:
+                self.sync()
+        finally:
+            with self._io_lock:
+                self._file.close()
