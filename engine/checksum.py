@@ -5,6 +5,14 @@ This module owns the checksum used by every on-disk format in inmem: CRC-32C
 maintained ``crc32c`` package, which uses the CPU's CRC instruction where there
 is one.
 
+The optional C extension (``engine._native``, see :mod:`engine.native`) has
+its own CRC-32C, which the WAL frame checks in :mod:`engine.wal.format` use
+from C. It is deliberately not used here: calling it through cffi costs more
+per call than calling the ``crc32c`` package (measured: about 200 ns against
+125 ns for 24 to 200 bytes, and no faster at 4 KiB), so these functions always
+use the package. Both compute the same standard CRC-32C, so results are
+identical either way.
+
 Why mask: a CRC over a buffer that itself *contains* CRCs (a WAL frame whose
 payload is a record that embeds checksummed data, or a file of frames copied
 into another file) is weak — the CRC of a string with its own CRC appended is

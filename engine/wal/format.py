@@ -281,3 +281,116 @@ def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
                     break
             i = buf.find(pattern, i + 1)
     return best
+
+
+# --- native dispatch ------------------------------------------------------------------
+# Everything below is the switch to the optional C hot path (native/inmem_native.c,
+# loaded by engine.native). The pure-Python functions above stay available as
+# _py_check_frame, _py_find_valid_frame and _py_scan_frames; the native ones give
+# the same results and raise the same FrameError (same reason, same offset).
+
+from .. import native as _native  # noqa: E402
+
+__all__.append("scan_frames")
+
+_py_check_frame = check_frame
+_py_find_valid_frame = find_valid_frame
+
+
+def _py_scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None]:
+    """Check consecutive frames from ``buf[pos]``; return ``(starts, stop, error)``.
+
+    ``starts`` are the offsets of the valid frames in order; ``stop`` is where
+    scanning stopped (the end of the last valid frame, or ``pos`` if there is
+    none); ``error`` is the :class:`FrameError` of the frame at ``stop``, or
+    ``None`` if the scan reached the end of ``buf``. LSN order is not checked
+    here: that is the caller's.
+    """
+    positions: list[int] = []
+    n = len(buf)
+    try:
+        while pos < n:
+            _, _, _, end = _py_check_frame(buf, pos)
+            positions.append(pos)
+            pos = end
+    except FrameError as exc:
+        return positions, pos, exc
+    return positions, pos, None
+
+
+scan_frames = _py_scan_frames
+
+if _native.ENABLED:
+    _ffi, _lib = _native.ffi, _native.lib
+    _c_check_frame = _lib.inmem_check_frame
+    _c_scan_frames = _lib.inmem_scan_frames
+    _c_find_valid_frame = _lib.inmem_find_valid_frame
+    _SCAN_CHUNK = 1 << 14  # frame offsets returned per C call
+    _U64_MAX = (1 << 64) - 1
+    # Out-parameters for inmem_check_frame, reused (ffi.new costs more than the check).
+    # list.pop/append are atomic, so threads never share a set; the C call releases the GIL.
+    _out_pool: list[tuple] = []
+
+    def _c_buf(buf):
+        # cffi passes a bytes object's own storage to a uint8_t* argument without a copy
+        return buf if type(buf) is bytes else _ffi.from_buffer("uint8_t[]", buf)
+
+    def _frame_error(buf, pos: int, code: int) -> FrameError:
+        """The FrameError the pure-Python check_frame raises for failure ``code`` at ``pos``."""
+        if code == 1:
+            return FrameError(f"frame header truncated ({len(buf) - pos} of {FRAME_HEADER_SIZE} bytes)", pos)
+        if code == 2:
+            return FrameError("frame header checksum mismatch", pos)
+        length, _, _, rtype = _FRAME_BODY.unpack_from(buf, pos + 4)
+        if code == 3:
+            return FrameError(f"frame header invalid (type {rtype}, length {length})", pos)
+        if code == 4:
+            return FrameError(
+                f"frame payload truncated ({len(buf) - pos - FRAME_HEADER_SIZE} of {length} bytes)", pos
+            )
+        return FrameError("frame payload checksum mismatch", pos)
+
+    def check_frame(buf: bytes, pos: int) -> tuple[int, int, int, int]:  # noqa: F811
+        """Native :func:`_py_check_frame`: same result, same FrameError."""
+        if pos < 0:
+            return _py_check_frame(buf, pos)
+        outs = _out_pool.pop() if _out_pool else (
+            _ffi.new("uint64_t *"), _ffi.new("uint32_t *"), _ffi.new("size_t *"), _ffi.new("size_t *")
+        )
+        lsn, rtype, pstart, end = outs
+        code = _c_check_frame(_c_buf(buf), len(buf), pos, lsn, rtype, pstart, end)
+        if code:
+            _out_pool.append(outs)
+            raise _frame_error(buf, pos, code)
+        result = lsn[0], rtype[0], pstart[0], end[0]
+        _out_pool.append(outs)
+        return result
+
+    def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:  # noqa: F811
+        """Native :func:`_py_find_valid_frame`: a checked scan of every offset, in C."""
+        n = len(buf)
+        if start < 0 or min_lsn < 0 or min_lsn + max(n - start, 0) // FRAME_HEADER_SIZE > _U64_MAX:
+            return _py_find_valid_frame(buf, start, min_lsn)  # out of the C types' range
+        return int(_c_find_valid_frame(_c_buf(buf), n, start, min_lsn))
+
+    def scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None]:  # noqa: F811
+        """Native :func:`_py_scan_frames`: same result, same FrameError."""
+        if pos < 0:
+            return _py_scan_frames(buf, pos)
+        n = len(buf)
+        positions: list[int] = []
+        if pos >= n:
+            return positions, pos, None
+        cbuf = _c_buf(buf)
+        cap = min((n - pos) // FRAME_HEADER_SIZE + 1, _SCAN_CHUNK)
+        starts = _ffi.new("uint64_t[]", cap)
+        stop = _ffi.new("size_t *")
+        code = _ffi.new("int *")
+        while True:
+            k = _c_scan_frames(cbuf, n, pos, starts, cap, stop, code)
+            positions.extend(_ffi.unpack(starts, k))
+            pos = stop[0]
+            if code[0]:
+                return positions, pos, _frame_error(buf, pos, code[0])
+            if k < cap or pos >= n:
+                return positions, pos, None

@@ -1,0 +1,31 @@
+"""Shared fixtures. The suite runs on the native path when built, and on the
+pure-Python path with INMEM_PURE=1 (see the Makefile's ``test`` target)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+
+@pytest.fixture
+def dbdir(tmp_path):
+    """A fresh, empty database directory (as a str)."""
+    d = tmp_path / "db"
+    return str(d)
+
+
+def dir_bytes(path: str) -> dict[str, bytes]:
+    """Every file in a directory, name -> content (LOCK excluded: it holds a pid)."""
+    out = {}
+    for name in sorted(os.listdir(path)):
+        if name == "LOCK":
+            continue
+        with open(os.path.join(path, name), "rb") as f:
+            out[name] = f.read()
+    return out
