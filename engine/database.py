@@ -39,7 +39,7 @@ from .primitives.kv import KV
 from .recovery import recover
 from .registry import RunRegistry
 from .store import UnifiedStore
-from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame
+from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame, encode_put_frame
 from .wal.writer import DURABILITY_MODES, WalWriter
 
 __all__ = ["Database"]
@@ -146,6 +146,9 @@ class Database:
         self._version = rec.version
         self._commit_lock = threading.Lock()
         self._closed = False
+        self._map = store._map  # the put fast path writes the SortedDict directly
+        self._active_runs = registry.active
+        self._must_wait = durability != "batched"
         self._commits = 0
         self.kv = KV(_Autocommit(self))
         return self
@@ -292,7 +295,8 @@ class Database:
             raise DatabaseClosed(f"database {self._path} is closed")
         registry = self._registry
         for run in runs:  # a run may have ended since the caller's unlocked check
-            registry.check(run, write=True)
+            if run not in self._active_runs:
+                registry.check(run, write=True)
         wal = self._wal
         lsn = wal.next_lsn
         version = self._version + 1
@@ -303,6 +307,24 @@ class Database:
         if after is not None:
             after()
         return lsn
+
+
+    def _commit_put(self, run: str, key: bytes, value: bytes) -> None:
+        """Commit one put: :meth:`_commit` specialised for the autocommit ``kv.put`` hot path."""
+        with self._commit_lock:
+            if self._closed:
+                raise DatabaseClosed(f"database {self._path} is closed")
+            if run not in self._active_runs:
+                self._registry.check(run, write=True)
+            wal = self._wal
+            lsn = wal.next_lsn
+            version = self._version + 1
+            wal.append(encode_put_frame(lsn, version, time.time_ns() // 1000, key, value))
+            self._map[key] = (version, value)
+            self._version = version
+            self._commits += 1
+        if self._must_wait:
+            wal.wait(lsn)
 
 
 class _Autocommit:
@@ -323,7 +345,10 @@ class _Autocommit:
         return None if entry is None else entry[1]
 
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
-        self._db._commit([(key, value)], (run,))
+        if value is None:
+            self._db._commit([(key, None)], (run,))
+        else:
+            self._db._commit_put(run, key, value)
 
     def delete(self, run: str, key: bytes) -> bool:
         db = self._db

@@ -43,6 +43,8 @@ class RunRegistry:
     def __init__(self) -> None:
         self._status: dict[str, str] = {}
         self._rid: dict[str, bytes] = {}
+        #: Live set of active run ids (the commit path checks membership under the commit lock).
+        self.active: set[str] = set()
         # per primitive tag: run id text -> key prefix, for all runs / active runs only.
         # Primitives hold these dicts and look prefixes up on their fast paths.
         self._all: dict[int, dict[str, bytes]] = {}
@@ -72,6 +74,7 @@ class RunRegistry:
         for tag, table in self._all.items():
             table[run] = run_prefix(rid, tag)
         if status == ACTIVE:
+            self.active.add(run)
             for tag, table in self._active.items():
                 table[run] = run_prefix(rid, tag)
 
@@ -191,5 +194,6 @@ class RunRegistry:
     def applied_end(self, run: str, status: str) -> None:
         """The end commit is applied: the run is read-only from now on."""
         self._status[run] = status
+        self.active.discard(run)
         for table in self._active.values():
             table.pop(run, None)

@@ -90,7 +90,10 @@ class KV:
         prefix = self._active.get(run)  # type: ignore[arg-type]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=True), TAG_KV)
-        k = self._key(prefix, key)
+        if type(key) is str and key.isascii() and len(key) <= MAX_KEY_BYTES:
+            k = prefix + key.encode("ascii")  # the common case, without the checks' calls
+        else:
+            k = self._key(prefix, key)
         self._ctx.write(run, k, encode_value(value))
 
     def get(self, run: str, key: str, default: Any = None) -> Any:

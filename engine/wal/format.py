@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ..checksum import crc32c, mask
+from ..checksum import crc32c, mask, masked_crc32c
 
 __all__ = [
     "COMMIT_HEADER",
@@ -50,6 +50,7 @@ __all__ = [
     "decode_segment_header",
     "encode_commit_frame",
     "encode_frame",
+    "encode_put_frame",
     "encode_segment_header",
     "find_valid_frame",
     "parse_segment_name",
@@ -85,8 +86,8 @@ MAX_PAYLOAD_BYTES = 1 << 30  # 1 GiB
 COMMIT_HEADER = struct.Struct("<QqI")  # version u64 | ts_us i64 | op count u32
 OP_PUT = 1
 OP_DELETE = 2
-_PUT_HEAD = struct.Struct("<BI")  # op | klen  (then key, then vlen u32, value)
-_OP_HEAD = _PUT_HEAD
+_OP_HEAD = struct.Struct("<BI")  # op | klen  (then key, then vlen u32, value, for a put)
+_PUT1_HEAD = struct.Struct("<QqIBI")  # a one-put commit: version | ts_us | count=1 | op=put | klen
 
 
 class FrameError(Exception):
@@ -176,6 +177,16 @@ def encode_commit_frame(
     payload = b"".join(parts)
     body = _FRAME_BODY.pack(len(payload), lsn, mask(crc32c(payload)), RECORD_COMMIT)
     return _U32.pack(mask(crc32c(body))) + body + payload
+
+
+def encode_put_frame(lsn: int, version: int, ts_us: int, key: bytes, value: bytes) -> bytes:
+    """Return the frame of a commit holding one put: the autocommit ``kv.put`` fast path.
+
+    Byte-identical to ``encode_commit_frame(lsn, version, ts_us, [(key, value)])``.
+    """
+    payload = b"".join((_PUT1_HEAD.pack(version, ts_us, 1, OP_PUT, len(key)), key, _U32.pack(len(value)), value))
+    body = _FRAME_BODY.pack(len(payload), lsn, masked_crc32c(payload), RECORD_COMMIT)
+    return _U32.pack(masked_crc32c(body)) + body + payload
 
 
 def check_frame(buf: bytes, pos: int) -> tuple[int, int, int, int]:
