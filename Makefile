@@ -26,12 +26,11 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/python -m engine demo
 
-# The whole suite on the native path (when built), then the storage-format and
-# recovery tests again on the pure-Python path (INMEM_PURE=1): both paths must
-# agree byte for byte.
+# The whole suite twice: on the native path (when built), then on the pure-Python
+# path (INMEM_PURE=1). Both paths must agree byte for byte.
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-	INMEM_PURE=1 $(BIN)/python -m pytest -q -m "not slow" tests/test_wal_format.py tests/test_recovery.py tests/test_kv.py $(PYTEST_ARGS)
+	INMEM_PURE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m pytest benches --benchmark-only --benchmark-columns=min,median,max,ops,rounds -p no:randomly

@@ -252,6 +252,24 @@ def decode_commit(buf: bytes, start: int, end: int) -> tuple[int, int, list[tupl
     return version, ts_us, writes
 
 
+_ZERO_HEADER = bytes(FRAME_HEADER_SIZE)
+_ZERO_CHUNK = bytes(64 * 1024)
+
+
+def _zero_run_end(buf: bytes, pos: int) -> int:
+    """Offset of the first non-zero byte at or after ``pos`` (``len(buf)`` if none).
+
+    Compares 64 KiB chunks at C speed, so a long zero run costs O(run / 64 KiB)
+    Python steps and never copies the rest of the buffer.
+    """
+    n = len(buf)
+    step = len(_ZERO_CHUNK)
+    while pos + step <= n and buf[pos : pos + step] == _ZERO_CHUNK:
+        pos += step
+    chunk = buf[pos : pos + step]
+    return pos + len(chunk) - len(chunk.lstrip(b"\0"))
+
+
 def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
     """Return the offset of the first fully valid frame at or after ``start``, or -1.
 
@@ -269,6 +287,9 @@ def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
     if n - start < FRAME_HEADER_SIZE:
         return -1
     max_lsn = min_lsn + (n - start) // FRAME_HEADER_SIZE
+    # A frame's type byte (offset 20) is never zero, so no frame starts more than
+    # 20 bytes before the end of a zero run: skip a zero-filled tail at once.
+    start = max(start, _zero_run_end(buf, start) - 20)
     best = -1
     for high in range(min_lsn >> 16, (max_lsn >> 16) + 1):
         pattern = high.to_bytes(6, "little")
@@ -277,10 +298,13 @@ def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
             pos = i - _LSN_OFFSET - 2
             if best != -1 and pos >= best:
                 break
-            if high == 0 and buf[pos : pos + FRAME_HEADER_SIZE] == bytes(FRAME_HEADER_SIZE):
-                # a zero-filled region (e.g. a file extended but never written): skip it whole
-                zero_run = len(buf) - pos - len(buf[pos:].lstrip(b"\0"))
-                i = buf.find(pattern, pos + zero_run)
+            if high == 0 and buf[pos : pos + FRAME_HEADER_SIZE] == _ZERO_HEADER:
+                # a zero-filled region (e.g. a file extended but never written) holds no
+                # frame (an all-zero header fails its checksum): skip to its end, no copy
+                nonzero = _zero_run_end(buf, pos)
+                if nonzero == n:
+                    break
+                i = buf.find(pattern, max(nonzero - _LSN_OFFSET - 2 - FRAME_HEADER_SIZE, i + 1))
                 continue
             try:
                 lsn, _, _, _ = check_frame(buf, pos)
@@ -332,6 +356,19 @@ def _py_scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | 
 scan_frames = _py_scan_frames
 
 if _native.ENABLED:
+    import types as _types
+
+    # The Python find_valid_frame looks check_frame up as a module global, which is
+    # about to become the native one; its _py_ copy keeps the Python check_frame, so
+    # that it stays an all-Python reference.
+    _py_find_valid_frame = _types.FunctionType(
+        find_valid_frame.__code__,
+        {**globals(), "check_frame": _py_check_frame},
+        "_py_find_valid_frame",
+        find_valid_frame.__defaults__,
+        find_valid_frame.__closure__,
+    )
+    _py_find_valid_frame.__doc__ = find_valid_frame.__doc__
     _ffi, _lib = _native.ffi, _native.lib
     _c_check_frame = _lib.inmem_check_frame
     _c_scan_frames = _lib.inmem_scan_frames

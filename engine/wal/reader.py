@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import struct
+
+from . import format as _format
 from .format import (
+    FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
     SegmentHeader,
-    check_frame,
     decode_commit,
     decode_segment_header,
 )
+
+_LEN_LSN = struct.Struct("<IQ")  # length and LSN, at offset 4 of a frame header
 
 __all__ = ["SegmentScan"]
 
@@ -55,16 +60,23 @@ class SegmentScan:
         return decode_segment_header(buf)
 
     def records(self) -> Iterator[Record]:
-        """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one."""
+        """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one.
+
+        Checksums are checked for the whole segment first (in C when the native
+        path is built: :func:`engine.wal.format.scan_frames`), then LSN and
+        version order and the payloads, frame by frame.
+        """
         buf = self.buf
-        n = len(buf)
-        pos = SEGMENT_HEADER_SIZE
+        starts, stop, error = _format.scan_frames(buf, SEGMENT_HEADER_SIZE)
         expected = self.next_lsn
+        unpack = _LEN_LSN.unpack_from
         try:
-            while pos < n:
-                lsn, _rtype, pstart, end = check_frame(buf, pos)
+            for pos in starts:
+                length, lsn = unpack(buf, pos + 4)
                 if lsn != expected:
                     raise FrameError(f"frame has LSN {lsn}, expected {expected} (out of sequence)", pos)
+                pstart = pos + FRAME_HEADER_SIZE
+                end = pstart + length
                 version, ts_us, writes = decode_commit(buf, pstart, end)
                 if version <= self.last_version:
                     raise FrameError(
@@ -73,9 +85,9 @@ class SegmentScan:
                 self.last_version = version
                 yield lsn, version, ts_us, writes
                 expected += 1
-                pos = end
                 self.end = end
                 self.next_lsn = expected
                 self.count += 1
+            self.error = error
         except FrameError as exc:
             self.error = exc
