@@ -26,9 +26,11 @@ take no lock; scans and commits take the commit lock briefly.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -108,6 +110,8 @@ class Database:
             raise InvalidArgument(f"segment_bytes must be an int in 4096..{MAX_PAYLOAD_BYTES}; got {segment_bytes!r}")
         fs = fs if fs is not None else OSFileSystem()
         dirpath = os.fspath(path)
+        if fs.exists(dirpath) and not os.path.isdir(dirpath):
+            raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
         fs.makedirs(dirpath)
         lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
         try:
@@ -151,6 +155,11 @@ class Database:
         self._must_wait = durability != "batched"
         self._commits = 0
         self.kv = KV(_Autocommit(self))
+        # A handle left open at interpreter exit is closed (flushed and fsynced), as
+        # Python files are; the weak reference keeps atexit from holding it alive.
+        ref = weakref.ref(self)
+        self._atexit = lambda: (db := ref()) is not None and db.close()
+        atexit.register(self._atexit)
         return self
 
     def close(self) -> None:
@@ -165,6 +174,7 @@ class Database:
             if self._closed:
                 return
             self._closed = True
+        atexit.unregister(self._atexit)
         try:
             self._wal.close()
         finally:

@@ -287,3 +287,25 @@ def test_a_record_larger_than_a_segment_gets_its_own(dbdir):
         db.kv.put(run, "small", 1)
     with Database.open(dbdir) as db:
         assert len(db.kv.get(run, "big")) == 20_000 and db.kv.get(run, "small") == 1
+
+
+def test_a_file_where_the_directory_should_be_is_a_clear_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_bytes(b"not a database")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        Database.open(f)
+    assert f.read_bytes() == b"not a database"
+
+
+def test_a_handle_left_open_is_flushed_at_interpreter_exit(dbdir):
+    """batched mode with a 60 s flush interval: only the exit hook can make the write durable."""
+    code = (
+        "import sys; from engine import Database\n"
+        "db = Database.open(sys.argv[1], durability='batched', flush_interval_ms=60000)\n"
+        "run = db.begin_run(); db.kv.put(run, 'k', 'v'); print(run)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", code, dbdir], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": root}, check=True).stdout.strip()
+    with Database.open(dbdir) as db:
+        assert db.kv.get(run, "k") == "v"
