@@ -154,7 +154,8 @@ class Database:
         self._active_runs = registry.active
         self._must_wait = durability != "batched"
         self._commits = 0
-        self.kv = KV(_Autocommit(self))
+        self._autocommit = _Autocommit(self)
+        self.kv = KV(self._autocommit)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
         ref = weakref.ref(self)
@@ -174,6 +175,7 @@ class Database:
             if self._closed:
                 return
             self._closed = True
+            self._autocommit.closed()
         atexit.unregister(self._atexit)
         try:
             self._wal.close()
@@ -340,19 +342,22 @@ class Database:
 class _Autocommit:
     """The :class:`~engine.primitives.kv.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_db", "_get", "prefix_maps", "check_run")
+    __slots__ = ("_db", "lookup", "prefix_maps", "check_run")
 
     def __init__(self, db: Database):
         self._db = db
-        self._get = db._store.get
+        self.lookup = db._store.get
         self.prefix_maps = db._registry.prefix_maps
         self.check_run = db._registry.check
 
-    def read(self, key: bytes) -> bytes | None:
-        if self._db._closed:
-            raise DatabaseClosed(f"database {self._db._path} is closed")
-        entry = self._get(key)
-        return None if entry is None else entry[1]
+    def closed(self) -> None:
+        """The database closed: point reads raise from now on."""
+        path = self._db._path
+
+        def lookup(key: bytes) -> None:
+            raise DatabaseClosed(f"database {path} is closed")
+
+        self.lookup = lookup
 
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
         if value is None:
@@ -363,7 +368,7 @@ class _Autocommit:
     def delete(self, run: str, key: bytes) -> bool:
         db = self._db
         with db._commit_lock:
-            if self._get(key) is None:
+            if self.lookup(key) is None:
                 db._check_can_write()
                 db._registry.check(run, write=True)
                 return False
@@ -375,6 +380,5 @@ class _Autocommit:
         db = self._db
         with db._commit_lock:
             db._check_open()
-            items = db._store.scan(lo, hi)
-        return [(k, e[1]) for k, e in items]
+            return db._store.scan_values(lo, hi)
 

@@ -78,6 +78,12 @@ class UnifiedStore:
         keys = m.irange(lo, hi, inclusive=(True, False)) if hi is not None else m.irange(lo)
         return [(k, m[k]) for k in keys]
 
+    def scan_values(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        """Like :meth:`scan` but ``(key, value bytes)``, without the versions. Complexity: O(log n + k)."""
+        m = self._map
+        keys = m.irange(lo, hi, inclusive=(True, False)) if hi is not None else m.irange(lo)
+        return [(k, m[k][1]) for k in keys]
+
     def count(self, lo: bytes, hi: bytes | None) -> int:
         """Number of keys with ``lo <= key < hi``. Complexity: O(log n)."""
         m = self._map

@@ -9,12 +9,12 @@ changes the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from ..codec import decode_value, encode_value
 from ..errors import InvalidKey
-from ..keys import MAX_KEY_BYTES, TAG_KV, encode_user_key, prefix_end, run_prefix
+from ..keys import MAX_KEY_BYTES, TAG_KV, TAGGED_PREFIX_LEN, encode_user_key, prefix_end, run_prefix
 
 __all__ = ["KV", "Context"]
 
@@ -26,8 +26,10 @@ class Context(Protocol):
     transaction (Transactions issue) buffers them in its write set.
     """
 
-    def read(self, key: bytes) -> bytes | None:
-        """The encoded value at ``key``, or ``None``."""
+    #: ``lookup(key) -> (version, encoded value) | None``: a point read. An
+    #: attribute, not a method, so the hottest call in the engine can be the
+    #: store's own dict lookup (a closed database swaps in one that raises).
+    lookup: Callable[[bytes], tuple[int, bytes] | None]
 
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
         """Put (``value`` bytes) or delete (``None``) ``key``, which belongs to active ``run``."""
@@ -43,6 +45,9 @@ class Context(Protocol):
 
     def check_run(self, run: object, *, write: bool) -> bytes:
         """Raise ``RunNotFound``/``RunClosed`` as :meth:`RunRegistry.check` does."""
+
+
+_MAX_STORE_KEY = TAGGED_PREFIX_LEN + MAX_KEY_BYTES
 
 
 def _decode_items(items: list[tuple[bytes, bytes]], skip: int) -> Iterator[tuple[str, Any]]:
@@ -65,14 +70,16 @@ class KV:
         self._all, self._active = ctx.prefix_maps(TAG_KV)
 
     def _key(self, prefix: bytes, key: object) -> bytes:
+        """``prefix`` + the UTF-8 of ``key``. :raises InvalidKey: as :func:`encode_user_key`."""
         if type(key) is str:
             try:
-                raw = key.encode("utf-8")
+                k = prefix + key.encode()
             except UnicodeEncodeError:
-                raw = encode_user_key(key)  # raises InvalidKey with the reason
-            if len(raw) > MAX_KEY_BYTES:
-                raise InvalidKey(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
-            return prefix + raw
+                encode_user_key(key)  # raises InvalidKey with the reason
+                raise  # pragma: no cover - encode_user_key always raises here
+            if len(k) > _MAX_STORE_KEY:
+                raise InvalidKey(f"key is {len(k) - len(prefix)} bytes; the limit is {MAX_KEY_BYTES}")
+            return k
         return prefix + encode_user_key(key)
 
     def put(self, run: str, key: str, value: Any) -> None:
@@ -90,11 +97,7 @@ class KV:
         prefix = self._active.get(run)  # type: ignore[arg-type]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=True), TAG_KV)
-        if type(key) is str and key.isascii() and len(key) <= MAX_KEY_BYTES:
-            k = prefix + key.encode("ascii")  # the common case, without the checks' calls
-        else:
-            k = self._key(prefix, key)
-        self._ctx.write(run, k, encode_value(value))
+        self._ctx.write(run, self._key(prefix, key), encode_value(value))
 
     def get(self, run: str, key: str, default: Any = None) -> Any:
         """Return the value of ``key`` in ``run``, or ``default`` if absent.
@@ -108,8 +111,11 @@ class KV:
         prefix = self._all.get(run)  # type: ignore[arg-type]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=False), TAG_KV)
-        raw = self._ctx.read(self._key(prefix, key))
-        return default if raw is None else decode_value(raw)
+        if type(key) is str and key.isascii() and len(key) <= MAX_KEY_BYTES:
+            entry = self._ctx.lookup(prefix + key.encode())  # the common case, inlined
+        else:
+            entry = self._ctx.lookup(self._key(prefix, key))
+        return default if entry is None else decode_value(entry[1])
 
     def delete(self, run: str, key: str) -> bool:
         """Delete ``key`` from ``run``; return whether it existed (nothing is written if not).

@@ -119,8 +119,6 @@ class WalWriter:
         self._pending = bytearray()
         self._marks: list[tuple[int, int, int]] = []  # (offset in _pending, new seq, its first lsn)
 
-        self._closed_bytes = closed_bytes
-        self._closed_segments = closed_segments
         if active is None:
             seq = closed_segments + 1
             self._file = self._create_segment(seq, next_lsn)
@@ -132,6 +130,10 @@ class WalWriter:
         self._tail_seq = self._seq
         self._tail_size = self._file.size()
         self._tail_frames = 1 if self._tail_size > SEGMENT_HEADER_SIZE else 0
+        # logical WAL size and segment count, pending frames included (what stats() reports);
+        # kept at append time, so no reading of file sizes races an in-flight write
+        self._wal_bytes = closed_bytes + self._tail_size
+        self._wal_segments = closed_segments + 1
 
         self._flusher: threading.Thread | None = None
         if durability == "batched":
@@ -161,9 +163,12 @@ class WalWriter:
                 self._marks.append((len(self._pending), self._tail_seq, lsn))
                 self._tail_size = SEGMENT_HEADER_SIZE
                 self._tail_frames = 0
+                self._wal_bytes += SEGMENT_HEADER_SIZE
+                self._wal_segments += 1
             self._pending += frame
             self._tail_size += n
             self._tail_frames += 1
+            self._wal_bytes += n
             self.next_lsn = lsn + 1
             self._appended_lsn = lsn
             wake = self._flusher is not None and len(self._pending) > BATCH_WAKE_BYTES
@@ -235,11 +240,9 @@ class WalWriter:
         """Finish the active segment (fsync, close) and make segment ``seq`` active."""
         old = self._file
         old.sync()
-        self._closed_bytes += old.size()
-        self._closed_segments += 1
-        old.close()
         self._file = self._create_segment(seq, first_lsn)
         self._seq = seq
+        old.close()
 
     def _create_segment(self, seq: int, first_lsn: int) -> WritableFile:
         path = os.path.join(self._dir, segment_name(seq))
@@ -290,15 +293,14 @@ class WalWriter:
         return self._durable_lsn
 
     def stats(self) -> dict[str, int]:
-        """WAL figures: ``bytes`` (on disk plus pending), ``segments``, LSNs."""
+        """WAL figures: ``bytes`` and ``segments`` (pending frames included), LSNs."""
         with self._lock:
-            pending = len(self._pending)
-        return {
-            "bytes": self._closed_bytes + self._file.size() + pending,
-            "segments": self._closed_segments + 1 + len(self._marks),
-            "next_lsn": self.next_lsn,
-            "durable_lsn": self._durable_lsn,
-        }
+            return {
+                "bytes": self._wal_bytes,
+                "segments": self._wal_segments,
+                "next_lsn": self.next_lsn,
+                "durable_lsn": self._durable_lsn,
+            }
 
     def close(self) -> None:
         """Write and fsync everything pending (unless poisoned), stop the flusher, close the file.
