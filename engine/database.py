@@ -320,7 +320,6 @@ class Database:
             after()
         return lsn
 
-
     def _commit_put(self, run: str, key: bytes, value: bytes) -> None:
         """Commit one put: :meth:`_commit` specialised for the autocommit ``kv.put`` hot path."""
         with self._commit_lock:
