@@ -30,6 +30,7 @@ from .errors import (
     InvalidValue,
     RunClosed,
     RunNotFound,
+    TransactionClosed,
     TransactionConflict,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidValue",
     "RunClosed",
     "RunNotFound",
+    "TransactionClosed",
     "TransactionConflict",
     "__version__",
 ]

@@ -28,23 +28,28 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from . import native
-from .errors import DatabaseClosed, InvalidArgument
+from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem
+from .mvcc import Versions
 from .primitives.kv import KV
 from .recovery import recover
 from .registry import RunRegistry
 from .store import UnifiedStore
+from .txn import Transaction, validate
 from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame, encode_put_frame
 from .wal.writer import DURABILITY_MODES, WalWriter
 
 __all__ = ["Database"]
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 LOCK_FILE = "LOCK"
@@ -151,6 +156,8 @@ class Database:
         self._commit_lock = threading.Lock()
         self._closed = False
         self._map = store._map  # the put fast path writes the SortedDict directly
+        self._versions = Versions(store)
+        self._conflicts = 0
         self._active_runs = registry.active
         self._must_wait = durability != "batched"
         self._commits = 0
@@ -240,6 +247,90 @@ class Database:
             lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_end(run, status))
         self._wal.wait(lsn)
 
+    # --- transactions -----------------------------------------------------------------------------
+
+    def transaction(self) -> Transaction:
+        """Begin an optimistic transaction on a snapshot of the latest commit.
+
+        >>> import tempfile
+        >>> with Database.open(tempfile.mkdtemp()) as db:
+        ...     run = db.begin_run()
+        ...     with db.transaction() as tx:          # commits on exit, rolls back on an exception
+        ...         tx.kv.put(run, "a", 1)
+        ...         tx.kv.put(run, "b", tx.kv.get(run, "a") + 1)   # reads its own writes
+        ...     db.kv.get(run, "b")
+        2
+
+        Reads see the snapshot (plus the transaction's own writes) however
+        many commits happen meanwhile; writes are buffered until
+        :meth:`Transaction.commit`, which raises ``TransactionConflict`` if
+        anything the transaction read, scanned or wrote was committed by
+        another after its snapshot. One transaction belongs to one thread.
+
+        :raises DatabaseClosed: the database is closed.
+        """
+        with self._commit_lock:
+            self._check_open()
+            begin = self._version
+            token = self._versions.register(begin)
+        tx = Transaction(self, begin, token)
+        tx.kv = KV(tx)
+        return tx
+
+    def transact(self, fn: Callable[[Transaction], T], *, retries: int = 10) -> T:
+        """Run ``fn(tx)`` in a fresh transaction and commit it, retrying on conflict; return its result.
+
+        On ``TransactionConflict`` the transaction is retried from the start
+        after a jittered exponential backoff (full jitter: a random wait up to
+        1 ms, 2 ms, 4 ms ... capped at 100 ms), at most ``retries`` times; then
+        the last conflict is raised. ``fn`` must be safe to call again: keep
+        side effects outside the database out of it. Any other exception rolls
+        the transaction back and propagates at once.
+
+        :raises TransactionConflict: still conflicting after ``retries`` retries.
+        :raises InvalidArgument: ``retries`` is negative.
+        """
+        if type(retries) is not int or retries < 0:
+            raise InvalidArgument(f"retries must be an int >= 0; got {retries!r}")
+        attempt = 0
+        while True:
+            tx = self.transaction()
+            try:
+                result = fn(tx)
+                tx.commit()
+                return result
+            except TransactionConflict:
+                if attempt >= retries:
+                    raise
+            finally:
+                if not tx.finished:
+                    tx.rollback()
+            time.sleep(random.uniform(0, min(0.1, 0.001 * (1 << attempt))))
+            attempt += 1
+
+    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> list[tuple[bytes, bytes]]:
+        with self._commit_lock:
+            self._check_open()
+            return self._versions.scan_at(lo, hi, snapshot)
+
+    def _commit_transaction(self, tx: Transaction) -> None:
+        """Validate and commit a transaction's write set as one WAL record (the OCC critical section)."""
+        writes = list(tx._writes.items())
+        with self._commit_lock:
+            self._check_can_write()
+            try:
+                validate(tx, self._versions)
+            except TransactionConflict:
+                self._conflicts += 1
+                raise
+            lsn = self._commit_locked(writes, tx._runs, None)
+            tx.commit_version = self._version
+        self._wal.wait(lsn)
+
+    def _release_transaction(self, tx: Transaction) -> None:
+        with self._commit_lock:
+            self._versions.release(tx._token)
+
     # --- durability and figures --------------------------------------------------------------
 
     def sync(self) -> None:
@@ -259,7 +350,10 @@ class Database:
         ``commits`` (by this handle), ``keys`` (entries in the unified store,
         run records included), ``runs``, ``runs_by_status``, ``wal_bytes``,
         ``wal_segments``, ``durability``, ``flush_interval_ms``,
-        ``segment_bytes``, ``native`` (C hot path on), ``poisoned``, and
+        ``segment_bytes``, ``native`` (C hot path on), ``poisoned``,
+        ``conflicts`` (transactions that failed validation),
+        ``active_transactions``, ``retained_versions`` (old versions kept
+        for open snapshots), and
         ``recovery``: what opening did (``segments``, ``records``, ``bytes``
         read, ``seconds``, ``torn_tail``, ``salvaged``, ``created``).
         """
@@ -279,6 +373,9 @@ class Database:
             "segment_bytes": self._segment_bytes,
             "native": native.ENABLED,
             "poisoned": self._wal.poisoned,
+            "conflicts": self._conflicts,
+            "active_transactions": self._versions.active,
+            "retained_versions": self._versions.retained,
             "recovery": dict(self._recovery),
         }
 
@@ -313,7 +410,10 @@ class Database:
         lsn = wal.next_lsn
         version = self._version + 1
         wal.append(encode_commit_frame(lsn, version, time.time_ns() // 1000, writes))
-        self._store.apply(version, writes)
+        if self._versions.active:
+            self._versions.apply(version, writes)  # keep what open snapshots still read
+        else:
+            self._store.apply(version, writes)
         self._version = version
         self._commits += 1
         if after is not None:
@@ -331,7 +431,10 @@ class Database:
             lsn = wal.next_lsn
             version = self._version + 1
             wal.append(encode_put_frame(lsn, version, time.time_ns() // 1000, key, value))
-            self._map[key] = (version, value)
+            if self._versions.active:
+                self._versions.apply(version, ((key, value),))
+            else:
+                self._map[key] = (version, value)
             self._version = version
             self._commits += 1
         if self._must_wait:

@@ -24,7 +24,8 @@ as it would anywhere else.
     │   ├── InvalidValue           (also TypeError) value cbor2 cannot encode
     │   └── InvalidArgument        (also ValueError) an option or argument out of range
     └── transactions
-        └── TransactionConflict    OCC validation failed (used from the Transactions issue)
+        ├── TransactionConflict    OCC validation failed; nothing was written; retry
+        └── TransactionClosed      the transaction already committed or rolled back
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidValue",
     "RunClosed",
     "RunNotFound",
+    "TransactionClosed",
     "TransactionConflict",
 ]
 
@@ -131,7 +133,7 @@ class TransactionConflict(InmemError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "transaction conflict",
         *,
         run: str | None = None,
         key: str | None = None,
@@ -143,3 +145,7 @@ class TransactionConflict(InmemError):
         self.key = key
         self.begin_version = begin_version
         self.conflict_version = conflict_version
+
+
+class TransactionClosed(InmemError):
+    """The transaction has finished (committed, rolled back, or failed to commit); start a new one."""

@@ -37,7 +37,7 @@ def test_public_names_are_pinned():
     assert set(engine.__all__) == {
         "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked", "DatabasePoisoned",
         "InmemError", "InvalidArgument", "InvalidKey", "InvalidValue", "RunClosed", "RunNotFound",
-        "TransactionConflict", "__version__",
+        "TransactionClosed", "TransactionConflict", "__version__",
     }
     for name in engine.__all__:
         obj = getattr(engine, name)

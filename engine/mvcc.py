@@ -1,0 +1,231 @@
+"""Multi-version reads: old versions of keys, kept exactly as long as an active snapshot can read them.
+
+This module owns snapshot reads and the retention and collection of old
+versions. The unified store keeps only the *latest* version of each key; when
+a commit overwrites or deletes a key while transactions are active, the
+superseded version (and, for a delete, a tombstone) moves into a per-key
+**version chain** here. Invariant: for every active snapshot ``B`` and every
+key, the value visible at ``B`` is the newest of (latest entry, chain entries)
+whose version is ``<= B``, and the chain holds every entry some active
+snapshot still needs.
+
+Versions against keys (``x`` = a version, ``T`` = a tombstone, ``|`` = a snapshot)::
+
+    key a:  1x ────── 4x ───────────── 9x        latest 9 in the store; 1, 4 in the chain
+    key b:  2x ──────────── 6T                   absent in the store; 2, 6T in the chain
+    key c:          3x                           latest 3; no chain needed
+                        |5                        snapshot 5 reads a@4, b@2, c@3
+
+Collection (after toydb's MVCC garbage collection, simplified): an entry
+superseded at version ``w`` is visible only to snapshots ``B < w``; once the
+oldest active snapshot is ``>= w`` nobody can read it and it is dropped. A
+queue of (superseding version, key) in commit order makes each collection
+step O(entries dropped); when the last transaction ends, every chain goes at
+once. Memory is therefore bounded by the writes made during the life of the
+oldest active transaction.
+
+Validation support: :meth:`Versions.last_write` and
+:meth:`Versions.first_write_after` give the commit version that last wrote a
+key (a tombstone counts) — what optimistic validation compares with a
+transaction's begin version.
+
+Concurrency: mutations happen under the database's commit lock. Point reads
+take no lock: chains are only appended to (by commits, with versions newer
+than every active snapshot) or *replaced* (by collection), never shifted in
+place, so a reader holding a chain sees a consistent list. Range reads take
+the commit lock to walk the sorted maps.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from sortedcontainers import SortedDict
+
+from .store import UnifiedStore
+
+__all__ = ["Versions"]
+
+Chain = list[tuple[int, bytes | None]]  # (version, value); value None = tombstone
+
+
+class Versions:
+    """Old versions of the keys of one :class:`UnifiedStore`, and the active snapshots that need them."""
+
+    def __init__(self, store: UnifiedStore):
+        self._store = store
+        self._map = store._map
+        self._chains: SortedDict = SortedDict()  # key -> Chain, ascending versions
+        self._queue: deque[tuple[int, bytes]] = deque()  # (version that superseded an entry, key)
+        self._snapshots: dict[int, int] = {}  # snapshot token -> begin version
+        self._next_token = 0
+        self._newest = 0  # highest begin version ever registered (an upper bound for the active ones)
+        self._oldest = 0  # begin version of the oldest active snapshot (valid while any are active)
+        self.retained = 0  # entries held in chains
+
+    # --- snapshots (under the commit lock) ---------------------------------------------------
+
+    def register(self, version: int) -> int:
+        """An active snapshot at ``version`` begins; return its token."""
+        token = self._next_token
+        self._next_token += 1
+        if not self._snapshots or version < self._oldest:
+            self._oldest = version
+        self._snapshots[token] = version
+        self._newest = max(self._newest, version)
+        return token
+
+    def release(self, token: int) -> None:
+        """The snapshot ``token`` ended: collect what no remaining snapshot can read."""
+        version = self._snapshots.pop(token)
+        if not self._snapshots:
+            self._chains.clear()
+            self._queue.clear()
+            self.retained = 0
+            self._newest = 0
+            return
+        if version == self._oldest:
+            self._oldest = min(self._snapshots.values())
+            self._collect(self._oldest)
+
+    @property
+    def active(self) -> int:
+        """Number of active snapshots."""
+        return len(self._snapshots)
+
+    # --- applying a commit (under the commit lock) --------------------------------------------
+
+    def apply(self, version: int, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Apply one commit's writes to the store, first moving superseded versions into chains.
+
+        Called instead of :meth:`UnifiedStore.apply` while snapshots are
+        active. Chains are written *before* the store, so a lock-free reader
+        that sees the new latest entry finds the old one already chained.
+        """
+        m = self._map
+        chains = self._chains
+        newest = self._newest
+        queue = self._queue
+        for key, value in writes:
+            old = m.get(key)
+            chain = chains.get(key)
+            if old is not None:
+                if old[0] <= newest or chain is not None:  # some snapshot may read it, or order must hold
+                    if chain is None:
+                        chain = chains[key] = []
+                    chain.append(old)
+                    queue.append((version, key))
+                    self.retained += 1
+            elif chain is not None and chain[-1][1] is None:
+                queue.append((version, key))  # the tombstone is superseded now
+            if value is None:
+                if chain is not None or old is not None:
+                    # a tombstone: readers at >= version must not fall back to an older chain
+                    # entry, and validation must see the delete
+                    if chain is None:
+                        chain = chains[key] = []
+                    chain.append((version, None))
+                    queue.append((version, key))  # lets collection drop it once everyone sees the delete
+                    self.retained += 1
+                m.pop(key, None)
+            else:
+                m[key] = (version, value)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def read_at(self, key: bytes, snapshot: int) -> tuple[int, bytes] | None:
+        """The entry of ``key`` visible at ``snapshot``, or ``None`` if it was absent then. O(1) typically."""
+        entry = self._map.get(key)
+        if entry is not None and entry[0] <= snapshot:
+            return entry
+        chain = self._chains.get(key)
+        if chain is not None:
+            for i in range(len(chain) - 1, -1, -1):
+                found = chain[i]
+                if found[0] <= snapshot:
+                    return None if found[1] is None else found  # type: ignore[return-value]
+        return None
+
+    def scan_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` of every key in ``[lo, hi)`` present at ``snapshot``, in key order.
+
+        Caller holds the commit lock. Complexity: O(log n + k + chained keys in range).
+        """
+        m = self._map
+        bounds = (lo, hi, (True, False)) if hi is not None else (lo, None)
+        out: list[tuple[bytes, bytes]] = []
+        if not self._chains:
+            for key in m.irange(*bounds):
+                entry = m[key]
+                if entry[0] <= snapshot:
+                    out.append((key, entry[1]))
+            return out
+        keys = set(m.irange(*bounds))
+        keys.update(self._chains.irange(*bounds))
+        for key in sorted(keys):
+            entry = self.read_at(key, snapshot)
+            if entry is not None:
+                out.append((key, entry[1]))
+        return out
+
+    # --- validation (under the commit lock) --------------------------------------------------------
+
+    def last_write(self, key: bytes) -> int:
+        """Commit version that last wrote ``key`` (put or delete) as far as any active snapshot can tell.
+
+        0 when the key is absent and no retained tombstone says when it went:
+        then it was not written since the oldest active snapshot began.
+        """
+        entry = self._map.get(key)
+        if entry is not None:
+            return entry[0]
+        chain = self._chains.get(key)
+        if chain is not None and chain[-1][1] is None:
+            return chain[-1][0]
+        return 0
+
+    def first_write_after(self, lo: bytes, hi: bytes | None, snapshot: int) -> tuple[bytes, int] | None:
+        """Some key in ``[lo, hi)`` written (inserted, changed or deleted) after ``snapshot``, with its version.
+
+        Complexity: O(log n + keys in range).
+        """
+        bounds = (lo, hi, (True, False)) if hi is not None else (lo, None)
+        m = self._map
+        for key in m.irange(*bounds):
+            version = m[key][0]
+            if version > snapshot:
+                return key, version
+        for key in self._chains.irange(*bounds):
+            version = self.last_write(key)
+            if version > snapshot:
+                return key, version
+        return None
+
+    # --- collection --------------------------------------------------------------------------------
+
+    def _collect(self, oldest: int) -> None:
+        """Drop every chain entry that no snapshot ``>= oldest`` can read."""
+        queue = self._queue
+        chains = self._chains
+        m = self._map
+        while queue and queue[0][0] <= oldest:
+            _, key = queue.popleft()
+            chain = chains.get(key)
+            if chain is None:
+                continue
+            # entry i is visible to snapshots in [v_i, v_{i+1}); drop it once v_{i+1} <= oldest
+            keep = 0
+            while keep + 1 < len(chain) and chain[keep + 1][0] <= oldest:
+                keep += 1
+            latest = m.get(key)
+            if latest is not None and latest[0] <= oldest:
+                keep = len(chain)  # the store's entry serves every snapshot: the whole chain goes
+            elif len(chain) - keep == 1 and chain[-1][1] is None and chain[-1][0] <= oldest:
+                keep = len(chain)  # a lone tombstone everyone sees: absence says the same
+            if keep:
+                self.retained -= keep
+                if keep == len(chain):
+                    del chains[key]
+                else:
+                    chains[key] = chain[keep:]  # replace, never shift: lock-free readers hold the old list

@@ -1,0 +1,234 @@
+"""Optimistic transactions: a snapshot, a read set, scanned ranges and a buffered write set.
+
+This module owns one transaction's bookkeeping and the OCC validation rule;
+the database owns the commit critical section that runs it. A
+:class:`Transaction` is a primitive :class:`~engine.primitives.kv.Context`,
+so ``tx.kv`` is the same KV class as ``db.kv``, reading and writing through
+the transaction instead of committing each call.
+
+Semantics (SPEC.md, "Transactions"):
+
+* **Snapshot**: begin takes the latest commit version ``B``; every read sees
+  the committed state as of ``B`` (old versions come from
+  :mod:`engine.mvcc`), plus the transaction's own writes.
+* **Read set / ranges**: every key read (found or not) and every key range
+  scanned is recorded. Writing to a run also reads its run record, so a
+  concurrent ``end_run`` is a conflict.
+* **Validation** (optimistic, backward, after Kung and Robinson 1981): at
+  commit, if any key in the read set or the write set, or any key inside a
+  scanned range (an insert or delete counts: no phantoms), was committed after
+  ``B``, the transaction conflicts and writes nothing. Otherwise its writes
+  commit as one WAL record at the next commit version. Every committed
+  history is then equivalent to the serial one in commit-version order
+  (serializable; no lost update, no write skew). Read-only transactions skip
+  validation: they are serialised at ``B``.
+
+A transaction belongs to one thread. Invariant: a finished transaction
+(committed, rolled back or failed) accepts no further call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .errors import TransactionClosed, TransactionConflict
+from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, split_key
+from .mvcc import Versions
+from .registry import RunRegistry, run_record_key
+
+__all__ = ["Transaction", "validate"]
+
+_PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces"}
+
+
+class _Host(Protocol):
+    """What a transaction needs from the database that made it."""
+
+    _versions: Versions
+    _registry: RunRegistry
+
+    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> list[tuple[bytes, bytes]]: ...
+    def _commit_transaction(self, tx: Transaction) -> None: ...
+    def _release_transaction(self, tx: Transaction) -> None: ...
+
+
+class Transaction:
+    """One optimistic transaction. Create with ``db.transaction()`` or ``db.transact(fn)``.
+
+    Use as a context manager (commit on normal exit, roll back on an
+    exception, which propagates) or call :meth:`commit` / :meth:`rollback`.
+    Primitives hang on it as on the database: ``tx.kv``.
+    """
+
+    kv: Any  # engine.primitives.kv.KV, attached by the database (primitives sit above this layer)
+
+    def __init__(self, host: _Host, begin_version: int, token: int):
+        self._host = host
+        self._versions = host._versions
+        self._registry = host._registry
+        self.prefix_maps = host._registry.prefix_maps
+        self.check_run = host._registry.check
+        self._begin = begin_version
+        self._token = token
+        self._reads: set[bytes] = set()
+        self._ranges: list[tuple[bytes, bytes | None]] = []
+        self._writes: dict[bytes, bytes | None] = {}
+        self._runs: set[str] = set()
+        self._finished = False
+        self.commit_version: int | None = None
+
+    # --- facts -----------------------------------------------------------------------------
+
+    @property
+    def begin_version(self) -> int:
+        """The commit version of this transaction's snapshot."""
+        return self._begin
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def read_only(self) -> bool:
+        """True while nothing has been written (such a transaction never conflicts)."""
+        return not self._writes
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "active"
+        return f"<inmem.Transaction at version {self._begin}, {state}, {len(self._writes)} writes>"
+
+    # --- the primitive Context -------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._finished:
+            raise TransactionClosed("the transaction has finished (committed or rolled back); start a new one")
+
+    def lookup(self, key: bytes) -> tuple[int, bytes] | None:
+        """Entry at the snapshot, own writes first; records the read."""
+        if self._finished:
+            self._check()
+        if key in self._writes:
+            value = self._writes[key]
+            return None if value is None else (0, value)
+        self._reads.add(key)
+        return self._versions.read_at(key, self._begin)
+
+    def _writing(self, run: str) -> None:
+        if self._finished:
+            self._check()
+        if run not in self._runs:
+            rid = self._registry.check(run, write=True)
+            self._reads.add(run_record_key(rid))  # a concurrent end_run must conflict
+            self._runs.add(run)
+
+    def write(self, run: str, key: bytes, value: bytes | None) -> None:
+        self._writing(run)
+        self._writes[key] = value
+
+    def delete(self, run: str, key: bytes) -> bool:
+        self._writing(run)
+        if self.lookup(key) is None:
+            return False
+        self._writes[key] = None
+        return True
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` in ``[lo, hi)`` at the snapshot with own writes applied; records the range."""
+        self._check()
+        items = self._host._scan_at(lo, hi, self._begin)
+        self._ranges.append((lo, hi))
+        if not self._writes:
+            return items
+        merged = dict(items)
+        for key, value in self._writes.items():
+            if key >= lo and (hi is None or key < hi):
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+        return sorted(merged.items())
+
+    # --- finishing -----------------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Validate and commit; afterwards ``commit_version`` is set (``None`` if read-only).
+
+        :raises TransactionConflict: something this transaction read, scanned
+            or wrote was committed by another after its snapshot; nothing was
+            written, and the transaction is finished (retry it from the start,
+            or use ``db.transact``).
+        :raises RunClosed: a run it writes to has ended meanwhile.
+        :raises TransactionClosed: the transaction has already finished.
+        :raises DatabasePoisoned: / :raises DatabaseClosed: as for any write.
+        """
+        self._check()
+        self._finished = True
+        try:
+            if self._writes:
+                self._host._commit_transaction(self)
+        finally:
+            self._host._release_transaction(self)
+
+    def rollback(self) -> None:
+        """Discard every write. :raises TransactionClosed: already finished."""
+        self._check()
+        self._finished = True
+        self._writes.clear()
+        self._host._release_transaction(self)
+
+    def __enter__(self) -> Transaction:
+        self._check()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._finished:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+def _conflict(tx: Transaction, key: bytes, version: int, what: str) -> TransactionConflict:
+    try:
+        rid, tag, user = split_key(key)
+        run = str(uuid.UUID(bytes=rid))
+        primitive = _PRIMITIVE.get(tag, f"tag {tag}")
+        ukey = user.decode("utf-8", "replace")
+    except ValueError:
+        run, primitive, ukey = None, "system", key.hex()
+    where = f"run {run}" if run else "the database"
+    shown = f"{primitive} key {ukey!r}" if primitive != "run" else "the run record (the run ended or changed)"
+    return TransactionConflict(
+        f"transaction conflict on {shown} in {where}: {what} was committed at version {version}, "
+        f"after this transaction's snapshot at version {tx.begin_version}",
+        run=run,
+        key=ukey if primitive != "run" else None,
+        begin_version=tx.begin_version,
+        conflict_version=version,
+    )
+
+
+def validate(tx: Transaction, versions: Versions) -> None:
+    """The OCC check, run under the commit lock.
+
+    :raises TransactionConflict: a key read or written, or a key in a scanned
+        range, was committed after ``tx.begin_version``.
+    Complexity: O(reads + writes + keys in scanned ranges).
+    """
+    begin = tx._begin
+    last_write: Callable[[bytes], int] = versions.last_write
+    for key in tx._writes:
+        version = last_write(key)
+        if version > begin:
+            raise _conflict(tx, key, version, "a write to a key this transaction writes")
+    for key in tx._reads:
+        version = last_write(key)
+        if version > begin:
+            raise _conflict(tx, key, version, "a write to a key this transaction read")
+    for lo, hi in tx._ranges:
+        hit = versions.first_write_after(lo, hi, begin)
+        if hit is not None:
+            raise _conflict(tx, hit[0], hit[1], "an insert, change or delete inside a range this transaction scanned")
