@@ -23,13 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="run the demo workload: agents write KV state, reopen, verify",
-        description="Agent runs write and read KV state from threads; the database is closed, "
-        "reopened and every value verified. Uses a fresh temporary directory unless --dir is given.",
+        help="run the demo workload: agents write KV state and claim tasks, reopen, verify",
+        description="Agent runs write KV state and claim tasks from a shared board in transactions, "
+        "from threads; the database is closed, reopened and every value and claim verified. "
+        "Uses a fresh temporary directory unless --dir is given.",
     )
     demo.add_argument("--dir", help="database directory to use (kept afterwards)")
     demo.add_argument("--agents", type=int, default=8, help="agent runs, one thread each (default 8)")
     demo.add_argument("--steps", type=int, default=2000, help="KV operations per agent (default 2000)")
+    demo.add_argument("--tasks", type=int, default=400, help="tasks on the shared board (default 400)")
     demo.add_argument("--durability", choices=("strict", "batched", "off"), default="batched",
                       help="WAL durability mode (default batched)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            run_demo(args.dir, agents=args.agents, steps=args.steps,
+            run_demo(args.dir, agents=args.agents, steps=args.steps, tasks=args.tasks,
                      durability=args.durability, seed=args.seed)
     except InmemError as exc:
         print(f"inmem: {type(exc).__name__}: {exc}", file=sys.stderr)

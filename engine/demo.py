@@ -1,10 +1,12 @@
 """The demo workload (the project's main job, ``python -m engine demo``).
 
-This module owns one scripted scenario, first version: several agent runs
-write and read KV state from threads, some runs fail, all end; the database is
-closed and reopened; every value is checked against what the agents
-recorded; a summary is printed. It uses only the public API. Later issues grow
-it into the full multi-agent crash/replay demo.
+This module owns one scripted scenario: several agent runs, one thread each,
+keep KV scratchpads and claim tasks from a shared board run, each claim one
+transaction across the board and the agent's own run (``db.transact``, so
+racing agents conflict and retry instead of claiming a task twice). Runs end;
+the database is closed and reopened; every value is checked against what the
+agents recorded and every task must be claimed exactly once. It uses only the
+public API. Later issues grow it into the full crash/replay demo.
 """
 
 from __future__ import annotations
@@ -43,7 +45,27 @@ def _agent(db: Database, run: str, steps: int, seed: int, model: dict[str, Any])
     model["result"] = kv.get(run, "result")
 
 
-def run_demo(directory: str | None = None, *, agents: int = 8, steps: int = 2000,
+def _claimer(db: Database, board: str, run: str, tasks: int, seed: int, model: dict[str, Any],
+             claims: list[int]) -> None:
+    """Try every task in a private random order; claim it in one transaction if it is still open."""
+    order = list(range(tasks))
+    random.Random(seed).shuffle(order)
+    for task in order:
+        key = f"task/{task:05d}"
+
+        def claim(tx: Any, key: str = key) -> bool:
+            if tx.kv.get(board, key)["status"] != "open":
+                return False
+            tx.kv.put(board, key, {"status": "claimed", "by": run})
+            tx.kv.put(run, f"claimed/{key}", {"task": key})
+            return True
+
+        if db.transact(claim, retries=50):
+            model[f"claimed/{key}"] = {"task": key}
+            claims.append(task)
+
+
+def run_demo(directory: str | None = None, *, agents: int = 8, steps: int = 2000, tasks: int = 400,
              durability: str = "batched", seed: int = 7, out: Any = print) -> dict[str, Any]:
     """Run the demo; return its verification figures (also printed through ``out``).
 
@@ -59,22 +81,39 @@ def run_demo(directory: str | None = None, *, agents: int = 8, steps: int = 2000
         t0 = time.perf_counter()
         models: dict[str, dict[str, Any]] = {}
         with Database.open(directory, durability=durability) as db:
+            board = db.begin_run("board", tags=["demo"])
+            with db.transaction() as tx:  # the planner seeds the board in one commit
+                for task in range(tasks):
+                    tx.kv.put(board, f"task/{task:05d}", {"status": "open"})
             runs = [db.begin_run(f"agent-{i}", tags=["demo", f"agent-{i}"], metadata={"seed": seed + i})
                     for i in range(agents)]
+            claims: dict[str, list[int]] = {}
             for run in runs:
                 models[run] = {}
-            threads = [threading.Thread(target=_agent, args=(db, run, steps, seed + i, models[run]))
-                       for i, run in enumerate(runs)]
+                claims[run] = []
+
+            start_claiming = threading.Barrier(agents)  # all agents race for the board at once
+
+            def work(i: int, run: str) -> None:
+                _agent(db, run, steps, seed + i, models[run])
+                start_claiming.wait()
+                _claimer(db, board, run, tasks, seed + i, models[run], claims[run])
+
+            threads = [threading.Thread(target=work, args=(i, run)) for i, run in enumerate(runs)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             for i, run in enumerate(runs):
                 db.end_run(run, "failed" if i % 5 == 4 else "completed")
+            db.end_run(board)
             written = db.stats()
         t_write = time.perf_counter() - t0
         out(f"wrote   {written['commits']:,} commits from {agents} agent runs "
             f"({durability}) in {t_write:.2f} s: {written['commits'] / t_write:,.0f} commits/s")
+        claimed = sorted(t for c in claims.values() for t in c)
+        out(f"claims  {len(claimed):,} of {tasks:,} tasks claimed by transactions; "
+            f"{written['conflicts']:,} conflicts retried, none claimed twice: {claimed == list(range(tasks))}")
 
         t1 = time.perf_counter()
         with Database.open(directory) as db:
@@ -85,14 +124,20 @@ def run_demo(directory: str | None = None, *, agents: int = 8, steps: int = 2000
                 stored = dict(db.kv.scan(run))
                 assert stored == model, f"run {run}: stored state differs from what the agent wrote"
                 checked += len(model)
+            owners = {k: v["by"] for k, v in db.kv.scan(board, "task/")}
+            for run, mine in claims.items():
+                assert sorted(k for k, v in owners.items() if v == run) == [f"task/{t:05d}" for t in sorted(mine)]
+            assert len(owners) == tasks and claimed == list(range(tasks)), "a task was lost or claimed twice"
             stats = db.stats()
         out(f"reopen  recovered {rec['records']:,} WAL records ({rec['bytes'] / 1e6:.1f} MB) "
             f"in {t_open * 1000:.0f} ms; torn tail: {rec['torn_tail'] or 'none'}")
-        out(f"verify  {checked:,} keys in {len(models)} runs match what the agents wrote, value for value")
+        out(f"verify  {checked:,} keys in {len(models)} runs match what the agents wrote, value for value; "
+            f"every task on the board has exactly the owner that claimed it")
         out(f"runs    {stats['runs_by_status']}; commit version {stats['commit_version']:,}; "
             f"WAL {stats['wal_bytes'] / 1e6:.1f} MB in {stats['wal_segments']} segment(s); "
             f"native path {'on' if stats['native'] else 'off'}")
         return {"commits": written["commits"], "keys_verified": checked, "runs": len(models),
+                "tasks_claimed": len(claimed), "conflicts": written["conflicts"],
                 "recovery": rec, "commit_version": stats["commit_version"]}
     finally:
         if tmp is not None:
