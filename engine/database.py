@@ -44,7 +44,8 @@ from .recovery import recover
 from .registry import RunRegistry
 from .store import UnifiedStore
 from .txn import Transaction, validate
-from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame, encode_put_frame
+from .wal import format as _format
+from .wal.format import COMMIT_HEADER, FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame, encode_put_frame
 from .wal.writer import DURABILITY_MODES, WalWriter
 
 __all__ = ["Database"]
@@ -314,8 +315,18 @@ class Database:
             return self._versions.scan_at(lo, hi, snapshot)
 
     def _commit_transaction(self, tx: Transaction) -> None:
-        """Validate and commit a transaction's write set as one WAL record (the OCC critical section)."""
+        """Validate and commit a transaction's write set as one WAL record (the OCC critical section).
+
+        :raises InvalidArgument: the write set would not fit in one WAL record
+            (``MAX_PAYLOAD_BYTES``, 1 GiB); nothing is written.
+        """
         writes = list(tx._writes.items())
+        size = COMMIT_HEADER.size + sum(5 + len(k) + (0 if v is None else 4 + len(v)) for k, v in writes)
+        if size > _format.MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(
+                f"transaction writes {size:,} bytes; one commit record holds at most "
+                f"{_format.MAX_PAYLOAD_BYTES:,}: split it into several transactions"
+            )
         with self._commit_lock:
             self._check_can_write()
             try:

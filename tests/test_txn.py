@@ -393,3 +393,19 @@ def test_no_versions_are_retained_without_transactions(db, run):
         db.kv.put(run, "k", i)
         db.kv.delete(run, "k")
     assert db.stats()["retained_versions"] == 0
+
+
+def test_a_write_set_too_large_for_one_record_is_refused_before_writing(db, run, dbdir, monkeypatch):
+    import engine.wal.format as wal_format
+
+    monkeypatch.setattr(wal_format, "MAX_PAYLOAD_BYTES", 10_000)
+    db.sync()
+    before = dir_bytes(dbdir)
+    tx = db.transaction()
+    for i in range(20):
+        tx.kv.put(run, f"k{i}", "x" * 1000)
+    with pytest.raises(InvalidArgument, match="split it"):
+        tx.commit()
+    db.sync()
+    assert dir_bytes(dbdir) == before and db.kv.get(run, "k0") is None
+    assert db.stats()["active_transactions"] == 0
