@@ -135,13 +135,19 @@ def test_put(benchmark, results, tmp_path, mode, kind):
 # --- get ---------------------------------------------------------------------------------------
 
 
+def _loaded(kind, tmp_path):
+    """An engine with one run of GET_KEYS keys (the get benches' database)."""
+    eng = _new_engine(kind, str(tmp_path / "db"), "batched")
+    run = eng.begin_run("bench")
+    eng.load(run, ((key_for(i), value_for(i)) for i in range(GET_KEYS)))
+    return eng, run
+
+
 @pytest.mark.parametrize("kind", ["inmem", "sqlite3"])
 def test_get(benchmark, results, tmp_path, kind):
     benchmark.group = "get"
-    eng = _new_engine(kind, str(tmp_path / "db"), "batched")
+    eng, run = _loaded(kind, tmp_path)
     try:
-        run = eng.begin_run("bench")
-        eng.load(run, ((key_for(i), value_for(i)) for i in range(GET_KEYS)))
         get = eng.get_fn(run)
         rng = random.Random(42)
         keys = itertools.cycle([key_for(rng.randrange(GET_KEYS)) for _ in range(GET_BATCH * 4)])
@@ -167,10 +173,8 @@ def test_get_loop(benchmark, results, tmp_path, kind):
     that a caller's own loop does not pay; this one amortises the harness.
     """
     benchmark.group = "get-loop"
-    eng = _new_engine(kind, str(tmp_path / "db"), "batched")
+    eng, run = _loaded(kind, tmp_path)
     try:
-        run = eng.begin_run("bench")
-        eng.load(run, ((key_for(i), value_for(i)) for i in range(GET_KEYS)))
         rng = random.Random(42)
         keys = [key_for(rng.randrange(GET_KEYS)) for _ in range(GET_BATCH)]
         assert eng.get_fn(run)(keys[0]) is not None
