@@ -31,6 +31,7 @@ import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -158,6 +159,7 @@ class Database:
         self._closed = False
         self._map = store._map  # the put fast path writes the SortedDict directly
         self._versions = Versions(store)
+        self._abandoned: list[int] = []  # snapshot tokens of transactions collected unfinished
         self._conflicts = 0
         self._active_runs = registry.active
         self._must_wait = durability != "batched"
@@ -272,11 +274,21 @@ class Database:
         """
         with self._commit_lock:
             self._check_open()
+            self._reclaim_abandoned()
             begin = self._version
             token = self._versions.register(begin)
         tx = Transaction(self, begin, token)
         tx.kv = KV(tx)
+        # A transaction dropped without commit or rollback must not pin old versions
+        # for ever. Its finaliser may run inside any allocation (even under the commit
+        # lock), so it only queues the token; the next begin or commit releases it.
+        tx._finalizer = weakref.finalize(tx, _abandoned, self._abandoned, token)
         return tx
+
+    def _reclaim_abandoned(self) -> None:
+        """Release snapshots of transactions garbage-collected unfinished (commit lock held)."""
+        while self._abandoned:
+            self._versions.release(self._abandoned.pop())
 
     def transact(self, fn: Callable[[Transaction], T], *, retries: int = 10) -> T:
         """Run ``fn(tx)`` in a fresh transaction and commit it, retrying on conflict; return its result.
@@ -334,13 +346,22 @@ class Database:
             except TransactionConflict:
                 self._conflicts += 1
                 raise
+            # the snapshot is not needed past validation: releasing it first spares
+            # the apply from keeping versions only this transaction could have read
+            self._release_locked(tx)
             lsn = self._commit_locked(writes, tx._runs, None)
             tx.commit_version = self._version
         self._wal.wait(lsn)
 
     def _release_transaction(self, tx: Transaction) -> None:
-        with self._commit_lock:
+        if tx._finalizer.alive:
+            with self._commit_lock:
+                self._release_locked(tx)
+
+    def _release_locked(self, tx: Transaction) -> None:
+        if tx._finalizer.detach() is not None:
             self._versions.release(tx._token)
+        self._reclaim_abandoned()
 
     # --- durability and figures --------------------------------------------------------------
 
@@ -420,7 +441,11 @@ class Database:
         wal = self._wal
         lsn = wal.next_lsn
         version = self._version + 1
-        wal.append(encode_commit_frame(lsn, version, time.time_ns() // 1000, writes))
+        if len(writes) == 1 and writes[0][1] is not None:
+            frame = encode_put_frame(lsn, version, time.time_ns() // 1000, *writes[0])  # type: ignore[arg-type]
+        else:
+            frame = encode_commit_frame(lsn, version, time.time_ns() // 1000, writes)
+        wal.append(frame)
         if self._versions.active:
             self._versions.apply(version, writes)  # keep what open snapshots still read
         else:
@@ -450,6 +475,17 @@ class Database:
             self._commits += 1
         if self._must_wait:
             wal.wait(lsn)
+
+
+def _abandoned(queue: list[int], token: int) -> None:
+    """weakref finaliser of an unfinished transaction: queue its snapshot for release (no locks here)."""
+    warnings.warn(
+        "an inmem transaction was garbage-collected without commit() or rollback(); "
+        "its writes are discarded (use `with db.transaction() as tx:` or db.transact)",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    queue.append(token)
 
 
 class _Autocommit:

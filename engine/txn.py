@@ -78,6 +78,7 @@ class Transaction:
         self._runs: set[str] = set()
         self._finished = False
         self.commit_version: int | None = None
+        self._finalizer: Any = None  # set by the database: releases the snapshot if we are dropped
 
     # --- facts -----------------------------------------------------------------------------
 

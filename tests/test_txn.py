@@ -409,3 +409,32 @@ def test_a_write_set_too_large_for_one_record_is_refused_before_writing(db, run,
     db.sync()
     assert dir_bytes(dbdir) == before and db.kv.get(run, "k0") is None
     assert db.stats()["active_transactions"] == 0
+
+
+def test_an_abandoned_transaction_does_not_pin_old_versions(db, run):
+    import gc
+    import warnings
+
+    db.kv.put(run, "k", 0)
+    tx = db.transaction()
+    tx.kv.put(run, "never", 1)
+    for i in range(10):
+        db.kv.put(run, "k", i)
+    assert db.stats()["retained_versions"] > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del tx
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    with db.transaction() as t2:  # the next begin releases the abandoned snapshot
+        assert t2.kv.get(run, "never") is None
+    assert db.stats()["retained_versions"] == 0 and db.stats()["active_transactions"] == 0
+
+
+def test_a_commit_does_not_retain_versions_for_its_own_snapshot(db, run):
+    db.kv.put(run, "k", 0)
+    for _ in range(20):
+        with db.transaction() as tx:
+            tx.kv.put(run, "k", tx.kv.get(run, "k") + 1)
+        assert db.stats()["retained_versions"] == 0
+    assert db.kv.get(run, "k") == 20

@@ -29,11 +29,19 @@ Invariants:
   (PostgreSQL's 2018 "fsyncgate": after a failed fsync the kernel may have
   discarded the dirty pages, so a retry that succeeds proves nothing).
 
-Lock order: commit lock -> ``_io_lock`` -> ``_lock``. ``_lock`` guards the
+Group commit (leader/follower, as in most WAL engines): a committer that
+needs its LSN written or fsynced either finds it already covered, or becomes
+the *leader* if no I/O is in progress, or sleeps on ``_io_cond``. The leader
+takes everything pending, writes and fsyncs it outside every lock, then wakes
+all sleepers at once; those now covered return, and the first of the rest
+leads the next round with everything that arrived meanwhile. So the number of
+fsyncs per second stays near the disk's rate while commits per fsync grow
+with the number of committers.
+
+Lock order: commit lock -> ``_io_cond`` -> ``_lock``. ``_lock`` guards the
 pending buffer and LSN counters and is held only for list/bytearray work;
-``_io_lock`` serialises all file I/O (writes, fsyncs, rotation), which is
-where group commit happens: committers queue on it, and whichever gets it
-writes and fsyncs everything pending, so the others find their LSN durable.
+``_io_cond`` guards ``_io_busy`` (one leader at a time) and the written and
+durable LSNs; no lock is held during a write or an fsync.
 """
 
 from __future__ import annotations
@@ -104,7 +112,8 @@ class WalWriter:
         self._interval_s = flush_interval_ms / 1000.0
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()
-        self._io_lock = threading.Lock()
+        self._io_cond = threading.Condition(threading.Lock())
+        self._io_busy = False  # a leader is writing/fsyncing
         self._wake = threading.Condition(threading.Lock())
         self._poisoned: BaseException | None = None
         self._closed = False
@@ -204,26 +213,47 @@ class WalWriter:
     # --- I/O -----------------------------------------------------------------------
 
     def _flush(self, upto: int, *, sync: bool) -> None:
-        with self._io_lock:
-            if self._poisoned is not None:
-                raise self.poison_error()
-            if (self._durable_lsn if sync else self._written_lsn) >= upto:
-                return  # another committer's write/fsync already covered us: group commit
+        """Make LSNs up to ``upto`` written (and fsynced if ``sync``): lead the I/O or wait for the leader."""
+        cond = self._io_cond
+        with cond:
+            while True:
+                if self._poisoned is not None:
+                    raise self.poison_error()
+                if (self._durable_lsn if sync else self._written_lsn) >= upto:
+                    return  # a leader's write/fsync already covered us: group commit
+                if not self._io_busy:
+                    break
+                cond.wait()
+            self._io_busy = True
+            need_fsync = sync
+        failure: OSError | None = None
+        done = False
+        last = 0
+        try:
             with self._lock:
                 data, marks, last = self._pending, self._marks, self._appended_lsn
                 self._pending = bytearray()
                 self._marks = []
-            try:
-                if data:
-                    self._write(data, marks)
-                self._written_lsn = last
-                if sync and self._durable_lsn < last:
-                    self._file.sync()
-                    self._durable_lsn = last
-            except OSError as exc:
-                self._poisoned = exc
-                log.error("inmem: WAL write or fsync failed; database poisoned, writes refused: %s", exc)
-                raise self.poison_error() from exc
+            if data:
+                self._write(data, marks)
+            if need_fsync and self._durable_lsn < last:
+                self._file.sync()
+            done = True
+        except OSError as exc:
+            failure = exc
+        finally:
+            with cond:
+                self._io_busy = False
+                if failure is not None:
+                    self._poisoned = failure
+                elif done:
+                    self._written_lsn = last
+                    if need_fsync:
+                        self._durable_lsn = last
+                cond.notify_all()
+        if failure is not None:
+            log.error("inmem: WAL write or fsync failed; database poisoned, writes refused: %s", failure)
+            raise self.poison_error() from failure
 
     def _write(self, data: bytearray, marks: list[tuple[int, int, int]]) -> None:
         view = memoryview(data)
@@ -320,5 +350,7 @@ class WalWriter:
             if self._poisoned is None:
                 self.sync()
         finally:
-            with self._io_lock:
+            with self._io_cond:
+                while self._io_busy:
+                    self._io_cond.wait()
                 self._file.close()
