@@ -29,7 +29,6 @@ from __future__ import annotations
 import atexit
 import os
 import random
-import threading
 import time
 import warnings
 import weakref
@@ -39,6 +38,7 @@ from typing import Any, TypeVar
 from . import native
 from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem
+from .locks import CommitLock
 from .mvcc import Versions
 from .primitives.kv import KV
 from .recovery import recover
@@ -155,7 +155,7 @@ class Database:
         self._registry = registry
         self._wal = wal
         self._version = rec.version
-        self._commit_lock = threading.Lock()
+        self._commit_lock = CommitLock()  # never held across I/O: see engine/locks.py
         self._closed = False
         self._map = store._map  # the put fast path writes the SortedDict directly
         self._versions = Versions(store)

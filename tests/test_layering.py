@@ -15,7 +15,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "engine"
 # lowest first; a module may import only modules of its own layer or below
 LAYERS = [
     {"errors"},
-    {"keys", "codec", "checksum", "native", "_native"},
+    {"keys", "codec", "checksum", "native", "_native", "locks"},
     {"fs", "wal.format"},
     {"store", "mvcc", "identity", "wal.reader", "wal.writer", "wal"},
     {"recovery", "registry"},
