@@ -39,7 +39,9 @@ from . import native
 from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem
 from .locks import CommitLock
+from .checkpoint import SnapshotInfo, Snapshotter
 from .mvcc import Versions
+from .snapshot import Progress
 from .primitives.kv import KV
 from .recovery import recover
 from .registry import RunRegistry
@@ -86,6 +88,9 @@ class Database:
         flush_interval_ms: int = 100,
         segment_bytes: int = 64 * MiB,
         salvage: bool = False,
+        snapshot_every_bytes: int | None = 64 * MiB,
+        snapshot_every_s: float | None = None,
+        progress: Progress | None = None,
         fs: FileSystem | None = None,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
@@ -101,9 +106,15 @@ class Database:
         :param salvage: on corruption, keep the longest valid prefix instead of
             raising; what was dropped is set aside and reported in
             ``stats()["recovery"]["salvaged"]``.
+        :param snapshot_every_bytes: take a snapshot in a background thread
+            after this many bytes of WAL (default 64 MiB; ``None``: never by size).
+        :param snapshot_every_s: and/or every this many seconds (default ``None``: never by time).
+        :param progress: ``progress(phase, done, total)``, called during
+            recovery (``"recovery-snapshot"``, ``"recovery-wal"``: bytes) and
+            snapshots (``"snapshot"``: keys), e.g. to draw a progress bar.
         :param fs: file-system seam (default: the real disk).
 
-        Complexity: O(WAL bytes) for recovery.
+        Complexity: O(snapshot + WAL after it) for recovery.
 
         :raises InvalidArgument: an option is out of range (nothing is touched on disk).
         :raises DatabaseLocked: another handle, in this or another process, has it open.
@@ -115,6 +126,15 @@ class Database:
             raise InvalidArgument(f"flush_interval_ms must be an int in 1..60000; got {flush_interval_ms!r}")
         if type(segment_bytes) is not int or not 4096 <= segment_bytes <= MAX_PAYLOAD_BYTES:
             raise InvalidArgument(f"segment_bytes must be an int in 4096..{MAX_PAYLOAD_BYTES}; got {segment_bytes!r}")
+        if snapshot_every_bytes is not None and (type(snapshot_every_bytes) is not int or snapshot_every_bytes < 4096):
+            raise InvalidArgument(f"snapshot_every_bytes must be None or an int >= 4096; got {snapshot_every_bytes!r}")
+        if snapshot_every_s is not None and (
+            not isinstance(snapshot_every_s, (int, float)) or isinstance(snapshot_every_s, bool)
+            or not snapshot_every_s > 0
+        ):
+            raise InvalidArgument(f"snapshot_every_s must be None or a number > 0; got {snapshot_every_s!r}")
+        if progress is not None and not callable(progress):
+            raise InvalidArgument("progress must be a callable(phase, done, total) or None")
         fs = fs if fs is not None else OSFileSystem()
         dirpath = os.fspath(path)
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
@@ -122,7 +142,7 @@ class Database:
         fs.makedirs(dirpath)
         lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
         try:
-            rec = recover(fs, dirpath, salvage=salvage)
+            rec = recover(fs, dirpath, salvage=salvage, progress=progress)
             store = UnifiedStore(rec.state)
             del rec.state
             registry = RunRegistry()
@@ -138,6 +158,7 @@ class Database:
                 active=rec.active,
                 closed_bytes=rec.closed_bytes,
                 closed_segments=rec.closed_segments,
+                next_seq=rec.next_seq,
             )
         except BaseException:
             lock.release()
@@ -166,6 +187,8 @@ class Database:
         self._commits = 0
         self._autocommit = _Autocommit(self)
         self.kv = KV(self._autocommit)
+        self._snapshotter = Snapshotter(self, every_bytes=snapshot_every_bytes, every_s=snapshot_every_s,
+                                        progress=progress)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
         ref = weakref.ref(self)
@@ -188,6 +211,7 @@ class Database:
             self._autocommit.closed()
         atexit.unregister(self._atexit)
         try:
+            self._snapshotter.close()
             self._wal.close()
         finally:
             self._lock_file.release()
@@ -363,6 +387,26 @@ class Database:
             self._versions.release(tx._token)
         self._reclaim_abandoned()
 
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> SnapshotInfo:
+        """Write a snapshot of the whole store now; return what it wrote.
+
+        Writers pause only for one capture step of 4,096 keys at a time
+        (``SnapshotInfo.pause_ms`` is the longest); encoding, writing and
+        fsync happen without any lock. Afterwards the two newest snapshots
+        are kept and WAL segments wholly covered by the older of them are
+        deleted. Recovery then loads the newest valid snapshot and replays
+        only the WAL after it. See SPEC.md, "Snapshots".
+
+        :raises DatabaseClosed: the database is closed.
+        :raises DatabasePoisoned: the WAL could not be synced first.
+        :raises CorruptionError: the written file failed verification (it was removed).
+        :raises OSError: the file could not be written (the database is unaffected).
+        """
+        self._check_open()
+        return self._snapshotter.take()
+
     # --- durability and figures --------------------------------------------------------------
 
     def sync(self) -> None:
@@ -408,6 +452,11 @@ class Database:
             "conflicts": self._conflicts,
             "active_transactions": self._versions.active,
             "retained_versions": self._versions.retained,
+            "snapshots": {
+                "taken": self._snapshotter.taken,
+                "failures": self._snapshotter.failures,
+                "last": None if self._snapshotter.last is None else self._snapshotter.last.as_dict(),
+            },
             "recovery": dict(self._recovery),
         }
 

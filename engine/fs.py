@@ -65,6 +65,9 @@ class FileSystem(Protocol):
     def exists(self, path: str) -> bool: ...
     def file_size(self, path: str) -> int: ...
     def read(self, path: str) -> bytes: ...
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+
     def create(self, path: str) -> WritableFile:
         """Create a new, empty file; fail with ``FileExistsError`` if it exists."""
 
@@ -146,6 +149,13 @@ class OSFileSystem:
     def read(self, path: str) -> bytes:
         with open(path, "rb", buffering=0) as f:
             return f.read()
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
 
     def create(self, path: str) -> WritableFile:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)

@@ -38,6 +38,7 @@ the commit lock to walk the sorted maps.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable
 
@@ -168,6 +169,40 @@ class Versions:
             if entry is not None:
                 out.append((key, entry[1]))
         return out
+
+    def capture(self, lo: bytes, snapshot: int, limit: int) -> tuple[list[bytes], list[int], list[bytes], bytes | None]:
+        """One step of a whole-store snapshot: the keys ``>= lo`` present at ``snapshot``, at most ~``limit``.
+
+        Returns ``(keys, versions, values, next_lo)``; ``next_lo`` is ``None``
+        once the end of the store is reached. Caller holds the commit lock for
+        one step only, so a writer waits for at most one step.
+        Complexity: O(log n + limit).
+        """
+        m = self._map
+        batch = list(itertools.islice(m.irange(lo), limit))
+        next_lo = batch[-1] + b"\0" if len(batch) == limit else None
+        keys: list[bytes] = []
+        versions: list[int] = []
+        values: list[bytes] = []
+        if self._chains:
+            chained = self._chains.irange(lo, next_lo, (True, False)) if next_lo is not None else self._chains.irange(lo)
+            extra = [k for k in chained if k not in m]
+            if extra:
+                batch = sorted(itertools.chain(batch, extra))
+            for key in batch:
+                entry = self.read_at(key, snapshot)
+                if entry is not None:
+                    keys.append(key)
+                    versions.append(entry[0])
+                    values.append(entry[1])
+        else:
+            for key in batch:
+                entry = m[key]
+                if entry[0] <= snapshot:
+                    keys.append(key)
+                    versions.append(entry[0])
+                    values.append(entry[1])
+        return keys, versions, values, next_lo
 
     # --- validation (under the commit lock) --------------------------------------------------------
 

@@ -40,6 +40,7 @@ from typing import Any
 from .errors import CorruptionError
 from .fs import FileSystem
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
+from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot
 from .store import Entry
 from .wal.format import (
     SEGMENT_HEADER_SIZE,
@@ -66,6 +67,7 @@ class Recovered:
     version: int  # last commit version recovered (0 for an empty database)
     next_lsn: int
     active: ActiveSegment | None  # last kept segment, to append to
+    next_seq: int  # sequence number of the next segment to create
     closed_bytes: int  # bytes in kept segments before the active one
     closed_segments: int
     report: dict[str, Any] = field(default_factory=dict)
@@ -82,14 +84,21 @@ class _Damage:
     offset: int | None
 
 
-def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered:
-    """Read the WAL of ``dirpath`` and return the recovered state.
+def recover(
+    fs: FileSystem, dirpath: str, *, salvage: bool = False, progress: Progress | None = None
+) -> Recovered:
+    """Load the newest valid snapshot of ``dirpath``, replay the WAL after it, and return the state.
 
-    Complexity: O(WAL bytes) time; O(live keys) memory beyond one segment buffer.
+    Complexity: O(snapshot bytes + WAL bytes after the snapshot) time (older
+    segments are skipped after reading their 48-byte headers); O(live keys)
+    memory beyond one segment buffer.
 
+    :param progress: called as ``progress(phase, done, total)`` with phase
+        ``"recovery-snapshot"`` or ``"recovery-wal"`` and byte counts.
     :raises CorruptionError: a segment is missing, foreign or out of sequence,
-        IDENTITY is missing or damaged, or a frame before the tail is bad
-        (with ``salvage=True`` only for IDENTITY problems).
+        IDENTITY is missing or damaged, a frame before the tail is bad (with
+        ``salvage=True`` only for IDENTITY problems), or there is no valid
+        snapshot and the WAL does not start at its beginning (names the files).
     """
     t0 = time.perf_counter()
     names = fs.listdir(dirpath)
@@ -99,13 +108,14 @@ def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered
     if removed_tmp:
         fs.sync_dir(dirpath)
     segments = sorted((seq, n) for n in names if (seq := parse_segment_name(n)) is not None)
+    snapshots = sorted(((v, n) for n in names if (v := parse_snapshot_name(n)) is not None), reverse=True)
 
     created = False
     if IDENTITY_FILE in names:
         ident = read_identity(fs, dirpath)
-    elif segments:
+    elif segments or snapshots:
         raise CorruptionError(
-            "IDENTITY is missing but WAL segments exist: the directory is damaged "
+            "IDENTITY is missing but WAL segments or snapshots exist: the directory is damaged "
             "(restore IDENTITY from a backup)",
             path=os.path.join(dirpath, IDENTITY_FILE),
         )
@@ -113,11 +123,53 @@ def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered
         ident = create_identity(fs, dirpath)
         created = True
 
+    # 1. the newest snapshot whose every checksum passes
     state: dict[bytes, Entry] = {}
     version = 0
-    next_lsn = 1
+    start_lsn = 1  # the first LSN the snapshot does not cover
+    snap_report: dict[str, Any] | None = None
+    skipped_snapshots: list[dict[str, Any]] = []
+    for _v, name in snapshots:
+        t1 = time.perf_counter()
+        try:
+            header, state = read_snapshot(fs, os.path.join(dirpath, name), ident.db_id, progress)
+        except SnapshotError as exc:
+            skipped_snapshots.append({"file": name, "reason": exc.reason, "offset": exc.offset})
+            log.warning("inmem: snapshot %s is damaged (%s at offset %s); trying an older one", name, exc.reason,
+                        exc.offset)
+            continue
+        version, start_lsn = header.commit_version, header.next_lsn
+        snap_report = {"file": name, "commit_version": version, "keys": header.keys,
+                       "seconds": round(time.perf_counter() - t1, 6)}
+        break
+
+    # 2. which segments to read: skip those the snapshot wholly covers (headers only)
+    first = 0
+    if snap_report is not None:
+        firsts: list[int | None] = []
+        for _seq, name in segments:
+            try:
+                head = decode_segment_header(fs.read_range(os.path.join(dirpath, name), 0, SEGMENT_HEADER_SIZE))
+                firsts.append(head.first_lsn)
+            except FrameError:
+                firsts.append(None)
+        while first + 1 < len(segments) and firsts[first + 1] is not None and firsts[first + 1] <= start_lsn:
+            first += 1
+    elif segments and segments[0][0] != 1:
+        files = ", ".join([n for _, n in snapshots] + [segments[0][1]])
+        raise CorruptionError(
+            f"no valid snapshot, and the WAL starts at {segments[0][1]}, not at its first segment: "
+            f"the log's beginning is gone (files: {files})",
+            path=os.path.join(dirpath, snapshots[0][1] if snapshots else segments[0][1]),
+        )
+    skipped_segments = segments[:first]
+    replay = segments[first:]
+
+    # 3. replay the WAL after the snapshot
+    next_lsn: int | None = start_lsn if snap_report is None else None  # None: any first LSN <= start_lsn
     records = 0
     bytes_read = 0
+    total_bytes = sum(fs.file_size(os.path.join(dirpath, n)) for _, n in replay)
     torn: dict[str, Any] | None = None
     damage: _Damage | None = None
     kept: list[tuple[int, str, int, int]] = []  # (seq, path, size, first_lsn)
@@ -128,9 +180,10 @@ def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered
             raise CorruptionError(message, path=path, offset=offset)
         damage = _Damage(index, cut, message, path, offset)
 
-    for index, (seq, name) in enumerate(segments):
+    first_seq = replay[0][0] if replay else 1
+    for index, (seq, name) in enumerate(replay):
         path = os.path.join(dirpath, name)
-        expected_seq = index + 1
+        expected_seq = first_seq + index
         if seq != expected_seq:
             missing = os.path.join(dirpath, segment_name(expected_seq))
             damaged(f"WAL segment {segment_name(expected_seq)} is missing (next is {name})", missing, None, index, None)
@@ -148,27 +201,31 @@ def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered
         if header.seq != seq:
             damaged(f"WAL segment header says sequence {header.seq}, file name says {seq}", path, 28, index, None)
             break
-        if header.first_lsn != next_lsn:
+        # LSNs continue from the previous segment; a gap is allowed only where the snapshot covers it
+        floor = next_lsn if next_lsn is not None else 1
+        if not (header.first_lsn == floor or floor <= header.first_lsn <= start_lsn):
             damaged(
-                f"WAL segment starts at LSN {header.first_lsn}, expected {next_lsn} (stale or missing segment)",
+                f"WAL segment starts at LSN {header.first_lsn}, expected {floor} (stale or missing segment)",
                 path, 36, index, None,
             )
             break
 
-        scan = SegmentScan(buf, header, version)
-        get = state.pop
+        scan = SegmentScan(buf, header, version, skip_below=start_lsn)
+        pop = state.pop
         for _lsn, version, _ts, writes in scan.records():
             for key, value in writes:
                 if value is None:
-                    get(key, None)
+                    pop(key, None)
                 else:
                     state[key] = (version, value)
         records += scan.count
         next_lsn = scan.next_lsn
         version = scan.last_version
+        if progress is not None:
+            progress("recovery-wal", bytes_read, total_bytes)
         err = scan.error
         if err is not None:
-            last = index == len(segments) - 1
+            last = index == len(replay) - 1
             if last and find_valid_frame(buf, err.offset + 1, next_lsn) == -1:
                 torn = {
                     "file": name,
@@ -196,19 +253,30 @@ def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered
 
     salvaged = None
     if damage is not None:
-        salvaged = _salvage(fs, dirpath, segments, damage)
+        salvaged = _salvage(fs, dirpath, replay, damage)
         log.warning(
             "inmem: salvage kept the valid prefix (commit version %d) and set aside %s: %s",
             version, ", ".join(salvaged["set_aside"]), damage.message,
         )
 
+    # 4. where the writer continues: the last kept segment, unless the WAL ends
+    #    before the snapshot (then a new segment starts at the snapshot's LSN)
+    wal_next = next_lsn if next_lsn is not None else start_lsn
     active = None
-    if kept:
+    next_seq = (kept[-1][0] + 1) if kept else (replay[0][0] if replay else (segments[-1][0] + 1 if segments else 1))
+    if kept and wal_next >= start_lsn:
         seq, path, size, first_lsn = kept[-1]
         active = ActiveSegment(seq, path, size, first_lsn)
+    on_disk = [(n, fs.file_size(os.path.join(dirpath, n))) for _, n in skipped_segments] + [
+        (os.path.basename(k[1]), k[2]) for k in kept
+    ]
+    closed = on_disk[:-1] if active is not None else on_disk
     report = {
         "created": created,
+        "snapshot": snap_report,
+        "snapshots_skipped": skipped_snapshots,
         "segments": len(kept),
+        "segments_skipped": len(skipped_segments),
         "records": records,
         "bytes": bytes_read,
         "commit_version": version,
@@ -221,10 +289,11 @@ def recover(fs: FileSystem, dirpath: str, *, salvage: bool = False) -> Recovered
         identity=ident,
         state=state,
         version=version,
-        next_lsn=next_lsn,
+        next_lsn=max(wal_next, start_lsn),
         active=active,
-        closed_bytes=sum(k[2] for k in kept[:-1]),
-        closed_segments=max(len(kept) - 1, 0),
+        next_seq=next_seq,
+        closed_bytes=sum(size for _, size in closed),
+        closed_segments=len(closed),
         report=report,
     )
 

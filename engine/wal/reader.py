@@ -43,12 +43,16 @@ class SegmentScan:
         frame must carry, and LSNs must then rise by one per frame.
     :param last_version: the commit version of the record before this
         segment; every record's version must be greater than its predecessor's.
+    :param skip_below: frames with a smaller LSN (covered by a snapshot) are
+        checked — checksums and LSN order — but not decoded or yielded.
     """
 
-    def __init__(self, buf: bytes, header: SegmentHeader, last_version: int):
+    def __init__(self, buf: bytes, header: SegmentHeader, last_version: int, skip_below: int = 0):
         self.buf = buf
         self.header = header
         self.last_version = last_version
+        self.skip_below = skip_below
+        self.skipped = 0
         self.end = SEGMENT_HEADER_SIZE
         self.error: FrameError | None = None
         self.next_lsn = header.first_lsn
@@ -77,6 +81,12 @@ class SegmentScan:
                     raise FrameError(f"frame has LSN {lsn}, expected {expected} (out of sequence)", pos)
                 pstart = pos + FRAME_HEADER_SIZE
                 end = pstart + length
+                if lsn < self.skip_below:
+                    expected += 1
+                    self.end = end
+                    self.next_lsn = expected
+                    self.skipped += 1
+                    continue
                 version, ts_us, writes = decode_commit(buf, pstart, end)
                 if version <= self.last_version:
                     raise FrameError(

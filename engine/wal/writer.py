@@ -49,11 +49,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import DatabaseClosed, DatabasePoisoned
 from ..fs import FileSystem, WritableFile
-from .format import SEGMENT_HEADER_SIZE, encode_segment_header, segment_name
+from .format import (
+    SEGMENT_HEADER_SIZE,
+    decode_segment_header,
+    encode_segment_header,
+    parse_segment_name,
+    segment_name,
+)
 
 __all__ = ["DURABILITY_MODES", "ActiveSegment", "WalWriter"]
 
@@ -89,6 +96,7 @@ class WalWriter:
     :param active: the last segment, to append to; ``None`` creates a new one.
     :param closed_bytes: total size in bytes of the earlier, finished segments.
     :param closed_segments: how many earlier segments there are.
+    :param next_seq: sequence number for the segment to create when ``active`` is ``None``.
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class WalWriter:
         active: ActiveSegment | None,
         closed_bytes: int = 0,
         closed_segments: int = 0,
+        next_seq: int = 1,
     ):
         self._fs = fs
         self._dir = dirpath
@@ -129,7 +138,7 @@ class WalWriter:
         self._marks: list[tuple[int, int, int]] = []  # (offset in _pending, new seq, its first lsn)
 
         if active is None:
-            seq = closed_segments + 1
+            seq = next_seq
             self._file = self._create_segment(seq, next_lsn)
             self._seq = seq
         else:
@@ -143,6 +152,10 @@ class WalWriter:
         # kept at append time, so no reading of file sizes races an in-flight write
         self._wal_bytes = closed_bytes + self._tail_size
         self._wal_segments = closed_segments + 1
+        #: Bytes of frames appended by this writer, ever (monotonic: drives automatic snapshots).
+        self.appended_bytes = 0
+        self._watermark: int | None = None
+        self._on_watermark: Callable[[], None] | None = None
 
         self._flusher: threading.Thread | None = None
         if durability == "batched":
@@ -178,13 +191,22 @@ class WalWriter:
             self._tail_size += n
             self._tail_frames += 1
             self._wal_bytes += n
+            self.appended_bytes += n
             self.next_lsn = lsn + 1
             self._appended_lsn = lsn
             wake = self._flusher is not None and len(self._pending) > BATCH_WAKE_BYTES
         if wake:
             with self._wake:
                 self._wake.notify()
+        if self._watermark is not None and self.appended_bytes >= self._watermark:
+            self._watermark = None
+            self._on_watermark()  # type: ignore[misc]
         return lsn
+
+    def set_watermark(self, appended_bytes: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once, from a committing thread, lock-free) when ``appended_bytes`` is reached."""
+        self._on_watermark = callback
+        self._watermark = appended_bytes
 
     def wait(self, lsn: int) -> None:
         """Block until frame ``lsn`` is as durable as the durability mode promises.
@@ -310,6 +332,45 @@ class WalWriter:
             f"an earlier WAL write or fsync failed ({self._poisoned}); writes are refused. "
             "Close the database and reopen it: recovery keeps what is really on disk."
         )
+
+    # --- deleting covered segments --------------------------------------------------------------
+
+    def drop_segments_before(self, lsn: int, keep: Callable[[int, int, int], bool] | None = None) -> list[str]:
+        """Delete finished segments whose every frame has an LSN ``< lsn``; return their names.
+
+        Segments go in ascending order, so what remains is always a contiguous
+        suffix of the log; the active segment is never deleted. ``keep(seq,
+        first_lsn, last_lsn)`` may veto a deletion (the hook for history
+        retention); deletion stops at the first vetoed segment. The directory
+        is fsynced after the deletions.
+        """
+        with self._lock:
+            active = self._seq
+        names = sorted(
+            (seq, name) for name in self._fs.listdir(self._dir)
+            if (seq := parse_segment_name(name)) is not None and seq <= active
+        )
+        firsts = []
+        for seq, name in names:
+            header = decode_segment_header(self._fs.read_range(os.path.join(self._dir, name), 0, SEGMENT_HEADER_SIZE))
+            firsts.append(header.first_lsn)
+        dropped: list[str] = []
+        freed = 0
+        for i in range(len(names) - 1):  # the last listed is the active segment (or newer)
+            seq, name = names[i]
+            last_lsn = firsts[i + 1] - 1
+            if last_lsn >= lsn or (keep is not None and keep(seq, firsts[i], last_lsn)):
+                break
+            path = os.path.join(self._dir, name)
+            freed += self._fs.file_size(path)
+            self._fs.remove(path)
+            dropped.append(name)
+        if dropped:
+            self._fs.sync_dir(self._dir)
+            with self._lock:
+                self._wal_bytes -= freed
+                self._wal_segments -= len(dropped)
+        return dropped
 
     # --- lifecycle and figures ---------------------------------------------------------
 

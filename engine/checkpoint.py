@@ -1,0 +1,247 @@
+"""Taking snapshots: capture a consistent view, write it off the commit path, then truncate the WAL.
+
+This module owns *when* and *how* a snapshot is taken and what it lets go of;
+the byte format is :mod:`engine.snapshot`'s. Sequence of one snapshot (one at
+a time, under ``_lock``)::
+
+    1. under the commit lock: V = last commit version, L = next LSN; register an MVCC snapshot at V
+    2. capture, 4,096 keys per step, each step under the commit lock (writers wait one step at most;
+       versions overwritten meanwhile come from the MVCC chains); release the MVCC snapshot
+    3. fsync the WAL up to V            -> the log never has a gap behind a snapshot
+    4. write snapshot-<V>.snap.tmp, fsync, rename, fsync the directory       (no lock held)
+    5. re-read the file and verify every checksum
+    6. keep the two newest snapshots; delete older ones
+    7. delete WAL segments wholly covered by the *older* of the two kept snapshots,
+       unless the history-retention hook keeps them
+
+Invariant: at every instant — including a crash between any two steps — the
+directory holds the newest valid snapshot's state plus every WAL record after
+the *older* kept snapshot, so a damaged newest snapshot can always be replaced
+by the older one plus the WAL (SPEC.md, "Snapshots").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import CorruptionError
+from .fs import FileSystem
+from .locks import CommitLock
+from .mvcc import Versions
+from .snapshot import (
+    CHUNK_ENTRIES,
+    Progress,
+    SnapshotError,
+    parse_snapshot_name,
+    read_snapshot,
+    read_snapshot_header,
+    write_snapshot,
+)
+from .wal.writer import WalWriter
+
+__all__ = ["SnapshotInfo", "Snapshotter"]
+
+log = logging.getLogger("inmem")
+
+#: Snapshots kept on disk; WAL is deleted only below the oldest of them.
+KEEP_SNAPSHOTS = 2
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What one snapshot wrote.
+
+    ``path``: the file; ``commit_version``: the state it holds; ``keys``:
+    entries; ``bytes``: file size; ``seconds``: wall time of the whole
+    snapshot; ``pause_ms``: the longest a writer could have waited for it (the
+    longest single capture step under the commit lock); ``capture_seconds``:
+    all capture steps together; ``wal_segments_deleted``: names.
+    """
+
+    path: str
+    commit_version: int
+    keys: int
+    bytes: int
+    seconds: float
+    pause_ms: float
+    capture_seconds: float
+    wal_segments_deleted: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "commit_version": self.commit_version, "keys": self.keys,
+            "bytes": self.bytes, "seconds": self.seconds, "pause_ms": self.pause_ms,
+            "capture_seconds": self.capture_seconds, "wal_segments_deleted": list(self.wal_segments_deleted),
+        }
+
+
+class _Host(Protocol):
+    _commit_lock: CommitLock
+    _versions: Versions
+    _wal: WalWriter
+    _version: int
+    _fs: FileSystem
+    _path: str
+    _identity: Any
+
+
+#: ``keep(seq, first_lsn, last_lsn) -> bool``: keep a WAL segment a snapshot covers.
+RetentionHook = Callable[[int, int, int], bool]
+
+
+class Snapshotter:
+    """Takes snapshots of one database, on demand and in a background thread.
+
+    :param every_bytes: take one automatically after this many bytes of WAL
+        appended since the last (``None``: never by size).
+    :param every_s: and/or after this many seconds (``None``: never by time).
+    :param progress: ``progress("snapshot", keys written, keys total)``.
+    """
+
+    def __init__(
+        self,
+        host: _Host,
+        *,
+        every_bytes: int | None,
+        every_s: float | None,
+        progress: Progress | None = None,
+        retention: RetentionHook | None = None,
+    ):
+        self._host = host
+        self._every_bytes = every_bytes
+        self._every_s = every_s
+        self._progress = progress
+        #: The history-retention hook (see the Replay issue): WAL segments it keeps survive truncation.
+        self.retention = retention
+        self._lock = threading.Lock()  # one snapshot at a time
+        self._wake = threading.Condition(threading.Lock())
+        self._due = False
+        self._closing = False
+        self.last: SnapshotInfo | None = None
+        self.taken = 0
+        self.failures = 0
+        self._thread: threading.Thread | None = None
+        if every_bytes is not None or every_s is not None:
+            self._arm()
+            self._thread = threading.Thread(target=self._loop, name="inmem-snapshotter", daemon=True)
+            self._thread.start()
+
+    # --- one snapshot ----------------------------------------------------------------------
+
+    def take(self) -> SnapshotInfo:
+        """Take a snapshot now (waiting for one in progress to finish first).
+
+        :raises DatabasePoisoned: the WAL could not be synced first.
+        :raises CorruptionError: the written file failed verification (it is removed).
+        :raises OSError: the file could not be written.
+        """
+        with self._lock:
+            info = self._take()
+            self.last = info
+            self.taken += 1
+            self._arm()
+            return info
+
+    def _take(self) -> SnapshotInfo:
+        host = self._host
+        t0 = time.perf_counter()
+        lock = host._commit_lock
+        versions = host._versions
+        with lock:
+            version = host._version
+            next_lsn = host._wal.next_lsn
+            token = versions.register(version)
+        keys: list[bytes] = []
+        vers: list[int] = []
+        values: list[bytes] = []
+        pause = 0.0
+        capture = 0.0
+        try:
+            lo: bytes | None = b""
+            while lo is not None:
+                t = time.perf_counter()
+                with lock:
+                    k, v, val, lo = versions.capture(lo, version, CHUNK_ENTRIES)
+                step = time.perf_counter() - t
+                pause = max(pause, step)
+                capture += step
+                keys += k
+                vers += v
+                values += val
+        finally:
+            with lock:
+                versions.release(token)
+        host._wal.sync()  # every record up to `version` is in the WAL on disk before the snapshot exists
+        fs, dirpath = host._fs, host._path
+        path, size = write_snapshot(fs, dirpath, host._identity.db_id, version, next_lsn, keys, vers, values,
+                                    self._progress)
+        try:
+            read_snapshot(fs, path, host._identity.db_id)
+        except SnapshotError as exc:
+            fs.remove(path)
+            fs.sync_dir(dirpath)
+            raise CorruptionError(f"snapshot failed verification after writing: {exc.reason}", path=path,
+                                  offset=exc.offset) from None
+        deleted = self._prune()
+        return SnapshotInfo(
+            path=path, commit_version=version, keys=len(keys), bytes=size,
+            seconds=round(time.perf_counter() - t0, 6), pause_ms=round(pause * 1000, 3),
+            capture_seconds=round(capture, 6), wal_segments_deleted=tuple(deleted),
+        )
+
+    def _prune(self) -> list[str]:
+        """Keep the newest KEEP_SNAPSHOTS snapshots; delete the WAL the oldest kept one covers."""
+        host = self._host
+        fs, dirpath = host._fs, host._path
+        snaps = sorted(((v, n) for n in fs.listdir(dirpath) if (v := parse_snapshot_name(n)) is not None),
+                       reverse=True)
+        for _, name in snaps[KEEP_SNAPSHOTS:]:
+            fs.remove(os.path.join(dirpath, name))
+        if len(snaps) > KEEP_SNAPSHOTS:
+            fs.sync_dir(dirpath)
+        if len(snaps) < KEEP_SNAPSHOTS:
+            return []  # one snapshot: the WAL stays until a second one can stand in for it
+        oldest_kept = read_snapshot_header(fs, os.path.join(dirpath, snaps[KEEP_SNAPSHOTS - 1][1]))
+        return host._wal.drop_segments_before(oldest_kept.next_lsn, self.retention)
+
+    # --- automatic snapshots ---------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._every_bytes is not None:
+            wal = self._host._wal
+            wal.set_watermark(wal.appended_bytes + self._every_bytes, self._trigger)
+
+    def _trigger(self) -> None:
+        with self._wake:
+            self._due = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                if not self._due and not self._closing:
+                    self._wake.wait(self._every_s)  # None: until triggered by size or close
+                if self._closing:
+                    return
+                self._due = False
+            try:
+                self.take()
+            except Exception as exc:  # noqa: BLE001 - a background failure must not kill the thread
+                self.failures += 1
+                log.error("inmem: automatic snapshot failed: %s", exc)
+                if getattr(self._host, "_closed", False) or self._host._wal.poisoned:
+                    return
+
+    def close(self) -> None:
+        """Stop the background thread (a snapshot in progress finishes first)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
