@@ -16,7 +16,7 @@ the holder runs on and the lock passes without a context switch. Measured:
 
 Invariant (the price of spinning): the lock is held only across CPU work —
 never across I/O, a sleep, a condition wait or another blocking lock — so its
-holder is always runnable. inmem's commit path keeps it so (SPEC.md §5, §7).
+holder is always runnable. inmem's commit path keeps it so (SPEC.md §5, §8).
 Not reentrant.
 """
 
