@@ -31,10 +31,13 @@ __all__ = ["CommitLock"]
 class CommitLock:
     """A non-reentrant mutex; use ``with lock:``. See the module docstring for when it is right."""
 
-    __slots__ = ("_try", "release", "locked")
+    __slots__ = ("_try", "release", "locked", "waiting")
 
     def __init__(self) -> None:
         lock = threading.Lock()
+        #: Threads currently waiting for the lock (a hint, read without synchronisation): a
+        #: long-running holder that takes the lock in steps yields between steps while it is > 0.
+        self.waiting = 0
         self._try = lock.acquire
         #: Release the lock (held by the caller).
         self.release = lock.release
@@ -44,15 +47,30 @@ class CommitLock:
     def acquire(self) -> bool:
         """Take the lock, yielding the GIL while another thread holds it. Returns True."""
         attempt = self._try
-        while not attempt(False):
-            time.sleep(0)
+        if not attempt(False):
+            self.waiting += 1
+            while not attempt(False):
+                time.sleep(0)
+            self.waiting -= 1
         return True
 
     def __enter__(self) -> CommitLock:
         attempt = self._try
-        while not attempt(False):
-            time.sleep(0)
+        if not attempt(False):
+            self.waiting += 1
+            while not attempt(False):
+                time.sleep(0)
+            self.waiting -= 1
         return self
+
+    def yield_to_waiters(self) -> None:
+        """Called by a thread that takes the lock in many steps, between steps: let waiters in first.
+
+        Without it the stepping thread, still holding the GIL, retakes the lock
+        microseconds after releasing it and a waiter can starve for many steps.
+        """
+        if self.waiting:
+            time.sleep(0)
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -196,12 +196,17 @@ class Versions:
                     versions.append(entry[0])
                     values.append(entry[1])
         else:
-            for key in batch:
-                entry = m[key]
-                if entry[0] <= snapshot:
-                    keys.append(key)
-                    versions.append(entry[0])
-                    values.append(entry[1])
+            entries = [m[key] for key in batch]
+            if all(e[0] <= snapshot for e in entries):  # the common case: nothing newer in this step
+                keys = batch
+                versions = [e[0] for e in entries]
+                values = [e[1] for e in entries]
+            else:
+                for key, entry in zip(batch, entries):
+                    if entry[0] <= snapshot:
+                        keys.append(key)
+                        versions.append(entry[0])
+                        values.append(entry[1])
         return keys, versions, values, next_lo
 
     # --- validation (under the commit lock) --------------------------------------------------------

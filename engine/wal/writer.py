@@ -123,6 +123,7 @@ class WalWriter:
         self._lock = threading.Lock()
         self._io_cond = threading.Condition(threading.Lock())
         self._io_busy = False  # a leader is writing/fsyncing
+        self._sync_wanted = 0  # highest LSN a waiting thread needs fsynced: the next leader fsyncs too
         self._wake = threading.Condition(threading.Lock())
         self._poisoned: BaseException | None = None
         self._closed = False
@@ -245,9 +246,13 @@ class WalWriter:
                     return  # a leader's write/fsync already covered us: group commit
                 if not self._io_busy:
                     break
+                if sync and upto > self._sync_wanted:
+                    # in `off` mode writers lead without fsyncing; without this a waiting
+                    # sync (db.sync(), a snapshot) could wait as long as they keep writing
+                    self._sync_wanted = upto
                 cond.wait()
             self._io_busy = True
-            need_fsync = sync
+            need_fsync = sync or self._sync_wanted > self._durable_lsn
         failure: OSError | None = None
         done = False
         last = 0
