@@ -19,7 +19,14 @@ Layers, lowest first: ``errors``, ``keys``/``codec`` → ``checksum``,
 """
 
 from .database import Database
+from .primitives.events import Event
+from .primitives.runs import RunInfo
+from .primitives.state import State
+from .primitives.traces import Trace
+from .txn import Transaction
+from .checkpoint import SnapshotInfo
 from .errors import (
+    ChainBroken,
     CorruptionError,
     DatabaseClosed,
     DatabaseLocked,
@@ -27,9 +34,11 @@ from .errors import (
     InmemError,
     InvalidArgument,
     InvalidKey,
+    InvalidTransition,
     InvalidValue,
     RunClosed,
     RunNotFound,
+    TraceNotFound,
     TransactionClosed,
     TransactionConflict,
 )
@@ -37,17 +46,26 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChainBroken",
     "CorruptionError",
     "Database",
     "DatabaseClosed",
     "DatabaseLocked",
     "DatabasePoisoned",
+    "Event",
     "InmemError",
     "InvalidArgument",
     "InvalidKey",
+    "InvalidTransition",
     "InvalidValue",
     "RunClosed",
+    "RunInfo",
     "RunNotFound",
+    "SnapshotInfo",
+    "State",
+    "Trace",
+    "TraceNotFound",
+    "Transaction",
     "TransactionClosed",
     "TransactionConflict",
     "__version__",

@@ -27,6 +27,7 @@ take no lock; scans and commits take the commit lock briefly.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import random
 import time
@@ -42,7 +43,11 @@ from .locks import CommitLock
 from .checkpoint import SnapshotInfo, Snapshotter
 from .mvcc import Versions
 from .snapshot import Progress
+from .primitives.events import Events
 from .primitives.kv import KV
+from .primitives.runs import Runs
+from .primitives.state import StateMachines
+from .primitives.traces import Traces
 from .recovery import recover
 from .registry import RunRegistry
 from .store import UnifiedStore
@@ -73,6 +78,10 @@ class Database:
     """
 
     kv: KV
+    events: Events
+    state: StateMachines
+    traces: Traces
+    runs: Runs
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("use Database.open(path, ...) to open a database")
@@ -187,6 +196,10 @@ class Database:
         self._commits = 0
         self._autocommit = _Autocommit(self)
         self.kv = KV(self._autocommit)
+        self.events = _AutoPrimitive(self, Events, _READS["events"])  # type: ignore[assignment]
+        self.state = _AutoPrimitive(self, StateMachines, _READS["state"])  # type: ignore[assignment]
+        self.traces = _AutoPrimitive(self, Traces, _READS["traces"])  # type: ignore[assignment]
+        self.runs = _AutoPrimitive(self, Runs, _READS["runs"])  # type: ignore[assignment]
         self._snapshotter = Snapshotter(self, every_bytes=snapshot_every_bytes, every_s=snapshot_every_s,
                                         progress=progress)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
@@ -255,9 +268,14 @@ class Database:
         :raises InvalidValue: ``metadata`` is not a dict cbor2 can encode.
         :raises DatabasePoisoned: / :raises DatabaseClosed: as for any write.
         """
-        run, key, value = self._registry.prepare_begin(name, parent, tags, metadata)
         registry = self._registry
-        self._commit([(key, value)], (), lambda: registry.applied_begin(run))
+        registry.prepare_begin(name, parent, tags, metadata, 0)  # validate before taking the lock
+        with self._commit_lock:
+            self._check_can_write()
+            # encoded under the lock: the record carries the version of the commit that creates it
+            run, key, value = registry.prepare_begin(name, parent, tags, metadata, self._version + 1)
+            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_begin(run))
+        self._wal.wait(lsn)
         return run
 
     def end_run(self, run: str, status: str = "completed") -> None:
@@ -301,8 +319,7 @@ class Database:
             self._reclaim_abandoned()
             begin = self._version
             token = self._versions.register(begin)
-        tx = Transaction(self, begin, token)
-        tx.kv = KV(tx)
+        tx = Transaction(self, begin, token, _PRIMITIVES)
         # A transaction dropped without commit or rollback must not pin old versions
         # for ever. Its finaliser may run inside any allocation (even under the commit
         # lock), so it only queues the token; the next begin or commit releases it.
@@ -345,10 +362,40 @@ class Database:
             time.sleep(random.uniform(0, min(0.1, 0.001 * (1 << attempt))))
             attempt += 1
 
-    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> list[tuple[bytes, bytes]]:
+    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int, *, entries: bool = False) -> list[Any]:
         with self._commit_lock:
             self._check_open()
-            return self._versions.scan_at(lo, hi, snapshot)
+            return self._versions.scan_at(lo, hi, snapshot, entries=entries)
+
+    def _last_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> tuple[bytes, tuple[int, bytes]] | None:
+        with self._commit_lock:
+            self._check_open()
+            return self._versions.last_at(lo, hi, snapshot)
+
+    def _atomic(self, fn: Callable[[Any], T]) -> T:
+        """Run one multi-step primitive call (read, then write) as one commit, under the commit lock.
+
+        No other commit can happen meanwhile, so what ``fn`` read is still
+        true when its writes commit: no validation, no conflict, no retry.
+        ``fn`` must be CPU-only (it runs inside the commit lock). If it raises,
+        nothing is written.
+        """
+        with self._commit_lock:
+            self._check_can_write()
+            ctx = _Locked(self)
+            result = fn(ctx)
+            lsn = self._commit_locked(list(ctx.writes.items()), ctx.runs, None) if ctx.writes else None
+        if lsn is not None:
+            self._wal.wait(lsn)
+        return result
+
+    def _snapshot_read(self, fn: Callable[[Any], T]) -> T:
+        """Run a read-only primitive call on a snapshot: consistent, and never blocks writers."""
+        tx = self.transaction()
+        try:
+            return fn(tx)
+        finally:
+            tx.rollback()
 
     def _commit_transaction(self, tx: Transaction) -> None:
         """Validate and commit a transaction's write set as one WAL record (the OCC critical section).
@@ -535,6 +582,127 @@ def _abandoned(queue: list[int], token: int) -> None:
         stacklevel=2,
     )
     queue.append(token)
+
+
+class _Locked:
+    """The Context of one autocommit primitive call run inside :meth:`Database._atomic`.
+
+    Reads see the latest state plus this call's own writes; writes are
+    collected and committed together when the call returns. Used only while
+    the commit lock is held, so it takes no lock itself.
+    """
+
+    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs")
+
+    def __init__(self, db: Database):
+        self._store = db._store
+        self._get = db._store.get
+        self._registry = db._registry
+        self.prefix_maps = db._registry.prefix_maps
+        self.check_run = db._registry.check
+        self.writes: dict[bytes, bytes | None] = {}
+        self.runs: set[str] = set()
+
+    def lookup(self, key: bytes) -> tuple[int, bytes] | None:
+        if key in self.writes:
+            value = self.writes[key]
+            return None if value is None else (0, value)
+        return self._get(key)
+
+    def write(self, run: str, key: bytes, value: bytes | None) -> None:
+        self.check_run(run, write=True)
+        self.writes[key] = value
+        self.runs.add(run)
+
+    def delete(self, run: str, key: bytes) -> bool:
+        if self.lookup(key) is None:
+            self.check_run(run, write=True)
+            return False
+        self.write(run, key, None)
+        return True
+
+    def _overlay(self, items: list[tuple[bytes, Any]], lo: bytes, hi: bytes | None, own: Callable[[bytes], Any]
+                 ) -> list[tuple[bytes, Any]]:
+        mine = [(k, v) for k, v in self.writes.items() if k >= lo and (hi is None or k < hi)]
+        if not mine:
+            return items
+        merged = dict(items)
+        for key, value in mine:
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = own(value)
+        return sorted(merged.items())
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        return self._overlay(self._store.scan_values(lo, hi), lo, hi, lambda v: v)
+
+    def scan_entries(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, int]]:
+        return self._overlay([(k, e[0]) for k, e in self._store.scan(lo, hi)], lo, hi, lambda v: 0)
+
+    def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
+        if any(k >= lo and (hi is None or k < hi) for k in self.writes):
+            items = self.scan(lo, hi)
+            return items[-1] if items else None
+        found = self._store.last(lo, hi)
+        return None if found is None else (found[0], found[1][1])
+
+    def count(self, lo: bytes, hi: bytes | None) -> int:
+        if any(k >= lo and (hi is None or k < hi) for k in self.writes):
+            return len(self.scan(lo, hi))
+        return self._store.count(lo, hi)
+
+    def run_ids(self, status: str | None = None) -> list[str]:
+        return self._registry.ids(status)
+
+
+#: Read-only methods of each autocommit primitive: run on a snapshot, not under the commit lock.
+_READS = {
+    "events": frozenset({"read", "tail", "count", "verify"}),
+    "state": frozenset({"get", "names"}),
+    "traces": frozenset({"get", "query", "children", "tree"}),
+    "runs": frozenset({"get", "list", "children"}),
+}
+
+#: Primitives a transaction offers, made on first use (``tx.kv``, ``tx.events``, ...).
+_PRIMITIVES: dict[str, Callable[[Any], Any]] = {
+    "kv": KV, "events": Events, "state": StateMachines, "traces": Traces, "runs": Runs,
+}
+
+
+class _AutoPrimitive:
+    """``db.events`` & co.: each call of the wrapped primitive is one atomic autocommit step.
+
+    Writing methods run in :meth:`Database._atomic` (one commit, under the
+    commit lock); read-only ones on a snapshot transaction. The wrapped
+    class's docstrings carry over (``help(db.events.append)``).
+    """
+
+    def __init__(self, db: Database, cls: type, reads: frozenset[str]):
+        self._db = db
+        self._cls = cls
+        self._reads = reads
+        self.__doc__ = cls.__doc__
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._cls, name)
+        if name.startswith("_") or not callable(method):
+            raise AttributeError(name)
+        cls, db = self._cls, self._db
+        run_in = db._snapshot_read if name in self._reads else db._atomic
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return run_in(lambda ctx: method(cls(ctx), *args, **kwargs))
+
+        functools.update_wrapper(call, method)
+        setattr(self, name, call)  # cached: later calls skip __getattr__
+        return call
+
+    def __dir__(self) -> list[str]:
+        return [n for n in dir(self._cls) if not n.startswith("_")]
+
+    def __repr__(self) -> str:
+        return f"<inmem {self._cls.__name__} of {self._db!r}>"
 
 
 class _Autocommit:

@@ -16,9 +16,12 @@ as it would anywhere else.
     ├── lifecycle
     │   ├── DatabaseClosed         the handle was closed
     │   └── DatabasePoisoned       an earlier write or fsync failed; writes refused
-    ├── runs
+    ├── runs and primitives
     │   ├── RunNotFound            no run with that id
-    │   └── RunClosed              the run has ended; it is read-only
+    │   ├── RunClosed              the run has ended; it is read-only
+    │   ├── TraceNotFound          no trace with that id in the run
+    │   ├── InvalidTransition      a state change its declared transitions forbid
+    │   └── ChainBroken            an event's hash chain does not verify
     ├── bad input (raised before anything is written)
     │   ├── InvalidKey             (also TypeError) key is not a str / not encodable
     │   ├── InvalidValue           (also TypeError) value cbor2 cannot encode
@@ -31,6 +34,7 @@ as it would anywhere else.
 from __future__ import annotations
 
 __all__ = [
+    "ChainBroken",
     "CorruptionError",
     "DatabaseClosed",
     "DatabaseLocked",
@@ -38,9 +42,11 @@ __all__ = [
     "InmemError",
     "InvalidArgument",
     "InvalidKey",
+    "InvalidTransition",
     "InvalidValue",
     "RunClosed",
     "RunNotFound",
+    "TraceNotFound",
     "TransactionClosed",
     "TransactionConflict",
 ]
@@ -149,3 +155,23 @@ class TransactionConflict(InmemError):
 
 class TransactionClosed(InmemError):
     """The transaction has finished (committed, rolled back, or failed to commit); start a new one."""
+
+
+class TraceNotFound(InmemError, KeyError):
+    """No trace with that id in the run."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "trace not found"
+
+
+class InvalidTransition(InmemError, ValueError):
+    """A ``state.set``/``cas`` to a value its declared transitions do not allow; nothing was written."""
+
+
+class ChainBroken(InmemError):
+    """``events.verify`` found an event whose hash chain does not match: ``run`` and ``seq`` say where."""
+
+    def __init__(self, run: str, seq: int):
+        super().__init__(f"event hash chain of run {run} is broken at seq {seq}")
+        self.run = run
+        self.seq = seq

@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from sortedcontainers import SortedDict
 
@@ -148,26 +149,45 @@ class Versions:
                     return None if found[1] is None else found  # type: ignore[return-value]
         return None
 
-    def scan_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> list[tuple[bytes, bytes]]:
+    def last_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> tuple[bytes, tuple[int, bytes]] | None:
+        """The greatest key in ``[lo, hi)`` present at ``snapshot``, with its entry. Caller holds the commit lock.
+
+        Complexity: O(log n + keys in range written after ``snapshot``).
+        """
+        best: tuple[bytes, tuple[int, bytes]] | None = None
+        args = (lo, hi, (True, False), True) if hi is not None else (lo, None, (True, True), True)
+        for source in (self._map, self._chains):
+            for key in source.irange(*args):
+                if best is not None and key <= best[0]:
+                    break
+                entry = self.read_at(key, snapshot)
+                if entry is not None:
+                    best = (key, entry)
+                    break
+        return best
+
+    def scan_at(self, lo: bytes, hi: bytes | None, snapshot: int, *, entries: bool = False) -> list[tuple[bytes, Any]]:
         """``(key, value)`` of every key in ``[lo, hi)`` present at ``snapshot``, in key order.
 
+        With ``entries=True`` the second item is the whole entry ``(version, value)``.
         Caller holds the commit lock. Complexity: O(log n + k + chained keys in range).
         """
         m = self._map
         bounds = (lo, hi, (True, False)) if hi is not None else (lo, None)
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[bytes, Any]] = []
+        pick = (lambda e: e) if entries else (lambda e: e[1])
         if not self._chains:
             for key in m.irange(*bounds):
                 entry = m[key]
                 if entry[0] <= snapshot:
-                    out.append((key, entry[1]))
+                    out.append((key, pick(entry)))
             return out
         keys = set(m.irange(*bounds))
         keys.update(self._chains.irange(*bounds))
         for key in sorted(keys):
             entry = self.read_at(key, snapshot)
             if entry is not None:
-                out.append((key, entry[1]))
+                out.append((key, pick(entry)))
         return out
 
     def capture(self, lo: bytes, snapshot: int, limit: int) -> tuple[list[bytes], list[int], list[bytes], bytes | None]:

@@ -118,6 +118,12 @@ class RunRegistry:
         """All run ids, in creation order (UUIDv7 text sorts by time)."""
         return sorted(self._status)
 
+    def ids(self, status: str | None = None) -> list[str]:
+        """Run ids (only those with ``status`` if given) in start order. O(runs)."""
+        if status is None:
+            return list(self._status)
+        return [r for r, s in self._status.items() if s == status]
+
     def count_by_status(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for s in self._status.values():
@@ -127,7 +133,7 @@ class RunRegistry:
     # --- changes (prepared outside the commit lock, applied under it) ----------------
 
     def prepare_begin(
-        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any
+        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any, first_version: int
     ) -> tuple[str, bytes, bytes]:
         """Validate a new run and return ``(run id, record key, record value)``.
 
@@ -157,6 +163,7 @@ class RunRegistry:
             "status": ACTIVE,
             "started_at": _dt.datetime.now(_dt.timezone.utc),
             "ended_at": None,
+            "first_version": first_version,
         }
         return run, run_record_key(rid), encode_value(record)
 

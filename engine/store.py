@@ -84,6 +84,14 @@ class UnifiedStore:
         keys = m.irange(lo, hi, inclusive=(True, False)) if hi is not None else m.irange(lo)
         return [(k, m[k][1]) for k in keys]
 
+    def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, Entry] | None:
+        """The greatest ``(key, entry)`` with ``lo <= key < hi``, or ``None``. Complexity: O(log n)."""
+        m = self._map
+        keys = m.irange(lo, hi, inclusive=(True, False), reverse=True) if hi is not None else m.irange(lo, reverse=True)
+        for key in keys:
+            return key, m[key]
+        return None
+
     def count(self, lo: bytes, hi: bytes | None) -> int:
         """Number of keys with ``lo <= key < hi``. Complexity: O(log n)."""
         m = self._map

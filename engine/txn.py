@@ -49,7 +49,8 @@ class _Host(Protocol):
     _versions: Versions
     _registry: RunRegistry
 
-    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> list[tuple[bytes, bytes]]: ...
+    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int, *, entries: bool = False) -> list[Any]: ...
+    def _last_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> tuple[bytes, tuple[int, bytes]] | None: ...
     def _commit_transaction(self, tx: Transaction) -> None: ...
     def _release_transaction(self, tx: Transaction) -> None: ...
 
@@ -62,9 +63,8 @@ class Transaction:
     Primitives hang on it as on the database: ``tx.kv``.
     """
 
-    kv: Any  # engine.primitives.kv.KV, attached by the database (primitives sit above this layer)
-
-    def __init__(self, host: _Host, begin_version: int, token: int):
+    def __init__(self, host: _Host, begin_version: int, token: int,
+                 primitives: dict[str, Callable[[Transaction], Any]] | None = None):
         self._host = host
         self._versions = host._versions
         self._registry = host._registry
@@ -79,6 +79,17 @@ class Transaction:
         self._finished = False
         self.commit_version: int | None = None
         self._finalizer: Any = None  # set by the database: releases the snapshot if we are dropped
+        # primitive classes by attribute name (kv, events, ...): they sit above this layer, so the
+        # database hands them in, and each is made on first use
+        self._primitives = primitives or {}
+
+    def __getattr__(self, name: str) -> Any:
+        factory = self.__dict__.get("_primitives", {}).get(name)
+        if factory is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        primitive = factory(self)
+        setattr(self, name, primitive)
+        return primitive
 
     # --- facts -----------------------------------------------------------------------------
 
@@ -150,6 +161,43 @@ class Transaction:
                 else:
                     merged[key] = value
         return sorted(merged.items())
+
+    def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
+        """The greatest ``(key, value)`` in ``[lo, hi)`` at the snapshot with own writes; records the range."""
+        self._check()
+        found = self._host._last_at(lo, hi, self._begin)
+        self._ranges.append((lo, hi))
+        best = None if found is None else (found[0], found[1][1])
+        for key, value in self._writes.items():
+            if key >= lo and (hi is None or key < hi):
+                if value is None:
+                    if best is not None and best[0] == key:  # deleted by us: look again without it
+                        items = self.scan(lo, hi)
+                        return items[-1] if items else None
+                elif best is None or key > best[0]:
+                    best = (key, value)
+        return best
+
+    def count(self, lo: bytes, hi: bytes | None) -> int:
+        """Keys in ``[lo, hi)`` at the snapshot with own writes; records the range. O(k)."""
+        return len(self.scan(lo, hi))
+
+    def scan_entries(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, int]]:
+        """``(key, commit version)`` in ``[lo, hi)`` at the snapshot (own writes as version 0)."""
+        self._check()
+        found = dict((k, e[0]) for k, e in self._host._scan_at(lo, hi, self._begin, entries=True))
+        self._ranges.append((lo, hi))
+        for key, value in self._writes.items():
+            if key >= lo and (hi is None or key < hi):
+                if value is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = 0
+        return sorted(found.items())
+
+    def run_ids(self, status: str | None = None) -> list[str]:
+        """Ids of the runs that exist now (optionally only with ``status``), in start order."""
+        return self._registry.ids(status)
 
     # --- finishing -----------------------------------------------------------------------------
 

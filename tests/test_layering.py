@@ -20,9 +20,9 @@ LAYERS = [
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal"},
     {"recovery", "registry", "checkpoint"},
     {"txn"},
-    {"primitives", "primitives.kv"},
+    {"primitives", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs"},
     {"database"},
-    {"demo", "cli", "__main__", "__init__"},
+    {"demo", "cli", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
