@@ -35,8 +35,9 @@ MODES = ("strict", "batched", "off")
 def test_public_names_are_pinned():
     assert engine.__all__ == sorted(engine.__all__)
     assert set(engine.__all__) == {
-        "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked", "DatabasePoisoned",
-        "InmemError", "InvalidArgument", "InvalidKey", "InvalidValue", "RunClosed", "RunNotFound",
+        "ChainBroken", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked", "DatabasePoisoned",
+        "Event", "InmemError", "InvalidArgument", "InvalidKey", "InvalidTransition", "InvalidValue", "RunClosed",
+        "RunInfo", "RunNotFound", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "__version__",
     }
     for name in engine.__all__:
