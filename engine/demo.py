@@ -1,12 +1,13 @@
 """The demo workload (the project's main job, ``python -m engine demo``).
 
 This module owns one scripted scenario: several agent runs, one thread each,
-keep KV scratchpads and claim tasks from a shared board run, each claim one
-transaction across the board and the agent's own run (``db.transact``, so
-racing agents conflict and retry instead of claiming a task twice). Runs end;
-the database is closed and reopened; every value is checked against what the
-agents recorded and every task must be claimed exactly once. It uses only the
-public API. Later issues grow it into the full crash/replay demo.
+keep KV scratchpads and claim tasks from a shared board run. Each claim is one
+transaction across the board and the agent's own run (``db.transact``): a
+``state.cas`` of the task from "open" to "claimed", a "claimed" event in the
+agent's hash-chained event log, and a trace of the decision; racing agents
+conflict and retry instead of claiming a task twice. Runs end; the database is
+closed and reopened; every value, claim, event and hash chain is checked. It
+uses only the public API. Later issues grow it into the full crash/replay demo.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ def _claimer(db: Database, board: str, run: str, tasks: int, seed: int, model: d
         key = f"task/{task:05d}"
 
         def claim(tx: Any, key: str = key) -> bool:
-            if tx.kv.get(board, key)["status"] != "open":
+            if not tx.state.cas(board, key, "open", "claimed"):
                 return False
-            tx.kv.put(board, key, {"status": "claimed", "by": run})
+            tx.events.append(run, "claimed", {"task": key})
+            tx.traces.record(run, "decision", f"take {key}", confidence=0.9, alternatives=["skip"], tags=["claim"])
             tx.kv.put(run, f"claimed/{key}", {"task": key})
             return True
 
@@ -84,7 +86,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, steps: int = 2000
             board = db.begin_run("board", tags=["demo"])
             with db.transaction() as tx:  # the planner seeds the board in one commit
                 for task in range(tasks):
-                    tx.kv.put(board, f"task/{task:05d}", {"status": "open"})
+                    tx.state.set(board, f"task/{task:05d}", "open")
             runs = [db.begin_run(f"agent-{i}", tags=["demo", f"agent-{i}"], metadata={"seed": seed + i})
                     for i in range(agents)]
             claims: dict[str, list[int]] = {}
@@ -124,15 +126,19 @@ def run_demo(directory: str | None = None, *, agents: int = 8, steps: int = 2000
                 stored = dict(db.kv.scan(run))
                 assert stored == model, f"run {run}: stored state differs from what the agent wrote"
                 checked += len(model)
-            owners = {k: v["by"] for k, v in db.kv.scan(board, "task/")}
+            states = {n: db.state.get(board, n).value for n in db.state.names(board)}
+            assert len(states) == tasks and set(states.values()) == {"claimed"}, "a task was left open"
+            events = 0
             for run, mine in claims.items():
-                assert sorted(k for k, v in owners.items() if v == run) == [f"task/{t:05d}" for t in sorted(mine)]
-            assert len(owners) == tasks and claimed == list(range(tasks)), "a task was lost or claimed twice"
+                got = sorted(e.payload["task"] for e in db.events.read(run) if e.type == "claimed")
+                assert got == [f"task/{t:05d}" for t in sorted(mine)], f"run {run}: claims and events disagree"
+                events += db.events.verify(run)  # every hash chain intact
+            assert claimed == list(range(tasks)), "a task was lost or claimed twice"
             stats = db.stats()
         out(f"reopen  recovered {rec['records']:,} WAL records ({rec['bytes'] / 1e6:.1f} MB) "
             f"in {t_open * 1000:.0f} ms; torn tail: {rec['torn_tail'] or 'none'}")
         out(f"verify  {checked:,} keys in {len(models)} runs match what the agents wrote, value for value; "
-            f"every task on the board has exactly the owner that claimed it")
+            f"every task claimed once, with its event; {events:,} events in intact hash chains")
         out(f"runs    {stats['runs_by_status']}; commit version {stats['commit_version']:,}; "
             f"WAL {stats['wal_bytes'] / 1e6:.1f} MB in {stats['wal_segments']} segment(s); "
             f"native path {'on' if stats['native'] else 'off'}")
