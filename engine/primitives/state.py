@@ -64,8 +64,8 @@ class StateMachines:
     def define(self, run: str, name: str, *, transitions: dict[str, list[str]], initial: Any) -> State:
         """Declare the allowed moves of ``name`` (``{from: [to, ...]}``) and set it to ``initial`` if unset.
 
-        Values named in ``transitions`` are compared by equality. Returns the
-        current state.
+        States are hashable values (str, int, ...) compared by equality.
+        Returns the current state.
 
         :raises InvalidArgument: ``transitions`` is not a dict of lists, or
             ``initial`` is not one of its states.
@@ -121,7 +121,10 @@ class StateMachines:
     def _move(self, run: str, name: str, key: bytes, record: dict[str, Any] | None, value: Any) -> State:
         transitions = None if record is None else record.get("transitions")
         if transitions is not None and record is not None:
-            allowed = transitions.get(record["value"], []) if isinstance(record["value"], str) else []
+            try:
+                allowed = transitions.get(record["value"], [])
+            except TypeError:  # an unhashable current value names no declared state
+                allowed = []
             if value not in allowed:
                 raise InvalidTransition(
                     f"state {name!r} of run {run} may not move from {record['value']!r} to {value!r} "
