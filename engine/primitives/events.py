@@ -88,7 +88,6 @@ class Events:
         if not isinstance(type, str) or not type:
             raise InvalidArgument(f"event type must be a non-empty str, got {type!r:.80}")
         base = self._base(run, write=True)
-        encode_value(payload)  # reject what cannot be stored before reading anything
         last = self._ctx.last(base, prefix_end(base))
         if last is None:
             seq, prev = 0, ZERO_HASH

@@ -8,18 +8,20 @@ for every primitive).
 
 ``RunInfo.first_version`` is the commit version that created the run;
 ``last_version`` the highest commit version among the run's current entries
-(O(run size) to compute); ``counts`` the entries per primitive (O(log n)).
+and ``counts`` the entries per primitive, both from one scan of the run's
+key range (O(run size)).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import decode_value, encode_value
 from ..errors import InvalidArgument
-from ..keys import TAG_EVENT, TAG_KV, TAG_STATE, TAG_TRACE, prefix_end, run_prefix
+from ..keys import TAG_EVENT, TAG_KV, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
 from ..registry import END_STATUSES, run_record_key
 from .kv import Context
 
@@ -60,9 +62,10 @@ class Runs:
 
     def _info(self, run: str, rid: bytes, record: dict[str, Any], version: int | None = None) -> RunInfo:
         base = run_prefix(rid)
-        entries = self._ctx.scan_entries(base, prefix_end(base))
+        entries = self._ctx.scan_entries(base, prefix_end(base))  # one scan: versions and counts
         last = max((v for _, v in entries), default=0)
-        counts = {name: self._ctx.count(run_prefix(rid, tag), run_prefix(rid, tag + 1)) for name, tag in _COUNTED.items()}
+        by_tag = Counter(k[TAGGED_PREFIX_LEN - 1] for k, _ in entries)
+        counts = {name: by_tag.get(tag, 0) for name, tag in _COUNTED.items()}
         return RunInfo(
             id=run, name=record["name"], parent=record["parent"], status=record["status"],
             tags=tuple(record["tags"]), metadata=record["metadata"], started_at=record["started_at"],
@@ -86,7 +89,9 @@ class Runs:
         """Runs matching every filter given, in start order (oldest first), at most ``limit``.
 
         Complexity: O(runs) to filter by status (held in memory), plus O(size)
-        of each run returned.
+        of each run returned. The status filter starts from the live status
+        index, so inside a long transaction a run whose status changed after
+        its snapshot is judged by its current status.
 
         :raises InvalidArgument: unknown ``status`` or a negative ``limit``.
         """
