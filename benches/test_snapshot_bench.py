@@ -65,14 +65,8 @@ Dataset ``100k`` / ``1M``
     (the rest: building the ``SortedDict`` from recovery's dict, the run
     registry, the WAL writer, close).
 
-``reopen-100MB-wal``
-    The KV benches' ``reopen-100MB`` workload (~100 MB of WAL: 620,008
-    single-put commits, 80-byte values, 8 runs, built with ``batched`` puts)
-    but built with ``snapshot_every_bytes=None``, so the reopen replays the
-    whole WAL with no snapshot. (``test_kv_bench.py``'s fixture builds with
-    the default ``snapshot_every_bytes=64 MiB``, so since automatic
-    snapshots exist its directory holds a snapshot and its bench no longer
-    replays 100 MB.)
+The ~100 MB WAL reopen with no snapshot is ``test_kv_bench.py``'s
+``reopen-100MB`` (its fixture builds with ``snapshot_every_bytes=None``).
 
 Every bench stores ``extra_info["ops_per_s"] = 1 / median`` and adds a row to
 the summary printed at the end of the session (``conftest.py``).
@@ -100,8 +94,6 @@ WRITER_ROUNDS = 3
 BASELINE_S = 1.0  # writer alone before each snapshot
 WRITER_KEYS = 50_000  # distinct random existing keys the writer cycles through
 REOPEN_ROUNDS = 7
-WAL_TARGET_BYTES = 100_000_000
-WAL_ROUNDS = 5
 MB = 1e6
 
 
@@ -366,47 +358,4 @@ def test_reopen_1m_snapshot(benchmark, results, snapshotted_1m):
         benchmark.extra_info["under_2s_bar"] = median < 2.0
 
 
-@pytest.fixture(scope="session")
-def wal_100mb_nosnap(tmp_path_factory):
-    """``test_kv_bench.py``'s ~100 MB WAL, built with automatic snapshots off (built once)."""
-    path = str(tmp_path_factory.mktemp("wal100mb-nosnap") / "db")
-    db = Database.open(path, durability="batched", snapshot_every_bytes=None)
-    runs = [db.begin_run(f"run-{r}") for r in range(8)]
-    put = db.kv.put
-    note = "x" * 46  # value encodes to 80 bytes
-    n = 0
-    while True:
-        for _ in range(10_000):
-            put(runs[n % 8], f"step/{n:08d}", {"step": n, "tool": "search", "ok": True, "note": note})
-            n += 1
-        db.sync()
-        if _dir_bytes(path, "wal-") >= WAL_TARGET_BYTES:
-            break
-    db.close()
-    assert not any(x.endswith(".snap") for x in os.listdir(path))
-    return path
-
-
-def test_reopen_100mb_wal(benchmark, results, wal_100mb_nosnap):
-    benchmark.group = "reopen-100MB-wal"
-    reports: list[dict] = []
-
-    def reopen():
-        db = Database.open(wal_100mb_nosnap, snapshot_every_bytes=None)
-        reports.append(db.stats()["recovery"])
-        db.close()
-
-    benchmark.pedantic(reopen, rounds=WAL_ROUNDS, warmup_rounds=0)
-    rep = reports[-1]
-    assert rep["snapshot"] is None and rep["torn_tail"] is None and rep["records"] > 500_000
-    mb = rep["bytes"] / MB
-    median = _record(
-        benchmark, results, "inmem ~100 MB WAL",
-        f"open+close, {mb:.1f} MB WAL, no snapshot, {rep['records']:,} records",
-        wal_mb=round(mb, 1),
-        records=rep["records"],
-        recovery_seconds=_med([r["seconds"] for r in reports]),
-    )
-    if median is not None:
-        benchmark.extra_info.update(mb_per_s=round(mb / median, 1), records_per_s=round(rep["records"] / median),
-                                    under_3s_bar=median < 3.0)
+# The ~100 MB WAL reopen without a snapshot is test_kv_bench.py::test_reopen_100mb (group reopen-100MB).

@@ -54,14 +54,8 @@ class CommitLock:
             self.waiting -= 1
         return True
 
-    def __enter__(self) -> CommitLock:
-        attempt = self._try
-        if not attempt(False):
-            self.waiting += 1
-            while not attempt(False):
-                time.sleep(0)
-            self.waiting -= 1
-        return self
+    #: ``with lock:`` takes it (the value bound by ``as`` is True, not the lock).
+    __enter__ = acquire
 
     def yield_to_waiters(self) -> None:
         """Called by a thread that takes the lock in many steps, between steps: let waiters in first.

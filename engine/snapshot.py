@@ -173,6 +173,18 @@ def _header(buf: bytes) -> SnapshotHeader:
     return SnapshotHeader(fmt, db_id, version, keys, next_lsn, created)
 
 
+def _whole_file(buf: bytes, db_id: bytes) -> SnapshotHeader:
+    """Checks every reader makes first: size, the whole-file digest, the header, the database id."""
+    if len(buf) < HEADER_SIZE + FOOTER_SIZE:
+        raise SnapshotError(f"snapshot truncated ({len(buf)} bytes)", len(buf))
+    if xxhash.xxh3_128_digest(memoryview(buf)[:-DIGEST_SIZE]) != buf[-DIGEST_SIZE:]:
+        raise SnapshotError("snapshot digest mismatch (the file is damaged)", len(buf) - DIGEST_SIZE)
+    header = _header(buf)
+    if header.db_id != db_id:
+        raise SnapshotError("snapshot belongs to another database", 12)
+    return header
+
+
 def read_snapshot_header(fs: FileSystem, path: str) -> SnapshotHeader:
     """Parse and check only the 64-byte header. :raises SnapshotError: it is damaged."""
     return _header(fs.read_range(path, 0, HEADER_SIZE))
@@ -188,13 +200,7 @@ def verify_snapshot(fs: FileSystem, path: str, db_id: bytes) -> SnapshotHeader:
     :raises SnapshotError: a check fails.
     """
     buf = fs.read(path)
-    if len(buf) < HEADER_SIZE + FOOTER_SIZE:
-        raise SnapshotError(f"snapshot truncated ({len(buf)} bytes)", len(buf))
-    if xxhash.xxh3_128_digest(memoryview(buf)[:-DIGEST_SIZE]) != buf[-DIGEST_SIZE:]:
-        raise SnapshotError("snapshot digest mismatch (the file is damaged)", len(buf) - DIGEST_SIZE)
-    header = _header(buf)
-    if header.db_id != db_id:
-        raise SnapshotError("snapshot belongs to another database", 12)
+    header = _whole_file(buf, db_id)
     pos, end_of_chunks, chunks, total = HEADER_SIZE, len(buf) - FOOTER_SIZE, 0, 0
     view = memoryview(buf)
     while pos < end_of_chunks:
@@ -221,13 +227,7 @@ def read_snapshot(
     :raises SnapshotError: any check fails (``offset`` is where).
     """
     buf = fs.read(path)
-    if len(buf) < HEADER_SIZE + FOOTER_SIZE:
-        raise SnapshotError(f"snapshot truncated ({len(buf)} bytes)", len(buf))
-    if xxhash.xxh3_128_digest(memoryview(buf)[:-DIGEST_SIZE]) != buf[-DIGEST_SIZE:]:
-        raise SnapshotError("snapshot digest mismatch (the file is damaged)", len(buf) - DIGEST_SIZE)
-    header = _header(buf)
-    if header.db_id != db_id:
-        raise SnapshotError("snapshot belongs to another database", 12)
+    header = _whole_file(buf, db_id)
     state: dict[bytes, Entry] = {}
     pos = HEADER_SIZE
     end_of_chunks = len(buf) - FOOTER_SIZE
