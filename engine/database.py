@@ -289,7 +289,7 @@ class Database:
             self._check_can_write()
             key, value = self._registry.prepare_end(self._store, run, status)
             registry = self._registry
-            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_end(run, status))
+            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_end(run, status, self._version))
         self._wal.wait(lsn)
 
     # --- transactions -----------------------------------------------------------------------------
@@ -592,9 +592,11 @@ class _Locked:
     the commit lock is held, so it takes no lock itself.
     """
 
-    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs")
+    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version")
 
     def __init__(self, db: Database):
+        #: The commit version this call's writes will get (nothing else commits meanwhile).
+        self.version = db._version + 1
         self._store = db._store
         self._get = db._store.get
         self._registry = db._registry
@@ -606,7 +608,7 @@ class _Locked:
     def lookup(self, key: bytes) -> tuple[int, bytes] | None:
         if key in self.writes:
             value = self.writes[key]
-            return None if value is None else (0, value)
+            return None if value is None else (self.version, value)
         return self._get(key)
 
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
@@ -638,7 +640,7 @@ class _Locked:
         return self._overlay(self._store.scan_values(lo, hi), lo, hi, lambda v: v)
 
     def scan_entries(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, int]]:
-        return self._overlay([(k, e[0]) for k, e in self._store.scan(lo, hi)], lo, hi, lambda v: 0)
+        return self._overlay([(k, e[0]) for k, e in self._store.scan(lo, hi)], lo, hi, lambda v: self.version)
 
     def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
         if any(k >= lo and (hi is None or k < hi) for k in self.writes):

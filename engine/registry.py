@@ -45,6 +45,8 @@ class RunRegistry:
         self._rid: dict[str, bytes] = {}
         #: Live set of active run ids (the commit path checks membership under the commit lock).
         self.active: set[str] = set()
+        #: Commit version at which each ended run's status changed (for snapshot readers).
+        self._ended_at_version: dict[str, int] = {}
         # per primitive tag: run id text -> key prefix, for all runs / active runs only.
         # Primitives hold these dicts and look prefixes up on their fast paths.
         self._all: dict[int, dict[str, bytes]] = {}
@@ -118,11 +120,18 @@ class RunRegistry:
         """All run ids, in creation order (UUIDv7 text sorts by time)."""
         return sorted(self._status)
 
-    def ids(self, status: str | None = None) -> list[str]:
-        """Run ids (only those with ``status`` if given) in start order. O(runs)."""
+    def ids(self, status: str | None = None, snapshot: int | None = None) -> list[str]:
+        """Run ids (only those with ``status`` if given) in start order. O(runs).
+
+        With ``snapshot``, also the runs whose status changed after that
+        commit version (their status *at* the snapshot may be ``status``);
+        the caller checks each against the record it reads.
+        """
         if status is None:
             return list(self._status)
-        return [r for r, s in self._status.items() if s == status]
+        changed = self._ended_at_version
+        return [r for r, s in list(self._status.items())
+                if s == status or (snapshot is not None and changed.get(r, 0) > snapshot)]
 
     def count_by_status(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -198,9 +207,10 @@ class RunRegistry:
         """The begin commit is applied: the run exists and is active."""
         self._add(run, run_id_bytes(run), ACTIVE)
 
-    def applied_end(self, run: str, status: str) -> None:
-        """The end commit is applied: the run is read-only from now on."""
+    def applied_end(self, run: str, status: str, version: int = 0) -> None:
+        """The end commit (at ``version``) is applied: the run is read-only from now on."""
         self._status[run] = status
+        self._ended_at_version[run] = version
         self.active.discard(run)
         for table in self._active.values():
             table.pop(run, None)

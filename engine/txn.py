@@ -197,7 +197,7 @@ class Transaction:
 
     def run_ids(self, status: str | None = None) -> list[str]:
         """Ids of the runs that exist now (optionally only with ``status``), in start order."""
-        return self._registry.ids(status)
+        return self._registry.ids(status, self._begin)
 
     # --- finishing -----------------------------------------------------------------------------
 

@@ -37,6 +37,13 @@ class State:
     updated_at: _dt.datetime
 
 
+def _member(value: Any, states: set[Any]) -> bool:
+    try:
+        return value in states
+    except TypeError:  # an unhashable value is no declared state
+        return False
+
+
 def _state(record: dict[str, Any]) -> State:
     return State(record["value"], record["version"], _EPOCH + _dt.timedelta(microseconds=record["updated_us"]))
 
@@ -72,15 +79,19 @@ class StateMachines:
         """
         if not isinstance(transitions, dict) or not all(isinstance(v, (list, tuple)) for v in transitions.values()):
             raise InvalidArgument("transitions must be a dict mapping a state to a list of states")
-        states = set(transitions) | {t for targets in transitions.values() for t in targets}
-        if initial not in states:
+        try:
+            states = set(transitions) | {t for targets in transitions.values() for t in targets}
+            declared = initial in states
+        except TypeError:
+            raise InvalidArgument("states must be hashable values (str, int, ...)") from None
+        if not declared:
             raise InvalidArgument(f"initial state {initial!r} is not among the declared states")
         key = self._key(run, name, write=True)
         record = self._record(key)
         now = time.time_ns() // 1000
         if record is None:
             record = {"value": initial, "version": 1, "updated_us": now}
-        elif record["value"] not in states:
+        elif not _member(record["value"], states):
             raise InvalidTransition(f"state {name!r} is {record['value']!r}, which the new transitions do not name")
         record["transitions"] = {k: list(v) for k, v in transitions.items()}
         self._ctx.write(run, key, encode_value(record))

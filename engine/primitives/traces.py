@@ -86,8 +86,13 @@ class Traces:
             raise InvalidArgument("tags must be an iterable of str")
         base = self._base(run, write=True)
         if parent is not None:
-            if self._ctx.lookup(base + self._tid(parent)) is None:
+            try:
+                parent_tid = self._tid(parent)
+            except TraceNotFound:
+                raise InvalidArgument(f"parent {parent!r:.80} is not a trace id") from None
+            if self._ctx.lookup(base + parent_tid) is None:
                 raise InvalidArgument(f"parent {parent!r} is not a trace of run {run}")
+            parent = str(uuid.UUID(bytes=parent_tid))  # one spelling, so children() and tree() link it
         tid = uuid.UUID(new_run_id()).bytes
         record = {"kind": kind, "content": content, "confidence": confidence,
                   "alternatives": list(alternatives), "parent": parent, "tags": list(tags),
