@@ -47,6 +47,7 @@ class RunRegistry:
         self.active: set[str] = set()
         #: Commit version at which each ended run's status changed (for snapshot readers).
         self._ended_at_version: dict[str, int] = {}
+        self._last_end_version = 0
         # per primitive tag: run id text -> key prefix, for all runs / active runs only.
         # Primitives hold these dicts and look prefixes up on their fast paths.
         self._all: dict[int, dict[str, bytes]] = {}
@@ -129,9 +130,11 @@ class RunRegistry:
         """
         if status is None:
             return list(self._status)
-        changed = self._ended_at_version
-        return [r for r, s in list(self._status.items())
-                if s == status or (snapshot is not None and changed.get(r, 0) > snapshot)]
+        items = list(self._status.items())  # a copy: begin_run may add to the dict meanwhile
+        if snapshot is not None and self._last_end_version > snapshot:  # a run ended after the snapshot
+            extra = {r for r, v in list(self._ended_at_version.items()) if v > snapshot}
+            return [r for r, s in items if s == status or r in extra]
+        return [r for r, s in items if s == status]
 
     def count_by_status(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -211,6 +214,7 @@ class RunRegistry:
         """The end commit (at ``version``) is applied: the run is read-only from now on."""
         self._status[run] = status
         self._ended_at_version[run] = version
+        self._last_end_version = max(self._last_end_version, version)
         self.active.discard(run)
         for table in self._active.values():
             table.pop(run, None)
