@@ -29,6 +29,7 @@ from engine import (
     InvalidTransition,
     RunClosed,
     RunNotFound,
+    TransactionConflict,
 )
 
 UNKNOWN_RUN = "01800000-0000-7000-8000-000000000001"  # well-formed, never created
@@ -64,7 +65,7 @@ class RunModel:
     def __init__(self, rid: str, name: str | None, parent: str | None, tags: list[str], metadata: dict):
         self.id, self.name, self.parent = rid, name, parent
         self.status = "active"
-        self.tags = list(dict.fromkeys(tags)) if False else list(tags)
+        self.tags = list(tags)  # begin_run keeps them as given; runs.tag adds without repeats
         self.metadata = dict(metadata)
         self.kv: dict[str, Any] = {}
         self.events: list[tuple[str, Any, bytes]] = []  # (type, payload, hash)
@@ -75,6 +76,8 @@ class RunModel:
 class Model:
     def __init__(self) -> None:
         self.runs: dict[str, RunModel] = {}  # in start order
+        #: runs ended after a transaction's snapshot: it still reads them as active, but cannot write them
+        self.live_closed: set[str] = set()
 
     def copy(self) -> Model:
         return copy.deepcopy(self)
@@ -85,7 +88,7 @@ def allowed_errors(model: Model, run: str, *, write: bool) -> tuple[type, ...]:
     r = model.runs.get(run)
     if r is None:
         return (RunNotFound,)
-    if write and r.status != "active":
+    if write and (r.status != "active" or run in model.live_closed):
         return (RunClosed,)
     return ()
 
@@ -260,15 +263,23 @@ class _NoCheck:
 NOCHECK = _NoCheck()
 
 
-def apply(model: Model, p: Any, op: tuple) -> None:
-    """Run ``op`` on ``p`` (database or transaction) and on the model; check its result or error."""
+def apply(model: Model, p: Any, op: tuple) -> bool:
+    """Run ``op`` on ``p`` (database or transaction) and on the model; check its result or error.
+
+    Returns whether it succeeded.
+    """
     errors, ret = expect(model, op)
     try:
         got = perform(p, op)
     except Exception as exc:  # noqa: BLE001 - compared with the model below
         assert errors and isinstance(exc, errors), f"{op}: raised {exc!r}; the model expected {errors or 'success'}"
-        return
+        return False
     assert not errors, f"{op}: returned {got!r}; the model expected {errors}"
+    _applied(model, op, got, ret)
+    return True
+
+
+def _applied(model: Model, op: tuple, got: Any, ret: Any) -> None:
     if ret is not NOCHECK:
         assert got == ret, f"{op}: returned {got!r}, model says {ret!r}"
     kind, run, *args = op
@@ -410,9 +421,8 @@ class PrimitivesMachine(RuleBasedStateMachine):
         if self.model.runs and data.draw(st.booleans()):
             parent = data.draw(st.sampled_from(list(self.model.runs)))
         if data.draw(st.integers(0, 9)) == 0:
-            with_unknown = UNKNOWN_RUN
             try:
-                self.db.begin_run(name, parent=with_unknown)
+                self.db.begin_run(name, parent=UNKNOWN_RUN)
             except RunNotFound:
                 pass
             else:
@@ -444,21 +454,66 @@ class PrimitivesMachine(RuleBasedStateMachine):
         apply(self.model, self.db, draw_op(data, self.model))
 
     @rule(data=st.data(), n=st.integers(1, 6), ending=st.sampled_from(["commit", "commit", "rollback", "raise"]),
-          look=st.booleans())
-    def transaction(self, data: Any, n: int, ending: str, look: bool) -> None:
-        shadow = self.model.copy()
+          look=st.booleans(), meanwhile=st.sampled_from([None, None, "end_run", "kv_put"]))
+    def transaction(self, data: Any, n: int, ending: str, look: bool, meanwhile: str | None) -> None:
+        """A batch of operations in one transaction; meanwhile, maybe, an autocommit ends a run or writes a key.
+
+        Ending a run after the snapshot: the transaction still reads it as
+        active but cannot write to it. A concurrent ``kv.put`` of a key the
+        transaction wrote or deleted must make it conflict; any other
+        concurrent write may (it conflicts if the transaction read or scanned
+        that part of the run), and either way the outcome is all or nothing.
+        """
+        base = self.model  # what autocommits do meanwhile goes here at once
+        shadow = base.copy()  # the transaction's view
+        concurrent: list = []  # what happened meanwhile, to replay on the shadow if the transaction commits
         tx = self.db.transaction()
+        must_conflict = False
         try:
+            active = [r for r, m in base.runs.items() if m.status == "active"]
+            if meanwhile == "end_run" and len(active) >= 2:
+                victim = data.draw(st.sampled_from(active))
+                self.db.end_run(victim, "completed")
+
+                def ended(m: Model, victim: str = victim) -> None:
+                    m.runs[victim].status = "completed"
+
+                ended(base)
+                concurrent.append(ended)
+                shadow.live_closed.add(victim)
+            written: set[tuple[str, str]] = set()
             for _ in range(n):
-                apply(shadow, tx, draw_op(data, shadow))
+                op = draw_op(data, shadow)
+                if apply(shadow, tx, op) and op[0] in ("kv_put", "kv_delete"):
+                    written.add((op[1], op[2]))
             if look:
                 compare(tx, shadow, "inside a transaction")  # reads its own writes over its snapshot
+            active = [r for r, m in base.runs.items() if m.status == "active"]
+            if meanwhile == "kv_put" and active:
+                run = data.draw(st.sampled_from(active))
+                key = data.draw(st.sampled_from(KEYS))
+                self.db.kv.put(run, key, "meanwhile")
+
+                def put(m: Model, run: str = run, key: str = key) -> None:
+                    m.runs[run].kv[key] = "meanwhile"
+
+                put(base)
+                concurrent.append(put)
+                must_conflict = (run, key) in written
         except BaseException:
             if not tx.finished:
                 tx.rollback()
             raise
         if ending == "commit":
-            tx.commit()
+            try:
+                tx.commit()
+            except TransactionConflict:
+                assert concurrent, "a transaction conflicted with nothing committed meanwhile"
+                return  # nothing of it was written: the model is base
+            assert not must_conflict, "a transaction committed over a concurrent write of a key it wrote"
+            shadow.live_closed.clear()
+            for change in concurrent:
+                change(shadow)
             self.model = shadow
         elif ending == "rollback":
             tx.rollback()
@@ -500,7 +555,7 @@ class PrimitivesMachine(RuleBasedStateMachine):
 
 PrimitivesMachine.TestCase.settings = settings(
     max_examples=60,
-    stateful_step_count=50,
+    stateful_step_count=70,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
