@@ -222,8 +222,8 @@ def test_agents_claim_every_task_exactly_once(dbdir):
 # --- SIGKILL ----------------------------------------------------------------------------------------
 
 
-KILL_TASKS = 400
-KILL_AGENTS = 3
+KILL_TASKS = 1000
+KILL_AGENTS = 8
 SEEDS = list(range(10))
 
 
