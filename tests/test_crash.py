@@ -66,28 +66,32 @@ def make_value(i, kind, size):
 
 exec(VALUE_CODE)  # defines KEYS and make_value here as well
 
-CHILD_CODE = (
-    r'''
-import json, random, sys
-sys.path.insert(0, sys.argv[4])
+#: The child's op loop (runs, puts, deletes), each op printed as an intent line before it
+#: and an ack line after it; test_snapshot_crash.py's children reuse it.
+OPS_CODE = r'''
+import json, os, random, sys, threading
+sys.path.insert(0, __ROOT__)
 from engine import Database
-'''
-    + VALUE_CODE
-    + r'''
-def main():
-    path, seed, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    rng = random.Random(seed)
-    db = Database.open(path, durability=mode, segment_bytes=SEGMENT_BYTES, flush_interval_ms=FLUSH_MS)
-    out = sys.stdout
+''' + VALUE_CODE + r'''
+_out = sys.stdout
+_emit_lock = threading.Lock()
 
-    def emit(obj):
-        out.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        out.flush()
+def emit(obj):
+    # the snapshot thread (progress callback) and the writer may both print: one write(2) per line
+    with _emit_lock:
+        _out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        _out.flush()
 
-    active = []
-    i = 0
-    while True:
-        i += 1
+class Ops:
+    """Random run/kv operations, printed as intent and ack lines (the format of tests/test_crash.py)."""
+
+    def __init__(self, db, rng):
+        self.db, self.rng, self.active, self.i = db, rng, [], 0
+
+    def step(self):
+        db, rng, active = self.db, self.rng, self.active
+        self.i += 1
+        i = self.i
         r = rng.random()
         if len(active) < 3 or (r < 0.01 and len(active) < 5):
             op = {"op": "begin", "name": "run%d" % i}
@@ -115,10 +119,18 @@ def main():
         else:
             db.kv.put(op["run"], op["key"], make_value(i, op["kind"], op["size"]))
             emit({"t": "ack", "i": i})
+'''
+
+CHILD_CODE = OPS_CODE + r'''
+def main():
+    path, seed, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    db = Database.open(path, durability=mode, segment_bytes=SEGMENT_BYTES, flush_interval_ms=FLUSH_MS)
+    ops = Ops(db, random.Random(seed))
+    while True:
+        ops.step()
 
 main()
 '''
-)
 
 LOCK_HOLDER_CODE = r'''
 import sys
@@ -145,7 +157,8 @@ def run_child_and_kill(
     ``extra_lines=1`` kills right after the next intent arrived, i.e. while the
     child is most likely inside that commit. Returns (all complete lines, stderr).
     """
-    code = CHILD_CODE.replace("SEGMENT_BYTES", str(SEGMENT_BYTES)).replace("FLUSH_MS", str(flush_ms))
+    code = (CHILD_CODE.replace("__ROOT__", repr(ROOT)).replace("SEGMENT_BYTES", str(SEGMENT_BYTES))
+            .replace("FLUSH_MS", str(flush_ms)))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, path, str(seed), mode, ROOT],

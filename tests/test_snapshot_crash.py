@@ -44,10 +44,11 @@ import pytest
 from engine import Database
 from engine.snapshot import parse_snapshot_name
 from tests.test_crash import (
+    Model,
+    OPS_CODE,
     ROOT,
     SEGMENT_BYTES,
     VALUE_CODE,
-    Model,
     check_still_writable,
     describe_diff,
     observe,
@@ -60,59 +61,6 @@ CHILD_SNAPSHOT_BYTES = 32 * 1024
 MAX_OPS = 4000  # a child that was never killed stops here (the parent then fails: no SIGKILL)
 
 # --- the child: the op loop of test_crash's child, plus snapshot lines -------------------------
-
-OPS_CODE = r'''
-import json, os, random, sys, threading
-sys.path.insert(0, __ROOT__)
-from engine import Database
-''' + VALUE_CODE + r'''
-_out = sys.stdout
-_emit_lock = threading.Lock()
-
-def emit(obj):
-    # the snapshot thread (progress callback) and the writer may both print: one write(2) per line
-    with _emit_lock:
-        _out.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        _out.flush()
-
-class Ops:
-    """Random run/kv operations, printed as intent and ack lines (the format of tests/test_crash.py)."""
-
-    def __init__(self, db, rng):
-        self.db, self.rng, self.active, self.i = db, rng, [], 0
-
-    def step(self):
-        db, rng, active = self.db, self.rng, self.active
-        self.i += 1
-        i = self.i
-        r = rng.random()
-        if len(active) < 3 or (r < 0.01 and len(active) < 5):
-            op = {"op": "begin", "name": "run%d" % i}
-        elif r < 0.02 and len(active) > 3:
-            op = {"op": "end", "run": active[rng.randrange(len(active))]}
-        elif r < 0.25:
-            op = {"op": "delete", "run": rng.choice(active), "key": rng.choice(KEYS)}
-        else:
-            kind = rng.choice(["int", "big", "float", "bytes", "list", "str", "dict"])
-            size = rng.choice([0, 10, 100]) if rng.random() < 0.7 else rng.randrange(1000, 6000)
-            op = {"op": "put", "run": rng.choice(active), "key": rng.choice(KEYS), "kind": kind, "size": size}
-        op["i"] = i
-        emit(dict(op, t="intent"))
-        if op["op"] == "begin":
-            run = db.begin_run(op["name"])
-            active.append(run)
-            emit({"t": "ack", "i": i, "run": run})
-        elif op["op"] == "end":
-            db.end_run(op["run"], status="completed")
-            active.remove(op["run"])
-            emit({"t": "ack", "i": i})
-        elif op["op"] == "delete":
-            existed = db.kv.delete(op["run"], op["key"])
-            emit({"t": "ack", "i": i, "existed": existed})
-        else:
-            db.kv.put(op["run"], op["key"], make_value(i, op["kind"], op["size"]))
-            emit({"t": "ack", "i": i})
-'''
 
 SIGKILL_CHILD_CODE = OPS_CODE + r'''
 def main():
