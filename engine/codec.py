@@ -15,13 +15,15 @@ before anything is written: other classes, cyclic containers, naive datetimes
 
 from __future__ import annotations
 
+import datetime as _dt
+import time
 from typing import Any
 
 import cbor2
 
 from .errors import InvalidValue
 
-__all__ = ["MAX_VALUE_BYTES", "decode_value", "encode_value"]
+__all__ = ["MAX_VALUE_BYTES", "decode_value", "encode_value", "now_us", "us_from_utc", "utc_from_us"]
 
 #: Largest encoded value, in bytes. Values live in memory and in one WAL record.
 MAX_VALUE_BYTES = 64 * 1024 * 1024  # 64 MiB
@@ -48,3 +50,24 @@ def encode_value(value: Any) -> bytes:
     if len(data) > MAX_VALUE_BYTES:
         raise InvalidValue(f"value encodes to {len(data)} bytes; the limit is {MAX_VALUE_BYTES}")
     return data
+
+
+# --- timestamps: records store integer µs since the Unix epoch; the API shows UTC datetimes ---
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_US = _dt.timedelta(microseconds=1)
+
+
+def now_us() -> int:
+    """The current time in µs since the Unix epoch."""
+    return time.time_ns() // 1000
+
+
+def utc_from_us(us: int) -> _dt.datetime:
+    """The UTC datetime of a µs timestamp (exact: no float rounding)."""
+    return _EPOCH + _dt.timedelta(microseconds=us)
+
+
+def us_from_utc(ts: _dt.datetime) -> int:
+    """The µs timestamp of an aware datetime; inverse of :func:`utc_from_us`."""
+    return (ts - _EPOCH) // _US

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import struct
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 import xxhash
 
-from ..codec import decode_value, encode_value
+from ..codec import decode_value, encode_value, now_us, us_from_utc, utc_from_us
 from ..errors import ChainBroken, InvalidArgument, InvalidValue
 from ..keys import TAG_EVENT, prefix_end, run_prefix
 from .kv import Context
@@ -37,7 +36,6 @@ __all__ = ["ZERO_HASH", "Event", "Events", "chain_hash"]
 
 ZERO_HASH = bytes(16)
 _SEQ = struct.Struct(">Q")
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ def chain_hash(prev_hash: bytes, seq: int, type_: str, payload: Any, ts_us: int)
 
 
 def _event(run: str, seq: int, record: dict[str, Any]) -> Event:
-    ts = _EPOCH + _dt.timedelta(microseconds=record["ts_us"])
+    ts = utc_from_us(record["ts_us"])
     return Event(run, seq, record["type"], record["payload"], ts, record["prev"], record["hash"])
 
 
@@ -94,7 +92,7 @@ class Events:
         else:
             seq = _SEQ.unpack(last[0][len(base):])[0] + 1
             prev = decode_value(last[1])["hash"]
-        ts_us = time.time_ns() // 1000
+        ts_us = now_us()
         try:
             digest = chain_hash(prev, seq, type, payload, ts_us)
         except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
@@ -136,7 +134,7 @@ class Events:
         n = 0
         for n, event in enumerate(self.read(run), start=1):
             seq = n - 1
-            ts_us = (event.ts - _EPOCH) // _dt.timedelta(microseconds=1)
+            ts_us = us_from_utc(event.ts)
             if (event.seq != seq or event.prev_hash != prev
                     or chain_hash(prev, seq, event.type, event.payload, ts_us) != event.hash):
                 raise ChainBroken(run, seq)

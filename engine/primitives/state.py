@@ -14,18 +14,16 @@ Key: ``run prefix | TAG_STATE | name (UTF-8)``. Value (CBOR map):
 from __future__ import annotations
 
 import datetime as _dt
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec import decode_value, encode_value
+from ..codec import decode_value, encode_value, now_us, utc_from_us
 from ..errors import InvalidArgument, InvalidTransition
 from ..keys import TAG_STATE, encode_user_key, prefix_end, run_prefix
 from .kv import Context
 
 __all__ = ["State", "StateMachines"]
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ def _member(value: Any, states: set[Any]) -> bool:
 
 
 def _state(record: dict[str, Any]) -> State:
-    return State(record["value"], record["version"], _EPOCH + _dt.timedelta(microseconds=record["updated_us"]))
+    return State(record["value"], record["version"], utc_from_us(record["updated_us"]))
 
 
 class StateMachines:
@@ -88,7 +86,7 @@ class StateMachines:
             raise InvalidArgument(f"initial state {initial!r} is not among the declared states")
         key = self._key(run, name, write=True)
         record = self._record(key)
-        now = time.time_ns() // 1000
+        now = now_us()
         if record is None:
             record = {"value": initial, "version": 1, "updated_us": now}
         elif not _member(record["value"], states):
@@ -144,7 +142,7 @@ class StateMachines:
         new = {
             "value": value,
             "version": (0 if record is None else record["version"]) + 1,
-            "updated_us": time.time_ns() // 1000,
+            "updated_us": now_us(),
         }
         if transitions is not None:
             new["transitions"] = transitions

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import decode_value, encode_value
+from ..codec import decode_value, encode_value, now_us, utc_from_us
 from ..errors import InvalidArgument, TraceNotFound
 from ..keys import TAG_TRACE, new_run_id, prefix_end, run_prefix
 from .kv import Context
 
 __all__ = ["Trace", "Traces"]
 
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class Trace:
 def _trace(run: str, tid: bytes, r: dict[str, Any]) -> Trace:
     return Trace(str(uuid.UUID(bytes=tid)), run, r["kind"], r["content"], r["confidence"],
                  tuple(r["alternatives"]), r["parent"], tuple(r["tags"]),
-                 _EPOCH + _dt.timedelta(microseconds=r["ts_us"]))
+                 utc_from_us(r["ts_us"]))
 
 
 class Traces:
@@ -96,7 +94,7 @@ class Traces:
         tid = uuid.UUID(new_run_id()).bytes
         record = {"kind": kind, "content": content, "confidence": confidence,
                   "alternatives": list(alternatives), "parent": parent, "tags": list(tags),
-                  "ts_us": time.time_ns() // 1000}
+                  "ts_us": now_us()}
         self._ctx.write(run, base + tid, encode_value(record))
         return str(uuid.UUID(bytes=tid))
 
