@@ -269,11 +269,12 @@ class Database:
         :raises DatabasePoisoned: / :raises DatabaseClosed: as for any write.
         """
         registry = self._registry
-        registry.prepare_begin(name, parent, tags, metadata, 0)  # validate before taking the lock
+        run, key, record = registry.prepare_begin(name, parent, tags, metadata)
         with self._commit_lock:
             self._check_can_write()
             # encoded under the lock: the record carries the version of the commit that creates it
-            run, key, value = registry.prepare_begin(name, parent, tags, metadata, self._version + 1)
+            record["first_version"] = self._version + 1
+            value = registry.encode_record(record)
             lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_begin(run))
         self._wal.wait(lsn)
         return run

@@ -145,13 +145,17 @@ class RunRegistry:
     # --- changes (prepared outside the commit lock, applied under it) ----------------
 
     def prepare_begin(
-        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any, first_version: int
-    ) -> tuple[str, bytes, bytes]:
-        """Validate a new run and return ``(run id, record key, record value)``.
+        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any
+    ) -> tuple[str, bytes, dict[str, Any]]:
+        """Validate a new run and return ``(run id, record key, record)``.
+
+        The caller sets ``record["first_version"]`` and encodes it under the
+        commit lock (:meth:`encode_record` raises ``InvalidValue`` for
+        metadata cbor2 cannot encode).
 
         :raises InvalidArgument: ``name`` is not a str or None, a tag is not a str.
         :raises RunNotFound: ``parent`` names no run.
-        :raises InvalidValue: ``metadata`` cannot be encoded.
+        :raises InvalidValue: ``metadata`` is not a dict.
         """
         if name is not None and not isinstance(name, str):
             raise InvalidArgument(f"run name must be a str or None, got {type(name).__name__}")
@@ -175,9 +179,13 @@ class RunRegistry:
             "status": ACTIVE,
             "started_at": _dt.datetime.now(_dt.timezone.utc),
             "ended_at": None,
-            "first_version": first_version,
         }
-        return run, run_record_key(rid), encode_value(record)
+        return run, run_record_key(rid), record
+
+    @staticmethod
+    def encode_record(record: dict[str, Any]) -> bytes:
+        """Encode a run record. :raises InvalidValue: it holds something cbor2 cannot encode."""
+        return encode_value(record)
 
     def prepare_end(self, store: UnifiedStore, run: str, status: str) -> tuple[bytes, bytes]:
         """Validate ending ``run`` (call under the commit lock); return ``(record key, new value)``.
