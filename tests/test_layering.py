@@ -21,6 +21,7 @@ LAYERS = [
     {"recovery", "registry", "checkpoint"},
     {"txn"},
     {"primitives", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs"},
+    {"contexts"},
     {"database"},
     {"demo", "cli", "__main__", "__init__", "testing"},
 ]
