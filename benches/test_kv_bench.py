@@ -61,7 +61,7 @@ import os
 import random
 
 import pytest
-from workloads import InmemKV, SqliteKV, key_for, value_for
+from workloads import InmemKV, SqliteKV, key_for, record, value_for
 
 from engine import Database
 
@@ -84,20 +84,6 @@ MODES = {  # inmem durability -> (sqlite synchronous, puts per round, rounds)
     "off": ("OFF", PUT_BATCH, PUT_ROUNDS),
     "strict": ("FULL", STRICT_BATCH, STRICT_ROUNDS),
 }
-
-
-def _record(benchmark, results, engine, label, op, *, per_call=1, **extra):
-    """Store 1 / median as ops/s (per op as defined above) in extra_info and the summary.
-
-    ``per_call``: ops done by one timed call (a loop bench times one call per round).
-    """
-    if getattr(benchmark, "stats", None) is None:  # --benchmark-disable: ran once, nothing timed
-        return 0.0
-    median = benchmark.stats.stats.median / per_call
-    ops = 1.0 / median
-    benchmark.extra_info.update({"ops_per_s": round(ops, 1), "median_s": median, "op": op, **extra})
-    results.append({"group": benchmark.group, "engine": engine, "label": label, "ops_per_s": ops, "op": op})
-    return ops
 
 
 def _new_engine(kind, path, mode):
@@ -127,7 +113,7 @@ def test_put(benchmark, results, tmp_path, mode, kind):
         benchmark.pedantic(one_put, iterations=batch, rounds=rounds, warmup_rounds=1)
         n = next(counter)
         assert eng.get_fn(run)(key_for(n - 1)) == value_for(n - 1)
-        _record(benchmark, results, kind, eng.label, f"1 put, distinct key ({batch}/round)", puts=n)
+        record(benchmark, results, kind, eng.label, f"1 put, distinct key ({batch}/round)", puts=n)
     finally:
         eng.close()
 
@@ -159,7 +145,7 @@ def test_get(benchmark, results, tmp_path, kind):
 
         benchmark.pedantic(one_get, iterations=GET_BATCH, rounds=GET_ROUNDS, warmup_rounds=1)
         label = "inmem" if kind == "inmem" else "sqlite3 WAL"  # durability plays no part in reads
-        _record(benchmark, results, kind, label, f"1 get, random existing key of {GET_KEYS:,}")
+        record(benchmark, results, kind, label, f"1 get, random existing key of {GET_KEYS:,}")
     finally:
         eng.close()
 
@@ -180,7 +166,7 @@ def test_get_loop(benchmark, results, tmp_path, kind):
         assert eng.get_fn(run)(keys[0]) is not None
         benchmark.pedantic(eng.get_loop, args=(run, keys), rounds=GET_ROUNDS, warmup_rounds=1)
         label = "inmem" if kind == "inmem" else "sqlite3 WAL"
-        _record(benchmark, results, kind, label, f"1 get in a loop of {GET_BATCH:,}, random key of {GET_KEYS:,}",
+        record(benchmark, results, kind, label, f"1 get in a loop of {GET_BATCH:,}, random key of {GET_KEYS:,}",
                 per_call=GET_BATCH)
     finally:
         eng.close()
@@ -209,13 +195,13 @@ def test_scan_100(benchmark, results, tmp_path, kind):
 
         benchmark.pedantic(one_scan, iterations=SCAN_BATCH, rounds=SCAN_ROUNDS, warmup_rounds=1)
         label = "inmem" if kind == "inmem" else "sqlite3 WAL"
-        ops = _record(
+        median = record(
             benchmark, results, kind, label,
             f"list all {SCAN_KEYS} pairs of 1 run among {SCAN_RUNS:,}",
         )
-        if ops:
-            benchmark.extra_info["scan_us"] = round(1e6 / ops, 1)
-            benchmark.extra_info["pairs_per_s"] = round(ops * SCAN_KEYS)
+        if median:
+            benchmark.extra_info["scan_us"] = round(1e6 * median, 1)
+            benchmark.extra_info["pairs_per_s"] = round(SCAN_KEYS / median)
     finally:
         eng.close()
 
@@ -262,7 +248,7 @@ def test_reopen_100mb(benchmark, results, wal_100mb):
         return
     median = benchmark.stats.stats.median
     mb = report["bytes"] / 1e6
-    _record(
+    record(
         benchmark, results, "inmem", "inmem",
         f"open+close, {mb:.1f} MB WAL: {median:.2f} s, {mb / median:.1f} MB/s, "
         f"{report['records'] / median:,.0f} records/s",

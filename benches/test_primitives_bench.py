@@ -71,7 +71,7 @@ import itertools
 import time
 
 import pytest
-from workloads import key_for, value_for
+from workloads import key_for, record, value_for
 
 from engine import Database
 
@@ -95,21 +95,6 @@ _MEDIAN: dict[str, float] = {}  # per-op medians of earlier benches in this sess
 
 def _open(path) -> Database:
     return Database.open(str(path), durability="batched", snapshot_every_bytes=None)
-
-
-def _record(benchmark, results, engine, label, op, *, per_call=1, **extra):
-    """Store 1 / median as ops/s (per op as defined above) in extra_info and the summary.
-
-    ``per_call``: ops done by one timed call. Returns the per-op median (0.0
-    under ``--benchmark-disable``, when nothing was timed).
-    """
-    if getattr(benchmark, "stats", None) is None:
-        return 0.0
-    median = benchmark.stats.stats.median / per_call
-    ops = 1.0 / median
-    benchmark.extra_info.update({"ops_per_s": round(ops, 1), "median_s": median, "op": op, **extra})
-    results.append({"group": benchmark.group, "engine": engine, "label": label, "ops_per_s": ops, "op": op})
-    return median
 
 
 # --- 1. events.append, with kv.put as the reference ------------------------------------------------
@@ -141,7 +126,7 @@ def test_events_append(benchmark, results, tmp_path, op):
         assert db.stats()["commits"] - before == n  # one commit per op
         if op == "kv.put":
             assert db.kv.get(run, key_for(n - 1)) == value_for(n - 1)
-            median = _record(benchmark, results, "inmem", "kv.put (reference)",
+            median = record(benchmark, results, "inmem", "kv.put (reference)",
                              f"1 kv.put, distinct key, small dict ({APPEND_BATCH:,}/round); ratio = append time / put time")
             if median:
                 _MEDIAN["kv.put"] = median
@@ -149,7 +134,7 @@ def test_events_append(benchmark, results, tmp_path, op):
             assert db.events.count(run) == n
             last = db.events.tail(run, 1)[0]
             assert last.seq == n - 1 and last.payload == value_for(n - 1)
-            median = _record(benchmark, results, "events", "events.append",
+            median = record(benchmark, results, "events", "events.append",
                              f"1 events.append, small dict payload ({APPEND_BATCH:,}/round)", events=n)
             if median and "kv.put" in _MEDIAN:
                 benchmark.extra_info["vs_kv_put"] = round(median / _MEDIAN["kv.put"], 2)
@@ -177,7 +162,7 @@ def test_state_cas_ok(benchmark, results, tmp_path):
         n = next(counter)
         state = db.state.get(run, "counter")
         assert state.value == n and state.version == n + 1  # every cas matched (version 1 = the set)
-        _record(benchmark, results, "inmem", "state.cas (match)",
+        record(benchmark, results, "inmem", "state.cas (match)",
                 f"1 successful cas(expected=i, new=i+1) on an int state ({CAS_BATCH:,}/round)", calls=n)
     finally:
         db.close()
@@ -199,7 +184,7 @@ def test_state_cas_fail(benchmark, results, tmp_path):
         benchmark.pedantic(one_op, iterations=CAS_BATCH, rounds=CAS_ROUNDS, warmup_rounds=1)
         assert db.stats()["commits"] == before  # a failed cas writes nothing
         assert db.state.get(run, "counter").version == 1
-        _record(benchmark, results, "inmem", "state.cas (mismatch)",
+        record(benchmark, results, "inmem", "state.cas (mismatch)",
                 f"1 failed cas (expected 1, value is 0): no commit ({CAS_BATCH:,}/round)")
     finally:
         db.close()
@@ -208,7 +193,7 @@ def test_state_cas_fail(benchmark, results, tmp_path):
 # --- 3. traces.record ----------------------------------------------------------------------------
 
 
-def test_traces_record(benchmark, results, tmp_path):
+def test_tracesrecord(benchmark, results, tmp_path):
     benchmark.group = "traces-record"
     db = _open(tmp_path / "db")
     try:
@@ -233,7 +218,7 @@ def test_traces_record(benchmark, results, tmp_path):
         t = db.traces.get(run, root[0])
         assert t.confidence == 0.75 and t.tags == tags and t.alternatives == alternatives and t.parent is None
         assert db.runs.get(run).counts["traces"] == n + 1
-        _record(benchmark, results, "inmem", "traces.record",
+        record(benchmark, results, "inmem", "traces.record",
                 f"1 record: confidence, 1 alternative, 1 tag; every other one with a parent ({TRACE_BATCH:,}/round)",
                 traces=n + 1)
     finally:
@@ -282,7 +267,7 @@ def test_runs_list_failed(benchmark, results, runs_100k):
     assert set(out) == {RUNS // 10}
     first = db.runs.list(status="failed", limit=1)[0]
     assert first.id == runs[0] and first.counts == {"kv": 1, "events": 1, "state": 0, "traces": 0}
-    median = _record(benchmark, results, "inmem", "runs.list(status=failed)",
+    median = record(benchmark, results, "inmem", "runs.list(status=failed)",
                      f"list all {RUNS // 10:,} failed RunInfo of {RUNS:,} runs",
                      runs=RUNS, returned=RUNS // 10, build_s=round(build_s, 1))
     if median:
@@ -300,7 +285,7 @@ def test_runs_list_failed_limit(benchmark, results, runs_100k):
 
     assert [r.id for r in lst(status="failed", limit=LIMIT)] == runs[: LIMIT * 10 : 10]
     benchmark.pedantic(one_op, iterations=LIMIT_BATCH, rounds=LIMIT_ROUNDS, warmup_rounds=1)
-    _record(benchmark, results, "inmem", f"runs.list(failed, limit={LIMIT})",
+    record(benchmark, results, "inmem", f"runs.list(failed, limit={LIMIT})",
             f"first {LIMIT} failed RunInfo of {RUNS:,} runs ({LIMIT_BATCH}/round)",
             runs=RUNS, returned=LIMIT)
 
@@ -317,5 +302,5 @@ def test_runs_get(benchmark, results, runs_100k):
         get(run)
 
     benchmark.pedantic(one_op, iterations=GET_BATCH, rounds=GET_ROUNDS, warmup_rounds=1)
-    _record(benchmark, results, "inmem", "runs.get",
+    record(benchmark, results, "inmem", "runs.get",
             f"1 RunInfo of a 3-entry run among {RUNS:,} ({GET_BATCH:,}/round)", runs=RUNS)

@@ -254,3 +254,18 @@ def engine_fingerprint() -> str:
     from engine import native
 
     return f"{head} src:{h.hexdigest()[:12]} native:{'on' if native.ENABLED else 'off'}"
+
+
+def record(benchmark, results, engine, label, op, *, per_call=1, **extra):
+    """Store 1 / median as ops/s in ``extra_info`` and a row of the session summary; return the per-op median.
+
+    ``per_call``: ops done by one timed call (a loop bench times one call per
+    round). Returns 0.0 under ``--benchmark-disable``, when nothing was timed.
+    """
+    if getattr(benchmark, "stats", None) is None:
+        return 0.0
+    median = benchmark.stats.stats.median / per_call
+    ops = 1.0 / median
+    benchmark.extra_info.update({"ops_per_s": round(ops, 1), "median_s": median, "op": op, **extra})
+    results.append({"group": benchmark.group, "engine": engine, "label": label, "ops_per_s": ops, "op": op})
+    return median
