@@ -193,14 +193,14 @@ def test_state_cas_fail(benchmark, results, tmp_path):
 # --- 3. traces.record ----------------------------------------------------------------------------
 
 
-def test_tracesrecord(benchmark, results, tmp_path):
+def test_traces_record(benchmark, results, tmp_path):
     benchmark.group = "traces-record"
     db = _open(tmp_path / "db")
     try:
         run = db.begin_run("bench")
-        record = db.traces.record
+        record_trace = db.traces.record
         counter = itertools.count()
-        root = [record(run, "thought", {"step": -1, "text": "start"})]
+        root = [record_trace(run, "thought", {"step": -1, "text": "start"})]
         alternatives = ("ask the user",)
         tags = ("plan",)
 
@@ -208,10 +208,10 @@ def test_tracesrecord(benchmark, results, tmp_path):
             i = next(counter)
             content = {"step": i, "text": "search the docs"}
             if i & 1:
-                record(run, "thought", content, confidence=0.75, alternatives=alternatives,
+                record_trace(run, "thought", content, confidence=0.75, alternatives=alternatives,
                        parent=root[0], tags=tags)
             else:
-                root[0] = record(run, "thought", content, confidence=0.75, alternatives=alternatives, tags=tags)
+                root[0] = record_trace(run, "thought", content, confidence=0.75, alternatives=alternatives, tags=tags)
 
         benchmark.pedantic(one_op, iterations=TRACE_BATCH, rounds=TRACE_ROUNDS, warmup_rounds=1)
         n = next(counter)
