@@ -15,7 +15,7 @@ persisted through a checksummed write-ahead log and recovered after a crash.
 
 Layers, lowest first: ``errors``, ``keys``/``codec`` → ``checksum``,
 ``native``, ``fs`` → ``store``, ``wal`` → ``recovery``, ``registry`` →
-``primitives`` → ``database``. SPEC.md holds the formats and guarantees.
+``history`` → ``primitives`` → ``replay`` → ``database``. SPEC.md holds the formats and guarantees.
 """
 
 from .database import Database
@@ -23,6 +23,7 @@ from .primitives.events import Event
 from .primitives.runs import RunInfo
 from .primitives.state import State
 from .primitives.traces import Trace
+from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState
 from .txn import Transaction
 from .checkpoint import SnapshotInfo
 from .errors import (
@@ -31,6 +32,7 @@ from .errors import (
     DatabaseClosed,
     DatabaseLocked,
     DatabasePoisoned,
+    HistoryUnavailable,
     InmemError,
     InvalidArgument,
     InvalidKey,
@@ -47,20 +49,27 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChainBroken",
+    "Changes",
+    "Commit",
     "CorruptionError",
     "Database",
     "DatabaseClosed",
     "DatabaseLocked",
     "DatabasePoisoned",
     "Event",
+    "EventsDiff",
+    "HistoryUnavailable",
     "InmemError",
     "InvalidArgument",
     "InvalidKey",
     "InvalidTransition",
     "InvalidValue",
+    "Op",
     "RunClosed",
+    "RunDiff",
     "RunInfo",
     "RunNotFound",
+    "RunState",
     "SnapshotInfo",
     "State",
     "Trace",

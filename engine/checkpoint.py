@@ -13,7 +13,11 @@ a time, under ``_lock``)::
        building a million-entry dict just to drop it would stall every thread on GC)
     6. keep the two newest snapshots; delete older ones
     7. delete WAL segments wholly covered by the *older* of the two kept snapshots,
-       unless the history-retention hook keeps them
+       unless history retention keeps them (:mod:`engine.history`); save the history sidecars
+
+``compact()`` goes further on request: it deletes every segment the *newest*
+snapshot covers that history retention lets go, and the older snapshots that
+no longer have the WAL behind them.
 
 Invariant: at every instant — including a crash between any two steps — the
 directory holds the newest valid snapshot's state plus every WAL record after
@@ -27,7 +31,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +47,7 @@ from .snapshot import (
     verify_snapshot,
     write_snapshot,
 )
+from .wal.format import SEGMENT_HEADER_SIZE, decode_segment_header, parse_segment_name, segment_name
 from .wal.writer import WalWriter
 
 __all__ = ["SnapshotInfo", "Snapshotter"]
@@ -92,8 +96,18 @@ class _Host(Protocol):
     _identity: Any
 
 
-#: ``keep(seq, first_lsn, last_lsn) -> bool``: keep a WAL segment a snapshot covers.
-RetentionHook = Callable[[int, int, int], bool]
+class Retention(Protocol):
+    """What decides which covered WAL segments survive (``engine.history.HistoryIndex``)."""
+
+    def prune(self, wal: WalWriter, below_lsn: int) -> list[str]:
+        """Delete segments wholly below ``below_lsn`` that history does not keep; return their names."""
+
+    def persist(self, durable_lsn: int) -> int:
+        """Save what must survive reopen (history sidecars) for frames up to ``durable_lsn``."""
+
+    @property
+    def floor(self) -> int:
+        """First LSN still in the WAL."""
 
 
 class Snapshotter:
@@ -112,13 +126,13 @@ class Snapshotter:
         every_bytes: int | None,
         every_s: float | None,
         progress: Progress | None = None,
-        retention: RetentionHook | None = None,
+        retention: Retention | None = None,
     ):
         self._host = host
         self._every_bytes = every_bytes
         self._every_s = every_s
         self._progress = progress
-        #: The history-retention hook (see the Replay issue): WAL segments it keeps survive truncation.
+        #: History retention: which covered WAL segments survive truncation (None: none do).
         self.retention = retention
         self._lock = threading.Lock()  # one snapshot at a time
         self._wake = threading.Condition(threading.Lock())
@@ -207,10 +221,71 @@ class Snapshotter:
             fs.remove(os.path.join(dirpath, name))
         if len(snaps) > KEEP_SNAPSHOTS:
             fs.sync_dir(dirpath)
-        if len(snaps) < KEEP_SNAPSHOTS:
-            return []  # one snapshot: the WAL stays until a second one can stand in for it
+        if len(snaps) < KEEP_SNAPSHOTS:  # one snapshot: the WAL stays until a second one can stand in for it
+            if self.retention is not None:
+                self.retention.persist(host._wal.durable_lsn)
+            return []
         oldest_kept = read_snapshot_header(fs, os.path.join(dirpath, snaps[KEEP_SNAPSHOTS - 1][1]))
-        return host._wal.drop_segments_before(oldest_kept.next_lsn, self.retention)
+        return self._drop_wal(oldest_kept.next_lsn)
+
+    def _drop_wal(self, below_lsn: int) -> list[str]:
+        wal = self._host._wal
+        if self.retention is None:
+            return wal.drop_segments_before(below_lsn)
+        dropped = self.retention.prune(wal, below_lsn)
+        self.retention.persist(wal.durable_lsn)
+        return dropped
+
+    def compact(self) -> dict[str, Any]:
+        """Delete every WAL segment and snapshot that neither recovery nor history retention needs.
+
+        Takes a snapshot first unless the newest one already holds the last
+        commit; then deletes the WAL segments wholly below that snapshot which
+        retention lets go, and every older snapshot whose WAL tail is thereby
+        gone (it could no longer stand in for the newest). Afterwards recovery
+        needs the newest snapshot, which was verified after it was written.
+
+        :returns: ``{"snapshot": SnapshotInfo.as_dict() | None (none taken), "segments_deleted": [names],
+            "snapshots_deleted": [names], "bytes_freed": int, "history_floor": int}``.
+        """
+        host = self._host
+        fs, dirpath = host._fs, host._path
+        with self._lock:
+            snaps = sorted(((v, n) for n in fs.listdir(dirpath) if (v := parse_snapshot_name(n)) is not None),
+                           reverse=True)
+            info = None
+            before = host._wal.stats()["bytes"]
+            if not snaps or snaps[0][0] < host._version:
+                info = self._take()
+                self.last = info
+                self.taken += 1
+                self._arm()
+                snaps = sorted(((v, n) for n in fs.listdir(dirpath) if (v := parse_snapshot_name(n)) is not None),
+                               reverse=True)
+            newest = read_snapshot_header(fs, os.path.join(dirpath, snaps[0][1]))
+            dropped = ([] if info is None else list(info.wal_segments_deleted)) + self._drop_wal(newest.next_lsn)
+            floor = self.retention.floor if self.retention is not None else newest.next_lsn
+            first_wal = self._first_wal_lsn()
+            removed = []
+            for _v, name in snaps[1:]:
+                header = read_snapshot_header(fs, os.path.join(dirpath, name))
+                if first_wal is None or header.next_lsn < first_wal:
+                    fs.remove(os.path.join(dirpath, name))
+                    removed.append(name)
+            if removed:
+                fs.sync_dir(dirpath)
+            freed = before - host._wal.stats()["bytes"]
+            return {"snapshot": None if info is None else info.as_dict(), "segments_deleted": dropped,
+                    "snapshots_deleted": removed, "bytes_freed": freed, "history_floor": floor}
+
+    def _first_wal_lsn(self) -> int | None:
+        """First LSN of the oldest WAL segment on disk (None: no segment)."""
+        host = self._host
+        seqs = sorted(s for n in host._fs.listdir(host._path) if (s := parse_segment_name(n)) is not None)
+        if not seqs:
+            return None
+        head = host._fs.read_range(os.path.join(host._path, segment_name(seqs[0])), 0, SEGMENT_HEADER_SIZE)
+        return decode_segment_header(head).first_lsn
 
     # --- automatic snapshots ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ take no lock; scans and commits take the commit lock briefly.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import random
 import time
@@ -40,7 +41,10 @@ from .fs import FileSystem, OSFileSystem
 from .locks import CommitLock
 from .checkpoint import SnapshotInfo, Snapshotter
 from .contexts import PRIMITIVES, READS, _abandoned, _AutoPrimitive, _Autocommit, _Locked
+from .history import HISTORY_MODES, HistoryIndex
 from .mvcc import Versions
+from . import replay as _replay
+from .replay import Commit, RunDiff, RunState
 from .snapshot import Progress
 from .primitives.events import Events
 from .primitives.kv import KV
@@ -58,6 +62,8 @@ from .wal.writer import DURABILITY_MODES, WalWriter
 __all__ = ["Database"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
 LOCK_FILE = "LOCK"
@@ -99,6 +105,7 @@ class Database:
         snapshot_every_bytes: int | None = 64 * MiB,
         snapshot_every_s: float | None = None,
         progress: Progress | None = None,
+        history: str = "keep",
         fs: FileSystem | None = None,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
@@ -120,9 +127,16 @@ class Database:
         :param progress: ``progress(phase, done, total)``, called during
             recovery (``"recovery-snapshot"``, ``"recovery-wal"``: bytes) and
             snapshots (``"snapshot"``: keys), e.g. to draw a progress bar.
+        :param history: which WAL history outlives the snapshots that cover it
+            (SPEC.md, "History"): ``"keep"`` (default) — all of it, so every
+            run can be replayed for ever; ``"active"`` — until the run is
+            archived (:meth:`archive_run`); ``"none"`` — only what recovery
+            needs. Replay of a run whose history is gone raises
+            ``HistoryUnavailable``.
         :param fs: file-system seam (default: the real disk).
 
-        Complexity: O(snapshot + WAL after it) for recovery.
+        Complexity: O(snapshot + WAL after it) for recovery, plus loading the
+        history index (O(retained commit records), from compact sidecars).
 
         :raises InvalidArgument: an option is out of range (nothing is touched on disk).
         :raises DatabaseLocked: another handle, in this or another process, has it open.
@@ -143,6 +157,8 @@ class Database:
             raise InvalidArgument(f"snapshot_every_s must be None or a number > 0; got {snapshot_every_s!r}")
         if progress is not None and not callable(progress):
             raise InvalidArgument("progress must be a callable(phase, done, total) or None")
+        if history not in HISTORY_MODES:
+            raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {history!r}")
         fs = fs if fs is not None else OSFileSystem()
         dirpath = os.fspath(path)
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
@@ -155,6 +171,10 @@ class Database:
             del rec.state
             registry = RunRegistry()
             registry.load(store)
+            index = HistoryIndex(fs, dirpath, rec.identity.db_id, history)
+            index.load(rec.history, rec.history_floor, rec.next_lsn)
+            index.archived = registry.archived
+            del rec.history
             wal = WalWriter(
                 fs,
                 dirpath,
@@ -182,6 +202,7 @@ class Database:
         self._recovery = rec.report
         self._store = store
         self._registry = registry
+        self._history = index
         self._wal = wal
         self._version = rec.version
         self._commit_lock = CommitLock()  # never held across I/O: see engine/locks.py
@@ -200,7 +221,7 @@ class Database:
         self.traces = _AutoPrimitive(self, Traces, READS["traces"])  # type: ignore[assignment]
         self.runs = _AutoPrimitive(self, Runs, READS["runs"])  # type: ignore[assignment]
         self._snapshotter = Snapshotter(self, every_bytes=snapshot_every_bytes, every_s=snapshot_every_s,
-                                        progress=progress)
+                                        progress=progress, retention=index)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
         ref = weakref.ref(self)
@@ -225,6 +246,11 @@ class Database:
         try:
             self._snapshotter.close()
             self._wal.close()
+            if not self._wal.poisoned:
+                try:
+                    self._history.persist(self._wal.durable_lsn)
+                except OSError as exc:  # a cache: the next open rebuilds it from the WAL
+                    log.warning("inmem: could not save the history index (%s); it is rebuilt on open", exc)
         finally:
             self._lock_file.release()
 
@@ -291,6 +317,115 @@ class Database:
             registry = self._registry
             lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_end(run, status, self._version))
         self._wal.wait(lsn)
+
+    # --- history: runs like commits ------------------------------------------------------------
+
+    def history(self, run: str) -> list[Commit]:
+        """The commits that wrote to ``run``, oldest first, read from the WAL.
+
+        Each :class:`~engine.replay.Commit` has ``version``, ``ts`` (UTC) and
+        ``ops``: the run's writes in it, each ``(primitive, key, kind, value)``
+        — e.g. ``Op("kv", "plan", "put", {...})``, ``Op("events", 3, "put", ...)``.
+        The first commit is the one that created the run.
+
+        Complexity: one positioned read per commit of the run (the history
+        index, SPEC.md "History"), independent of the database's total history.
+
+        :raises RunNotFound: no such run.
+        :raises HistoryUnavailable: part of its history was deleted by retention.
+        :raises CorruptionError: a history record fails its checksum.
+        """
+        return _replay.history(self, run)
+
+    def replay_run(self, run: str, *, at_version: int | None = None) -> RunState:
+        """Rebuild ``run``'s state from its history alone, as it was after commit version ``at_version``.
+
+        ``at_version=None``: after its last commit. The result equals
+        :meth:`run_state` for the same point (determinism); it is read-only.
+        Complexity: O(the run's commits and bytes up to ``at_version``).
+
+        :raises InvalidArgument: ``at_version`` is not an int, is beyond the
+            last commit, or is before the run existed.
+        :raises RunNotFound: no such run.
+        :raises HistoryUnavailable: part of its history was deleted by retention.
+        """
+        return _replay.replay(self, run, at_version)
+
+    def run_state(self, run: str) -> RunState:
+        """``run``'s current state read from the live store (one consistent snapshot). O(run size).
+
+        :raises RunNotFound: no such run.
+        """
+        return _replay.live(self, run)
+
+    def diff_runs(self, a: str, b: str, *, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
+        """Compare run ``a`` (live, or replayed to ``at_a``) with run ``b`` (live, or at ``at_b``).
+
+        Returns a :class:`~engine.replay.RunDiff`: per primitive the added,
+        removed and changed keys with both values, the first event seq where
+        the logs diverge, and the states that differ; ``str(diff)`` is a
+        git-like summary, ``diff.is_empty()`` says whether anything differs.
+        Complexity: O(size of both runs).
+
+        :raises RunNotFound: / :raises HistoryUnavailable: / :raises InvalidArgument: as :meth:`replay_run`.
+        """
+        return _replay.diff(self, a, b, at_a, at_b)
+
+    def fork_run(self, run: str, *, at_version: int | None = None, name: str | None = None,
+                 tags: Iterable[str] = ()) -> str:
+        """Start a new active run whose state begins as ``run``'s at ``at_version``; return its id.
+
+        The fork's parent is ``run`` (``db.runs.children(run)`` lists it); its
+        ``RunInfo.metadata`` holds ``{"forked_from": run, "fork_version": v}``;
+        its name defaults to the parent's. KV, states, traces and the event
+        log are copied byte for byte (so the event hash chain verifies and
+        continues); writes to the fork never touch the parent, which may have
+        ended. The copy and the run record are one commit. ``at_version=None``
+        forks the live state (read under the commit lock that commits the copy).
+        Complexity: O(run size).
+
+        :raises RunNotFound: no such run.
+        :raises HistoryUnavailable: ``at_version`` given and the history is gone.
+        :raises InvalidArgument: bad ``at_version``, ``name`` or tags, or the
+            state exceeds one commit record (1 GiB).
+        """
+        return _replay.fork(self, run, at_version, name, tags)
+
+    def archive_run(self, run: str) -> None:
+        """Mark ``run`` archived: with ``history="active"`` its history is no longer kept.
+
+        Segments that hold only archived runs' records are deleted by the
+        next snapshot or :meth:`compact` (oldest first); replay of the run
+        then raises ``HistoryUnavailable``. Its current state stays readable
+        and, if the run is active, writable. Idempotent; committed (survives
+        reopen). ``RunInfo.archived`` reports it.
+
+        :raises RunNotFound: no such run.
+        """
+        with self._commit_lock:
+            self._check_can_write()
+            prepared = self._registry.prepare_archive(self._store, run)
+            if prepared is None:
+                return
+            registry = self._registry
+            lsn = self._commit_locked([prepared], (), lambda: registry.applied_archive(run))
+        self._wal.wait(lsn)
+
+    def compact(self) -> dict[str, Any]:
+        """Delete the WAL segments and snapshots nothing needs any more; return what was deleted.
+
+        Takes a snapshot unless the newest one holds the last commit, then
+        deletes every WAL segment it covers that history retention lets go
+        (``history="none"``: all; ``"active"``: those whose runs are all
+        archived, oldest first; ``"keep"``: none), and the older snapshots
+        whose WAL is thereby gone. Afterwards recovery needs only the newest
+        snapshot (verified after it was written) and the WAL after it.
+
+        :returns: ``{"snapshot", "segments_deleted", "snapshots_deleted", "bytes_freed", "history_floor"}``.
+        :raises DatabaseClosed: / :raises DatabasePoisoned: / :raises OSError: as :meth:`snapshot`.
+        """
+        self._check_can_write()
+        return self._snapshotter.compact()
 
     # --- transactions -----------------------------------------------------------------------------
 
@@ -504,6 +639,7 @@ class Database:
                 "failures": self._snapshotter.failures,
                 "last": None if self._snapshotter.last is None else self._snapshotter.last.as_dict(),
             },
+            "history": self._history.stats(),
             "recovery": dict(self._recovery),
         }
 
@@ -542,6 +678,7 @@ class Database:
         else:
             frame = encode_commit_frame(lsn, version, time.time_ns() // 1000, writes)
         wal.append(frame)
+        self._history.add(lsn, wal.tail_seq, wal.last_offset, writes)
         if self._versions.active:
             self._versions.apply(version, writes)  # keep what open snapshots still read
         else:
@@ -563,6 +700,7 @@ class Database:
             lsn = wal.next_lsn
             version = self._version + 1
             wal.append(encode_put_frame(lsn, version, time.time_ns() // 1000, key, value))
+            self._history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
             if self._versions.active:
                 self._versions.apply(version, ((key, value),))
             else:

@@ -21,7 +21,8 @@ as it would anywhere else.
     │   ├── RunClosed              the run has ended; it is read-only
     │   ├── TraceNotFound          no trace with that id in the run
     │   ├── InvalidTransition      a state change its declared transitions forbid
-    │   └── ChainBroken            an event's hash chain does not verify
+    │   ├── ChainBroken            an event's hash chain does not verify
+    │   └── HistoryUnavailable     a run's history (WAL) was deleted by retention
     ├── bad input (raised before anything is written)
     │   ├── InvalidKey             (also TypeError) key is not a str / not encodable
     │   ├── InvalidValue           (also TypeError) value cbor2 cannot encode
@@ -39,6 +40,7 @@ __all__ = [
     "DatabaseClosed",
     "DatabaseLocked",
     "DatabasePoisoned",
+    "HistoryUnavailable",
     "InmemError",
     "InvalidArgument",
     "InvalidKey",
@@ -175,3 +177,17 @@ class ChainBroken(InmemError):
         super().__init__(f"event hash chain of run {run} is broken at seq {seq}")
         self.run = run
         self.seq = seq
+
+
+class HistoryUnavailable(InmemError):
+    """Replaying, time-travelling or reading the history of a run whose WAL records were deleted.
+
+    History retention (``Database.open(history=...)``, ``archive_run``,
+    ``compact``) decides which WAL segments outlive the snapshots that cover
+    them; ``run`` names the run (``None`` if the caller did not say). The
+    run's *current* state is unaffected (``db.run_state``).
+    """
+
+    def __init__(self, message: str, *, run: str | None = None):
+        super().__init__(message)
+        self.run = run

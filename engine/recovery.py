@@ -34,11 +34,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CorruptionError
 from .fs import FileSystem
+from .history import SegmentTail
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
 from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot
 from .store import Entry
@@ -71,6 +73,10 @@ class Recovered:
     closed_bytes: int  # bytes in kept segments before the active one
     closed_segments: int
     report: dict[str, Any] = field(default_factory=dict)
+    #: What was learned of each retained segment, oldest first, for the history index.
+    history: list[SegmentTail] = field(default_factory=list)
+    #: First LSN of the retained WAL (history before it is gone).
+    history_floor: int = 1
 
 
 @dataclass
@@ -173,6 +179,7 @@ def recover(
     torn: dict[str, Any] | None = None
     damage: _Damage | None = None
     kept: list[tuple[int, str, int, int]] = []  # (seq, path, size, first_lsn)
+    tails: list[SegmentTail] = []  # per replayed segment, for the history index
 
     def damaged(message: str, path: str, offset: int | None, index: int, cut: int | None) -> None:
         nonlocal damage
@@ -212,12 +219,36 @@ def recover(
 
         scan = SegmentScan(buf, header, version, skip_below=start_lsn)
         pop = state.pop
-        for _lsn, version, _ts, writes in scan.records():
+        runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here (the history index)
+        get_run = runs.get
+        for lsn, version, _ts, writes in scan.records():
+            if len(writes) == 1:
+                key, value = writes[0]
+                if value is None:
+                    pop(key, None)
+                else:
+                    state[key] = (version, value)
+                rid = key[1:17]
+                lsns = get_run(rid)
+                if lsns is None:
+                    runs[rid] = [lsn]
+                else:
+                    lsns.append(lsn)
+                continue
             for key, value in writes:
                 if value is None:
                     pop(key, None)
                 else:
                     state[key] = (version, value)
+            for rid in {k[1:17] for k, _ in writes}:
+                lsns = get_run(rid)
+                if lsns is None:
+                    runs[rid] = [lsn]
+                else:
+                    lsns.append(lsn)
+        valid = scan.skipped + scan.count
+        tails.append(SegmentTail(seq, header.first_lsn, scan.end, array("I", scan.starts[:valid]),
+                                 max(header.first_lsn, start_lsn), runs))
         records += scan.count
         next_lsn = scan.next_lsn
         version = scan.last_version
@@ -271,6 +302,22 @@ def recover(
         (os.path.basename(k[1]), k[2]) for k in kept
     ]
     closed = on_disk[:-1] if active is not None else on_disk
+    # the history index: skipped segments (header only) then those replayed and kept, one contiguous run
+    history: list[SegmentTail] = []
+    if snap_report is not None:
+        for i, (seq, name) in enumerate(skipped_segments):
+            first_lsn = firsts[i]
+            if first_lsn is None:
+                history = []  # an unreadable header: history before it is unavailable
+                continue
+            history.append(SegmentTail(seq, first_lsn, fs.file_size(os.path.join(dirpath, name))))
+    kept_seqs = {k[0] for k in kept}
+    history += [t for t in tails if t.seq in kept_seqs]
+    for t in history:  # a cut segment keeps only its valid prefix
+        for k in kept:
+            if k[0] == t.seq:
+                t.size = k[2]
+    history_floor = history[0].first_lsn if history else max(wal_next, start_lsn)
     report = {
         "created": created,
         "snapshot": snap_report,
@@ -295,6 +342,8 @@ def recover(
         closed_bytes=sum(size for _, size in closed),
         closed_segments=len(closed),
         report=report,
+        history=history,
+        history_floor=history_floor,
     )
 
 

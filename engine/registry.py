@@ -10,7 +10,8 @@ Run record value (CBOR map)::
 
     {"name": str | None, "parent": str | None, "tags": [str], "metadata": {...},
      "status": "active" | "completed" | "failed" | "cancelled",
-     "started_at": datetime (UTC), "ended_at": datetime (UTC) | None}
+     "started_at": datetime (UTC), "ended_at": datetime (UTC) | None,
+     "first_version": int (the commit that created it), "archived": bool (absent: False)}
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class RunRegistry:
         # Primitives hold these dicts and look prefixes up on their fast paths.
         self._all: dict[int, dict[str, bytes]] = {}
         self._active: dict[int, dict[str, bytes]] = {}
+        #: 16-byte ids of archived runs (their history is no longer retained under history="active").
+        self.archived: set[bytes] = set()
 
     # --- loading ---------------------------------------------------------------
 
@@ -68,6 +71,8 @@ class RunRegistry:
             if entry is not None:
                 record = decode_value(entry[1])
                 self._add(str(uuid.UUID(bytes=rid)), rid, record["status"])
+                if record.get("archived"):
+                    self.archived.add(rid)
             end = prefix_end(run_prefix(rid))
             key = store.ceiling_key(end) if end is not None else None
 
@@ -202,6 +207,23 @@ class RunRegistry:
         record["status"] = status
         record["ended_at"] = _dt.datetime.now(_dt.timezone.utc)
         return key, encode_value(record)
+
+    def prepare_archive(self, store: UnifiedStore, run: str) -> tuple[bytes, bytes] | None:
+        """Validate archiving ``run`` (under the commit lock); return ``(record key, new value)``, or
+        ``None`` if it is archived already.
+
+        :raises RunNotFound: no such run.
+        """
+        rid = self.check(run, write=False)
+        if rid in self.archived:
+            return None
+        key = run_record_key(rid)
+        record = decode_value(self._record_bytes(store, key))
+        record["archived"] = True
+        return key, encode_value(record)
+
+    def applied_archive(self, run: str) -> None:
+        self.archived.add(self._rid[run])
 
     @staticmethod
     def _record_bytes(store: UnifiedStore, key: bytes) -> bytes:

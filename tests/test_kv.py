@@ -35,9 +35,10 @@ MODES = ("strict", "batched", "off")
 def test_public_names_are_pinned():
     assert engine.__all__ == sorted(engine.__all__)
     assert set(engine.__all__) == {
-        "ChainBroken", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked", "DatabasePoisoned",
-        "Event", "InmemError", "InvalidArgument", "InvalidKey", "InvalidTransition", "InvalidValue", "RunClosed",
-        "RunInfo", "RunNotFound", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
+        "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
+        "DatabasePoisoned", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
+        "InvalidKey", "InvalidTransition", "InvalidValue", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
+        "RunState", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "__version__",
     }
     for name in engine.__all__:

@@ -18,10 +18,12 @@ LAYERS = [
     {"keys", "codec", "checksum", "native", "_native", "locks"},
     {"fs", "wal.format"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal"},
+    {"history"},
     {"recovery", "registry", "checkpoint"},
     {"txn"},
     {"primitives", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs"},
     {"contexts"},
+    {"replay"},
     {"database"},
     {"demo", "cli", "__main__", "__init__", "testing"},
 ]

@@ -484,7 +484,11 @@ class PrimitivesMachine(RuleBasedStateMachine):
             written: set[tuple[str, str]] = set()
             for _ in range(n):
                 op = draw_op(data, shadow)
-                if apply(shadow, tx, op) and op[0] in ("kv_put", "kv_delete"):
+                # a delete of an absent key writes nothing (it is a read): it conflicts only
+                # if the transaction writes something else, so it is not a must-conflict write
+                writes = op[0] == "kv_put" or (
+                    op[0] == "kv_delete" and op[1] in shadow.runs and op[2] in shadow.runs[op[1]].kv)
+                if apply(shadow, tx, op) and writes:
                     written.add((op[1], op[2]))
             if look:
                 compare(tx, shadow, "inside a transaction")  # reads its own writes over its snapshot

@@ -70,7 +70,7 @@ def main():
         if phase == "snapshot" and done == total:
             emit({"t": "written", "keys": total})
 
-    db = Database.open(path, durability="strict", segment_bytes=__SEG__, snapshot_every_bytes=__SNAPB__,
+    db = Database.open(path, durability="strict", segment_bytes=__SEG__, snapshot_every_bytes=__SNAPB__, history="none",
                        progress=progress)
     ops = Ops(db, random.Random(seed))
     taken = 0
@@ -348,7 +348,7 @@ class CrashFS(OSFileSystem):
 def main():
     path, nth, writer = sys.argv[1], int(sys.argv[3]), sys.argv[4] == "1"
     fs = CrashFS()
-    db = Database.open(path, durability="strict", segment_bytes=4096, snapshot_every_bytes=None, fs=fs)
+    db = Database.open(path, durability="strict", segment_bytes=4096, snapshot_every_bytes=None, fs=fs, history="none")
     ops = Ops(db, random.Random(nth * 1000 + len(POINT)))
     for k in range(1, nth + 1):
         for _ in range(120):

@@ -32,7 +32,7 @@ from ..errors import ChainBroken, InvalidArgument, InvalidValue
 from ..keys import TAG_EVENT, prefix_end, run_prefix
 from .kv import Context
 
-__all__ = ["ZERO_HASH", "Event", "Events", "chain_hash"]
+__all__ = ["ZERO_HASH", "Event", "Events", "chain_hash", "event_from_record"]
 
 ZERO_HASH = bytes(16)
 _SEQ = struct.Struct(">Q")
@@ -57,7 +57,8 @@ def chain_hash(prev_hash: bytes, seq: int, type_: str, payload: Any, ts_us: int)
     return xxhash.xxh3_128_digest(prev_hash + body)
 
 
-def _event(run: str, seq: int, record: dict[str, Any]) -> Event:
+def event_from_record(run: str, seq: int, record: dict[str, Any]) -> Event:
+    """The :class:`Event` of a decoded event record (the value stored at ``seq``)."""
     ts = utc_from_us(record["ts_us"])
     return Event(run, seq, record["type"], record["payload"], ts, record["prev"], record["hash"])
 
@@ -99,7 +100,7 @@ class Events:
             raise InvalidValue(f"payload cannot be hashed canonically: {exc}") from None
         record = {"type": type, "payload": payload, "ts_us": ts_us, "prev": prev, "hash": digest}
         self._ctx.write(run, base + _SEQ.pack(seq), encode_value(record))
-        return _event(run, seq, record)
+        return event_from_record(run, seq, record)
 
     def read(self, run: str, start: int = 0, stop: int | None = None) -> list[Event]:
         """Events with ``start <= seq < stop`` (``stop=None``: to the end), in order. O(log n + k)."""
@@ -108,7 +109,7 @@ class Events:
             raise InvalidArgument(f"bad range start={start!r} stop={stop!r}")
         hi = base + _SEQ.pack(stop) if stop is not None else prefix_end(base)
         skip = len(base)
-        return [_event(run, _SEQ.unpack(k[skip:])[0], decode_value(v))
+        return [event_from_record(run, _SEQ.unpack(k[skip:])[0], decode_value(v))
                 for k, v in self._ctx.scan(base + _SEQ.pack(start), hi)]
 
     def tail(self, run: str, n: int) -> list[Event]:

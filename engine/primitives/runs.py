@@ -46,6 +46,8 @@ class RunInfo:
     first_version: int
     last_version: int
     counts: dict[str, int] = field(compare=False)
+    #: ``db.archive_run`` was called: its history is no longer retained under ``history="active"``.
+    archived: bool = False
 
 
 class Runs:
@@ -70,7 +72,7 @@ class Runs:
             id=run, name=record["name"], parent=record["parent"], status=record["status"],
             tags=tuple(record["tags"]), metadata=record["metadata"], started_at=record["started_at"],
             ended_at=record["ended_at"], first_version=record.get("first_version", 0), last_version=last,
-            counts=counts,
+            counts=counts, archived=bool(record.get("archived", False)),
         )
 
     def get(self, run: str) -> RunInfo:

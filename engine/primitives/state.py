@@ -22,7 +22,7 @@ from ..errors import InvalidArgument, InvalidTransition
 from ..keys import TAG_STATE, encode_user_key, prefix_end, run_prefix
 from .kv import Context
 
-__all__ = ["State", "StateMachines"]
+__all__ = ["State", "StateMachines", "state_from_record"]
 
 
 
@@ -42,7 +42,8 @@ def _member(value: Any, states: set[Any]) -> bool:
         return False
 
 
-def _state(record: dict[str, Any]) -> State:
+def state_from_record(record: dict[str, Any]) -> State:
+    """The :class:`State` of a decoded state record."""
     return State(record["value"], record["version"], utc_from_us(record["updated_us"]))
 
 
@@ -64,7 +65,7 @@ class StateMachines:
     def get(self, run: str, name: str) -> State | None:
         """The state ``name`` of ``run``, or ``None`` if it was never set. O(1)."""
         record = self._record(self._key(run, name, write=False))
-        return None if record is None or record["version"] == 0 else _state(record)
+        return None if record is None or record["version"] == 0 else state_from_record(record)
 
     def define(self, run: str, name: str, *, transitions: dict[str, list[str]], initial: Any) -> State:
         """Declare the allowed moves of ``name`` (``{from: [to, ...]}``) and set it to ``initial`` if unset.
@@ -93,7 +94,7 @@ class StateMachines:
             raise InvalidTransition(f"state {name!r} is {record['value']!r}, which the new transitions do not name")
         record["transitions"] = {k: list(v) for k, v in transitions.items()}
         self._ctx.write(run, key, encode_value(record))
-        return _state(record)
+        return state_from_record(record)
 
     def set(self, run: str, name: str, value: Any) -> State:
         """Set ``name`` to ``value`` unconditionally (still obeying declared transitions).
@@ -147,7 +148,7 @@ class StateMachines:
         if transitions is not None:
             new["transitions"] = transitions
         self._ctx.write(run, key, encode_value(new))
-        return _state(new)
+        return state_from_record(new)
 
     def names(self, run: str) -> list[str]:
         """Names of ``run``'s states, in order."""

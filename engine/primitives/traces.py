@@ -22,7 +22,7 @@ from ..errors import InvalidArgument, TraceNotFound
 from ..keys import TAG_TRACE, new_run_id, prefix_end, run_prefix
 from .kv import Context
 
-__all__ = ["Trace", "Traces"]
+__all__ = ["Trace", "Traces", "trace_from_record"]
 
 
 
@@ -42,7 +42,8 @@ class Trace:
     children: tuple[Trace, ...] = field(default=(), compare=False, repr=False)
 
 
-def _trace(run: str, tid: bytes, r: dict[str, Any]) -> Trace:
+def trace_from_record(run: str, tid: bytes, r: dict[str, Any]) -> Trace:
+    """The :class:`Trace` of a decoded trace record stored under the 16-byte trace id ``tid``."""
     return Trace(str(uuid.UUID(bytes=tid)), run, r["kind"], r["content"], r["confidence"],
                  tuple(r["alternatives"]), r["parent"], tuple(r["tags"]),
                  utc_from_us(r["ts_us"]))
@@ -105,12 +106,12 @@ class Traces:
         entry = self._ctx.lookup(base + tid)
         if entry is None:
             raise TraceNotFound(f"no trace {trace_id} in run {run}")
-        return _trace(run, tid, decode_value(entry[1]))
+        return trace_from_record(run, tid, decode_value(entry[1]))
 
     def _all(self, run: str) -> list[Trace]:
         base = self._base(run, write=False)
         skip = len(base)
-        return [_trace(run, k[skip:], decode_value(v)) for k, v in self._ctx.scan(base, prefix_end(base))]
+        return [trace_from_record(run, k[skip:], decode_value(v)) for k, v in self._ctx.scan(base, prefix_end(base))]
 
     def query(self, run: str, *, kind: str | None = None, tag: str | None = None,
               min_confidence: float | None = None) -> list[Trace]:

@@ -57,6 +57,8 @@ class SegmentScan:
         self.error: FrameError | None = None
         self.next_lsn = header.first_lsn
         self.count = 0
+        #: Offsets of the frames checked so far (the first ``skipped + count`` are the valid prefix).
+        self.starts: list[int] = []
 
     @staticmethod
     def header_of(buf: bytes) -> SegmentHeader:
@@ -72,6 +74,7 @@ class SegmentScan:
         """
         buf = self.buf
         starts, stop, error = _format.scan_frames(buf, SEGMENT_HEADER_SIZE)
+        self.starts = starts
         expected = self.next_lsn
         unpack = _LEN_LSN.unpack_from
         try:

@@ -148,6 +148,10 @@ class WalWriter:
         # the segment the *next appended* frame lands in, counting pending bytes
         self._tail_seq = self._seq
         self._tail_size = self._file.size()
+        #: Where the last appended frame went: segment seq and byte offset in it
+        #: (read under the commit lock right after :meth:`append`; the history index).
+        self.tail_seq = self._seq
+        self.last_offset = 0
         self._tail_frames = 1 if self._tail_size > SEGMENT_HEADER_SIZE else 0
         # logical WAL size and segment count, pending frames included (what stats() reports);
         # kept at append time, so no reading of file sizes races an in-flight write
@@ -188,6 +192,8 @@ class WalWriter:
                 self._tail_frames = 0
                 self._wal_bytes += SEGMENT_HEADER_SIZE
                 self._wal_segments += 1
+            self.tail_seq = self._tail_seq
+            self.last_offset = self._tail_size
             self._pending += frame
             self._tail_size += n
             self._tail_frames += 1
@@ -225,6 +231,19 @@ class WalWriter:
         elif mode == "off":
             if self._written_lsn < lsn:
                 self._flush(lsn, sync=False)
+
+    def write_through(self, lsn: int) -> None:
+        """Hand frames up to ``lsn`` to the OS (no fsync), so that reading the segment file sees them.
+
+        :raises DatabasePoisoned: the write failed, or an earlier one had.
+        """
+        if self._written_lsn < lsn:
+            self._flush(lsn, sync=False)
+
+    @property
+    def active_seq(self) -> int:
+        """Sequence number of the segment being written."""
+        return self._seq
 
     def sync(self) -> None:
         """Write and fsync everything appended so far, in any mode.

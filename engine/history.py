@@ -1,0 +1,505 @@
+"""The history index: where each run's commit records are in the WAL, and which segments history keeps.
+
+The WAL is the history (SPEC.md, "History"). This module owns the index that
+makes one run's history readable in O(run size) however long the log is, the
+sidecar files that let it survive reopen, and the retention policy that
+decides which covered segments outlive a snapshot.
+
+In memory::
+
+    per segment : first LSN, array of frame offsets (index = LSN - first LSN), set of runs it touches
+    per run     : array of the LSNs of the commit records that wrote one of its keys (ascending)
+
+A commit record names the runs it touched through its keys (bytes 1..16 of
+every key are the run id), so the index is derived from the WAL alone.
+
+On disk, ``hist-<seq:016x>.idx`` beside ``wal-<seq:016x>.log`` (layout in
+SPEC.md): the same two tables for one segment, covering its first ``frames``
+frames, checksummed with XXH3-128. It is a cache: written after each
+snapshot and at close, never fsynced, and rebuilt from the segment itself
+when missing, stale or damaged.
+
+Invariants:
+
+* For every retained segment, every frame is in the index: recovery feeds
+  the frames it decodes (:meth:`HistoryIndex.adopt`), sidecars or a re-scan
+  supply the rest, and the commit path adds each new frame
+  (:meth:`HistoryIndex.add`) under the commit lock, in LSN order.
+* Segments are deleted oldest first, so the retained WAL is one contiguous
+  LSN range ``[floor, next LSN)``; a run's history is complete exactly when
+  the run began at or after ``floor``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import sys
+import threading
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import cbor2
+import xxhash
+
+from .errors import CorruptionError, HistoryUnavailable, InvalidArgument
+from .fs import FileSystem
+from .wal import format as _format
+from .wal.format import (
+    FORMAT_VERSION,
+    FRAME_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    FrameError,
+    decode_commit,
+    parse_segment_name,
+    segment_name,
+)
+from .wal.writer import WalWriter
+
+__all__ = ["HISTORY_MODES", "HistoryIndex", "SegmentTail", "index_name"]
+
+log = logging.getLogger("inmem")
+
+#: ``Database.open(history=...)``: keep all history; keep until a run is archived; keep none beyond recovery.
+HISTORY_MODES = ("keep", "active", "none")
+
+INDEX_MAGIC = b"INMEMHIX"
+_DIGEST = 16  # XXH3-128 footer
+_LITTLE = sys.byteorder == "little"
+
+Writes = list[tuple[bytes, bytes | None]]
+
+
+def index_name(seq: int) -> str:
+    """File name of segment ``seq``'s history sidecar: ``hist-<seq as 16 hex digits>.idx``."""
+    return f"hist-{seq:016x}.idx"
+
+
+def parse_index_name(name: str) -> int | None:
+    if len(name) == 25 and name.startswith("hist-") and name.endswith(".idx"):
+        try:
+            return int(name[5:21], 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _le(a: array) -> bytes:
+    if not _LITTLE:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _from_le(typecode: str, raw: bytes) -> array:
+    a = array(typecode)
+    a.frombytes(raw)
+    if not _LITTLE:
+        a.byteswap()
+    return a
+
+
+def touched_runs(writes: Writes) -> set[bytes]:
+    """The 16-byte run ids a commit's writes touch (bytes 1..16 of each key)."""
+    return {k[1:17] for k, _ in writes}
+
+
+@dataclass
+class SegmentTail:
+    """What recovery learned of one retained segment, handed to :meth:`HistoryIndex.load`.
+
+    ``offsets``: offsets of every valid frame (empty if recovery read only the
+    header); ``decoded_from``: first LSN whose runs are in ``runs`` (recovery
+    decodes frames from the snapshot's LSN on); ``runs``: run id -> LSNs.
+    """
+
+    seq: int
+    first_lsn: int
+    size: int  # bytes of the valid prefix
+    offsets: array = field(default_factory=lambda: array("I"))
+    decoded_from: int | None = None
+    runs: dict[bytes, list[int]] = field(default_factory=dict)
+
+
+class _Segment:
+    __slots__ = ("seq", "first_lsn", "offsets", "runs", "saved")
+
+    def __init__(self, seq: int, first_lsn: int):
+        self.seq = seq
+        self.first_lsn = first_lsn
+        self.offsets = array("I")
+        self.runs: set[bytes] = set()
+        self.saved = 0  # frames covered by the sidecar on disk
+
+
+class HistoryIndex:
+    """Per-run positions of commit records in the WAL, with retention.
+
+    :param fs: the file-system seam.
+    :param dirpath: the database directory.
+    :param db_id: the 16-byte database id (sidecars name it).
+    :param mode: one of :data:`HISTORY_MODES`.
+    """
+
+    def __init__(self, fs: FileSystem, dirpath: str, db_id: bytes, mode: str):
+        if mode not in HISTORY_MODES:
+            raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {mode!r}")
+        self._fs = fs
+        self._dir = dirpath
+        self._db_id = db_id
+        self.mode = mode
+        self._segs: list[_Segment] = []
+        self._firsts: list[int] = []
+        self._runs: dict[bytes, array] = {}
+        self._tail: _Segment | None = None
+        #: First LSN still in the WAL: history before it is gone.
+        self.floor = 1
+        #: Run ids (16 bytes) archived: no longer eligible for history under ``mode="active"``.
+        self.archived: set[bytes] = set()
+        # held while frames are read and while segments are deleted, so a reader never
+        # finds a file gone half-way; the commit path never takes it
+        self._lock = threading.RLock()
+
+    # --- building ----------------------------------------------------------------
+
+    def load(self, tails: list[SegmentTail], floor: int, next_lsn: int) -> None:
+        """Build the index for the retained segments (oldest first) at open.
+
+        Each segment's frames come from its sidecar where one is valid, from
+        ``tails`` (what recovery decoded) for the rest, and from a re-scan of
+        the segment file for any frame neither covers. A segment that cannot
+        be indexed (damaged below the snapshot, where recovery did not need
+        it) raises ``floor`` past it: the runs in it lose their history,
+        never silently part of it.
+        """
+        self.floor = floor
+        for i, tail in enumerate(tails):
+            seg = _Segment(tail.seq, tail.first_lsn)
+            try:
+                self._index_segment(seg, tail)
+            except (FrameError, OSError, ValueError) as exc:
+                after = tails[i + 1].first_lsn if i + 1 < len(tails) else next_lsn
+                log.warning("inmem: history of WAL segment %s cannot be indexed (%s); history before LSN %d is "
+                            "unavailable", segment_name(tail.seq), exc, after)
+                self._segs.clear()
+                self._firsts.clear()
+                self._runs.clear()
+                self.floor = max(self.floor, after)
+                continue
+            if self._segs and self._segs[-1].first_lsn + len(self._segs[-1].offsets) != seg.first_lsn:
+                # a gap in the LSNs (a segment went missing where a snapshot covers it): what came
+                # before it is not a complete history
+                self._segs.clear()
+                self._firsts.clear()
+                self._runs.clear()
+                self.floor = max(self.floor, seg.first_lsn)
+                seg = _Segment(tail.seq, tail.first_lsn)
+                self._index_segment(seg, tail)
+            self._segs.append(seg)
+            self._firsts.append(seg.first_lsn)
+        if self._segs:
+            self.floor = max(self.floor, self._segs[0].first_lsn)
+        self._tail = self._segs[-1] if self._segs else None
+        # drop sidecars of segments that no longer exist
+        kept = {s.seq for s in self._segs}
+        for name in self._fs.listdir(self._dir):
+            seq = parse_index_name(name)
+            if seq is not None and seq not in kept:
+                self._fs.remove(os.path.join(self._dir, name))
+
+    def _index_segment(self, seg: _Segment, tail: SegmentTail) -> None:
+        covered, end = self._read_sidecar(seg, tail.size)
+        first = seg.first_lsn
+        nxt = first + covered  # first LSN not yet indexed
+        if end == tail.size:
+            return  # the sidecar covers the whole segment
+        if tail.decoded_from is not None and tail.offsets:
+            # frames between the sidecar and what recovery decoded must be re-read
+            if nxt < tail.decoded_from:
+                self._rescan(seg, tail, nxt, tail.decoded_from)
+                nxt = tail.decoded_from
+            seg.offsets.extend(tail.offsets[nxt - first:])
+            runs = self._runs
+            for rid, lsns in tail.runs.items():
+                new = [lsn for lsn in lsns if lsn >= nxt] if lsns[0] < nxt else lsns
+                if new:
+                    arr = runs.get(rid)
+                    if arr is None:
+                        arr = runs[rid] = array("Q")
+                    arr.extend(new)
+                    seg.runs.add(rid)
+        else:
+            self._rescan(seg, tail, nxt, None)
+
+    def _rescan(self, seg: _Segment, tail: SegmentTail, from_lsn: int, to_lsn: int | None) -> None:
+        """Index frames ``[from_lsn, to_lsn)`` of a segment by reading it (checksums checked)."""
+        buf = self._fs.read(os.path.join(self._dir, segment_name(seg.seq)))[: tail.size]
+        start = seg.offsets[-1] if seg.offsets else SEGMENT_HEADER_SIZE
+        if seg.offsets:  # skip the last frame the sidecar already has
+            _, _, _, start = _format.check_frame(buf, start)
+        starts, _stop, _err = _format.scan_frames(buf, start)
+        lsn = from_lsn
+        runs = self._runs
+        for pos in starts:
+            if to_lsn is not None and lsn >= to_lsn:
+                break
+            flsn, _, pstart, end = _format.check_frame(buf, pos)
+            if flsn != lsn:
+                raise FrameError(f"frame has LSN {flsn}, expected {lsn}", pos)
+            _, _, writes = decode_commit(buf, pstart, end)
+            seg.offsets.append(pos)
+            for rid in touched_runs(writes):
+                arr = runs.get(rid)
+                if arr is None:
+                    arr = runs[rid] = array("Q")
+                arr.append(lsn)
+                seg.runs.add(rid)
+            lsn += 1
+
+    def _read_sidecar(self, seg: _Segment, size: int) -> tuple[int, int]:
+        """Load a valid sidecar of ``seg`` into the index; return (frames covered, end offset) ((0, 0): none)."""
+        path = os.path.join(self._dir, index_name(seg.seq))
+        fs = self._fs
+        if not fs.exists(path):
+            return 0, 0
+        try:
+            raw = fs.read(path)
+            if raw[:8] != INDEX_MAGIC or xxhash.xxh3_128_digest(raw[:-_DIGEST]) != raw[-_DIGEST:]:
+                raise ValueError("checksum mismatch")
+            body = cbor2.loads(raw[8:-_DIGEST])
+            if (body["format"] > FORMAT_VERSION or body["db"] != self._db_id or body["seq"] != seg.seq
+                    or body["first"] != seg.first_lsn):
+                raise ValueError("belongs to another segment")
+            frames, end = body["frames"], body["end"]
+            offsets = _from_le("I", body["offsets"])
+            if len(offsets) != frames or end > size or frames == 0:
+                raise ValueError("does not match the segment")
+            # the last frame it names must be where it says, with the LSN it says
+            last = offsets[-1]
+            frame = fs.read_range(os.path.join(self._dir, segment_name(seg.seq)), last, end - last)
+            lsn, _, _, fend = _format.check_frame(frame, 0)
+            if lsn != seg.first_lsn + frames - 1 or fend != end - last:
+                raise ValueError("does not match the segment")
+        except (ValueError, KeyError, TypeError, FrameError, cbor2.CBORDecodeError) as exc:
+            log.info("inmem: history sidecar %s ignored (%s); re-reading the segment", path, exc)
+            return 0, 0
+        seg.offsets = offsets
+        runs = self._runs
+        first = seg.first_lsn
+        for rid, deltas in body["runs"].items():
+            arr = runs.get(rid)
+            if arr is None:
+                arr = runs[rid] = array("Q")
+            arr.extend(first + d for d in _from_le("I", deltas))
+            seg.runs.add(rid)
+        seg.saved = frames
+        return frames, end
+
+    # --- the commit path (commit lock held) -----------------------------------------
+
+    def add(self, lsn: int, seq: int, offset: int, writes: Writes) -> None:
+        """Index the frame just appended at ``(seq, offset)`` with LSN ``lsn``."""
+        seg = self._tail
+        if seg is None or seg.seq != seq:
+            seg = self._start(seq, lsn)
+        seg.offsets.append(offset)
+        runs = self._runs
+        for rid in (touched_runs(writes) if len(writes) > 1 else (writes[0][0][1:17],)):
+            arr = runs.get(rid)
+            if arr is None:
+                arr = runs[rid] = array("Q")
+            arr.append(lsn)
+            seg.runs.add(rid)
+
+    def add_one(self, lsn: int, seq: int, offset: int, key: bytes) -> None:
+        """:meth:`add` for a one-key commit (the ``kv.put`` fast path)."""
+        seg = self._tail
+        if seg is None or seg.seq != seq:
+            seg = self._start(seq, lsn)
+        seg.offsets.append(offset)
+        rid = key[1:17]
+        arr = self._runs.get(rid)
+        if arr is None:
+            arr = self._runs[rid] = array("Q")
+        arr.append(lsn)
+        seg.runs.add(rid)
+
+    def _start(self, seq: int, lsn: int) -> _Segment:
+        seg = _Segment(seq, lsn)
+        self._segs.append(seg)  # before _firsts: a reader bisecting _firsts always finds the segment
+        self._firsts.append(lsn)
+        self._tail = seg
+        return seg
+
+    # --- reading ------------------------------------------------------------------------
+
+    def lsns(self, rid: bytes, upto: int | None = None) -> list[int]:
+        """LSNs of the commit records that touched run ``rid`` (retained ones), ascending, ``<= upto``."""
+        arr = self._runs.get(rid)
+        if arr is None:
+            return []
+        snap = arr[:]  # atomic copy: commits may append meanwhile
+        i = bisect.bisect_left(snap, self.floor)
+        j = len(snap) if upto is None else bisect.bisect_right(snap, upto)
+        return snap[i:j].tolist()
+
+    def last_lsn(self, rid: bytes, upto: int) -> int:
+        """The run's last retained commit LSN ``<= upto`` (0 if none)."""
+        arr = self._runs.get(rid)
+        if not arr:
+            return 0
+        j = bisect.bisect_right(arr, upto)
+        return arr[j - 1] if j else 0
+
+    def check_complete(self, run: str, first_version: int) -> None:
+        """:raises HistoryUnavailable: part of the run's history (it began at ``first_version``) is gone."""
+        if self.floor > 1 and first_version < self.floor:
+            reason = "it was archived and compacted" if bytes.fromhex(run.replace("-", "")) in self.archived \
+                else f"WAL before LSN {self.floor} was deleted (history={self.mode!r})"
+            raise HistoryUnavailable(
+                f"the history of run {run} is gone: it began at version {first_version} and {reason}; "
+                "its current state is still readable (run_state)",
+                run=run,
+            )
+
+    def read(self, lsns: list[int], ensure_written: Callable[[int], None]) -> Iterator[tuple[int, int, Writes]]:
+        """Yield ``(version, ts_us, writes)`` of the commit record at each LSN, in order.
+
+        Each frame's checksums are checked before it is decoded. Complexity:
+        one or two positioned reads per record, independent of the WAL's size.
+
+        :raises HistoryUnavailable: a segment was deleted before it was read.
+        :raises CorruptionError: a frame fails its checksum (names the file and offset).
+        """
+        if not lsns:
+            return
+        ensure_written(lsns[-1])
+        fs = self._fs
+        with self._lock:
+            if lsns[0] < self.floor:
+                raise HistoryUnavailable(f"WAL before LSN {self.floor} was deleted", run=None)
+            segs, firsts = self._segs, self._firsts
+            for lsn in lsns:
+                seg = segs[bisect.bisect_right(firsts, lsn) - 1]
+                i = lsn - seg.first_lsn
+                offsets = seg.offsets
+                pos = offsets[i]
+                path = os.path.join(self._dir, segment_name(seg.seq))
+                try:
+                    if i + 1 < len(offsets):
+                        frame = fs.read_range(path, pos, offsets[i + 1] - pos)
+                    else:
+                        head = fs.read_range(path, pos, FRAME_HEADER_SIZE)
+                        length = int.from_bytes(head[4:8], "little") if len(head) == FRAME_HEADER_SIZE else 0
+                        frame = head + fs.read_range(path, pos + FRAME_HEADER_SIZE, length)
+                    flsn, _, pstart, end = _format.check_frame(frame, 0)
+                    if flsn != lsn:
+                        raise FrameError(f"frame has LSN {flsn}, expected {lsn}", 0)
+                    version, ts_us, writes = decode_commit(frame, pstart, end)
+                except FileNotFoundError:
+                    raise HistoryUnavailable(f"WAL segment {segment_name(seg.seq)} is gone", run=None) from None
+                except FrameError as exc:
+                    raise CorruptionError(f"history record LSN {lsn} is damaged: {exc.reason}", path=path,
+                                          offset=pos + exc.offset) from None
+                yield version, ts_us, writes
+
+    # --- retention ---------------------------------------------------------------------
+
+    def keep(self, seq: int, first_lsn: int, last_lsn: int) -> bool:
+        """Whether segment ``seq`` must outlive the snapshots that cover it (the retention policy)."""
+        if self.mode == "keep":
+            return True
+        if self.mode == "none":
+            return False
+        i = bisect.bisect_right(self._firsts, first_lsn) - 1
+        if i < 0 or self._segs[i].seq != seq:
+            return True  # not indexed: keep, to be safe
+        archived = self.archived
+        return any(rid not in archived for rid in self._segs[i].runs)
+
+    def prune(self, wal: WalWriter, below_lsn: int) -> list[str]:
+        """Delete segments wholly below ``below_lsn`` that :meth:`keep` lets go; return their names."""
+        with self._lock:
+            dropped = wal.drop_segments_before(below_lsn, self.keep)
+            if not dropped:
+                return dropped
+            seqs = {parse_segment_name(n) for n in dropped}
+            gone = [s for s in self._segs if s.seq in seqs]
+            n = len(gone)
+            del self._segs[:n]
+            del self._firsts[:n]
+            floor = self._segs[0].first_lsn if self._segs else wal.next_lsn
+            self.floor = max(self.floor, floor)
+            runs = self._runs
+            for seg in gone:
+                for rid in seg.runs:
+                    arr = runs.get(rid)
+                    if arr is not None:
+                        del arr[: bisect.bisect_left(arr, self.floor)]
+                path = os.path.join(self._dir, index_name(seg.seq))
+                if self._fs.exists(path):
+                    self._fs.remove(path)
+            return dropped
+
+    # --- sidecars ----------------------------------------------------------------------
+
+    def persist(self, durable_lsn: int) -> int:
+        """Write the sidecar of each segment with frames ``<= durable_lsn`` not yet saved; return how many.
+
+        Written as ``<name>.tmp`` then renamed; not fsynced (a lost or torn
+        sidecar is detected by its checksum and rebuilt from the segment).
+        """
+        written = 0
+        with self._lock:
+            segs = list(self._segs)
+        for seg in segs:
+            frames = min(len(seg.offsets), durable_lsn - seg.first_lsn + 1)
+            if frames <= seg.saved or frames <= 0:
+                continue
+            self._write_sidecar(seg, frames)
+            seg.saved = frames
+            written += 1
+        return written
+
+    def _write_sidecar(self, seg: _Segment, frames: int) -> None:
+        first, last = seg.first_lsn, seg.first_lsn + frames - 1
+        offsets = seg.offsets[:frames]
+        runs: dict[bytes, bytes] = {}
+        for rid in list(seg.runs):
+            arr = self._runs.get(rid)
+            if arr is None:
+                continue
+            lo, hi = bisect.bisect_left(arr, first), bisect.bisect_right(arr, last)
+            if hi > lo:
+                runs[rid] = _le(array("I", (x - first for x in arr[lo:hi])))
+        # the end of the last frame: the next frame's offset, or read its header
+        if frames < len(seg.offsets):
+            end = seg.offsets[frames]
+        else:
+            path = os.path.join(self._dir, segment_name(seg.seq))
+            head = self._fs.read_range(path, offsets[-1], FRAME_HEADER_SIZE)
+            end = offsets[-1] + FRAME_HEADER_SIZE + int.from_bytes(head[4:8], "little")
+        body = cbor2.dumps({"format": FORMAT_VERSION, "db": self._db_id, "seq": seg.seq, "first": first,
+                            "frames": frames, "end": end, "offsets": _le(offsets), "runs": runs})
+        data = INDEX_MAGIC + body
+        data += xxhash.xxh3_128_digest(data)
+        path = os.path.join(self._dir, index_name(seg.seq))
+        tmp = path + ".tmp"
+        fs = self._fs
+        if fs.exists(tmp):
+            fs.remove(tmp)
+        f = fs.create(tmp)
+        try:
+            f.write(data)
+        finally:
+            f.close()
+        fs.rename(tmp, path)
+
+    # --- figures ------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | str]:
+        """``mode``, ``floor`` (first retained LSN), ``segments`` indexed, ``runs`` with history, ``entries``."""
+        return {"mode": self.mode, "floor": self.floor, "segments": len(self._segs), "runs": len(self._runs),
+                "entries": sum(len(a) for a in list(self._runs.values()))}

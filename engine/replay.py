@@ -1,0 +1,428 @@
+"""Runs like commits: a run's history, replay and time travel, diff, and fork.
+
+This module owns the read-side views of one run (:class:`RunState`,
+:class:`Commit`, :class:`RunDiff`) and the algorithms behind
+``db.history``, ``db.replay_run``, ``db.run_state``, ``db.diff_runs`` and
+``db.fork_run``. Positions of a run's commit records come from
+:mod:`engine.history`; commits go through the database's commit path.
+
+Invariant (determinism): a run's state is a pure function of its commit
+records. Replay applies, in commit order, exactly the writes of each record
+whose keys belong to the run, and both replay and the live read decode the
+same key -> value bytes the same way, so ``replay_run(run) == run_state(run)``
+for every run whose history is retained.
+
+Complexity: replay and history read one frame per commit that touched the
+run: O(run's commits + run's bytes), independent of the database's total
+history. Fork and diff are O(run size).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+
+from .codec import decode_value, utc_from_us
+from .errors import InvalidArgument
+from .history import HistoryIndex
+from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
+from .primitives.events import Event, event_from_record
+from .primitives.state import State, state_from_record
+from .primitives.traces import Trace, trace_from_record
+from .wal.format import COMMIT_HEADER, MAX_PAYLOAD_BYTES
+
+__all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState"]
+
+#: Name of each primitive tag, as ``Op.primitive`` reports it.
+PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces"}
+_SEQ = struct.Struct(">Q")
+_RUN_RANGE = TAGGED_PREFIX_LEN - 1  # the tag byte's offset
+
+
+# --- read-only containers -------------------------------------------------------------------
+
+
+def _readonly(*_: Any, **__: Any) -> Any:
+    raise TypeError("RunState is read-only: it is a view of the run, not the run")
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` that refuses changes (compares, hashes as a dict would not: unhashable)."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly  # type: ignore
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A ``list`` that refuses changes."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _readonly  # type: ignore
+    __iadd__ = __imul__ = _readonly  # type: ignore
+
+
+# --- views ---------------------------------------------------------------------------------
+
+
+def _canon(value: Any) -> bytes:
+    """Canonical CBOR of a decoded value: equal exactly when the values are the same data.
+
+    Unlike ``==`` it tells ``True`` from ``1`` and ``0`` from ``False``, and a
+    NaN equals itself; map key order does not matter (RFC 8949 §4.2.1).
+    """
+    return cbor2.dumps(value, canonical=True, datetime_as_timestamp=False, timezone=_dt.timezone.utc)
+
+
+def _event_data(e: Event) -> tuple[Any, ...]:
+    return (e.seq, e.type, e.payload, e.ts, e.prev_hash, e.hash)
+
+
+def _state_data(s: State) -> tuple[Any, ...]:
+    return (s.value, s.version, s.updated_at)
+
+
+def _trace_data(t: Trace) -> tuple[Any, ...]:
+    return (t.id, t.kind, t.content, t.confidence, list(t.alternatives), t.parent, list(t.tags), t.ts)
+
+
+@dataclass(frozen=True, eq=False)
+class RunState:
+    """One run's state at one point of its history: read-only and comparable with ``==``.
+
+    ``kv``: key -> value; ``events``: the event log (list of
+    :class:`~engine.Event`, seq order, hashes included); ``states``: name ->
+    :class:`~engine.State`; ``traces``: list of :class:`~engine.Trace` in
+    creation order; ``version``: commit version of the last commit of the run
+    the state includes (0: none). Two states are equal when all of these are.
+    """
+
+    run: str
+    version: int
+    kv: dict[str, Any]
+    events: list[Event]
+    states: dict[str, State]
+    traces: list[Trace]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        """Same run, version and data, compared as data (canonical CBOR), not by Python ``==``."""
+        if not isinstance(other, RunState):
+            return NotImplemented
+        return self.run == other.run and self.version == other.version and self._data() == other._data()
+
+    def _data(self) -> bytes:
+        return _canon([dict(self.kv), [_event_data(e) for e in self.events],
+                       {k: _state_data(v) for k, v in self.states.items()}, [_trace_data(t) for t in self.traces]])
+
+
+@dataclass(frozen=True)
+class Op:
+    """One write of a commit to a run: ``primitive`` (``"run"``, ``"kv"``, ``"events"``, ``"state"``,
+    ``"traces"``), ``key`` (kv key / event seq / state name / trace id; ``None`` for the run record),
+    ``kind`` (``"put"`` or ``"delete"``) and the decoded ``value`` written (``None`` for a delete)."""
+
+    primitive: str
+    key: Any
+    kind: str
+    value: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit in a run's history: ``version``, ``ts`` (UTC commit time), ``ops`` on this run,
+    and ``runs``: every run the commit touched (more than one for a cross-run transaction)."""
+
+    version: int
+    ts: _dt.datetime
+    ops: tuple[Op, ...]
+    runs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Differences of one keyed primitive between run A and run B.
+
+    ``added``: key -> B's value (absent in A); ``removed``: key -> A's value
+    (absent in B); ``changed``: key -> (A's value, B's value).
+    """
+
+    added: dict[Any, Any]
+    removed: dict[Any, Any]
+    changed: dict[Any, tuple[Any, Any]]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+@dataclass(frozen=True)
+class EventsDiff:
+    """Where two event logs part: ``diverged_at`` is the first seq whose event differs in type or
+    payload, or where one log ends (``None``: identical); ``only_a``/``only_b`` are each log's
+    events from there on."""
+
+    diverged_at: int | None
+    only_a: tuple[Event, ...]
+    only_b: tuple[Event, ...]
+
+    def __bool__(self) -> bool:
+        return self.diverged_at is not None
+
+
+@dataclass(frozen=True)
+class RunDiff:
+    """What differs between run ``a`` at ``version_a`` and run ``b`` at ``version_b``.
+
+    ``kv``, ``states`` and ``traces`` are :class:`Changes` (states compared
+    by value, traces by everything but their timestamp); ``events`` is an
+    :class:`EventsDiff`. ``str(diff)`` is a git-like summary.
+    """
+
+    a: str
+    b: str
+    version_a: int
+    version_b: int
+    kv: Changes
+    events: EventsDiff
+    states: Changes
+    traces: Changes
+
+    def is_empty(self) -> bool:
+        """True if the two states are the same in every primitive."""
+        return not (self.kv or self.events or self.states or self.traces)
+
+    def __str__(self) -> str:
+        out = [f"--- run {self.a} @ version {self.version_a}", f"+++ run {self.b} @ version {self.version_b}"]
+        if self.is_empty():
+            out.append("no differences")
+            return "\n".join(out)
+        for name, changes, show in (("kv", self.kv, _short), ("state", self.states, _show_state),
+                                    ("traces", self.traces, _show_trace)):
+            if not changes:
+                continue
+            out.append(f"{name}: {len(changes.added)} added, {len(changes.removed)} removed, "
+                       f"{len(changes.changed)} changed")
+            for key, value in changes.removed.items():
+                out.append(f"- {name} {key}: {show(value)}")
+            for key, value in changes.added.items():
+                out.append(f"+ {name} {key}: {show(value)}")
+            for key, (old, new) in changes.changed.items():
+                out.append(f"~ {name} {key}: {show(old)} -> {show(new)}")
+        if self.events:
+            ev = self.events
+            out.append(f"events: diverge at seq {ev.diverged_at} (a has {len(ev.only_a)} more, "
+                       f"b has {len(ev.only_b)} more)")
+            out += [f"- event {e.seq} {e.type} {_short(e.payload)}" for e in ev.only_a]
+            out += [f"+ event {e.seq} {e.type} {_short(e.payload)}" for e in ev.only_b]
+        return "\n".join(out)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _show_state(state: State) -> str:
+    return _short(state.value)
+
+
+def _show_trace(trace: Trace) -> str:
+    conf = "" if trace.confidence is None else f" (confidence {trace.confidence:g})"
+    return f"{trace.kind} {_short(trace.content, 48)}{conf}"
+
+
+# --- building a RunState ------------------------------------------------------------------------
+
+
+def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) -> RunState:
+    """Decode a run's ``(store key, value bytes)`` pairs, in key order, into a :class:`RunState`."""
+    kv: dict[str, Any] = {}
+    events: list[Event] = []
+    states: dict[str, State] = {}
+    traces: list[Trace] = []
+    for key, value in items:
+        tag = key[_RUN_RANGE]
+        user = key[TAGGED_PREFIX_LEN:]
+        if tag == TAG_KV:
+            kv[user.decode("utf-8")] = decode_value(value)
+        elif tag == TAG_EVENT:
+            events.append(event_from_record(run, _SEQ.unpack(user)[0], decode_value(value)))
+        elif tag == TAG_STATE:
+            states[user.decode("utf-8")] = state_from_record(decode_value(value))
+        elif tag == TAG_TRACE:
+            traces.append(trace_from_record(run, user, decode_value(value)))
+    return RunState(run, version, FrozenDict(kv), FrozenList(events), FrozenDict(states), FrozenList(traces))
+
+
+def _op(key: bytes, value: bytes | None) -> Op:
+    tag = key[_RUN_RANGE]
+    user = key[TAGGED_PREFIX_LEN:]
+    if tag == TAG_KV or tag == TAG_STATE:
+        k: Any = user.decode("utf-8")
+    elif tag == TAG_EVENT:
+        k = _SEQ.unpack(user)[0]
+    elif tag == TAG_TRACE:
+        k = str(uuid.UUID(bytes=user))
+    else:
+        k = None
+    return Op(PRIMITIVE_NAMES.get(tag, str(tag)), k, "delete" if value is None else "put",
+              None if value is None else decode_value(value))
+
+
+# --- the operations (``db`` is an engine.database.Database; named only by duck type here) ----------
+
+
+def _index(db: Any) -> HistoryIndex:
+    return db._history  # type: ignore[no-any-return]
+
+
+def _check_version(db: Any, at_version: object, what: str) -> int:
+    if type(at_version) is not int or at_version < 0:
+        raise InvalidArgument(f"{what} must be an int >= 0; got {at_version!r}")
+    if at_version > db._version:
+        raise InvalidArgument(f"{what} {at_version} is in the future: the last commit is version {db._version}")
+    return at_version
+
+
+def _complete_lsns(db: Any, run: str, at_version: int | None) -> tuple[bytes, list[int]]:
+    """The run's id and its commit LSNs up to ``at_version``. :raises HistoryUnavailable: part is gone."""
+    db._check_open()
+    rid = db._registry.check(run, write=False)
+    record = db._registry.record(db._store, run)
+    first = record.get("first_version", 0)
+    if at_version is not None:
+        _check_version(db, at_version, "at_version")
+        if at_version < first:
+            raise InvalidArgument(f"run {run} did not exist at version {at_version}: it began at version {first}")
+    index = _index(db)
+    index.check_complete(run, first)
+    return rid, index.lsns(rid, at_version)
+
+
+def history(db: Any, run: str) -> list[Commit]:
+    """See :meth:`engine.database.Database.history`."""
+    rid, lsns = _complete_lsns(db, run, None)
+    out: list[Commit] = []
+    for version, ts_us, writes in _index(db).read(lsns, db._wal.write_through):
+        ops = tuple(_op(k, v) for k, v in writes if k[1:17] == rid)
+        runs = tuple(dict.fromkeys(str(uuid.UUID(bytes=k[1:17])) for k, _ in writes))
+        out.append(Commit(version, utc_from_us(ts_us), ops, runs))
+    return out
+
+
+def replay(db: Any, run: str, at_version: int | None = None) -> RunState:
+    """See :meth:`engine.database.Database.replay_run`."""
+    rid, lsns = _complete_lsns(db, run, at_version)
+    state: dict[bytes, bytes] = {}
+    last = 0
+    for version, _ts, writes in _index(db).read(lsns, db._wal.write_through):
+        for key, value in writes:
+            if key[1:17] != rid:
+                continue
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        last = version
+    return build_state(run, last, sorted(state.items()))
+
+
+def live(db: Any, run: str) -> RunState:
+    """See :meth:`engine.database.Database.run_state`."""
+    rid = db._registry.check(run, write=False)
+    base = run_prefix(rid)
+    with db._commit_lock:
+        db._check_open()
+        at = db._version
+        items = db._versions.scan_at(base, prefix_end(base), at, entries=True)
+    version = _index(db).last_lsn(rid, at)
+    if not version:  # history gone: the newest entry is the best lower bound there is
+        version = max((e[0] for _, e in items), default=0)
+    return build_state(run, version, [(k, e[1]) for k, e in items])
+
+
+def _view(db: Any, run: str, at: int | None) -> RunState:
+    return live(db, run) if at is None else replay(db, run, at)
+
+
+def diff(db: Any, a: str, b: str, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
+    """See :meth:`engine.database.Database.diff_runs`."""
+    sa, sb = _view(db, a, at_a), _view(db, b, at_b)
+    return RunDiff(
+        a, b, sa.version, sb.version,
+        kv=_changes(sa.kv, sb.kv, lambda x, y: _canon(x) != _canon(y)),
+        events=_events_diff(sa.events, sb.events),
+        states=_changes(sa.states, sb.states, lambda x, y: _canon(x.value) != _canon(y.value)),
+        traces=_changes({t.id: t for t in sa.traces}, {t.id: t for t in sb.traces}, _trace_differs),
+    )
+
+
+def _changes(a: dict[Any, Any], b: dict[Any, Any], differs: Any) -> Changes:
+    return Changes(
+        added={k: v for k, v in b.items() if k not in a},
+        removed={k: v for k, v in a.items() if k not in b},
+        changed={k: (v, b[k]) for k, v in a.items() if k in b and differs(v, b[k])},
+    )
+
+
+def _trace_differs(x: Trace, y: Trace) -> bool:
+    return _canon(_trace_data(x)[1:-1]) != _canon(_trace_data(y)[1:-1])
+
+
+def _events_diff(a: list[Event], b: list[Event]) -> EventsDiff:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i].type == b[i].type and _canon(a[i].payload) == _canon(b[i].payload):
+        i += 1
+    if i == len(a) == len(b):
+        return EventsDiff(None, (), ())
+    return EventsDiff(i, tuple(a[i:]), tuple(b[i:]))
+
+
+def fork(db: Any, run: str, at_version: int | None, name: str | None, tags: Iterable[str]) -> str:
+    """See :meth:`engine.database.Database.fork_run`."""
+    registry = db._registry
+    registry.check(run, write=False)
+    parent = registry.record(db._store, run)
+    if name is None:
+        name = parent["name"]
+    replayed: dict[bytes, bytes] | None = None
+    if at_version is not None:
+        rid, lsns = _complete_lsns(db, run, at_version)
+        replayed = {}
+        for _v, _ts, writes in _index(db).read(lsns, db._wal.write_through):
+            for key, value in writes:
+                if key[1:17] == rid:
+                    if value is None:
+                        replayed.pop(key, None)
+                    else:
+                        replayed[key] = value
+    new_run, record_key, record = registry.prepare_begin(name, run, tags, None)
+    new_base = run_prefix(record_key[1:17])
+    with db._commit_lock:
+        db._check_can_write()
+        if replayed is None:  # the live state, read under the same lock that commits the copy
+            base = run_prefix(registry.check(run, write=False))
+            items = db._versions.scan_at(base, prefix_end(base), db._version)
+            point = db._version
+        else:
+            items = replayed.items()
+            point = at_version
+        skip = len(new_base)
+        writes = [(new_base + k[skip:], v) for k, v in items if k[_RUN_RANGE] != TAG_RUN]
+        record["metadata"] = {"forked_from": run, "fork_version": point}
+        record["first_version"] = db._version + 1
+        writes.insert(0, (record_key, registry.encode_record(record)))
+        size = COMMIT_HEADER.size + sum(9 + len(k) + len(v) for k, v in writes)
+        if size > MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(f"the fork's state is {size:,} bytes; one commit record holds at most "
+                                  f"{MAX_PAYLOAD_BYTES:,}")
+        lsn = db._commit_locked(writes, (), lambda: registry.applied_begin(new_run))
+    db._wal.wait(lsn)
+    return new_run
