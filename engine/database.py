@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import native
-from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
+from .errors import DatabaseClosed, DatabaseReadOnly, InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem
 from .locks import CommitLock
 from .checkpoint import SnapshotInfo, Snapshotter
@@ -51,7 +51,7 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
-from .recovery import recover
+from .recovery import Recovered, recover
 from .registry import RunRegistry
 from .store import UnifiedStore
 from .txn import Transaction, validate
@@ -106,6 +106,7 @@ class Database:
         snapshot_every_s: float | None = None,
         progress: Progress | None = None,
         history: str = "keep",
+        read_only: bool = False,
         fs: FileSystem | None = None,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
@@ -133,6 +134,11 @@ class Database:
             archived (:meth:`archive_run`); ``"none"`` — only what recovery
             needs. Replay of a run whose history is gone raises
             ``HistoryUnavailable``.
+        :param read_only: inspect without changing a byte: no lock file is
+            written (a shared lock keeps writers out while it is open), a torn
+            tail is reported in ``stats()["recovery"]["torn_tail"]`` but not
+            cut, no snapshot is taken, and every write raises
+            ``DatabaseReadOnly``. The directory must already be a database.
         :param fs: file-system seam (default: the real disk).
 
         Complexity: O(snapshot + WAL after it) for recovery, plus loading the
@@ -159,23 +165,30 @@ class Database:
             raise InvalidArgument("progress must be a callable(phase, done, total) or None")
         if history not in HISTORY_MODES:
             raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {history!r}")
+        if read_only and salvage:
+            raise InvalidArgument("salvage=True changes files; it cannot be combined with read_only=True")
         fs = fs if fs is not None else OSFileSystem()
         dirpath = os.fspath(path)
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
-        fs.makedirs(dirpath)
-        lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
+        if read_only:
+            if not fs.exists(dirpath):
+                raise InvalidArgument(f"{dirpath} does not exist; read_only=True opens an existing database")
+            lock = fs.lock(os.path.join(dirpath, LOCK_FILE), shared=True)
+        else:
+            fs.makedirs(dirpath)
+            lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
         try:
-            rec = recover(fs, dirpath, salvage=salvage, progress=progress)
+            rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only)
             store = UnifiedStore(rec.state)
             del rec.state
             registry = RunRegistry()
             registry.load(store)
-            index = HistoryIndex(fs, dirpath, rec.identity.db_id, history)
+            index = HistoryIndex(fs, dirpath, rec.identity.db_id, history, read_only=read_only)
             index.load(rec.history, rec.history_floor, rec.next_lsn)
             index.archived = registry.archived
             del rec.history
-            wal = WalWriter(
+            wal = _ReadOnlyWal(rec) if read_only else WalWriter(
                 fs,
                 dirpath,
                 rec.identity.db_id,
@@ -220,7 +233,9 @@ class Database:
         self.state = _AutoPrimitive(self, StateMachines, READS["state"])  # type: ignore[assignment]
         self.traces = _AutoPrimitive(self, Traces, READS["traces"])  # type: ignore[assignment]
         self.runs = _AutoPrimitive(self, Runs, READS["runs"])  # type: ignore[assignment]
-        self._snapshotter = Snapshotter(self, every_bytes=snapshot_every_bytes, every_s=snapshot_every_s,
+        self._read_only = read_only
+        self._snapshotter = Snapshotter(self, every_bytes=None if read_only else snapshot_every_bytes,
+                                        every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
@@ -272,6 +287,11 @@ class Database:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def read_only(self) -> bool:
+        """Opened with ``read_only=True``: every write raises ``DatabaseReadOnly``."""
+        return self._read_only
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -586,7 +606,7 @@ class Database:
         :raises CorruptionError: the written file failed verification (it was removed).
         :raises OSError: the file could not be written (the database is unaffected).
         """
-        self._check_open()
+        self._check_can_write()
         return self._snapshotter.take()
 
     # --- durability and figures --------------------------------------------------------------
@@ -627,6 +647,7 @@ class Database:
             "wal_bytes": wal["bytes"],
             "wal_segments": wal["segments"],
             "durability": self._durability,
+            "read_only": self._read_only,
             "flush_interval_ms": self._flush_interval_ms,
             "segment_bytes": self._segment_bytes,
             "native": native.ENABLED,
@@ -651,6 +672,8 @@ class Database:
 
     def _check_can_write(self) -> None:
         self._check_open()
+        if self._read_only:
+            raise self._wal.read_only_error()
         if self._wal.poisoned:
             raise self._wal.poison_error()
 
@@ -709,3 +732,45 @@ class Database:
             self._commits += 1
         if self._must_wait:
             wal.wait(lsn)
+
+
+class _ReadOnlyWal:
+    """Stands in for the :class:`WalWriter` of a read-only handle: appends nothing, reports the WAL as found."""
+
+    poisoned = False
+    appended_bytes = 0
+
+    def __init__(self, rec: Recovered):
+        self.next_lsn = rec.next_lsn
+        self.durable_lsn = rec.next_lsn - 1
+        self.tail_seq = rec.active.seq if rec.active is not None else rec.next_seq
+        self.last_offset = 0
+        size = rec.active.size if rec.active is not None else 0
+        self._stats = {"bytes": rec.closed_bytes + size,
+                       "segments": rec.closed_segments + (1 if rec.active is not None else 0),
+                       "next_lsn": rec.next_lsn, "durable_lsn": rec.next_lsn - 1}
+
+    @staticmethod
+    def read_only_error() -> DatabaseReadOnly:
+        return DatabaseReadOnly("the database was opened with read_only=True; nothing was written")
+
+    def append(self, frame: bytes) -> int:
+        raise self.read_only_error()
+
+    def wait(self, lsn: int) -> None:
+        pass
+
+    def write_through(self, lsn: int) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def set_watermark(self, appended_bytes: int, callback: Callable[[], None]) -> None:
+        pass
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def close(self) -> None:
+        pass

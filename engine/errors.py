@@ -15,7 +15,8 @@ as it would anywhere else.
     │   └── DatabaseLocked         another handle holds the directory
     ├── lifecycle
     │   ├── DatabaseClosed         the handle was closed
-    │   └── DatabasePoisoned       an earlier write or fsync failed; writes refused
+    │   ├── DatabasePoisoned       an earlier write or fsync failed; writes refused
+    │   └── DatabaseReadOnly       a write through a handle opened with read_only=True
     ├── runs and primitives
     │   ├── RunNotFound            no run with that id
     │   ├── RunClosed              the run has ended; it is read-only
@@ -40,6 +41,7 @@ __all__ = [
     "DatabaseClosed",
     "DatabaseLocked",
     "DatabasePoisoned",
+    "DatabaseReadOnly",
     "HistoryUnavailable",
     "InmemError",
     "InvalidArgument",
@@ -191,3 +193,7 @@ class HistoryUnavailable(InmemError):
     def __init__(self, message: str, *, run: str | None = None):
         super().__init__(message)
         self.run = run
+
+
+class DatabaseReadOnly(InmemError):
+    """A write (commit, snapshot, compact) through a handle opened with ``read_only=True``; nothing was written."""

@@ -77,8 +77,11 @@ class FileSystem(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def remove(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None: ...
-    def lock(self, path: str) -> FileLock:
-        """Take an exclusive, non-blocking lock on ``path`` (created if missing).
+    def lock(self, path: str, *, shared: bool = False) -> FileLock:
+        """Take an exclusive, non-blocking lock on ``path`` (created if missing, holder's pid written).
+
+        ``shared=True`` (read-only handles): a shared lock on the existing file,
+        writing nothing; it excludes writers and is excluded by them.
 
         :raises DatabaseLocked: another handle, in this or another process, holds it.
         """
@@ -178,9 +181,11 @@ class OSFileSystem:
         finally:
             os.close(fd)
 
-    def lock(self, path: str) -> FileLock:
+    def lock(self, path: str, *, shared: bool = False) -> FileLock:
         # flock(2) locks belong to the open file description, so a second open
         # of the same directory conflicts even inside one process.
+        if shared:
+            return self._shared_lock(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -192,12 +197,41 @@ class OSFileSystem:
                 pass
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" by pid {holder}" if holder else ""
+                who = f" (last opened for writing by pid {holder})" if holder else ""
                 raise DatabaseLocked(
-                    f"{os.path.dirname(path) or '.'} is already open{who}; "
-                    "close that handle first (one writer per directory)"
+                    f"{os.path.dirname(path) or '.'} is already open{who}; close that handle first "
+                    "(one writer per directory, and none while read-only handles are open)"
                 ) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return _OSLock(fd)
+
+    def _shared_lock(self, path: str) -> FileLock:
+        """A read-only handle's lock: ``LOCK_SH`` on the existing lock file; writes nothing.
+
+        Readers share it; a writer's ``LOCK_EX`` excludes them and they it. A
+        directory with no lock file yet has never been opened for writing:
+        nothing to lock against.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return _OSLock(-1)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f" by pid {holder}" if holder else ""
+                raise DatabaseLocked(
+                    f"{os.path.dirname(path) or '.'} is open for writing{who}; "
+                    "read-only access waits until that handle is closed"
+                ) from None
+            raise
         return _OSLock(fd)

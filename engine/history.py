@@ -141,15 +141,18 @@ class HistoryIndex:
     :param dirpath: the database directory.
     :param db_id: the 16-byte database id (sidecars name it).
     :param mode: one of :data:`HISTORY_MODES`.
+    :param read_only: never write or remove a file.
     """
 
-    def __init__(self, fs: FileSystem, dirpath: str, db_id: bytes, mode: str):
+    def __init__(self, fs: FileSystem, dirpath: str, db_id: bytes, mode: str, *, read_only: bool = False):
         if mode not in HISTORY_MODES:
             raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {mode!r}")
         self._fs = fs
         self._dir = dirpath
         self._db_id = db_id
         self.mode = mode
+        #: Never write or remove a file (a read-only handle).
+        self.read_only = read_only
         self._segs: list[_Segment] = []
         self._firsts: list[int] = []
         self._runs: dict[bytes, array] = {}
@@ -202,6 +205,8 @@ class HistoryIndex:
         if self._segs:
             self.floor = max(self.floor, self._segs[0].first_lsn)
         self._tail = self._segs[-1] if self._segs else None
+        if self.read_only:
+            return
         # drop sidecars of segments that no longer exist
         kept = {s.seq for s in self._segs}
         for name in self._fs.listdir(self._dir):
@@ -452,6 +457,8 @@ class HistoryIndex:
         sidecar is detected by its checksum and rebuilt from the segment).
         """
         written = 0
+        if self.read_only:
+            return 0
         with self._lock:
             segs = list(self._segs)
         for seg in segs:

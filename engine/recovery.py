@@ -38,7 +38,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptionError
+from .errors import CorruptionError, InvalidArgument
 from .fs import FileSystem
 from .history import SegmentTail
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
@@ -91,7 +91,8 @@ class _Damage:
 
 
 def recover(
-    fs: FileSystem, dirpath: str, *, salvage: bool = False, progress: Progress | None = None
+    fs: FileSystem, dirpath: str, *, salvage: bool = False, progress: Progress | None = None,
+    read_only: bool = False,
 ) -> Recovered:
     """Load the newest valid snapshot of ``dirpath``, replay the WAL after it, and return the state.
 
@@ -101,6 +102,10 @@ def recover(
 
     :param progress: called as ``progress(phase, done, total)`` with phase
         ``"recovery-snapshot"`` or ``"recovery-wal"`` and byte counts.
+    :param read_only: change nothing on disk: leftover temporaries stay, a
+        torn tail is reported (``torn_tail["cut"]`` is False) but not cut, and
+        a directory without IDENTITY is refused instead of initialised.
+    :raises InvalidArgument: ``read_only`` and the directory is not a database.
     :raises CorruptionError: a segment is missing, foreign or out of sequence,
         IDENTITY is missing or damaged, a frame before the tail is bad (with
         ``salvage=True`` only for IDENTITY problems), or there is no valid
@@ -108,7 +113,7 @@ def recover(
     """
     t0 = time.perf_counter()
     names = fs.listdir(dirpath)
-    removed_tmp = [n for n in names if n.endswith(".tmp")]
+    removed_tmp = [] if read_only else [n for n in names if n.endswith(".tmp")]
     for n in removed_tmp:
         fs.remove(os.path.join(dirpath, n))
     if removed_tmp:
@@ -125,6 +130,8 @@ def recover(
             "(restore IDENTITY from a backup)",
             path=os.path.join(dirpath, IDENTITY_FILE),
         )
+    elif read_only:
+        raise InvalidArgument(f"{dirpath} is not an inmem database (it has no IDENTITY file)")
     else:
         ident = create_identity(fs, dirpath)
         created = True
@@ -263,6 +270,7 @@ def recover(
                     "offset": err.offset,
                     "bytes_dropped": len(buf) - err.offset,
                     "reason": err.reason,
+                    "cut": not read_only,
                 }
                 kept.append((seq, path, err.offset, header.first_lsn))
             else:
@@ -274,7 +282,10 @@ def recover(
         else:
             kept.append((seq, path, len(buf), header.first_lsn))
 
-    if torn is not None:
+    if torn is not None and read_only:
+        log.warning("inmem: %s ends in a torn tail of %d bytes at offset %d (%s); left in place (read-only)",
+                    torn["file"], torn["bytes_dropped"], torn["offset"], torn["reason"])
+    elif torn is not None:
         _cut(fs, os.path.join(dirpath, torn["file"]), torn["offset"])
         log.warning(
             "inmem: recovery cut a torn tail of %d bytes from %s at offset %d (%s): "

@@ -36,7 +36,7 @@ def test_public_names_are_pinned():
     assert engine.__all__ == sorted(engine.__all__)
     assert set(engine.__all__) == {
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
-        "DatabasePoisoned", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
+        "DatabasePoisoned", "DatabaseReadOnly", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
         "InvalidKey", "InvalidTransition", "InvalidValue", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
         "RunState", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "__version__",

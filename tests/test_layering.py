@@ -25,7 +25,7 @@ LAYERS = [
     {"contexts"},
     {"replay"},
     {"database"},
-    {"demo", "cli", "__main__", "__init__", "testing"},
+    {"demo", "cli", "verify", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
