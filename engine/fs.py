@@ -27,7 +27,16 @@ from typing import Protocol
 
 from .errors import DatabaseLocked
 
-__all__ = ["FileLock", "FileSystem", "OSFileSystem", "WritableFile"]
+__all__ = ["FileLock", "FileSystem", "OSFileSystem", "ReadableFile", "WritableFile"]
+
+
+class ReadableFile(Protocol):
+    """A file open for positioned reads (the history index reads many frames of one segment)."""
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+
+    def close(self) -> None: ...
 
 
 class WritableFile(Protocol):
@@ -67,6 +76,9 @@ class FileSystem(Protocol):
     def read(self, path: str) -> bytes: ...
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+
+    def open_read(self, path: str) -> ReadableFile:
+        """Open an existing file for positioned reads. :raises FileNotFoundError: it does not exist."""
 
     def create(self, path: str) -> WritableFile:
         """Create a new, empty file; fail with ``FileExistsError`` if it exists."""
@@ -121,6 +133,21 @@ class _OSFile:
             os.close(fd)
 
 
+class _OSReader:
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
 class _OSLock:
     __slots__ = ("_fd",)
 
@@ -152,6 +179,9 @@ class OSFileSystem:
     def read(self, path: str) -> bytes:
         with open(path, "rb", buffering=0) as f:
             return f.read()
+
+    def open_read(self, path: str) -> ReadableFile:
+        return _OSReader(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import struct
 import sys
 import threading
 from array import array
@@ -66,8 +67,12 @@ log = logging.getLogger("inmem")
 HISTORY_MODES = ("keep", "active", "none")
 
 INDEX_MAGIC = b"INMEMHIX"
+#: Layout of a sidecar's body; a sidecar with another layout is ignored (and rebuilt): it is a cache.
+SIDECAR_LAYOUT = 2
 _DIGEST = 16  # XXH3-128 footer
 _LITTLE = sys.byteorder == "little"
+_LENGTH = struct.Struct("<I")  # a frame header's length field, at offset 4
+_LEN_LSN = struct.Struct("<IQ")  # length and LSN, at offset 4
 
 Writes = list[tuple[bytes, bytes | None]]
 
@@ -247,13 +252,15 @@ class HistoryIndex:
         starts, _stop, _err = _format.scan_frames(buf, start)
         lsn = from_lsn
         runs = self._runs
-        for pos in starts:
+        unpack = _LEN_LSN.unpack_from
+        for pos in starts:  # checksums already checked by scan_frames
             if to_lsn is not None and lsn >= to_lsn:
                 break
-            flsn, _, pstart, end = _format.check_frame(buf, pos)
+            length, flsn = unpack(buf, pos + 4)
             if flsn != lsn:
                 raise FrameError(f"frame has LSN {flsn}, expected {lsn}", pos)
-            _, _, writes = decode_commit(buf, pstart, end)
+            pstart = pos + FRAME_HEADER_SIZE
+            _, _, writes = decode_commit(buf, pstart, pstart + length)
             seg.offsets.append(pos)
             for rid in touched_runs(writes):
                 arr = runs.get(rid)
@@ -274,7 +281,8 @@ class HistoryIndex:
             if raw[:8] != INDEX_MAGIC or xxhash.xxh3_128_digest(raw[:-_DIGEST]) != raw[-_DIGEST:]:
                 raise ValueError("checksum mismatch")
             body = cbor2.loads(raw[8:-_DIGEST])
-            if (body["format"] > FORMAT_VERSION or body["db"] != self._db_id or body["seq"] != seg.seq
+            if (body["format"] > FORMAT_VERSION or body.get("layout") != SIDECAR_LAYOUT
+                    or body["db"] != self._db_id or body["seq"] != seg.seq
                     or body["first"] != seg.first_lsn):
                 raise ValueError("belongs to another segment")
             frames, end = body["frames"], body["end"]
@@ -292,12 +300,12 @@ class HistoryIndex:
             return 0, 0
         seg.offsets = offsets
         runs = self._runs
-        first = seg.first_lsn
-        for rid, deltas in body["runs"].items():
+        for rid, raw_lsns in body["runs"].items():
             arr = runs.get(rid)
             if arr is None:
-                arr = runs[rid] = array("Q")
-            arr.extend(first + d for d in _from_le("I", deltas))
+                runs[rid] = _from_le("Q", raw_lsns)
+            else:
+                arr.extend(_from_le("Q", raw_lsns))
             seg.runs.add(rid)
         seg.saved = frames
         return frames, end
@@ -386,29 +394,45 @@ class HistoryIndex:
             if lsns[0] < self.floor:
                 raise HistoryUnavailable(f"WAL before LSN {self.floor} was deleted", run=None)
             segs, firsts = self._segs, self._firsts
-            for lsn in lsns:
-                seg = segs[bisect.bisect_right(firsts, lsn) - 1]
-                i = lsn - seg.first_lsn
-                offsets = seg.offsets
-                pos = offsets[i]
-                path = os.path.join(self._dir, segment_name(seg.seq))
-                try:
-                    if i + 1 < len(offsets):
-                        frame = fs.read_range(path, pos, offsets[i + 1] - pos)
-                    else:
-                        head = fs.read_range(path, pos, FRAME_HEADER_SIZE)
-                        length = int.from_bytes(head[4:8], "little") if len(head) == FRAME_HEADER_SIZE else 0
-                        frame = head + fs.read_range(path, pos + FRAME_HEADER_SIZE, length)
-                    flsn, _, pstart, end = _format.check_frame(frame, 0)
-                    if flsn != lsn:
-                        raise FrameError(f"frame has LSN {flsn}, expected {lsn}", 0)
-                    version, ts_us, writes = decode_commit(frame, pstart, end)
-                except FileNotFoundError:
-                    raise HistoryUnavailable(f"WAL segment {segment_name(seg.seq)} is gone", run=None) from None
-                except FrameError as exc:
-                    raise CorruptionError(f"history record LSN {lsn} is damaged: {exc.reason}", path=path,
-                                          offset=pos + exc.offset) from None
-                yield version, ts_us, writes
+            seg: _Segment | None = None
+            reader = None
+            path = ""
+            check, decode = _format.check_frame, decode_commit
+            try:
+                for lsn in lsns:
+                    if seg is None or not seg.first_lsn <= lsn < seg.first_lsn + len(seg.offsets):
+                        seg = segs[bisect.bisect_right(firsts, lsn) - 1]
+                        if reader is not None:
+                            reader.close()
+                        path = os.path.join(self._dir, segment_name(seg.seq))
+                        try:
+                            reader = fs.open_read(path)
+                        except FileNotFoundError:
+                            raise HistoryUnavailable(f"WAL segment {segment_name(seg.seq)} is gone",
+                                                     run=None) from None
+                    i = lsn - seg.first_lsn
+                    offsets = seg.offsets
+                    pos = offsets[i]
+                    try:
+                        if i + 1 < len(offsets):
+                            frame = reader.read_at(pos, offsets[i + 1] - pos)
+                        else:
+                            head = reader.read_at(pos, FRAME_HEADER_SIZE)
+                            length = _LENGTH.unpack_from(head, 4)[0] if len(head) == FRAME_HEADER_SIZE else 0
+                            frame = head + reader.read_at(pos + FRAME_HEADER_SIZE, length)
+                        flsn, _, pstart, end = check(frame, 0)
+                        if flsn != lsn:
+                            raise FrameError(f"frame has LSN {flsn}, expected {lsn}", 0)
+                        version, ts_us, writes = decode(frame, pstart, end)
+                        if version != lsn:
+                            raise FrameError(f"commit version {version} is not its LSN {lsn}", 0)
+                    except FrameError as exc:
+                        raise CorruptionError(f"history record LSN {lsn} is damaged: {exc.reason}", path=path,
+                                              offset=pos + exc.offset) from None
+                    yield version, ts_us, writes
+            finally:
+                if reader is not None:
+                    reader.close()
 
     # --- retention ---------------------------------------------------------------------
 
@@ -480,7 +504,7 @@ class HistoryIndex:
                 continue
             lo, hi = bisect.bisect_left(arr, first), bisect.bisect_right(arr, last)
             if hi > lo:
-                runs[rid] = _le(array("I", (x - first for x in arr[lo:hi])))
+                runs[rid] = _le(arr[lo:hi])
         # the end of the last frame: the next frame's offset, or read its header
         if frames < len(seg.offsets):
             end = seg.offsets[frames]
@@ -488,7 +512,7 @@ class HistoryIndex:
             path = os.path.join(self._dir, segment_name(seg.seq))
             head = self._fs.read_range(path, offsets[-1], FRAME_HEADER_SIZE)
             end = offsets[-1] + FRAME_HEADER_SIZE + int.from_bytes(head[4:8], "little")
-        body = cbor2.dumps({"format": FORMAT_VERSION, "db": self._db_id, "seq": seg.seq, "first": first,
+        body = cbor2.dumps({"format": FORMAT_VERSION, "layout": SIDECAR_LAYOUT, "db": self._db_id, "seq": seg.seq, "first": first,
                             "frames": frames, "end": end, "offsets": _le(offsets), "runs": runs})
         data = INDEX_MAGIC + body
         data += xxhash.xxh3_128_digest(data)

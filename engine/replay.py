@@ -316,8 +316,8 @@ def history(db: Any, run: str) -> list[Commit]:
     return out
 
 
-def replay(db: Any, run: str, at_version: int | None = None) -> RunState:
-    """See :meth:`engine.database.Database.replay_run`."""
+def _raw_replay(db: Any, run: str, at_version: int | None) -> tuple[int, dict[bytes, bytes]]:
+    """The run's (last commit version, store key -> value bytes) rebuilt from its history up to ``at_version``."""
     rid, lsns = _complete_lsns(db, run, at_version)
     state: dict[bytes, bytes] = {}
     last = 0
@@ -330,11 +330,11 @@ def replay(db: Any, run: str, at_version: int | None = None) -> RunState:
             else:
                 state[key] = value
         last = version
-    return build_state(run, last, sorted(state.items()))
+    return last, state
 
 
-def live(db: Any, run: str) -> RunState:
-    """See :meth:`engine.database.Database.run_state`."""
+def _raw_live(db: Any, run: str) -> tuple[int, dict[bytes, bytes]]:
+    """The run's (last commit version, store key -> value bytes) read from the live store under the commit lock."""
     rid = db._registry.check(run, write=False)
     base = run_prefix(rid)
     with db._commit_lock:
@@ -344,45 +344,90 @@ def live(db: Any, run: str) -> RunState:
     version = _index(db).last_lsn(rid, at)
     if not version:  # history gone: the newest entry is the best lower bound there is
         version = max((e[0] for _, e in items), default=0)
-    return build_state(run, version, [(k, e[1]) for k, e in items])
+    return version, {k: e[1] for k, e in items}
 
 
-def _view(db: Any, run: str, at: int | None) -> RunState:
-    return live(db, run) if at is None else replay(db, run, at)
+def replay(db: Any, run: str, at_version: int | None = None) -> RunState:
+    """See :meth:`engine.database.Database.replay_run`."""
+    version, state = _raw_replay(db, run, at_version)
+    return build_state(run, version, sorted(state.items()))
+
+
+def live(db: Any, run: str) -> RunState:
+    """See :meth:`engine.database.Database.run_state`."""
+    version, state = _raw_live(db, run)
+    return build_state(run, version, state.items())  # scanned in key order
 
 
 def diff(db: Any, a: str, b: str, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
-    """See :meth:`engine.database.Database.diff_runs`."""
-    sa, sb = _view(db, a, at_a), _view(db, b, at_b)
+    """See :meth:`engine.database.Database.diff_runs`.
+
+    Works on the stored bytes: an entry whose bytes are equal in both runs
+    (everything a fork has not touched) is never decoded; only entries whose
+    bytes differ are decoded and compared as data.
+    """
+    va, ra = _raw_live(db, a) if at_a is None else _raw_replay(db, a, at_a)
+    vb, rb = _raw_live(db, b) if at_b is None else _raw_replay(db, b, at_b)
+    ta, tb = _by_tag(ra), _by_tag(rb)
     return RunDiff(
-        a, b, sa.version, sb.version,
-        kv=_changes(sa.kv, sb.kv, lambda x, y: _canon(x) != _canon(y)),
-        events=_events_diff(sa.events, sb.events),
-        states=_changes(sa.states, sb.states, lambda x, y: _canon(x.value) != _canon(y.value)),
-        traces=_changes({t.id: t for t in sa.traces}, {t.id: t for t in sb.traces}, _trace_differs),
+        a, b, va, vb,
+        kv=_changes(ta[TAG_KV], tb[TAG_KV], lambda u: u.decode("utf-8"), lambda u, v: decode_value(v),
+                    lambda x, y: _canon(x) != _canon(y)),
+        events=_events_diff(a, b, ta[TAG_EVENT], tb[TAG_EVENT]),
+        states=_changes(ta[TAG_STATE], tb[TAG_STATE], lambda u: u.decode("utf-8"),
+                        lambda u, v: state_from_record(decode_value(v)),
+                        lambda x, y: _canon(x.value) != _canon(y.value)),
+        traces=_changes(ta[TAG_TRACE], tb[TAG_TRACE], lambda u: str(uuid.UUID(bytes=u)),
+                        lambda u, v: trace_from_record(a, u, decode_value(v)), _trace_differs,
+                        lambda u, v: trace_from_record(b, u, decode_value(v))),
     )
 
 
-def _changes(a: dict[Any, Any], b: dict[Any, Any], differs: Any) -> Changes:
-    return Changes(
-        added={k: v for k, v in b.items() if k not in a},
-        removed={k: v for k, v in a.items() if k not in b},
-        changed={k: (v, b[k]) for k, v in a.items() if k in b and differs(v, b[k])},
-    )
+def _by_tag(raw: dict[bytes, bytes]) -> dict[int, dict[bytes, bytes]]:
+    """Split a run's ``store key -> bytes`` into ``tag -> {user key bytes: value bytes}`` (key order kept)."""
+    out: dict[int, dict[bytes, bytes]] = {TAG_KV: {}, TAG_EVENT: {}, TAG_STATE: {}, TAG_TRACE: {}}
+    for key in sorted(raw):
+        table = out.get(key[_RUN_RANGE])
+        if table is not None:
+            table[key[TAGGED_PREFIX_LEN:]] = raw[key]
+    return out
+
+
+def _changes(a: dict[bytes, bytes], b: dict[bytes, bytes], name: Any, load: Any, differs: Any,
+             load_b: Any = None) -> Changes:
+    """Compare two ``user key -> value bytes`` tables; decode only what is not byte-identical."""
+    load_b = load_b or load
+    added = {name(u): load_b(u, v) for u, v in b.items() if u not in a}
+    removed = {name(u): load(u, v) for u, v in a.items() if u not in b}
+    changed = {}
+    for u, v in a.items():
+        w = b.get(u)
+        if w is None or w == v:
+            continue
+        x, y = load(u, v), load_b(u, w)
+        if differs(x, y):
+            changed[name(u)] = (x, y)
+    return Changes(added=added, removed=removed, changed=changed)
 
 
 def _trace_differs(x: Trace, y: Trace) -> bool:
     return _canon(_trace_data(x)[1:-1]) != _canon(_trace_data(y)[1:-1])
 
 
-def _events_diff(a: list[Event], b: list[Event]) -> EventsDiff:
-    n = min(len(a), len(b))
+def _events_diff(a: str, b: str, ea: dict[bytes, bytes], eb: dict[bytes, bytes]) -> EventsDiff:
+    la, lb = list(ea.values()), list(eb.values())  # seq order: keys are big-endian seqs
+    n = min(len(la), len(lb))
     i = 0
-    while i < n and a[i].type == b[i].type and _canon(a[i].payload) == _canon(b[i].payload):
+    while i < n:
+        if la[i] != lb[i]:
+            x, y = decode_value(la[i]), decode_value(lb[i])
+            if x["type"] != y["type"] or _canon(x["payload"]) != _canon(y["payload"]):
+                break
         i += 1
-    if i == len(a) == len(b):
+    if i == len(la) == len(lb):
         return EventsDiff(None, (), ())
-    return EventsDiff(i, tuple(a[i:]), tuple(b[i:]))
+    return EventsDiff(i, tuple(event_from_record(a, j, decode_value(la[j])) for j in range(i, len(la))),
+                      tuple(event_from_record(b, j, decode_value(lb[j])) for j in range(i, len(lb))))
 
 
 def fork(db: Any, run: str, at_version: int | None, name: str | None, tags: Iterable[str]) -> str:
@@ -394,15 +439,7 @@ def fork(db: Any, run: str, at_version: int | None, name: str | None, tags: Iter
         name = parent["name"]
     replayed: dict[bytes, bytes] | None = None
     if at_version is not None:
-        rid, lsns = _complete_lsns(db, run, at_version)
-        replayed = {}
-        for _v, _ts, writes in _index(db).read(lsns, db._wal.write_through):
-            for key, value in writes:
-                if key[1:17] == rid:
-                    if value is None:
-                        replayed.pop(key, None)
-                    else:
-                        replayed[key] = value
+        _v, replayed = _raw_replay(db, run, at_version)
     new_run, record_key, record = registry.prepare_begin(name, run, tags, None)
     new_base = run_prefix(record_key[1:17])
     with db._commit_lock:

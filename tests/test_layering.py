@@ -25,7 +25,8 @@ LAYERS = [
     {"contexts"},
     {"replay"},
     {"database"},
-    {"demo", "cli", "verify", "__main__", "__init__", "testing"},
+    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
+    {"demo", "cli", "cli.render", "cli.guard", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 

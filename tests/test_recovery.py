@@ -77,7 +77,7 @@ def test_truncating_the_last_record_at_every_byte_gives_the_committed_prefix(tmp
         else:
             assert rec["torn_tail"] == {
                 "file": seg, "offset": start, "bytes_dropped": cut - start,
-                "reason": rec["torn_tail"]["reason"],
+                "reason": rec["torn_tail"]["reason"], "cut": True,
             }, f"cut at {cut}"
             # the cut is on disk (fsynced) before anything new is written
             assert os.path.getsize(os.path.join(d, seg)) == start

@@ -1,0 +1,255 @@
+"""Drawing command results for a terminal (rich) and as JSON: the ``inmem`` command line's output layer.
+
+This module owns how runs, states, traces, diffs and verification reports
+look: rich tables and trees on stdout, ``plain()`` for JSON (dataclasses as
+dicts, datetimes as ISO 8601, bytes as hex). Invariant: nothing here opens a
+database or decides an exit status; it only renders what a command computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from ..replay import RunDiff, RunState
+
+SECTIONS = ("kv", "events", "states", "traces")
+
+
+def _console() -> Console:
+    """The stdout console; wide when stdout is not a terminal, so piped tables keep whole ids."""
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200
+    return console
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON-compatible data: dataclasses as dicts, datetimes as ISO 8601, bytes as hex."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
+        return obj.isoformat()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if type(obj).__name__ == "Trace" and not out.get("children"):
+            out.pop("children", None)  # a flat trace list: the tree is in ``parent``
+        return out
+    if isinstance(obj, Mapping):
+        return {_json_key(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [plain(v) for v in obj]
+    as_dict = getattr(obj, "as_dict", None)
+    if callable(as_dict):
+        return plain(as_dict())
+    if hasattr(obj, "tag") and hasattr(obj, "value"):  # cbor2.CBORTag
+        return {"tag": plain(obj.tag), "value": plain(obj.value)}
+    return str(obj)  # UUID, Decimal, Fraction, IP addresses, ...
+
+
+def _json_key(key: Any) -> Any:
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return key
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).hex()
+    return str(key)
+
+
+def _emit_json(doc: Any) -> None:
+    click.echo(json.dumps(plain(doc), indent=2, ensure_ascii=False))
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _time(ts: _dt.datetime | None) -> str:
+    if ts is None:
+        return ""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(_dt.timezone.utc)
+    return ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:,} bytes ({size:.1f} {unit})"
+        size /= 1024
+    return f"{n:,} bytes"  # pragma: no cover
+
+
+def _kv_table(title: str | None, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title or None, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+    return table
+
+
+def _err_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _torn(torn: Any) -> str:
+    if not torn:
+        return "none"
+    if isinstance(torn, Mapping):
+        return (f"{torn.get('bytes', '?')} bytes at offset {torn.get('offset', '?')} of {torn.get('file', '?')}"
+                f" ({torn.get('reason', '')}); "
+                + ("cut" if torn.get("cut") else "left in place, cut by the next read-write open"))
+    return str(torn)
+
+
+def _state_doc(state: RunState, sections: tuple[str, ...]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": state.version}
+    for name in sections:
+        doc[name] = getattr(state, name)
+    return doc
+
+
+def _trace_forest(traces: list[Any]) -> list[tuple[Any, list[Any]]]:
+    """Roots in creation order, each ``(trace, children)``; a trace whose parent is absent is a root."""
+    ids = {t.id for t in traces}
+    kids: dict[str | None, list[Any]] = {}
+    for t in traces:
+        kids.setdefault(t.parent if t.parent in ids else None, []).append(t)
+
+    def build(t: Any) -> tuple[Any, list[Any]]:
+        return t, [build(c) for c in kids.get(t.id, [])]
+
+    return [build(t) for t in kids.get(None, [])]
+
+
+def _trace_label(t: Any) -> Text:
+    label = Text()
+    label.append(t.kind, style="bold cyan")
+    label.append(" ")
+    label.append(_short(t.content, 120))
+    if t.confidence is not None:
+        label.append(f"  confidence {t.confidence:g}", style="magenta")
+    if t.alternatives:
+        label.append(f"  alternatives {_short(list(t.alternatives), 80)}", style="dim")
+    if t.tags:
+        label.append(f"  tags {', '.join(t.tags)}", style="dim")
+    label.append(f"  {t.id} {_time(t.ts)}", style="dim")
+    return label
+
+
+def _render_state(out: Console, state: RunState, sections: tuple[str, ...]) -> None:
+    if "kv" in sections:
+        table = Table(title=f"kv ({len(state.kv)})", title_justify="left")
+        table.add_column("key", overflow="fold")
+        table.add_column("value", overflow="fold")
+        for key, value in state.kv.items():
+            table.add_row(Text(key), Text(_short(value, 300)))
+        out.print(table)
+    if "events" in sections:
+        table = Table(title=f"events ({len(state.events)})", title_justify="left")
+        table.add_column("seq", justify="right")
+        table.add_column("time (UTC)", no_wrap=True)
+        table.add_column("type", overflow="fold")
+        table.add_column("payload", overflow="fold")
+        table.add_column("hash", no_wrap=True, style="dim")
+        for e in state.events:
+            table.add_row(str(e.seq), _time(e.ts), Text(e.type), Text(_short(e.payload, 200)), e.hash.hex()[:16])
+        out.print(table)
+    if "states" in sections:
+        table = Table(title=f"states ({len(state.states)})", title_justify="left")
+        table.add_column("name", overflow="fold")
+        table.add_column("value", overflow="fold")
+        table.add_column("version", justify="right")
+        table.add_column("updated (UTC)", no_wrap=True)
+        for name, s in state.states.items():
+            table.add_row(Text(name), Text(_short(s.value, 200)), str(s.version), _time(s.updated_at))
+        out.print(table)
+    if "traces" in sections:
+        tree = Tree(Text(f"traces ({len(state.traces)})", style="italic"))
+
+        def add(node: Tree, branch: tuple[Any, list[Any]]) -> None:
+            child = node.add(_trace_label(branch[0]))
+            for sub in branch[1]:
+                add(child, sub)
+
+        for root in _trace_forest(list(state.traces)):
+            add(tree, root)
+        out.print(tree)
+
+
+def _run_header(info: Any, note: str) -> Panel:
+    rows = [
+        ("name", info.name or ""),
+        ("status", info.status + (" (archived)" if info.archived else "")),
+        ("parent", info.parent or "none"),
+        ("tags", ", ".join(info.tags) or "none"),
+        ("metadata", _short(info.metadata, 300) if info.metadata else "none"),
+        ("started", _time(info.started_at)),
+        ("ended", _time(info.ended_at) or "still active"),
+        ("versions", f"first {info.first_version}, last {info.last_version}"),
+    ]
+    return Panel(Group(_kv_table("", rows), Text(note, style="dim")) if note else _kv_table("", rows),
+                 title=f"run {info.id}", title_align="left", expand=False)
+
+
+def _diff_doc(d: RunDiff) -> dict[str, Any]:
+    doc = plain(d)
+    doc["empty"] = d.is_empty()
+    return doc  # type: ignore[no-any-return]
+
+
+def _render_verify(out: Console, directory: str, report: Mapping[str, Any]) -> None:
+    segs = Table(title=f"WAL segments ({len(report.get('segments', ()))})", title_justify="left")
+    segs.add_column("file", no_wrap=True)
+    segs.add_column("frames", justify="right")
+    segs.add_column("bytes", justify="right")
+    segs.add_column("result", overflow="fold")
+    for s in report.get("segments", ()):
+        segs.add_row(s["file"], f"{s['frames']:,}", f"{s['bytes']:,}",
+                     Text("ok", style="green") if not s.get("error") else Text(str(s["error"]), style="red"))
+    out.print(segs)
+    torn = report.get("torn_tail")
+    if torn:
+        out.print(Text(f"torn tail (a crash mid-write, not damage): {_torn(torn)}", style="yellow"))
+    snaps = report.get("snapshots", ())
+    if snaps:
+        table = Table(title=f"snapshots ({len(snaps)})", title_justify="left")
+        table.add_column("file", no_wrap=True)
+        table.add_column("result", overflow="fold")
+        for s in snaps:
+            table.add_row(s["file"], Text("ok", style="green") if s.get("ok") else Text(str(s.get("error")),
+                                                                                        style="red"))
+        out.print(table)
+    else:
+        out.print(Text("snapshots: none"))
+    chains = report.get("chains_broken", ())
+    out.print(Text(f"event hash chains: {report.get('events', 0):,} events in {report.get('runs', 0):,} runs, "
+                   f"{len(chains)} broken", style="red" if chains else ""))
+    problems = report.get("problems", ())
+    if report.get("ok"):
+        out.print(Text(f"OK: {directory} is clean", style="bold green"))
+        return
+    out.print(Text(f"DAMAGED: {len(problems)} problem(s) in {directory}", style="bold red"))
+    for p in problems:
+        out.print(Text(f"  - {p}", style="red"))
+    out.print(Text(f"To keep the longest valid prefix (damaged files are set aside, not deleted): "
+                   f"Database.open({directory!r}, salvage=True)", style="yellow"))
+
+
+def _dir_files(path: str) -> list[os.DirEntry[str]]:
+    return sorted((e for e in os.scandir(path) if e.is_file(follow_symlinks=False)), key=lambda e: e.name)
