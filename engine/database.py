@@ -179,13 +179,14 @@ class Database:
             fs.makedirs(dirpath)
             lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
         try:
-            rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only)
+            index = HistoryIndex(fs, dirpath, history, read_only=read_only)
+            rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
+                          indexed_until=index.indexed_until)
             store = UnifiedStore(rec.state)
             del rec.state
             registry = RunRegistry()
             registry.load(store)
-            index = HistoryIndex(fs, dirpath, rec.identity.db_id, history, read_only=read_only)
-            index.load(rec.history, rec.history_floor, rec.next_lsn)
+            index.load(rec.identity.db_id, rec.history, rec.history_floor, rec.next_lsn)
             index.archived = registry.archived
             del rec.history
             wal = _ReadOnlyWal(rec) if read_only else WalWriter(

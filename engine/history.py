@@ -7,7 +7,7 @@ decides which covered segments outlive a snapshot.
 
 In memory::
 
-    per segment : first LSN, array of frame offsets (index = LSN - first LSN), set of runs it touches
+    per segment : first LSN, array of frame offsets (index = LSN - first LSN)
     per run     : array of the LSNs of the commit records that wrote one of its keys (ascending)
 
 A commit record names the runs it touched through its keys (bytes 1..16 of
@@ -41,6 +41,7 @@ import threading
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cbor2
 import xxhash
@@ -129,14 +130,23 @@ class SegmentTail:
 
 
 class _Segment:
-    __slots__ = ("seq", "first_lsn", "offsets", "runs", "saved")
+    __slots__ = ("seq", "first_lsn", "offsets", "saved")
 
     def __init__(self, seq: int, first_lsn: int):
         self.seq = seq
         self.first_lsn = first_lsn
         self.offsets = array("I")
-        self.runs: set[bytes] = set()
         self.saved = 0  # frames covered by the sidecar on disk
+
+
+class _Runs(dict):  # type: ignore[type-arg]
+    """run id -> array of LSNs; a missing run gets an empty array (one lookup on the commit path)."""
+
+    __slots__ = ()
+
+    def __missing__(self, rid: bytes) -> array:
+        arr = self[rid] = array("Q")
+        return arr
 
 
 class HistoryIndex:
@@ -144,23 +154,23 @@ class HistoryIndex:
 
     :param fs: the file-system seam.
     :param dirpath: the database directory.
-    :param db_id: the 16-byte database id (sidecars name it).
     :param mode: one of :data:`HISTORY_MODES`.
     :param read_only: never write or remove a file.
     """
 
-    def __init__(self, fs: FileSystem, dirpath: str, db_id: bytes, mode: str, *, read_only: bool = False):
+    def __init__(self, fs: FileSystem, dirpath: str, mode: str, *, read_only: bool = False):
         if mode not in HISTORY_MODES:
             raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {mode!r}")
         self._fs = fs
         self._dir = dirpath
-        self._db_id = db_id
+        self._db_id = b""  # set by load(): recovery reads IDENTITY
+        self._sidecars: dict[int, dict[str, Any]] = {}  # seq -> body read ahead for recovery
         self.mode = mode
         #: Never write or remove a file (a read-only handle).
         self.read_only = read_only
         self._segs: list[_Segment] = []
         self._firsts: list[int] = []
-        self._runs: dict[bytes, array] = {}
+        self._runs: dict[bytes, array] = _Runs()
         self._tail: _Segment | None = None
         #: First LSN still in the WAL: history before it is gone.
         self.floor = 1
@@ -172,7 +182,37 @@ class HistoryIndex:
 
     # --- building ----------------------------------------------------------------
 
-    def load(self, tails: list[SegmentTail], floor: int, next_lsn: int) -> None:
+    def indexed_until(self, seq: int, first_lsn: int) -> int:
+        """First LSN of segment ``seq`` its sidecar does not cover (``first_lsn``: no usable sidecar).
+
+        Recovery calls this before replaying a segment, so it skips indexing
+        what the sidecar holds; :meth:`load` checks the sidecar fully later
+        (and re-reads the segment if the check fails).
+        """
+        body = self._sidecar_body(seq, first_lsn)
+        return first_lsn + (body["frames"] if body is not None else 0)
+
+    def _sidecar_body(self, seq: int, first_lsn: int) -> dict[str, Any] | None:
+        if seq in self._sidecars:
+            return self._sidecars[seq]
+        path = os.path.join(self._dir, index_name(seq))
+        body = None
+        if self._fs.exists(path):
+            try:
+                raw = self._fs.read(path)
+                if raw[:8] != INDEX_MAGIC or xxhash.xxh3_128_digest(raw[:-_DIGEST]) != raw[-_DIGEST:]:
+                    raise ValueError("checksum mismatch")
+                body = cbor2.loads(raw[8:-_DIGEST])
+                if (body["format"] > FORMAT_VERSION or body.get("layout") != SIDECAR_LAYOUT
+                        or body["seq"] != seq or body["first"] != first_lsn or body["frames"] < 1):
+                    raise ValueError("belongs to another segment")
+            except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+                log.info("inmem: history sidecar %s ignored (%s); re-reading the segment", path, exc)
+                body = None
+        self._sidecars[seq] = body
+        return body
+
+    def load(self, db_id: bytes, tails: list[SegmentTail], floor: int, next_lsn: int) -> None:
         """Build the index for the retained segments (oldest first) at open.
 
         Each segment's frames come from its sidecar where one is valid, from
@@ -182,6 +222,7 @@ class HistoryIndex:
         it) raises ``floor`` past it: the runs in it lose their history,
         never silently part of it.
         """
+        self._db_id = db_id
         self.floor = floor
         for i, tail in enumerate(tails):
             seg = _Segment(tail.seq, tail.first_lsn)
@@ -210,6 +251,7 @@ class HistoryIndex:
         if self._segs:
             self.floor = max(self.floor, self._segs[0].first_lsn)
         self._tail = self._segs[-1] if self._segs else None
+        self._sidecars.clear()
         if self.read_only:
             return
         # drop sidecars of segments that no longer exist
@@ -235,11 +277,7 @@ class HistoryIndex:
             for rid, lsns in tail.runs.items():
                 new = [lsn for lsn in lsns if lsn >= nxt] if lsns[0] < nxt else lsns
                 if new:
-                    arr = runs.get(rid)
-                    if arr is None:
-                        arr = runs[rid] = array("Q")
-                    arr.extend(new)
-                    seg.runs.add(rid)
+                    runs[rid].extend(new)
         else:
             self._rescan(seg, tail, nxt, None)
 
@@ -263,39 +301,29 @@ class HistoryIndex:
             _, _, writes = decode_commit(buf, pstart, pstart + length)
             seg.offsets.append(pos)
             for rid in touched_runs(writes):
-                arr = runs.get(rid)
-                if arr is None:
-                    arr = runs[rid] = array("Q")
-                arr.append(lsn)
-                seg.runs.add(rid)
+                runs[rid].append(lsn)
             lsn += 1
 
     def _read_sidecar(self, seg: _Segment, size: int) -> tuple[int, int]:
         """Load a valid sidecar of ``seg`` into the index; return (frames covered, end offset) ((0, 0): none)."""
-        path = os.path.join(self._dir, index_name(seg.seq))
-        fs = self._fs
-        if not fs.exists(path):
+        body = self._sidecar_body(seg.seq, seg.first_lsn)
+        if body is None:
             return 0, 0
+        path = os.path.join(self._dir, index_name(seg.seq))
         try:
-            raw = fs.read(path)
-            if raw[:8] != INDEX_MAGIC or xxhash.xxh3_128_digest(raw[:-_DIGEST]) != raw[-_DIGEST:]:
-                raise ValueError("checksum mismatch")
-            body = cbor2.loads(raw[8:-_DIGEST])
-            if (body["format"] > FORMAT_VERSION or body.get("layout") != SIDECAR_LAYOUT
-                    or body["db"] != self._db_id or body["seq"] != seg.seq
-                    or body["first"] != seg.first_lsn):
-                raise ValueError("belongs to another segment")
+            if body["db"] != self._db_id:
+                raise ValueError("belongs to another database")
             frames, end = body["frames"], body["end"]
             offsets = _from_le("I", body["offsets"])
-            if len(offsets) != frames or end > size or frames == 0:
+            if len(offsets) != frames or end > size:
                 raise ValueError("does not match the segment")
             # the last frame it names must be where it says, with the LSN it says
             last = offsets[-1]
-            frame = fs.read_range(os.path.join(self._dir, segment_name(seg.seq)), last, end - last)
+            frame = self._fs.read_range(os.path.join(self._dir, segment_name(seg.seq)), last, end - last)
             lsn, _, _, fend = _format.check_frame(frame, 0)
             if lsn != seg.first_lsn + frames - 1 or fend != end - last:
                 raise ValueError("does not match the segment")
-        except (ValueError, KeyError, TypeError, FrameError, cbor2.CBORDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, FrameError) as exc:
             log.info("inmem: history sidecar %s ignored (%s); re-reading the segment", path, exc)
             return 0, 0
         seg.offsets = offsets
@@ -306,7 +334,6 @@ class HistoryIndex:
                 runs[rid] = _from_le("Q", raw_lsns)
             else:
                 arr.extend(_from_le("Q", raw_lsns))
-            seg.runs.add(rid)
         seg.saved = frames
         return frames, end
 
@@ -320,11 +347,7 @@ class HistoryIndex:
         seg.offsets.append(offset)
         runs = self._runs
         for rid in (touched_runs(writes) if len(writes) > 1 else (writes[0][0][1:17],)):
-            arr = runs.get(rid)
-            if arr is None:
-                arr = runs[rid] = array("Q")
-            arr.append(lsn)
-            seg.runs.add(rid)
+            runs[rid].append(lsn)
 
     def add_one(self, lsn: int, seq: int, offset: int, key: bytes) -> None:
         """:meth:`add` for a one-key commit (the ``kv.put`` fast path)."""
@@ -332,12 +355,7 @@ class HistoryIndex:
         if seg is None or seg.seq != seq:
             seg = self._start(seq, lsn)
         seg.offsets.append(offset)
-        rid = key[1:17]
-        arr = self._runs.get(rid)
-        if arr is None:
-            arr = self._runs[rid] = array("Q")
-        arr.append(lsn)
-        seg.runs.add(rid)
+        self._runs[key[1:17]].append(lsn)
 
     def _start(self, seq: int, lsn: int) -> _Segment:
         seg = _Segment(seq, lsn)
@@ -446,7 +464,14 @@ class HistoryIndex:
         if i < 0 or self._segs[i].seq != seq:
             return True  # not indexed: keep, to be safe
         archived = self.archived
-        return any(rid not in archived for rid in self._segs[i].runs)
+        return any(rid not in archived for rid, _, _ in self._runs_in(first_lsn, last_lsn))
+
+    def _runs_in(self, first: int, last: int) -> Iterator[tuple[bytes, int, int]]:
+        """``(run id, lo, hi)`` for each run with LSNs in ``[first, last]`` (``arr[lo:hi]``). O(runs log n)."""
+        for rid, arr in list(self._runs.items()):
+            lo = bisect.bisect_left(arr, first)
+            if lo < len(arr) and arr[lo] <= last:
+                yield rid, lo, bisect.bisect_right(arr, last)
 
     def prune(self, wal: WalWriter, below_lsn: int) -> list[str]:
         """Delete segments wholly below ``below_lsn`` that :meth:`keep` lets go; return their names."""
@@ -461,12 +486,9 @@ class HistoryIndex:
             del self._firsts[:n]
             floor = self._segs[0].first_lsn if self._segs else wal.next_lsn
             self.floor = max(self.floor, floor)
-            runs = self._runs
+            for arr in list(self._runs.values()):
+                del arr[: bisect.bisect_left(arr, self.floor)]
             for seg in gone:
-                for rid in seg.runs:
-                    arr = runs.get(rid)
-                    if arr is not None:
-                        del arr[: bisect.bisect_left(arr, self.floor)]
                 path = os.path.join(self._dir, index_name(seg.seq))
                 if self._fs.exists(path):
                     self._fs.remove(path)
@@ -498,13 +520,8 @@ class HistoryIndex:
         first, last = seg.first_lsn, seg.first_lsn + frames - 1
         offsets = seg.offsets[:frames]
         runs: dict[bytes, bytes] = {}
-        for rid in list(seg.runs):
-            arr = self._runs.get(rid)
-            if arr is None:
-                continue
-            lo, hi = bisect.bisect_left(arr, first), bisect.bisect_right(arr, last)
-            if hi > lo:
-                runs[rid] = _le(arr[lo:hi])
+        for rid, lo, hi in self._runs_in(first, last):
+            runs[rid] = _le(self._runs[rid][lo:hi])
         # the end of the last frame: the next frame's offset, or read its header
         if frames < len(seg.offsets):
             end = seg.offsets[frames]

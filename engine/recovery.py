@@ -35,6 +35,7 @@ import logging
 import os
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +93,7 @@ class _Damage:
 
 def recover(
     fs: FileSystem, dirpath: str, *, salvage: bool = False, progress: Progress | None = None,
-    read_only: bool = False,
+    read_only: bool = False, indexed_until: Callable[[int, int], int] | None = None,
 ) -> Recovered:
     """Load the newest valid snapshot of ``dirpath``, replay the WAL after it, and return the state.
 
@@ -105,6 +106,9 @@ def recover(
     :param read_only: change nothing on disk: leftover temporaries stay, a
         torn tail is reported (``torn_tail["cut"]`` is False) but not cut, and
         a directory without IDENTITY is refused instead of initialised.
+    :param indexed_until: ``indexed_until(seq, first_lsn)`` -> the first LSN
+        of a segment the history index does not already hold (from its
+        sidecar); the run ids of earlier records are not collected.
     :raises InvalidArgument: ``read_only`` and the directory is not a database.
     :raises CorruptionError: a segment is missing, foreign or out of sequence,
         IDENTITY is missing or damaged, a frame before the tail is bad (with
@@ -228,6 +232,7 @@ def recover(
         pop = state.pop
         runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here (the history index)
         get_run = runs.get
+        need = indexed_until(seq, header.first_lsn) if indexed_until is not None else header.first_lsn
         for lsn, version, _ts, writes in scan.records():
             if len(writes) == 1:
                 key, value = writes[0]
@@ -235,18 +240,21 @@ def recover(
                     pop(key, None)
                 else:
                     state[key] = (version, value)
-                rid = key[1:17]
-                lsns = get_run(rid)
-                if lsns is None:
-                    runs[rid] = [lsn]
-                else:
-                    lsns.append(lsn)
+                if lsn >= need:
+                    rid = key[1:17]
+                    lsns = get_run(rid)
+                    if lsns is None:
+                        runs[rid] = [lsn]
+                    else:
+                        lsns.append(lsn)
                 continue
             for key, value in writes:
                 if value is None:
                     pop(key, None)
                 else:
                     state[key] = (version, value)
+            if lsn < need:
+                continue
             for rid in {k[1:17] for k, _ in writes}:
                 lsns = get_run(rid)
                 if lsns is None:
@@ -255,7 +263,7 @@ def recover(
                     lsns.append(lsn)
         valid = scan.skipped + scan.count
         tails.append(SegmentTail(seq, header.first_lsn, scan.end, array("I", scan.starts[:valid]),
-                                 max(header.first_lsn, start_lsn), runs))
+                                 max(header.first_lsn, start_lsn, need), runs))
         records += scan.count
         next_lsn = scan.next_lsn
         version = scan.last_version
