@@ -262,6 +262,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         for run in runs:
             db.end_run(run, "completed")
         db.end_run(board)
+        db.end_run(planner)
 
         # 4. replay one agent's run, fork it at an earlier version, diverge, diff
         agent = max(runs, key=lambda r: db.runs.get(r).counts["events"])
@@ -307,7 +308,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     for cmd in (f"inmem info {directory}", f"inmem runs {directory}", f"inmem show {directory} {agent} --traces",
                 f"inmem history {directory} {fork}", f"inmem diff {directory} {agent} {fork}",
                 f"inmem verify {directory}"):
-        console.print(f"  [bold]{cmd}[/bold]", highlight=False)
+        console.print(f"  [bold]{cmd}[/bold]", highlight=False, soft_wrap=True)  # whole, to copy and paste
     return {
         "directory": directory, "tasks": tasks, "acked_before_kill": len(acked), "killed": killed,
         "done_once": done_once, "lost": lost, "chains": chains, "replay_equals_live": same, "fork": fork,
