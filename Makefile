@@ -1,5 +1,5 @@
 # Two set-up commands for a fresh machine with python3 and make:
-#   make demo   create .venv, install inmem, run the demo (the main job)
+#   make demo   create .venv, install inmem (with the langgraph extra), run the demo (the main job)
 #   make test   create .venv, install inmem with the test extra, run the whole suite
 # Both also try to build the optional C hot path (native/); without a compiler
 # the pure-Python path is used and nothing fails.
@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[native]'
+	$(BIN)/python -m pip install -q -e '.[native,langgraph]'
 	$(BIN)/python native/build.py
 	touch $@
 

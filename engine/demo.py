@@ -19,7 +19,10 @@ through the public API only:
 4. It replays one agent's run from the WAL and compares it with the live
    state, forks that run at an earlier version, makes the fork diverge, and
    prints the diff.
-5. It prints a summary and the ``inmem`` commands to explore the directory.
+5. LangGraph (with the ``langgraph`` extra): a real graph checkpointed by
+   ``InmemSaver`` in the same directory is SIGKILLed mid-graph in a child,
+   resumed, time-travelled and forked (:mod:`engine.integrations.langgraph_demo`).
+6. It prints a summary and the ``inmem`` commands to explore the directory.
 
 Invariant: the demo asserts what it claims; :func:`run_demo` returns the
 verification figures (tests assert those, not the text).
@@ -293,7 +296,17 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     finally:
         db.close()
 
-    # 5. the summary
+    # 5. LangGraph: a real graph checkpointed by InmemSaver in the same directory, killed, resumed, forked
+    try:
+        from .integrations.langgraph_demo import run_langgraph_demo
+    except ImportError:  # the optional extra is not installed
+        langgraph = None
+        console.print("  LangGraph part skipped: install the extra with pip install 'inmem[langgraph]'")
+    else:
+        langgraph = run_langgraph_demo(directory, console)
+        assert langgraph["resumed"] and langgraph["forked"] and langgraph["original_intact"], langgraph
+
+    # 6. the summary
     conflicts = (acked[-1]["conflicts"] if acked else 0) + stats["conflicts"]
     seconds = time.perf_counter() - t_start
     size = _dir_bytes(directory)
@@ -303,9 +316,13 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                  ("recovery", f"{recovery_s * 1000:.0f} ms, {rec['records']:,} records"),
                  ("database size", f"{size / 1e6:.1f} MB"), ("wall time", f"{seconds:.1f} s")]:
         table.add_row(k, v)
+    if langgraph is not None:
+        table.add_row("LangGraph", f"thread {langgraph['thread_id']}: {langgraph['checkpoints']} checkpoints, "
+                                   "resumed after SIGKILL, forked by time travel")
     console.print(table)
     console.print("explore it:")
-    for cmd in (f"inmem info {directory}", f"inmem runs {directory}", f"inmem show {directory} {agent} --traces",
+    for cmd in (f"inmem info {directory}", f"inmem runs {directory}", f"inmem runs {directory} --tag langgraph",
+                f"inmem show {directory} {agent} --traces",
                 f"inmem history {directory} {fork}", f"inmem diff {directory} {agent} {fork}",
                 f"inmem verify {directory}"):
         console.print(f"  [bold]{cmd}[/bold]", highlight=False, soft_wrap=True)  # whole, to copy and paste
@@ -314,5 +331,5 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         "done_once": done_once, "lost": lost, "chains": chains, "replay_equals_live": same, "fork": fork,
         "diff_empty": diff.is_empty(), "recovery": rec, "recovered_version": recovered_version,
         "seeded_version": seeded_version, "commit_version": stats["commit_version"],
-        "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3),
+        "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3), "langgraph": langgraph,
     }

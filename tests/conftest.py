@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import pytest
 
@@ -29,3 +30,16 @@ def dir_bytes(path: str) -> dict[str, bytes]:
         with open(os.path.join(path, name), "rb") as f:
             out[name] = f.read()
     return out
+
+
+def run_interleaved(threads: list[threading.Thread]) -> None:
+    """Start and join ``threads`` with the GIL switching every 10 µs, so transactions really interleave."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)

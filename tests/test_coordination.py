@@ -34,6 +34,7 @@ import threading
 import pytest
 
 from engine import Database, InvalidTransition
+from tests.conftest import run_interleaved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,15 +179,7 @@ def run_agents(db: Database, board: str, workers: list[str], n_tasks: int, seed:
             errors.append(exc)
 
     threads = [threading.Thread(target=body, args=(k, w)) for k, w in enumerate(workers)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often: real races on every task, not long solo runs
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_interleaved(threads)
     assert not errors, errors
     return won
 
