@@ -390,8 +390,7 @@ class HistoryIndex:
             reason = "it was archived and compacted" if bytes.fromhex(run.replace("-", "")) in self.archived \
                 else f"WAL before LSN {self.floor} was deleted (history={self.mode!r})"
             raise HistoryUnavailable(
-                f"the history of run {run} is gone: it began at version {first_version} and {reason}; "
-                "its current state is still readable (run_state)",
+                f"the history of run {run} is gone: it began at version {first_version} and {reason}",
                 run=run,
             )
 

@@ -354,6 +354,28 @@ def test_snapshot_and_compact(copy):
     assert snap["commit_version"] == ids["last"] and snap["path"].endswith(name)
 
 
+def test_compact_by_history_mode_deletes_wal_only_when_asked(tmp_path):
+    path = str(tmp_path / "db")
+    with Database.open(path, segment_bytes=4096, snapshot_every_bytes=None) as db:
+        old = db.begin_run("old")
+        for i in range(200):
+            db.kv.put(old, f"k{i}", "x" * 64)
+        db.end_run(old)
+    segments = lambda: sorted(n for n in os.listdir(path) if n.startswith("wal-"))  # noqa: E731
+    before = segments()
+    assert run_json("compact", path)["segments_deleted"] == [] and segments() == before  # keep
+    assert run_json("compact", path, "--history", "active")["segments_deleted"] == []  # not archived
+    with Database.open(path) as db:
+        db.archive_run(old)
+    doc = run_json("compact", path, "--history", "active")
+    assert doc["segments_deleted"] and set(doc["segments_deleted"]).isdisjoint(segments())
+    with ro(path) as db:
+        assert len(db.run_state(old).kv) == 200
+    assert "HistoryUnavailable" not in run("replay", path, old, code=1).stderr  # one clear line instead
+    assert "is gone" in one_line(run("replay", path, old, code=1).stderr)
+    assert "bogus" in run("compact", path, "--history", "bogus", code=2).stderr
+
+
 def test_demo_tiny(tmp_path):
     directory = str(tmp_path / "demo")
     result = run("demo", "--dir", directory, "--agents", 2, "--tasks", 20, "--seed", 3)

@@ -32,6 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..database import Database
+from ..history import HISTORY_MODES
 from ..identity import IDENTITY_FILE
 from ..snapshot import parse_snapshot_name
 from ..wal.format import parse_segment_name
@@ -99,13 +100,14 @@ def _recovery_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None
 
 
 @contextmanager
-def _open(path: str, *, write: bool = False, show_progress: bool = True) -> Iterator[Database]:
+def _open(path: str, *, write: bool = False, show_progress: bool = True, history: str = "keep") -> Iterator[Database]:
     """Open ``path`` read-only (never writes a byte), or read-write for ``write=True``; close after."""
     _check_database_dir(path)
     big = show_progress and sum(e.stat().st_size for e in _dir_files(path)) >= PROGRESS_BYTES
     with _recovery_progress(big) as progress:
         if write:
-            db = Database.open(path, durability="strict", snapshot_every_bytes=None, progress=progress)
+            db = Database.open(path, durability="strict", snapshot_every_bytes=None, progress=progress,
+                               history=history)
         else:
             db = Database.open(path, read_only=True, progress=progress)
     try:
@@ -552,20 +554,25 @@ def snapshot(directory: str, as_json: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @DIR
+@click.option("--history", type=click.Choice(HISTORY_MODES), default="keep", show_default=True,
+              help="History retention to compact by: keep (all WAL history stays), active (drop the history "
+                   "of archived runs), none (keep only what recovery needs: no replay of older runs).")
 @JSON
 @_guard
-def compact(directory: str, as_json: bool) -> None:
+def compact(directory: str, history: str, as_json: bool) -> None:
     """Delete the WAL segments and snapshots nothing needs any more.
 
     WRITES: opens the directory for writing, snapshots it if needed, then
-    deletes what history retention lets go. Opened here with the default
-    history="keep", so WAL segments are kept; older snapshots may go.
+    deletes the WAL segments that --history lets go (oldest first) and the
+    snapshots that no longer have WAL behind them. With the default
+    --history keep no WAL segment is deleted (every run stays replayable).
 
     \b
     Example:
-      inmem compact ./state
+      inmem compact ./state --history active    # drop archived runs' history
+      inmem compact ./state --history none      # smallest directory; old runs no longer replay
     """
-    with _open(directory, write=True, show_progress=not as_json) as db:
+    with _open(directory, write=True, show_progress=not as_json, history=history) as db:
         result = db.compact()
     if as_json:
         _emit_json(result)
