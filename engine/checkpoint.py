@@ -215,8 +215,7 @@ class Snapshotter:
         """Keep the newest KEEP_SNAPSHOTS snapshots; delete the WAL the oldest kept one covers."""
         host = self._host
         fs, dirpath = host._fs, host._path
-        snaps = sorted(((v, n) for n in fs.listdir(dirpath) if (v := parse_snapshot_name(n)) is not None),
-                       reverse=True)
+        snaps = self._snapshots()
         for _, name in snaps[KEEP_SNAPSHOTS:]:
             fs.remove(os.path.join(dirpath, name))
         if len(snaps) > KEEP_SNAPSHOTS:
@@ -251,8 +250,7 @@ class Snapshotter:
         host = self._host
         fs, dirpath = host._fs, host._path
         with self._lock:
-            snaps = sorted(((v, n) for n in fs.listdir(dirpath) if (v := parse_snapshot_name(n)) is not None),
-                           reverse=True)
+            snaps = self._snapshots()
             info = None
             before = host._wal.stats()["bytes"]
             if not snaps or snaps[0][0] < host._version:
@@ -260,8 +258,7 @@ class Snapshotter:
                 self.last = info
                 self.taken += 1
                 self._arm()
-                snaps = sorted(((v, n) for n in fs.listdir(dirpath) if (v := parse_snapshot_name(n)) is not None),
-                               reverse=True)
+                snaps = self._snapshots()
             newest = read_snapshot_header(fs, os.path.join(dirpath, snaps[0][1]))
             dropped = ([] if info is None else list(info.wal_segments_deleted)) + self._drop_wal(newest.next_lsn)
             floor = self.retention.floor if self.retention is not None else newest.next_lsn
@@ -277,6 +274,12 @@ class Snapshotter:
             freed = before - host._wal.stats()["bytes"]
             return {"snapshot": None if info is None else info.as_dict(), "segments_deleted": dropped,
                     "snapshots_deleted": removed, "bytes_freed": freed, "history_floor": floor}
+
+    def _snapshots(self) -> list[tuple[int, str]]:
+        """``(commit version, file name)`` of the snapshots on disk, newest first."""
+        host = self._host
+        return sorted(((v, n) for n in host._fs.listdir(host._path) if (v := parse_snapshot_name(n)) is not None),
+                      reverse=True)
 
     def _first_wal_lsn(self) -> int | None:
         """First LSN of the oldest WAL segment on disk (None: no segment)."""

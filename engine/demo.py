@@ -47,7 +47,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .database import Database
-from .errors import TransactionConflict
 
 __all__ = ["run_demo"]
 
@@ -59,15 +58,15 @@ def _task(i: int) -> str:
     return f"task/{i:05d}"
 
 
-def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) -> int | None:
-    """Claim, work and finish one task in one transaction; return its commit version, or None if taken."""
+def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) -> bool:
+    """Claim, work and finish one task in one transaction (retried on conflict); False if it was taken."""
     tool = rng.choice(TOOLS)
     tokens = rng.randrange(50, 4000)
     confidence = round(rng.uniform(0.5, 0.99), 2)
 
-    def step(tx: Any) -> int | None:
+    def step(tx: Any) -> bool:
         if not tx.state.cas(board, key, "open", "claimed"):
-            return None
+            return False
         tx.events.append(run, "tool_call", {"task": key, "tool": tool, "args": {"query": f"how to do {key}"}})
         tx.events.append(run, "tool_result", {"task": key, "ok": True, "tokens": tokens})
         tx.traces.record(run, "decision", f"use {tool} for {key}", confidence=confidence,
@@ -75,22 +74,9 @@ def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) 
         tx.kv.put(run, f"scratch/{key}", {"tool": tool, "tokens": tokens})
         tx.kv.put(run, "last_task", key)
         tx.state.set(board, key, "done")
-        return 0
+        return True
 
-    for attempt in range(100):  # db.transact's loop, keeping the commit version it does not return
-        tx = db.transaction()
-        try:
-            if step(tx) is None:
-                return None
-            tx.commit()
-            return tx.commit_version
-        except TransactionConflict:
-            pass
-        finally:
-            if not tx.finished:
-                tx.rollback()
-        time.sleep(rng.uniform(0, min(0.02, 0.0005 * (1 << attempt))))
-    raise RuntimeError(f"{key}: still conflicting after 100 attempts")
+    return db.transact(step, retries=100)
 
 
 def _agent_loop(db: Database, board: str, run: str, tasks: int, seed: int, on_done: Any) -> int:
@@ -104,10 +90,9 @@ def _agent_loop(db: Database, board: str, run: str, tasks: int, seed: int, on_do
         state = db.state.get(board, key)
         if state is None or state.value != "open":
             continue
-        version = _work_one(db, board, run, key, rng)
-        if version is not None:
+        if _work_one(db, board, run, key, rng):
             done += 1
-            on_done(run, key, version)
+            on_done(run, key)
     return done
 
 
@@ -120,10 +105,9 @@ def _child(directory: str, board: str, runs: list[str], tasks: int, seed: int) -
     out = sys.stdout
     lock = threading.Lock()
 
-    def acked(run: str, key: str, version: int) -> None:
-        with lock:  # printed only after commit returned: fsynced
-            out.write(json.dumps({"run": run, "task": key, "version": version,
-                                  "conflicts": db.stats()["conflicts"]}) + "\n")
+    def acked(run: str, key: str) -> None:
+        with lock:  # printed only after the commit returned: fsynced
+            out.write(json.dumps({"run": run, "task": key, "conflicts": db.stats()["conflicts"]}) + "\n")
             out.flush()
 
     threads = [threading.Thread(target=_agent_loop, args=(db, board, run, tasks, seed + i, acked), daemon=True)
@@ -238,7 +222,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
             lock = threading.Lock()
             finished: list[str] = []
 
-            def done(run: str, key: str, version: int) -> None:
+            def done(run: str, key: str) -> None:
                 with lock:
                     finished.append(key)
                     bar.update(job, completed=len(finished))

@@ -215,53 +215,42 @@ class OSFileSystem:
         # flock(2) locks belong to the open file description, so a second open
         # of the same directory conflicts even inside one process.
         if shared:
-            return self._shared_lock(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = ""
+            # a read-only handle: LOCK_SH on the existing file, writing nothing. A directory
+            # with no lock file has never been opened for writing: nothing to lock against.
             try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            except OSError:
-                pass
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" (last opened for writing by pid {holder})" if holder else ""
-                raise DatabaseLocked(
-                    f"{os.path.dirname(path) or '.'} is already open{who}; close that handle first "
-                    "(one writer per directory, and none while read-only handles are open)"
-                ) from None
-            raise
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return _OSLock(-1)
+            _flock(fd, path, shared=True)
+            return _OSLock(fd)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        _flock(fd, path, shared=False)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return _OSLock(fd)
 
-    def _shared_lock(self, path: str) -> FileLock:
-        """A read-only handle's lock: ``LOCK_SH`` on the existing lock file; writes nothing.
 
-        Readers share it; a writer's ``LOCK_EX`` excludes them and they it. A
-        directory with no lock file yet has never been opened for writing:
-        nothing to lock against.
-        """
+def _flock(fd: int, path: str, *, shared: bool) -> None:
+    """``flock`` ``fd`` without blocking; on failure close it and raise.
+
+    :raises DatabaseLocked: the lock is held incompatibly (naming the last writer's pid, if any).
+    """
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = ""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return _OSLock(-1)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = ""
-            try:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            except OSError:
-                pass
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" by pid {holder}" if holder else ""
-                raise DatabaseLocked(
-                    f"{os.path.dirname(path) or '.'} is open for writing{who}; "
-                    "read-only access waits until that handle is closed"
-                ) from None
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        except OSError:
+            pass
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise
-        return _OSLock(fd)
+        where = os.path.dirname(path) or "."
+        if shared:
+            who = f" by pid {holder}" if holder else ""
+            raise DatabaseLocked(f"{where} is open for writing{who}; "
+                                 "read-only access waits until that handle is closed") from None
+        who = f" (last opened for writing by pid {holder})" if holder else ""
+        raise DatabaseLocked(f"{where} is already open{who}; close that handle first "
+                             "(one writer per directory, and none while read-only handles are open)") from None
