@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import native
-from .errors import DatabaseClosed, DatabaseReadOnly, InvalidArgument, TransactionConflict
+from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem
 from .locks import CommitLock
 from .checkpoint import SnapshotInfo, Snapshotter
@@ -51,12 +51,13 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
-from .recovery import Recovered, recover
+from .recovery import recover
 from .registry import RunRegistry
 from .store import UnifiedStore
 from .txn import Transaction, validate
 from .wal import format as _format
 from .wal.format import COMMIT_HEADER, FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame, encode_put_frame
+from .wal.readonly import ReadOnlyWal
 from .wal.writer import DURABILITY_MODES, WalWriter
 
 __all__ = ["Database"]
@@ -189,7 +190,12 @@ class Database:
             index.load(rec.identity.db_id, rec.history, rec.history_floor, rec.next_lsn)
             index.archived = registry.archived
             del rec.history
-            wal = _ReadOnlyWal(rec) if read_only else WalWriter(
+            wal = ReadOnlyWal(
+                next_lsn=rec.next_lsn,
+                tail_seq=rec.active.seq if rec.active is not None else rec.next_seq,
+                wal_bytes=rec.closed_bytes + (rec.active.size if rec.active is not None else 0),
+                wal_segments=rec.closed_segments + (1 if rec.active is not None else 0),
+            ) if read_only else WalWriter(
                 fs,
                 dirpath,
                 rec.identity.db_id,
@@ -734,44 +740,3 @@ class Database:
         if self._must_wait:
             wal.wait(lsn)
 
-
-class _ReadOnlyWal:
-    """Stands in for the :class:`WalWriter` of a read-only handle: appends nothing, reports the WAL as found."""
-
-    poisoned = False
-    appended_bytes = 0
-
-    def __init__(self, rec: Recovered):
-        self.next_lsn = rec.next_lsn
-        self.durable_lsn = rec.next_lsn - 1
-        self.tail_seq = rec.active.seq if rec.active is not None else rec.next_seq
-        self.last_offset = 0
-        size = rec.active.size if rec.active is not None else 0
-        self._stats = {"bytes": rec.closed_bytes + size,
-                       "segments": rec.closed_segments + (1 if rec.active is not None else 0),
-                       "next_lsn": rec.next_lsn, "durable_lsn": rec.next_lsn - 1}
-
-    @staticmethod
-    def read_only_error() -> DatabaseReadOnly:
-        return DatabaseReadOnly("the database was opened with read_only=True; nothing was written")
-
-    def append(self, frame: bytes) -> int:
-        raise self.read_only_error()
-
-    def wait(self, lsn: int) -> None:
-        pass
-
-    def write_through(self, lsn: int) -> None:
-        pass
-
-    def sync(self) -> None:
-        pass
-
-    def set_watermark(self, appended_bytes: int, callback: Callable[[], None]) -> None:
-        pass
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats)
-
-    def close(self) -> None:
-        pass

@@ -17,7 +17,7 @@ LAYERS = [
     {"errors"},
     {"keys", "codec", "checksum", "native", "_native", "locks"},
     {"fs", "wal.format"},
-    {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal"},
+    {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal"},
     {"history"},
     {"recovery", "registry", "checkpoint"},
     {"txn"},
