@@ -41,7 +41,7 @@ from .fs import FileSystem, OSFileSystem
 from .locks import CommitLock
 from .checkpoint import SnapshotInfo, Snapshotter
 from .contexts import PRIMITIVES, READS, _abandoned, _AutoPrimitive, _Autocommit, _Locked
-from .history import HISTORY_MODES, HistoryIndex
+from .history import HistoryIndex
 from .mvcc import Versions
 from . import replay as _replay
 from .replay import Commit, RunDiff, RunState
@@ -164,12 +164,11 @@ class Database:
             raise InvalidArgument(f"snapshot_every_s must be None or a number > 0; got {snapshot_every_s!r}")
         if progress is not None and not callable(progress):
             raise InvalidArgument("progress must be a callable(phase, done, total) or None")
-        if history not in HISTORY_MODES:
-            raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {history!r}")
         if read_only and salvage:
             raise InvalidArgument("salvage=True changes files; it cannot be combined with read_only=True")
         fs = fs if fs is not None else OSFileSystem()
         dirpath = os.fspath(path)
+        index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
         if read_only:
@@ -180,7 +179,6 @@ class Database:
             fs.makedirs(dirpath)
             lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
         try:
-            index = HistoryIndex(fs, dirpath, history, read_only=read_only)
             rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
                           indexed_until=index.indexed_until)
             store = UnifiedStore(rec.state)

@@ -41,13 +41,14 @@ from typing import Any
 
 from .errors import CorruptionError, InvalidArgument
 from .fs import FileSystem
-from .history import SegmentTail
+from .history import SegmentTail, touched_runs
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
 from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot
 from .store import Entry
 from .wal.format import (
     SEGMENT_HEADER_SIZE,
     FrameError,
+    check_segment_identity,
     decode_segment_header,
     find_valid_frame,
     parse_segment_name,
@@ -213,11 +214,10 @@ def recover(
         except FrameError as exc:
             damaged(f"WAL segment header is bad: {exc.reason}", path, exc.offset, index, None)
             break
-        if header.db_id != ident.db_id:
-            damaged("foreign WAL segment: it belongs to another database", path, 12, index, None)
-            break
-        if header.seq != seq:
-            damaged(f"WAL segment header says sequence {header.seq}, file name says {seq}", path, 28, index, None)
+        try:
+            check_segment_identity(header, ident.db_id, seq)
+        except FrameError as exc:
+            damaged(exc.reason, path, exc.offset, index, None)
             break
         # LSNs continue from the previous segment; a gap is allowed only where the snapshot covers it
         floor = next_lsn if next_lsn is not None else 1
@@ -255,7 +255,7 @@ def recover(
                     state[key] = (version, value)
             if lsn < need:
                 continue
-            for rid in {k[1:17] for k, _ in writes}:
+            for rid in touched_runs(writes):
                 lsns = get_run(rid)
                 if lsns is None:
                     runs[rid] = [lsn]

@@ -22,7 +22,13 @@ from .errors import ChainBroken, CorruptionError, InmemError, InvalidArgument
 from .fs import OSFileSystem
 from .identity import IDENTITY_FILE, read_identity
 from .snapshot import SnapshotError, parse_snapshot_name, verify_snapshot
-from .wal.format import FrameError, decode_segment_header, find_valid_frame, parse_segment_name
+from .wal.format import (
+    FrameError,
+    check_segment_identity,
+    decode_segment_header,
+    find_valid_frame,
+    parse_segment_name,
+)
 from .wal.reader import SegmentScan
 
 __all__ = ["verify_directory"]
@@ -77,10 +83,7 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
         done += len(buf)
         try:
             header = decode_segment_header(buf)
-            if db_id is not None and header.db_id != db_id:
-                raise FrameError("foreign segment: its database id is not IDENTITY's", 12)
-            if header.seq != seq:
-                raise FrameError(f"header says sequence {header.seq}, file name says {seq}", 28)
+            check_segment_identity(header, header.db_id if db_id is None else db_id, seq)
             if next_lsn is not None and header.first_lsn != next_lsn:
                 raise FrameError(f"starts at LSN {header.first_lsn}, expected {next_lsn} (missing segment?)", 36)
         except FrameError as exc:

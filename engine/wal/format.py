@@ -46,6 +46,7 @@ __all__ = [
     "FrameError",
     "SegmentHeader",
     "check_frame",
+    "check_segment_identity",
     "decode_commit",
     "decode_segment_header",
     "encode_commit_frame",
@@ -148,6 +149,18 @@ def decode_segment_header(buf: bytes) -> SegmentHeader:
             8,
         )
     return SegmentHeader(version, db_id, seq, first_lsn)
+
+
+def check_segment_identity(header: SegmentHeader, db_id: bytes, seq: int) -> None:
+    """Check that a segment belongs to database ``db_id`` and that its header names sequence ``seq``.
+
+    :raises FrameError: a foreign segment (offset 12, the database id) or a
+        header whose sequence number is not its file name's (offset 28).
+    """
+    if header.db_id != db_id:
+        raise FrameError("foreign WAL segment: it belongs to another database", 12)
+    if header.seq != seq:
+        raise FrameError(f"WAL segment header says sequence {header.seq}, file name says {seq}", 28)
 
 
 def encode_frame(lsn: int, rtype: int, payload: bytes) -> bytes:
