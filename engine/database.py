@@ -325,7 +325,7 @@ class Database:
             # encoded under the lock: the record carries the version of the commit that creates it
             record["first_version"] = self._version + 1
             value = registry.encode_record(record)
-            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_begin(run))
+            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_begin(run, self._version))
         self._wal.wait(lsn)
         return run
 
@@ -694,6 +694,8 @@ class Database:
         """The critical section of a commit; the caller holds the commit lock. Returns the LSN."""
         if self._closed:
             raise DatabaseClosed(f"database {self._path} is closed")
+        if self._abandoned:  # transactions dropped unfinished must not pin versions while only autocommits follow
+            self._reclaim_abandoned()
         registry = self._registry
         for run in runs:  # a run may have ended since the caller's unlocked check
             if run not in self._active_runs:
@@ -724,6 +726,8 @@ class Database:
                 raise DatabaseClosed(f"database {self._path} is closed")
             if run not in self._active_runs:
                 self._registry.check(run, write=True)
+            if self._abandoned:
+                self._reclaim_abandoned()
             wal = self._wal
             lsn = wal.next_lsn
             version = self._version + 1

@@ -49,6 +49,10 @@ class RunRegistry:
         #: Commit version at which each ended run's status changed (for snapshot readers).
         self._ended_at_version: dict[str, int] = {}
         self._last_end_version = 0
+        #: Commit version that created each run begun by this handle (runs loaded at open were
+        #: created before every snapshot a transaction can take, so they are absent: version 0).
+        self._created_at_version: dict[str, int] = {}
+        self._last_begin_version = 0
         # per primitive tag: run id text -> key prefix, for all runs / active runs only.
         # Primitives hold these dicts and look prefixes up on their fast paths.
         self._all: dict[int, dict[str, bytes]] = {}
@@ -140,6 +144,23 @@ class RunRegistry:
             extra = {r for r, v in list(self._ended_at_version.items()) if v > snapshot}
             return [r for r, s in items if s == status or r in extra]
         return [r for r, s in items if s == status]
+
+    def created_version(self, run: str) -> int:
+        """The commit version that created ``run``, if this handle created it; else 0. O(1)."""
+        return self._created_at_version.get(run, 0)
+
+    def visible_at(self, run: str, snapshot: int) -> bool:
+        """Whether ``run`` existed at commit version ``snapshot`` (runs are never deleted). O(1)."""
+        return self._created_at_version.get(run, 0) <= snapshot
+
+    def changed_after(self, snapshot: int) -> int:
+        """The newest commit version after ``snapshot`` that created or ended a run, else 0. O(1).
+
+        What a transaction that listed runs validates against: such a commit
+        may add a run to, or move a run between, the sets a listing selects.
+        """
+        newest = max(self._last_begin_version, self._last_end_version)
+        return newest if newest > snapshot else 0
 
     def count_by_status(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -236,9 +257,12 @@ class RunRegistry:
         rid = self.check(run, write=False)
         return decode_value(self._record_bytes(store, run_record_key(rid)))
 
-    def applied_begin(self, run: str) -> None:
-        """The begin commit is applied: the run exists and is active."""
+    def applied_begin(self, run: str, version: int = 0) -> None:
+        """The begin commit (at ``version``) is applied: the run exists and is active."""
         self._add(run, run_id_bytes(run), ACTIVE)
+        if version:
+            self._created_at_version[run] = version
+            self._last_begin_version = max(self._last_begin_version, version)
 
     def applied_end(self, run: str, status: str, version: int = 0) -> None:
         """The end commit (at ``version``) is applied: the run is read-only from now on."""

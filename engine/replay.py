@@ -460,6 +460,6 @@ def fork(db: Any, run: str, at_version: int | None, name: str | None, tags: Iter
         if size > MAX_PAYLOAD_BYTES:
             raise InvalidArgument(f"the fork's state is {size:,} bytes; one commit record holds at most "
                                   f"{MAX_PAYLOAD_BYTES:,}")
-        lsn = db._commit_locked(writes, (), lambda: registry.applied_begin(new_run))
+        lsn = db._commit_locked(writes, (), lambda: registry.applied_begin(new_run, db._version))
     db._wal.wait(lsn)
     return new_run

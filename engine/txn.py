@@ -13,7 +13,10 @@ Semantics (SPEC.md, "Transactions"):
   :mod:`engine.mvcc`), plus the transaction's own writes.
 * **Read set / ranges**: every key read (found or not) and every key range
   scanned is recorded. Writing to a run also reads its run record, so a
-  concurrent ``end_run`` is a conflict.
+  concurrent ``end_run`` is a conflict. A run created after ``B`` is not in
+  the snapshot: naming it raises ``TransactionConflict`` at once. Listing runs
+  is a predicate read: validation also fails if a run was created or ended
+  after ``B`` (no phantom runs).
 * **Validation** (optimistic, backward, after Kung and Robinson 1981): at
   commit, if any key in the read set or the write set, or any key inside a
   scanned range (an insert or delete counts: no phantoms), was committed after
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import TransactionClosed, TransactionConflict
-from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, split_key
+from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, run_prefix, split_key
 from .mvcc import Versions
 from .registry import RunRegistry, run_record_key
 
@@ -68,14 +71,15 @@ class Transaction:
         self._host = host
         self._versions = host._versions
         self._registry = host._registry
-        self.prefix_maps = host._registry.prefix_maps
-        self.check_run = host._registry.check
         self._begin = begin_version
         self._token = token
         self._reads: set[bytes] = set()
         self._ranges: list[tuple[bytes, bytes | None]] = []
         self._writes: dict[bytes, bytes | None] = {}
         self._runs: set[str] = set()
+        #: Set by a run listing: validation then also checks that no run was created or ended since.
+        self._listed_runs = False
+        self._prefix_maps: dict[int, tuple[dict[str, bytes], dict[str, bytes]]] = {}
         self._finished = False
         self.commit_version: int | None = None
         self._finalizer: Any = None  # set by the database: releases the snapshot if we are dropped
@@ -127,11 +131,46 @@ class Transaction:
         self._reads.add(key)
         return self._versions.read_at(key, self._begin)
 
+    def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """This transaction's own maps run id -> key prefix of ``tag`` (all runs, runs it may write).
+
+        Not the registry's live maps, which would show runs created after the
+        snapshot: they start empty and :meth:`check_run` fills them with each
+        run it has checked, so a primitive checks a run once per transaction.
+        """
+        maps = self._prefix_maps.get(tag)
+        if maps is None:
+            maps = self._prefix_maps[tag] = ({}, {})
+        return maps
+
+    def check_run(self, run: object, *, write: bool) -> bytes:
+        """The run's 16-byte id, if it exists in this transaction's snapshot.
+
+        :raises RunNotFound: / :raises RunClosed: as ``RunRegistry.check``.
+        :raises TransactionConflict: the run was created after the snapshot
+            (the snapshot is too old to see it; retrying sees it).
+        """
+        rid = self._registry.check(run, write=write)
+        if not self._registry.visible_at(run, self._begin):  # type: ignore[arg-type]
+            raise TransactionConflict(
+                f"transaction conflict on run {run}: it was created after this transaction's snapshot "
+                f"at version {self._begin}; retry the transaction (db.transact does) to see it",
+                run=run, key=None, begin_version=self._begin,
+                conflict_version=self._registry.created_version(run),  # type: ignore[arg-type]
+            )
+        # A run active now that ends before commit is caught by validation: writing reads its record.
+        for tag, (every, writable) in self._prefix_maps.items():
+            prefix = run_prefix(rid, tag)
+            every[run] = prefix  # type: ignore[index]
+            if write:
+                writable[run] = prefix  # type: ignore[index]
+        return rid
+
     def _writing(self, run: str) -> None:
         if self._finished:
             self._check()
         if run not in self._runs:
-            rid = self._registry.check(run, write=True)
+            rid = self.check_run(run, write=True)
             self._reads.add(run_record_key(rid))  # a concurrent end_run must conflict
             self._runs.add(run)
 
@@ -196,8 +235,19 @@ class Transaction:
         return sorted(found.items())
 
     def run_ids(self, status: str | None = None) -> list[str]:
-        """Ids of the runs that exist now (optionally only with ``status``), in start order."""
-        return self._registry.ids(status, self._begin)
+        """Ids of the runs in the snapshot that may have ``status`` there, in start order.
+
+        Records the listing as a predicate read: validation fails if a run
+        was created or ended after the snapshot (no phantom runs). The caller
+        checks each run's status against the record it reads.
+        """
+        self._check()
+        self._listed_runs = True
+        registry, begin = self._registry, self._begin
+        ids = registry.ids(status, begin)
+        if registry.changed_after(begin):
+            ids = [r for r in ids if registry.visible_at(r, begin)]
+        return ids
 
     # --- finishing -----------------------------------------------------------------------------
 
@@ -264,7 +314,8 @@ def validate(tx: Transaction, versions: Versions) -> None:
     """The OCC check, run under the commit lock.
 
     :raises TransactionConflict: a key read or written, or a key in a scanned
-        range, was committed after ``tx.begin_version``.
+        range, was committed after ``tx.begin_version``; or the transaction
+        listed runs and a run was created or ended after it.
     Complexity: O(reads + writes + keys in scanned ranges).
     """
     begin = tx._begin
@@ -281,3 +332,11 @@ def validate(tx: Transaction, versions: Versions) -> None:
         hit = versions.first_write_after(lo, hi, begin)
         if hit is not None:
             raise _conflict(tx, hit[0], hit[1], "an insert, change or delete inside a range this transaction scanned")
+    if tx._listed_runs:
+        version = tx._registry.changed_after(begin)
+        if version:
+            raise TransactionConflict(
+                f"transaction conflict on the run index: a run was created or ended at version {version}, "
+                f"after this transaction's snapshot at version {begin}, and the transaction listed runs",
+                run=None, key=None, begin_version=begin, conflict_version=version,
+            )

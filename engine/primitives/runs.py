@@ -91,9 +91,10 @@ class Runs:
         """Runs matching every filter given, in start order (oldest first), at most ``limit``.
 
         Complexity: O(runs) to filter by status (held in memory), plus O(size)
-        of each run returned. The status filter starts from the live status
-        index, so inside a long transaction a run whose status changed after
-        its snapshot is judged by its current status.
+        of each run returned. Inside a transaction the listing is of the
+        snapshot (runs created after it are left out, statuses are those at
+        the snapshot), and it is validated at commit: an update transaction
+        that listed runs conflicts if any run was created or ended meanwhile.
 
         :raises InvalidArgument: unknown ``status`` or a negative ``limit``.
         """
