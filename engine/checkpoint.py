@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import CorruptionError
-from .fs import FileSystem
-from .locks import CommitLock
-from .mvcc import Versions
+from .kernel import Kernel
 from .snapshot import (
     CHUNK_ENTRIES,
     Progress,
@@ -86,16 +84,6 @@ class SnapshotInfo:
         }
 
 
-class _Host(Protocol):
-    _commit_lock: CommitLock
-    _versions: Versions
-    _wal: WalWriter
-    _version: int
-    _fs: FileSystem
-    _path: str
-    _identity: Any
-
-
 class Retention(Protocol):
     """What decides which covered WAL segments survive (``engine.history.HistoryIndex``)."""
 
@@ -121,14 +109,14 @@ class Snapshotter:
 
     def __init__(
         self,
-        host: _Host,
+        kernel: Kernel,
         *,
         every_bytes: int | None,
         every_s: float | None,
         progress: Progress | None = None,
         retention: Retention | None = None,
     ):
-        self._host = host
+        self._kernel = kernel
         self._every_bytes = every_bytes
         self._every_s = every_s
         self._progress = progress
@@ -164,14 +152,10 @@ class Snapshotter:
             return info
 
     def _take(self) -> SnapshotInfo:
-        host = self._host
+        kernel = self._kernel
         t0 = time.perf_counter()
-        lock = host._commit_lock
-        versions = host._versions
-        with lock:
-            version = host._version
-            next_lsn = host._wal.next_lsn
-            token = versions.register(version)
+        point, next_lsn = kernel.open_capture()
+        version = point.version
         keys: list[bytes] = []
         vers: list[int] = []
         values: list[bytes] = []
@@ -180,25 +164,21 @@ class Snapshotter:
         try:
             lo: bytes | None = b""
             while lo is not None:
-                with lock:
-                    t = time.perf_counter()
-                    k, v, val, lo = versions.capture(lo, version, CHUNK_ENTRIES)
-                    step = time.perf_counter() - t
-                lock.yield_to_waiters()  # a waiting writer goes before our next step
+                t = time.perf_counter()
+                k, v, val, lo = kernel.capture(lo, version, CHUNK_ENTRIES)  # one step under the commit lock
+                step = time.perf_counter() - t
                 pause = max(pause, step)
                 capture += step
                 keys += k
                 vers += v
                 values += val
         finally:
-            with lock:
-                versions.release(token)
-        host._wal.sync()  # every record up to `version` is in the WAL on disk before the snapshot exists
-        fs, dirpath = host._fs, host._path
-        path, size = write_snapshot(fs, dirpath, host._identity.db_id, version, next_lsn, keys, vers, values,
-                                    self._progress)
+            kernel.close_read_point(point)
+        kernel.wal.sync()  # every record up to `version` is in the WAL on disk before the snapshot exists
+        fs, dirpath, db_id = kernel.fs, kernel.path, kernel.identity.db_id
+        path, size = write_snapshot(fs, dirpath, db_id, version, next_lsn, keys, vers, values, self._progress)
         try:
-            verify_snapshot(fs, path, host._identity.db_id)
+            verify_snapshot(fs, path, db_id)
         except SnapshotError as exc:
             fs.remove(path)
             fs.sync_dir(dirpath)
@@ -213,8 +193,8 @@ class Snapshotter:
 
     def _prune(self) -> list[str]:
         """Keep the newest KEEP_SNAPSHOTS snapshots; delete the WAL the oldest kept one covers."""
-        host = self._host
-        fs, dirpath = host._fs, host._path
+        kernel = self._kernel
+        fs, dirpath = kernel.fs, kernel.path
         snaps = self._snapshots()
         for _, name in snaps[KEEP_SNAPSHOTS:]:
             fs.remove(os.path.join(dirpath, name))
@@ -222,13 +202,13 @@ class Snapshotter:
             fs.sync_dir(dirpath)
         if len(snaps) < KEEP_SNAPSHOTS:  # one snapshot: the WAL stays until a second one can stand in for it
             if self.retention is not None:
-                self.retention.persist(host._wal.durable_lsn)
+                self.retention.persist(kernel.wal.durable_lsn)
             return []
         oldest_kept = read_snapshot_header(fs, os.path.join(dirpath, snaps[KEEP_SNAPSHOTS - 1][1]))
         return self._drop_wal(oldest_kept.next_lsn)
 
     def _drop_wal(self, below_lsn: int) -> list[str]:
-        wal = self._host._wal
+        wal = self._kernel.wal
         if self.retention is None:
             return wal.drop_segments_before(below_lsn)
         dropped = self.retention.prune(wal, below_lsn)
@@ -247,13 +227,13 @@ class Snapshotter:
         :returns: ``{"snapshot": SnapshotInfo.as_dict() | None (none taken), "segments_deleted": [names],
             "snapshots_deleted": [names], "bytes_freed": int, "history_floor": int}``.
         """
-        host = self._host
-        fs, dirpath = host._fs, host._path
+        kernel = self._kernel
+        fs, dirpath = kernel.fs, kernel.path
         with self._lock:
             snaps = self._snapshots()
             info = None
-            before = host._wal.stats()["bytes"]
-            if not snaps or snaps[0][0] < host._version:
+            before = kernel.wal.stats()["bytes"]
+            if not snaps or snaps[0][0] < kernel.version:
                 info = self._take()
                 self.last = info
                 self.taken += 1
@@ -271,30 +251,30 @@ class Snapshotter:
                     removed.append(name)
             if removed:
                 fs.sync_dir(dirpath)
-            freed = before - host._wal.stats()["bytes"]
+            freed = before - kernel.wal.stats()["bytes"]
             return {"snapshot": None if info is None else info.as_dict(), "segments_deleted": dropped,
                     "snapshots_deleted": removed, "bytes_freed": freed, "history_floor": floor}
 
     def _snapshots(self) -> list[tuple[int, str]]:
         """``(commit version, file name)`` of the snapshots on disk, newest first."""
-        host = self._host
-        return sorted(((v, n) for n in host._fs.listdir(host._path) if (v := parse_snapshot_name(n)) is not None),
+        kernel = self._kernel
+        return sorted(((v, n) for n in kernel.fs.listdir(kernel.path) if (v := parse_snapshot_name(n)) is not None),
                       reverse=True)
 
     def _first_wal_lsn(self) -> int | None:
         """First LSN of the oldest WAL segment on disk (None: no segment)."""
-        host = self._host
-        seqs = sorted(s for n in host._fs.listdir(host._path) if (s := parse_segment_name(n)) is not None)
+        kernel = self._kernel
+        seqs = sorted(s for n in kernel.fs.listdir(kernel.path) if (s := parse_segment_name(n)) is not None)
         if not seqs:
             return None
-        head = host._fs.read_range(os.path.join(host._path, segment_name(seqs[0])), 0, SEGMENT_HEADER_SIZE)
+        head = kernel.fs.read_range(os.path.join(kernel.path, segment_name(seqs[0])), 0, SEGMENT_HEADER_SIZE)
         return decode_segment_header(head).first_lsn
 
     # --- automatic snapshots ---------------------------------------------------------------------
 
     def _arm(self) -> None:
         if self._every_bytes is not None:
-            wal = self._host._wal
+            wal = self._kernel.wal
             wal.set_watermark(wal.appended_bytes + self._every_bytes, self._trigger)
 
     def _trigger(self) -> None:
@@ -315,7 +295,7 @@ class Snapshotter:
             except Exception as exc:  # noqa: BLE001 - a background failure must not kill the thread
                 self.failures += 1
                 log.error("inmem: automatic snapshot failed: %s", exc)
-                if getattr(self._host, "_closed", False) or self._host._wal.poisoned:
+                if self._kernel.closed or self._kernel.poisoned:
                     return
 
     def close(self) -> None:

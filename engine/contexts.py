@@ -8,49 +8,35 @@ the other side):
   the database's fast path;
 * :class:`_Locked` — one multi-step call (read, then write) of ``db.events``,
   ``db.state``, ``db.traces``, ``db.runs``, run whole under the commit lock by
-  ``Database._atomic``, so what it read still holds when it commits;
+  :meth:`Kernel.atomic <engine.kernel.Kernel.atomic>`, so what it read still
+  holds when it commits;
 * :class:`_AutoPrimitive` — the proxy that routes each such call to
-  ``Database._atomic`` (writes) or ``Database._snapshot_read`` (reads).
+  ``Kernel.atomic`` (writes) or to a snapshot transaction (reads).
 
-Invariant: a context's reads and writes reach the store only through the
-database's commit path; nothing here takes the commit lock except
-``_Autocommit``'s own delete and scan.
+Invariant: a context's reads and writes reach storage only through the
+kernel's interface (:class:`~engine.kernel.Kernel`, :class:`~engine.kernel.LockedView`).
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from .errors import DatabaseClosed
+from .kernel import Kernel, LockedView
 from .primitives.events import Events
 from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
-
-#: The database handle these contexts serve (``engine.database.Database``, which sits above
-#: this module and imports it; named here only in annotations).
-Database = Any
+from .txn import Transaction
 
 __all__ = ["PRIMITIVES", "READS"]
 
 
-def _abandoned(queue: list[int], token: int) -> None:
-    """weakref finaliser of an unfinished transaction: queue its snapshot for release (no locks here)."""
-    warnings.warn(
-        "an inmem transaction was garbage-collected without commit() or rollback(); "
-        "its writes are discarded (use `with db.transaction() as tx:` or db.transact)",
-        ResourceWarning,
-        stacklevel=2,
-    )
-    queue.append(token)
-
-
 class _Locked:
-    """The Context of one autocommit primitive call run inside :meth:`Database._atomic`.
+    """The Context of one autocommit primitive call run inside :meth:`Kernel.atomic`.
 
     Reads see the latest state plus this call's own writes; writes are
     collected and committed together when the call returns. Used only while
@@ -59,16 +45,21 @@ class _Locked:
 
     __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version")
 
-    def __init__(self, db: Database):
+    def __init__(self, view: LockedView, kernel: Kernel):
         #: The commit version this call's writes will get (nothing else commits meanwhile).
-        self.version = db._version + 1
-        self._store = db._store
-        self._get = db._store.get
-        self._registry = db._registry
-        self.prefix_maps = db._registry.prefix_maps
-        self.check_run = db._registry.check
+        self.version = view.version + 1
+        self._store = view
+        self._get = view.get
+        self._registry = kernel.registry
+        self.prefix_maps = kernel.registry.prefix_maps
+        self.check_run = kernel.registry.check
         self.writes: dict[bytes, bytes | None] = {}
         self.runs: set[str] = set()
+
+    def commit(self, view: LockedView) -> None:
+        """Commit what this call wrote (nothing if it wrote nothing) as one record."""
+        if self.writes:
+            view.commit(list(self.writes.items()), self.runs)
 
     def lookup(self, key: bytes) -> tuple[int, bytes] | None:
         if key in self.writes:
@@ -128,7 +119,7 @@ READS = {
     "events": frozenset({"read", "tail", "count", "verify"}),
     "state": frozenset({"get", "names"}),
     "traces": frozenset({"get", "query", "children", "tree"}),
-    "runs": frozenset({"get", "list", "children"}),
+    "runs": frozenset({"get", "ids", "list", "children"}),
 }
 
 #: Primitives a transaction offers, made on first use (``tx.kv``, ``tx.events``, ...).
@@ -137,16 +128,37 @@ PRIMITIVES: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _atomic(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+    """Run one multi-step primitive call (read, then write) as one commit, under the commit lock."""
+
+    def step(view: LockedView) -> Any:
+        ctx = _Locked(view, kernel)
+        result = fn(ctx)
+        ctx.commit(view)
+        return result
+
+    return kernel.atomic(step)
+
+
+def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+    """Run a read-only primitive call on a snapshot: consistent, and never blocks writers."""
+    tx = Transaction(kernel, PRIMITIVES)
+    try:
+        return fn(tx)
+    finally:
+        tx.rollback()
+
+
 class _AutoPrimitive:
     """``db.events`` & co.: each call of the wrapped primitive is one atomic autocommit step.
 
-    Writing methods run in :meth:`Database._atomic` (one commit, under the
+    Writing methods run in :meth:`Kernel.atomic` (one commit, under the
     commit lock); read-only ones on a snapshot transaction. The wrapped
     class's docstrings carry over (``help(db.events.append)``).
     """
 
-    def __init__(self, db: Database, cls: type, reads: frozenset[str]):
-        self._db = db
+    def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str]):
+        self._kernel = kernel
         self._cls = cls
         self._reads = reads
         self.__doc__ = cls.__doc__
@@ -155,11 +167,11 @@ class _AutoPrimitive:
         method = getattr(self._cls, name)
         if name.startswith("_") or not callable(method):
             raise AttributeError(name)
-        cls, db = self._cls, self._db
-        run_in = db._snapshot_read if name in self._reads else db._atomic
+        cls, kernel = self._cls, self._kernel
+        run_in = _snapshot_read if name in self._reads else _atomic
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run_in(lambda ctx: method(cls(ctx), *args, **kwargs))
+            return run_in(kernel, lambda ctx: method(cls(ctx), *args, **kwargs))
 
         functools.update_wrapper(call, method)
         setattr(self, name, call)  # cached: later calls skip __getattr__
@@ -169,23 +181,24 @@ class _AutoPrimitive:
         return [n for n in dir(self._cls) if not n.startswith("_")]
 
     def __repr__(self) -> str:
-        return f"<inmem {self._cls.__name__} of {self._db!r}>"
+        return f"<inmem {self._cls.__name__} of {self._kernel.path!r}>"
 
 
 class _Autocommit:
     """The :class:`~engine.primitives.kv.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_db", "lookup", "prefix_maps", "check_run")
+    __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit")
 
-    def __init__(self, db: Database):
-        self._db = db
-        self.lookup = db._store.get
-        self.prefix_maps = db._registry.prefix_maps
-        self.check_run = db._registry.check
+    def __init__(self, kernel: Kernel):
+        self._kernel = kernel
+        self.lookup = kernel.get
+        self.prefix_maps = kernel.registry.prefix_maps
+        self.check_run = kernel.registry.check
+        self._commit = kernel.commit
 
     def closed(self) -> None:
         """The database closed: point reads raise from now on."""
-        path = self._db._path
+        path = self._kernel.path
 
         def lookup(key: bytes) -> None:
             raise DatabaseClosed(f"database {path} is closed")
@@ -193,24 +206,19 @@ class _Autocommit:
         self.lookup = lookup
 
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self._db._commit([(key, None)], (run,))
-        else:
-            self._db._commit_put(run, key, value)
+        self._commit(((key, value),), (run,))
 
     def delete(self, run: str, key: bytes) -> bool:
-        db = self._db
-        with db._commit_lock:
-            if self.lookup(key) is None:
-                db._check_can_write()
-                db._registry.check(run, write=True)
+        check_run = self.check_run
+
+        def delete(view: LockedView) -> bool:
+            if view.get(key) is None:
+                check_run(run, write=True)
                 return False
-            lsn = db._commit_locked([(key, None)], (run,), None)
-        db._wal.wait(lsn)
-        return True
+            view.commit(((key, None),), (run,))
+            return True
+
+        return self._kernel.atomic(delete)  # type: ignore[no-any-return]
 
     def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
-        db = self._db
-        with db._commit_lock:
-            db._check_open()
-            return db._store.scan_values(lo, hi)
+        return self._kernel.scan(lo, hi)

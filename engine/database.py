@@ -1,27 +1,17 @@
-"""The database facade: open a directory, commit, read, and close.
+"""The database facade: open a directory, and the public API of an open database.
 
-This module owns the commit path and the lifecycle of a database handle; it
-wires the lower layers together (lock file, recovery, store, run registry,
-WAL writer) and hangs the primitives on the handle (``db.kv``).
+This module owns the lifecycle of a database handle — ``open`` reads as lock
+→ recover → build the kernel → start background work, ``close`` as the
+reverse — and the documented public API, every method of which delegates:
+commits and reads to the storage kernel (:mod:`engine.kernel`), primitives to
+their classes (``db.kv``, ``db.events``, ...), transactions to
+:mod:`engine.txn`, history to :mod:`engine.replay`, snapshots to
+:mod:`engine.checkpoint`.
 
-The commit path (one critical section, then the durability wait)::
+Invariant: a ``Database`` holds no state of its own beyond the handles it
+wired together; everything durable goes through the kernel's commit path.
 
-    with commit lock:                         # serialises commits: version order = LSN order
-        check open / not poisoned / runs active
-        version = last version + 1
-        frame = encode_commit_frame(lsn, version, now, writes)
-        wal.append(frame)                     # may raise DatabasePoisoned: nothing applied
-        store.apply(version, writes)          # now visible to readers
-    wal.wait(lsn)                             # strict: group fsync; off: write; batched: no wait
-
-Invariants: each commit is exactly one WAL record; commit versions rise by one
-per commit; the store never holds a write whose record was not appended.
-Readers may see a commit before its ``wait`` returns (as in every WAL engine
-with early lock release); if that fsync fails the database is poisoned and
-the commit raises.
-
-Thread safety: one handle may be shared by any number of threads. Point reads
-take no lock; scans and commits take the commit lock briefly.
+Thread safety: one handle may be shared by any number of threads.
 """
 
 from __future__ import annotations
@@ -36,13 +26,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import native
-from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
+from .errors import InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem
-from .locks import CommitLock
 from .checkpoint import SnapshotInfo, Snapshotter
-from .contexts import PRIMITIVES, READS, _abandoned, _AutoPrimitive, _Autocommit, _Locked
+from .contexts import PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
-from .mvcc import Versions
+from .kernel import Kernel
 from . import replay as _replay
 from .replay import Commit, RunDiff, RunState
 from .snapshot import Progress
@@ -54,9 +43,8 @@ from .primitives.traces import Traces
 from .recovery import recover
 from .registry import RunRegistry
 from .store import UnifiedStore
-from .txn import Transaction, validate
-from .wal import format as _format
-from .wal.format import COMMIT_HEADER, FORMAT_VERSION, MAX_PAYLOAD_BYTES, encode_commit_frame, encode_put_frame
+from .txn import Transaction
+from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES
 from .wal.readonly import ReadOnlyWal
 from .wal.writer import DURABILITY_MODES, WalWriter
 
@@ -68,8 +56,6 @@ log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
 LOCK_FILE = "LOCK"
-
-Writes = list[tuple[bytes, bytes | None]]
 
 
 class Database:
@@ -209,37 +195,21 @@ class Database:
         except BaseException:
             lock.release()
             raise
+        kernel = Kernel(fs=fs, path=dirpath, identity=rec.identity, store=store, registry=registry,
+                        history=index, wal=wal, version=rec.version, durability=durability, read_only=read_only)
         self = object.__new__(cls)
-        self._path = dirpath
-        self._fs = fs
+        self._kernel = kernel
         self._lock_file = lock
-        self._durability = durability
         self._flush_interval_ms = flush_interval_ms
         self._segment_bytes = segment_bytes
-        self._identity = rec.identity
         self._recovery = rec.report
-        self._store = store
-        self._registry = registry
-        self._history = index
-        self._wal = wal
-        self._version = rec.version
-        self._commit_lock = CommitLock()  # never held across I/O: see engine/locks.py
-        self._closed = False
-        self._map = store._map  # the put fast path writes the SortedDict directly
-        self._versions = Versions(store)
-        self._abandoned: list[int] = []  # snapshot tokens of transactions collected unfinished
-        self._conflicts = 0
-        self._active_runs = registry.active
-        self._must_wait = durability != "batched"
-        self._commits = 0
-        self._autocommit = _Autocommit(self)
+        self._autocommit = _Autocommit(kernel)
         self.kv = KV(self._autocommit)
-        self.events = _AutoPrimitive(self, Events, READS["events"])  # type: ignore[assignment]
-        self.state = _AutoPrimitive(self, StateMachines, READS["state"])  # type: ignore[assignment]
-        self.traces = _AutoPrimitive(self, Traces, READS["traces"])  # type: ignore[assignment]
-        self.runs = _AutoPrimitive(self, Runs, READS["runs"])  # type: ignore[assignment]
-        self._read_only = read_only
-        self._snapshotter = Snapshotter(self, every_bytes=None if read_only else snapshot_every_bytes,
+        self.events = _AutoPrimitive(kernel, Events, READS["events"])  # type: ignore[assignment]
+        self.state = _AutoPrimitive(kernel, StateMachines, READS["state"])  # type: ignore[assignment]
+        self.traces = _AutoPrimitive(kernel, Traces, READS["traces"])  # type: ignore[assignment]
+        self.runs = _AutoPrimitive(kernel, Runs, READS["runs"])  # type: ignore[assignment]
+        self._snapshotter = Snapshotter(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
@@ -257,18 +227,17 @@ class Database:
 
         :raises DatabasePoisoned: the final write or fsync failed.
         """
-        with self._commit_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._autocommit.closed()
+        kernel = self._kernel
+        if not kernel.close():
+            return
+        self._autocommit.closed()
         atexit.unregister(self._atexit)
         try:
             self._snapshotter.close()
-            self._wal.close()
-            if not self._wal.poisoned:
+            kernel.wal.close()
+            if not kernel.poisoned:
                 try:
-                    self._history.persist(self._wal.durable_lsn)
+                    kernel.history.persist(kernel.wal.durable_lsn)
                 except OSError as exc:  # a cache: the next open rebuilds it from the WAL
                     log.warning("inmem: could not save the history index (%s); it is rebuilt on open", exc)
         finally:
@@ -281,22 +250,23 @@ class Database:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"version {self._version}"
-        return f"<inmem.Database {self._path!r} {self._durability} {state}>"
+        kernel = self._kernel
+        state = "closed" if kernel.closed else f"version {kernel.version}"
+        return f"<inmem.Database {kernel.path!r} {kernel.durability} {state}>"
 
     @property
     def path(self) -> str:
         """The database directory."""
-        return self._path
+        return self._kernel.path
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._kernel.closed
 
     @property
     def read_only(self) -> bool:
         """Opened with ``read_only=True``: every write raises ``DatabaseReadOnly``."""
-        return self._read_only
+        return self._kernel.read_only
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -318,16 +288,7 @@ class Database:
         :raises InvalidValue: ``metadata`` is not a dict cbor2 can encode.
         :raises DatabasePoisoned: / :raises DatabaseClosed: as for any write.
         """
-        registry = self._registry
-        run, key, record = registry.prepare_begin(name, parent, tags, metadata)
-        with self._commit_lock:
-            self._check_can_write()
-            # encoded under the lock: the record carries the version of the commit that creates it
-            record["first_version"] = self._version + 1
-            value = registry.encode_record(record)
-            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_begin(run, self._version))
-        self._wal.wait(lsn)
-        return run
+        return self._kernel.begin_run(name, parent, tags, metadata)
 
     def end_run(self, run: str, status: str = "completed") -> None:
         """End ``run`` with ``status`` (``completed``, ``failed`` or ``cancelled``); it becomes read-only.
@@ -336,12 +297,7 @@ class Database:
         :raises RunNotFound: no such run.
         :raises RunClosed: the run has already ended.
         """
-        with self._commit_lock:
-            self._check_can_write()
-            key, value = self._registry.prepare_end(self._store, run, status)
-            registry = self._registry
-            lsn = self._commit_locked([(key, value)], (), lambda: registry.applied_end(run, status, self._version))
-        self._wal.wait(lsn)
+        self._kernel.end_run(run, status)
 
     # --- history: runs like commits ------------------------------------------------------------
 
@@ -360,7 +316,7 @@ class Database:
         :raises HistoryUnavailable: part of its history was deleted by retention.
         :raises CorruptionError: a history record fails its checksum.
         """
-        return _replay.history(self, run)
+        return _replay.history(self._kernel, run)
 
     def replay_run(self, run: str, *, at_version: int | None = None) -> RunState:
         """Rebuild ``run``'s state from its history alone, as it was after commit version ``at_version``.
@@ -374,14 +330,14 @@ class Database:
         :raises RunNotFound: no such run.
         :raises HistoryUnavailable: part of its history was deleted by retention.
         """
-        return _replay.replay(self, run, at_version)
+        return _replay.replay(self._kernel, run, at_version)
 
     def run_state(self, run: str) -> RunState:
         """``run``'s current state read from the live store (one consistent snapshot). O(run size).
 
         :raises RunNotFound: no such run.
         """
-        return _replay.live(self, run)
+        return _replay.live(self._kernel, run)
 
     def diff_runs(self, a: str, b: str, *, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
         """Compare run ``a`` (live, or replayed to ``at_a``) with run ``b`` (live, or at ``at_b``).
@@ -394,7 +350,7 @@ class Database:
 
         :raises RunNotFound: / :raises HistoryUnavailable: / :raises InvalidArgument: as :meth:`replay_run`.
         """
-        return _replay.diff(self, a, b, at_a, at_b)
+        return _replay.diff(self._kernel, a, b, at_a, at_b)
 
     def fork_run(self, run: str, *, at_version: int | None = None, name: str | None = None,
                  tags: Iterable[str] = ()) -> str:
@@ -414,7 +370,7 @@ class Database:
         :raises InvalidArgument: bad ``at_version``, ``name`` or tags, or the
             state exceeds one commit record (1 GiB).
         """
-        return _replay.fork(self, run, at_version, name, tags)
+        return _replay.fork(self._kernel, run, at_version, name, tags)
 
     def archive_run(self, run: str) -> None:
         """Mark ``run`` archived: with ``history="active"`` its history is no longer kept.
@@ -427,14 +383,7 @@ class Database:
 
         :raises RunNotFound: no such run.
         """
-        with self._commit_lock:
-            self._check_can_write()
-            prepared = self._registry.prepare_archive(self._store, run)
-            if prepared is None:
-                return
-            registry = self._registry
-            lsn = self._commit_locked([prepared], (), lambda: registry.applied_archive(run))
-        self._wal.wait(lsn)
+        self._kernel.archive_run(run)
 
     def compact(self) -> dict[str, Any]:
         """Delete the WAL segments and snapshots nothing needs any more; return what was deleted.
@@ -449,7 +398,7 @@ class Database:
         :returns: ``{"snapshot", "segments_deleted", "snapshots_deleted", "bytes_freed", "history_floor"}``.
         :raises DatabaseClosed: / :raises DatabasePoisoned: / :raises OSError: as :meth:`snapshot`.
         """
-        self._check_can_write()
+        self._kernel.check_can_write()
         return self._snapshotter.compact()
 
     # --- transactions -----------------------------------------------------------------------------
@@ -474,22 +423,7 @@ class Database:
 
         :raises DatabaseClosed: the database is closed.
         """
-        with self._commit_lock:
-            self._check_open()
-            self._reclaim_abandoned()
-            begin = self._version
-            token = self._versions.register(begin)
-        tx = Transaction(self, begin, token, PRIMITIVES)
-        # A transaction dropped without commit or rollback must not pin old versions
-        # for ever. Its finaliser may run inside any allocation (even under the commit
-        # lock), so it only queues the token; the next begin or commit releases it.
-        tx._finalizer = weakref.finalize(tx, _abandoned, self._abandoned, token)
-        return tx
-
-    def _reclaim_abandoned(self) -> None:
-        """Release snapshots of transactions garbage-collected unfinished (commit lock held)."""
-        while self._abandoned:
-            self._versions.release(self._abandoned.pop())
+        return Transaction(self._kernel, PRIMITIVES)
 
     def transact(self, fn: Callable[[Transaction], T], *, retries: int = 10) -> T:
         """Run ``fn(tx)`` in a fresh transaction and commit it, retrying on conflict; return its result.
@@ -522,78 +456,6 @@ class Database:
             time.sleep(random.uniform(0, min(0.1, 0.001 * (1 << attempt))))
             attempt += 1
 
-    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int, *, entries: bool = False) -> list[Any]:
-        with self._commit_lock:
-            self._check_open()
-            return self._versions.scan_at(lo, hi, snapshot, entries=entries)
-
-    def _last_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> tuple[bytes, tuple[int, bytes]] | None:
-        with self._commit_lock:
-            self._check_open()
-            return self._versions.last_at(lo, hi, snapshot)
-
-    def _atomic(self, fn: Callable[[Any], T]) -> T:
-        """Run one multi-step primitive call (read, then write) as one commit, under the commit lock.
-
-        No other commit can happen meanwhile, so what ``fn`` read is still
-        true when its writes commit: no validation, no conflict, no retry.
-        ``fn`` must be CPU-only (it runs inside the commit lock). If it raises,
-        nothing is written.
-        """
-        with self._commit_lock:
-            self._check_can_write()
-            ctx = _Locked(self)
-            result = fn(ctx)
-            lsn = self._commit_locked(list(ctx.writes.items()), ctx.runs, None) if ctx.writes else None
-        if lsn is not None:
-            self._wal.wait(lsn)
-        return result
-
-    def _snapshot_read(self, fn: Callable[[Any], T]) -> T:
-        """Run a read-only primitive call on a snapshot: consistent, and never blocks writers."""
-        tx = self.transaction()
-        try:
-            return fn(tx)
-        finally:
-            tx.rollback()
-
-    def _commit_transaction(self, tx: Transaction) -> None:
-        """Validate and commit a transaction's write set as one WAL record (the OCC critical section).
-
-        :raises InvalidArgument: the write set would not fit in one WAL record
-            (``MAX_PAYLOAD_BYTES``, 1 GiB); nothing is written.
-        """
-        writes = list(tx._writes.items())
-        size = COMMIT_HEADER.size + sum(5 + len(k) + (0 if v is None else 4 + len(v)) for k, v in writes)
-        if size > _format.MAX_PAYLOAD_BYTES:
-            raise InvalidArgument(
-                f"transaction writes {size:,} bytes; one commit record holds at most "
-                f"{_format.MAX_PAYLOAD_BYTES:,}: split it into several transactions"
-            )
-        with self._commit_lock:
-            self._check_can_write()
-            try:
-                validate(tx, self._versions)
-            except TransactionConflict:
-                self._conflicts += 1
-                raise
-            # the snapshot is not needed past validation: releasing it first spares
-            # the apply from keeping versions only this transaction could have read
-            self._release_locked(tx)
-            lsn = self._commit_locked(writes, tx._runs, None)
-            tx.commit_version = self._version
-        self._wal.wait(lsn)
-
-    def _release_transaction(self, tx: Transaction) -> None:
-        if tx._finalizer.alive:
-            with self._commit_lock:
-                self._release_locked(tx)
-
-    def _release_locked(self, tx: Transaction) -> None:
-        if tx._finalizer.detach() is not None:
-            self._versions.release(tx._token)
-        self._reclaim_abandoned()
-
     # --- snapshots ---------------------------------------------------------------------------------
 
     def snapshot(self) -> SnapshotInfo:
@@ -611,7 +473,7 @@ class Database:
         :raises CorruptionError: the written file failed verification (it was removed).
         :raises OSError: the file could not be written (the database is unaffected).
         """
-        self._check_can_write()
+        self._kernel.check_can_write()
         return self._snapshotter.take()
 
     # --- durability and figures --------------------------------------------------------------
@@ -622,9 +484,8 @@ class Database:
         :raises DatabasePoisoned: the write or fsync failed.
         :raises DatabaseClosed: the database is closed.
         """
-        if self._closed:
-            raise DatabaseClosed(f"database {self._path} is closed")
-        self._wal.sync()
+        self._kernel.check_open()
+        self._kernel.wal.sync()
 
     def stats(self) -> dict[str, Any]:
         """Figures about this handle, as a JSON-compatible dict.
@@ -640,105 +501,33 @@ class Database:
         ``recovery``: what opening did (``segments``, ``records``, ``bytes``
         read, ``seconds``, ``torn_tail``, ``salvaged``, ``created``).
         """
-        wal = self._wal.stats()
+        kernel = self._kernel
+        wal = kernel.wal.stats()
+        figures = kernel.stats()
         return {
-            "path": self._path,
+            "path": kernel.path,
             "format_version": FORMAT_VERSION,
-            "commit_version": self._version,
-            "commits": self._commits,
-            "keys": len(self._store),
-            "runs": len(self._registry),
-            "runs_by_status": self._registry.count_by_status(),
+            "commit_version": kernel.version,
+            "commits": figures["commits"],
+            "keys": figures["keys"],
+            "runs": len(kernel.registry),
+            "runs_by_status": kernel.registry.count_by_status(),
             "wal_bytes": wal["bytes"],
             "wal_segments": wal["segments"],
-            "durability": self._durability,
-            "read_only": self._read_only,
+            "durability": kernel.durability,
+            "read_only": kernel.read_only,
             "flush_interval_ms": self._flush_interval_ms,
             "segment_bytes": self._segment_bytes,
             "native": native.ENABLED,
-            "poisoned": self._wal.poisoned,
-            "conflicts": self._conflicts,
-            "active_transactions": self._versions.active,
-            "retained_versions": self._versions.retained,
+            "poisoned": kernel.poisoned,
+            "conflicts": figures["conflicts"],
+            "active_transactions": figures["active_read_points"],
+            "retained_versions": figures["retained_versions"],
             "snapshots": {
                 "taken": self._snapshotter.taken,
                 "failures": self._snapshotter.failures,
                 "last": None if self._snapshotter.last is None else self._snapshotter.last.as_dict(),
             },
-            "history": self._history.stats(),
+            "history": kernel.history.stats(),
             "recovery": dict(self._recovery),
         }
-
-    # --- the commit path (private; primitives reach it through their Context) ------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DatabaseClosed(f"database {self._path} is closed")
-
-    def _check_can_write(self) -> None:
-        self._check_open()
-        if self._read_only:
-            raise self._wal.read_only_error()
-        if self._wal.poisoned:
-            raise self._wal.poison_error()
-
-    def _commit(self, writes: Writes, runs: Iterable[str], after: Callable[[], None] | None = None) -> int:
-        """Commit ``writes`` atomically as one WAL record; return the commit version."""
-        with self._commit_lock:
-            lsn = self._commit_locked(writes, runs, after)
-            version = self._version
-        self._wal.wait(lsn)
-        return version
-
-    def _commit_locked(self, writes: Writes, runs: Iterable[str], after: Callable[[], None] | None) -> int:
-        """The critical section of a commit; the caller holds the commit lock. Returns the LSN."""
-        if self._closed:
-            raise DatabaseClosed(f"database {self._path} is closed")
-        if self._abandoned:  # transactions dropped unfinished must not pin versions while only autocommits follow
-            self._reclaim_abandoned()
-        registry = self._registry
-        for run in runs:  # a run may have ended since the caller's unlocked check
-            if run not in self._active_runs:
-                registry.check(run, write=True)
-        wal = self._wal
-        lsn = wal.next_lsn
-        version = self._version + 1
-        if len(writes) == 1 and writes[0][1] is not None:
-            frame = encode_put_frame(lsn, version, time.time_ns() // 1000, *writes[0])  # type: ignore[arg-type]
-        else:
-            frame = encode_commit_frame(lsn, version, time.time_ns() // 1000, writes)
-        wal.append(frame)
-        self._history.add(lsn, wal.tail_seq, wal.last_offset, writes)
-        if self._versions.active:
-            self._versions.apply(version, writes)  # keep what open snapshots still read
-        else:
-            self._store.apply(version, writes)
-        self._version = version
-        self._commits += 1
-        if after is not None:
-            after()
-        return lsn
-
-    def _commit_put(self, run: str, key: bytes, value: bytes) -> None:
-        """Commit one put: :meth:`_commit` specialised for the autocommit ``kv.put`` hot path."""
-        with self._commit_lock:
-            if self._closed:
-                raise DatabaseClosed(f"database {self._path} is closed")
-            if run not in self._active_runs:
-                self._registry.check(run, write=True)
-            if self._abandoned:
-                self._reclaim_abandoned()
-            wal = self._wal
-            lsn = wal.next_lsn
-            version = self._version + 1
-            wal.append(encode_put_frame(lsn, version, time.time_ns() // 1000, key, value))
-            self._history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
-            if self._versions.active:
-                self._versions.apply(version, ((key, value),))
-            else:
-                self._map[key] = (version, value)
-            self._version = version
-            self._commits += 1
-        if self._must_wait:
-            wal.wait(lsn)
-

@@ -40,6 +40,7 @@ __all__ = [
     "new_run_id",
     "prefix_end",
     "run_id_bytes",
+    "run_id_of",
     "run_prefix",
     "split_key",
 ]
@@ -100,6 +101,11 @@ def run_prefix(rid: bytes, tag: int | None = None) -> bytes:
     """Return the key prefix of a run (``tag=None``) or of one primitive within it."""
     base = bytes((NS_RUN,)) + rid
     return base if tag is None else base + bytes((tag,))
+
+
+def run_id_of(key: bytes) -> bytes:
+    """The 16-byte run id of a run-scoped store key (bytes 1..16). O(1)."""
+    return key[1:RUN_PREFIX_LEN]
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

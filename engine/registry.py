@@ -23,7 +23,7 @@ from typing import Any
 
 from .codec import decode_value, encode_value
 from .errors import InvalidArgument, InvalidValue, RunClosed, RunNotFound
-from .keys import NS_RUN, TAG_RUN, new_run_id, prefix_end, run_id_bytes, run_prefix
+from .keys import NS_RUN, TAG_RUN, new_run_id, prefix_end, run_id_bytes, run_id_of, run_prefix
 from .store import UnifiedStore
 
 __all__ = ["END_STATUSES", "RunRegistry"]
@@ -70,7 +70,7 @@ class RunRegistry:
         lo = bytes((NS_RUN,))
         key = store.ceiling_key(lo)
         while key is not None and key[0] == NS_RUN:
-            rid = key[1:17]
+            rid = run_id_of(key)
             entry = store.get(run_record_key(rid))
             if entry is not None:
                 record = decode_value(entry[1])

@@ -30,12 +30,11 @@ import cbor2
 
 from .codec import decode_value, utc_from_us
 from .errors import InvalidArgument
-from .history import HistoryIndex
-from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
+from .kernel import Kernel, LockedView
+from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_id_of, run_prefix
 from .primitives.events import Event, event_from_record
 from .primitives.state import State, state_from_record
 from .primitives.traces import Trace, trace_from_record
-from .wal.format import COMMIT_HEADER, MAX_PAYLOAD_BYTES
 
 __all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState"]
 
@@ -275,55 +274,51 @@ def _op(key: bytes, value: bytes | None) -> Op:
               None if value is None else decode_value(value))
 
 
-# --- the operations (``db`` is an engine.database.Database; named only by duck type here) ----------
+# --- the operations: each takes the database's storage kernel ------------------------------------
 
 
-def _index(db: Any) -> HistoryIndex:
-    return db._history  # type: ignore[no-any-return]
-
-
-def _check_version(db: Any, at_version: object, what: str) -> int:
+def _check_version(kernel: Kernel, at_version: object, what: str) -> int:
     if type(at_version) is not int or at_version < 0:
         raise InvalidArgument(f"{what} must be an int >= 0; got {at_version!r}")
-    if at_version > db._version:
-        raise InvalidArgument(f"{what} {at_version} is in the future: the last commit is version {db._version}")
+    if at_version > kernel.version:
+        raise InvalidArgument(f"{what} {at_version} is in the future: the last commit is version {kernel.version}")
     return at_version
 
 
-def _complete_lsns(db: Any, run: str, at_version: int | None) -> tuple[bytes, list[int]]:
+def _complete_lsns(kernel: Kernel, run: str, at_version: int | None) -> tuple[bytes, list[int]]:
     """The run's id and its commit LSNs up to ``at_version``. :raises HistoryUnavailable: part is gone."""
-    db._check_open()
-    rid = db._registry.check(run, write=False)
-    record = db._registry.record(db._store, run)
+    kernel.check_open()
+    rid = kernel.registry.check(run, write=False)
+    record = kernel.run_record(run)
     first = record.get("first_version", 0)
     if at_version is not None:
-        _check_version(db, at_version, "at_version")
+        _check_version(kernel, at_version, "at_version")
         if at_version < first:
             raise InvalidArgument(f"run {run} did not exist at version {at_version}: it began at version {first}")
-    index = _index(db)
+    index = kernel.history
     index.check_complete(run, first)
     return rid, index.lsns(rid, at_version)
 
 
-def history(db: Any, run: str) -> list[Commit]:
+def history(kernel: Kernel, run: str) -> list[Commit]:
     """See :meth:`engine.database.Database.history`."""
-    rid, lsns = _complete_lsns(db, run, None)
+    rid, lsns = _complete_lsns(kernel, run, None)
     out: list[Commit] = []
-    for version, ts_us, writes in _index(db).read(lsns, db._wal.write_through):
-        ops = tuple(_op(k, v) for k, v in writes if k[1:17] == rid)
-        runs = tuple(dict.fromkeys(str(uuid.UUID(bytes=k[1:17])) for k, _ in writes))
+    for version, ts_us, writes in kernel.history.read(lsns, kernel.wal.write_through):
+        ops = tuple(_op(k, v) for k, v in writes if run_id_of(k) == rid)
+        runs = tuple(dict.fromkeys(str(uuid.UUID(bytes=run_id_of(k))) for k, _ in writes))
         out.append(Commit(version, utc_from_us(ts_us), ops, runs))
     return out
 
 
-def _raw_replay(db: Any, run: str, at_version: int | None) -> tuple[int, dict[bytes, bytes]]:
+def _raw_replay(kernel: Kernel, run: str, at_version: int | None) -> tuple[int, dict[bytes, bytes]]:
     """The run's (last commit version, store key -> value bytes) rebuilt from its history up to ``at_version``."""
-    rid, lsns = _complete_lsns(db, run, at_version)
+    rid, lsns = _complete_lsns(kernel, run, at_version)
     state: dict[bytes, bytes] = {}
     last = 0
-    for version, _ts, writes in _index(db).read(lsns, db._wal.write_through):
+    for version, _ts, writes in kernel.history.read(lsns, kernel.wal.write_through):
         for key, value in writes:
-            if key[1:17] != rid:
+            if run_id_of(key) != rid:
                 continue
             if value is None:
                 state.pop(key, None)
@@ -333,41 +328,38 @@ def _raw_replay(db: Any, run: str, at_version: int | None) -> tuple[int, dict[by
     return last, state
 
 
-def _raw_live(db: Any, run: str) -> tuple[int, dict[bytes, bytes]]:
-    """The run's (last commit version, store key -> value bytes) read from the live store under the commit lock."""
-    rid = db._registry.check(run, write=False)
+def _raw_live(kernel: Kernel, run: str) -> tuple[int, dict[bytes, bytes]]:
+    """The run's (last commit version, store key -> value bytes) read from the live store at one instant."""
+    rid = kernel.registry.check(run, write=False)
     base = run_prefix(rid)
-    with db._commit_lock:
-        db._check_open()
-        at = db._version
-        items = db._versions.scan_at(base, prefix_end(base), at, entries=True)
-    version = _index(db).last_lsn(rid, at)
+    at, items = kernel.scan_latest(base, prefix_end(base))
+    version = kernel.history.last_lsn(rid, at)
     if not version:  # history gone: the newest entry is the best lower bound there is
         version = max((e[0] for _, e in items), default=0)
     return version, {k: e[1] for k, e in items}
 
 
-def replay(db: Any, run: str, at_version: int | None = None) -> RunState:
+def replay(kernel: Kernel, run: str, at_version: int | None = None) -> RunState:
     """See :meth:`engine.database.Database.replay_run`."""
-    version, state = _raw_replay(db, run, at_version)
+    version, state = _raw_replay(kernel, run, at_version)
     return build_state(run, version, sorted(state.items()))
 
 
-def live(db: Any, run: str) -> RunState:
+def live(kernel: Kernel, run: str) -> RunState:
     """See :meth:`engine.database.Database.run_state`."""
-    version, state = _raw_live(db, run)
+    version, state = _raw_live(kernel, run)
     return build_state(run, version, state.items())  # scanned in key order
 
 
-def diff(db: Any, a: str, b: str, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
+def diff(kernel: Kernel, a: str, b: str, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
     """See :meth:`engine.database.Database.diff_runs`.
 
     Works on the stored bytes: an entry whose bytes are equal in both runs
     (everything a fork has not touched) is never decoded; only entries whose
     bytes differ are decoded and compared as data.
     """
-    va, ra = _raw_live(db, a) if at_a is None else _raw_replay(db, a, at_a)
-    vb, rb = _raw_live(db, b) if at_b is None else _raw_replay(db, b, at_b)
+    va, ra = _raw_live(kernel, a) if at_a is None else _raw_replay(kernel, a, at_a)
+    vb, rb = _raw_live(kernel, b) if at_b is None else _raw_replay(kernel, b, at_b)
     ta, tb = _by_tag(ra), _by_tag(rb)
     return RunDiff(
         a, b, va, vb,
@@ -430,36 +422,33 @@ def _events_diff(a: str, b: str, ea: dict[bytes, bytes], eb: dict[bytes, bytes])
                       tuple(event_from_record(b, j, decode_value(lb[j])) for j in range(i, len(lb))))
 
 
-def fork(db: Any, run: str, at_version: int | None, name: str | None, tags: Iterable[str]) -> str:
+def fork(kernel: Kernel, run: str, at_version: int | None, name: str | None, tags: Iterable[str]) -> str:
     """See :meth:`engine.database.Database.fork_run`."""
-    registry = db._registry
+    registry = kernel.registry
     registry.check(run, write=False)
-    parent = registry.record(db._store, run)
+    parent = kernel.run_record(run)
     if name is None:
         name = parent["name"]
     replayed: dict[bytes, bytes] | None = None
     if at_version is not None:
-        _v, replayed = _raw_replay(db, run, at_version)
+        _v, replayed = _raw_replay(kernel, run, at_version)
     new_run, record_key, record = registry.prepare_begin(name, run, tags, None)
-    new_base = run_prefix(record_key[1:17])
-    with db._commit_lock:
-        db._check_can_write()
+    new_base = run_prefix(run_id_of(record_key))
+
+    def copy(view: LockedView) -> None:
         if replayed is None:  # the live state, read under the same lock that commits the copy
             base = run_prefix(registry.check(run, write=False))
-            items = db._versions.scan_at(base, prefix_end(base), db._version)
-            point = db._version
+            items: Iterable[tuple[bytes, bytes]] = view.scan_values(base, prefix_end(base))
+            point = view.version
         else:
             items = replayed.items()
             point = at_version
         skip = len(new_base)
         writes = [(new_base + k[skip:], v) for k, v in items if k[_RUN_RANGE] != TAG_RUN]
         record["metadata"] = {"forked_from": run, "fork_version": point}
-        record["first_version"] = db._version + 1
+        record["first_version"] = view.version + 1
         writes.insert(0, (record_key, registry.encode_record(record)))
-        size = COMMIT_HEADER.size + sum(9 + len(k) + len(v) for k, v in writes)
-        if size > MAX_PAYLOAD_BYTES:
-            raise InvalidArgument(f"the fork's state is {size:,} bytes; one commit record holds at most "
-                                  f"{MAX_PAYLOAD_BYTES:,}")
-        lsn = db._commit_locked(writes, (), lambda: registry.applied_begin(new_run, db._version))
-    db._wal.wait(lsn)
+        view.commit(writes, (), lambda v: registry.applied_begin(new_run, v))
+
+    kernel.atomic(copy)
     return new_run

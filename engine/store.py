@@ -35,7 +35,7 @@ Entry = tuple[int, bytes]
 class UnifiedStore:
     """A sorted map ``bytes -> (version, bytes)`` holding all state of one database."""
 
-    __slots__ = ("_map", "get")
+    __slots__ = ("_map", "get", "put_entry")
 
     def __init__(self, items: Mapping[bytes, Entry] | None = None):
         # SortedDict(dict) sorts once: O(n log n) with a C sort, far faster than
@@ -44,6 +44,8 @@ class UnifiedStore:
         #: Point read: ``get(key) -> Entry | None``. Bound directly to the dict
         #: lookup: this is the hottest call in the engine.
         self.get = self._map.get
+        #: ``put_entry(key, (version, value))``: :meth:`put` without the call, for the commit fast path.
+        self.put_entry = self._map.__setitem__
 
     def __len__(self) -> int:
         return len(self._map)

@@ -11,16 +11,37 @@ import struct
 from typing import Any
 
 from .codec import decode_value, encode_value
+from .database import Database
+from .kernel import Kernel, LockedView
 from .keys import TAG_EVENT, run_id_bytes, run_prefix
 
-__all__ = ["tamper_event_payload"]
+__all__ = ["check_store", "kernel", "store_items", "tamper_event_payload"]
 
 
-def tamper_event_payload(db: Any, run: str, seq: int, payload: Any) -> None:
+def kernel(db: Database) -> Kernel:
+    """The storage kernel behind ``db`` (white-box tests commit and read through it)."""
+    return db._kernel  # noqa: SLF001 - this module exists to reach past the facade
+
+
+def check_store(db: Database) -> None:
+    """Assert the sorted map's internal invariants (sortedcontainers' ``_check``)."""
+    kernel(db)._store._check()  # noqa: SLF001
+
+
+def store_items(db: Database) -> dict[bytes, tuple[int, bytes]]:
+    """Every entry of the store at the last commit: key -> (version, value bytes)."""
+    return dict(kernel(db)._store.items())  # noqa: SLF001
+
+
+def tamper_event_payload(db: Database, run: str, seq: int, payload: Any) -> None:
     """Replace the stored payload of event ``seq`` of ``run`` in memory, leaving its hashes as they were."""
     key = run_prefix(run_id_bytes(run), TAG_EVENT) + struct.pack(">Q", seq)
-    with db._commit_lock:
-        version, raw = db._store.get(key)
+    store = kernel(db)._store  # noqa: SLF001
+
+    def tamper(view: LockedView) -> None:  # under the commit lock, writing no WAL record
+        version, raw = store.get(key)
         record = decode_value(raw)
         record["payload"] = payload
-        db._store.put(key, version, encode_value(record))
+        store.put(key, version, encode_value(record))
+
+    kernel(db).atomic(tamper)

@@ -1,7 +1,8 @@
 """Optimistic transactions: a snapshot, a read set, scanned ranges and a buffered write set.
 
 This module owns one transaction's bookkeeping and the OCC validation rule;
-the database owns the commit critical section that runs it. A
+the kernel (:mod:`engine.kernel`) owns the commit critical section that runs
+it and the read point the transaction reads at. A
 :class:`Transaction` is a primitive :class:`~engine.primitives.kv.Context`,
 so ``tx.kv`` is the same KV class as ``db.kv``, reading and writing through
 the transaction instead of committing each call.
@@ -33,29 +34,30 @@ A transaction belongs to one thread. Invariant: a finished transaction
 from __future__ import annotations
 
 import uuid
+import warnings
+import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import TransactionClosed, TransactionConflict
 from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, run_prefix, split_key
-from .mvcc import Versions
-from .registry import RunRegistry, run_record_key
+from .kernel import Kernel, ReadPoint
+from .registry import run_record_key
 
 __all__ = ["Transaction", "validate"]
 
 _PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces"}
 
 
-class _Host(Protocol):
-    """What a transaction needs from the database that made it."""
-
-    _versions: Versions
-    _registry: RunRegistry
-
-    def _scan_at(self, lo: bytes, hi: bytes | None, snapshot: int, *, entries: bool = False) -> list[Any]: ...
-    def _last_at(self, lo: bytes, hi: bytes | None, snapshot: int) -> tuple[bytes, tuple[int, bytes]] | None: ...
-    def _commit_transaction(self, tx: Transaction) -> None: ...
-    def _release_transaction(self, tx: Transaction) -> None: ...
+def _abandoned(kernel: Kernel, point: ReadPoint) -> None:
+    """Finaliser of a transaction dropped unfinished: queue its read point for release (takes no lock)."""
+    warnings.warn(
+        "an inmem transaction was garbage-collected without commit() or rollback(); "
+        "its writes are discarded (use `with db.transaction() as tx:` or db.transact)",
+        ResourceWarning,
+        stacklevel=2,
+    )
+    kernel.abandon(point)
 
 
 class Transaction:
@@ -66,13 +68,17 @@ class Transaction:
     Primitives hang on it as on the database: ``tx.kv``.
     """
 
-    def __init__(self, host: _Host, begin_version: int, token: int,
-                 primitives: dict[str, Callable[[Transaction], Any]] | None = None):
-        self._host = host
-        self._versions = host._versions
-        self._registry = host._registry
-        self._begin = begin_version
-        self._token = token
+    def __init__(self, kernel: Kernel, primitives: dict[str, Callable[[Transaction], Any]] | None = None):
+        point = kernel.open_read_point()
+        self._kernel = kernel
+        self._read_at = kernel.read_at
+        self._registry = kernel.registry
+        self._begin = point.version
+        self._point = point
+        # A transaction dropped without commit or rollback must not pin old versions for ever.
+        # Its finaliser may run inside any allocation (even under the commit lock), so it only
+        # queues the read point; the next commit or transaction releases it.
+        self._finalizer = weakref.finalize(self, _abandoned, kernel, point)
         self._reads: set[bytes] = set()
         self._ranges: list[tuple[bytes, bytes | None]] = []
         self._writes: dict[bytes, bytes | None] = {}
@@ -82,7 +88,6 @@ class Transaction:
         self._prefix_maps: dict[int, tuple[dict[str, bytes], dict[str, bytes]]] = {}
         self._finished = False
         self.commit_version: int | None = None
-        self._finalizer: Any = None  # set by the database: releases the snapshot if we are dropped
         # primitive classes by attribute name (kv, events, ...): they sit above this layer, so the
         # database hands them in, and each is made on first use
         self._primitives = primitives or {}
@@ -129,7 +134,7 @@ class Transaction:
             value = self._writes[key]
             return None if value is None else (0, value)
         self._reads.add(key)
-        return self._versions.read_at(key, self._begin)
+        return self._read_at(key, self._begin)
 
     def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """This transaction's own maps run id -> key prefix of ``tag`` (all runs, runs it may write).
@@ -188,7 +193,7 @@ class Transaction:
     def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
         """``(key, value)`` in ``[lo, hi)`` at the snapshot with own writes applied; records the range."""
         self._check()
-        items = self._host._scan_at(lo, hi, self._begin)
+        items = self._kernel.scan_at(lo, hi, self._begin)
         self._ranges.append((lo, hi))
         if not self._writes:
             return items
@@ -204,7 +209,7 @@ class Transaction:
     def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
         """The greatest ``(key, value)`` in ``[lo, hi)`` at the snapshot with own writes; records the range."""
         self._check()
-        found = self._host._last_at(lo, hi, self._begin)
+        found = self._kernel.last_at(lo, hi, self._begin)
         self._ranges.append((lo, hi))
         best = None if found is None else (found[0], found[1][1])
         for key, value in self._writes.items():
@@ -224,7 +229,7 @@ class Transaction:
     def scan_entries(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, int]]:
         """``(key, commit version)`` in ``[lo, hi)`` at the snapshot (own writes as version 0)."""
         self._check()
-        found = dict((k, e[0]) for k, e in self._host._scan_at(lo, hi, self._begin, entries=True))
+        found = dict((k, e[0]) for k, e in self._kernel.scan_at(lo, hi, self._begin, entries=True))
         self._ranges.append((lo, hi))
         for key, value in self._writes.items():
             if key >= lo and (hi is None or key < hi):
@@ -264,18 +269,24 @@ class Transaction:
         """
         self._check()
         self._finished = True
-        try:
-            if self._writes:
-                self._host._commit_transaction(self)
-        finally:
-            self._host._release_transaction(self)
+        # detach first: the finaliser and this call must not both release the read point
+        point = self._point if self._finalizer.detach() is not None else None
+        if self._writes:
+            self.commit_version = self._kernel.commit(list(self._writes.items()), self._runs,
+                                                      validate=self._validate, release=point)
+        elif point is not None:
+            self._kernel.close_read_point(point)
+
+    def _validate(self, kernel: Kernel) -> None:
+        validate(self, kernel)
 
     def rollback(self) -> None:
         """Discard every write. :raises TransactionClosed: already finished."""
         self._check()
         self._finished = True
         self._writes.clear()
-        self._host._release_transaction(self)
+        if self._finalizer.detach() is not None:
+            self._kernel.close_read_point(self._point)
 
     def __enter__(self) -> Transaction:
         self._check()
@@ -310,7 +321,7 @@ def _conflict(tx: Transaction, key: bytes, version: int, what: str) -> Transacti
     )
 
 
-def validate(tx: Transaction, versions: Versions) -> None:
+def validate(tx: Transaction, kernel: Kernel) -> None:
     """The OCC check, run under the commit lock.
 
     :raises TransactionConflict: a key read or written, or a key in a scanned
@@ -319,7 +330,7 @@ def validate(tx: Transaction, versions: Versions) -> None:
     Complexity: O(reads + writes + keys in scanned ranges).
     """
     begin = tx._begin
-    last_write: Callable[[bytes], int] = versions.last_write
+    last_write: Callable[[bytes], int] = kernel.last_write
     for key in tx._writes:
         version = last_write(key)
         if version > begin:
@@ -329,7 +340,7 @@ def validate(tx: Transaction, versions: Versions) -> None:
         if version > begin:
             raise _conflict(tx, key, version, "a write to a key this transaction read")
     for lo, hi in tx._ranges:
-        hit = versions.first_write_after(lo, hi, begin)
+        hit = kernel.first_write_after(lo, hi, begin)
         if hit is not None:
             raise _conflict(tx, hit[0], hit[1], "an insert, change or delete inside a range this transaction scanned")
     if tx._listed_runs:

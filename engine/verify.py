@@ -133,7 +133,7 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
         problems.append(f"the database does not open: {exc}")
     else:
         try:
-            runs = db._registry.runs()  # ids only: no per-run scan
+            runs = db.runs.ids()  # ids only: no per-run scan
             report["runs"] = len(runs)
             for k, run in enumerate(runs, start=1):
                 try:

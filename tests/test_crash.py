@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from engine import Database
+from engine import testing
 from engine.errors import DatabaseLocked, RunClosed, RunNotFound
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -319,7 +320,7 @@ def describe_diff(got: dict, want: dict) -> str:
 
 def reopen_and_observe(path: str, all_runs: list[str]) -> tuple[dict, dict]:
     with Database.open(path, durability="strict", segment_bytes=SEGMENT_BYTES) as db:
-        db._store._check()
+        testing.check_store(db)
         got = observe(db, all_runs)
         recovery = db.stats()["recovery"]
     return got, recovery
@@ -333,7 +334,7 @@ def check_still_writable(path: str, where: str) -> None:
     with Database.open(path, durability="strict", segment_bytes=SEGMENT_BYTES) as db:
         assert db.stats()["recovery"]["torn_tail"] is None, f"{where}: torn tail after a clean close"
         assert db.kv.get(run, "after") == {"ok": True, "pad": "p" * 3000}, f"{where}: write after recovery lost"
-        db._store._check()
+        testing.check_store(db)
 
 
 # --- the tests -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from engine import Database
+from engine import testing
 from engine.errors import RunClosed, RunNotFound
 
 MODES = ("strict", "batched", "off")
@@ -175,7 +176,7 @@ class DatabaseMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.db is not None)
     @invariant()
     def store_invariants(self) -> None:
-        self.db._store._check()
+        testing.check_store(self.db)
         stats = self.db.stats()
         assert stats["runs"] == len(self.kv)
         ended = sum(1 for a in self.active.values() if not a)

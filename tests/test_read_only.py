@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from engine import Database, DatabaseLocked, DatabaseReadOnly, InvalidArgument
+from engine import testing
 from engine.codec import decode_value, encode_value
 from engine.keys import TAG_EVENT, run_id_bytes, run_prefix
 from engine.verify import verify_directory
@@ -124,9 +125,9 @@ def _write_broken_chain(path: str) -> str:
         for i in range(3):
             db.events.append(run, "step", {"i": i})
         key = run_prefix(run_id_bytes(run), TAG_EVENT) + struct.pack(">Q", 1)
-        record = decode_value(db._store.get(key)[1])
+        record = decode_value(testing.kernel(db).get(key)[1])
         record["payload"] = {"i": 999}
-        db._commit([(key, encode_value(record))], (run,))
+        testing.kernel(db).commit([(key, encode_value(record))], (run,))
     return run
 
 

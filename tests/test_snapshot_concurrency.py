@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import Database
+from engine import testing
 from engine.errors import RunClosed
 from engine.fs import OSFileSystem
 from engine.keys import TAG_KV, TAG_RUN
@@ -41,7 +42,7 @@ WRITERS = 3
 
 def read_snapshot_file(db: Database, path: str) -> tuple[object, dict[bytes, tuple[int, bytes]]]:
     """(header, {store key: (version, value bytes)}): the file's content, every checksum verified."""
-    return read_snapshot(OSFileSystem(), path, db._identity.db_id)
+    return read_snapshot(OSFileSystem(), path, testing.kernel(db).identity.db_id)
 
 
 def decode_state(state: dict[bytes, tuple[int, bytes]]) -> tuple[dict[tuple[str, str], tuple[int, object]], dict]:
@@ -200,7 +201,7 @@ def test_snapshot_under_concurrent_writers_holds_exactly_its_version(dbdir):
         assert rec["snapshot"]["commit_version"] == last_v and rec["records"] == final_version - last_v, rec
         got = {(run, k): v for k, v in db.kv.scan(run)}
         assert got == {k: value for k, (_, value) in state_at(final_version).items()}
-        kv, _ = decode_state(dict(db._store.items()))
+        kv, _ = decode_state(testing.store_items(db))
         assert kv == state_at(final_version), "recovered versions or values differ from the log"
 
 
@@ -420,7 +421,7 @@ def run_model_ops(ops: list[tuple]) -> None:
                         assert rec["snapshot"]["commit_version"] == m.snapshot_version, f"{where}: {rec}"
                     since = m.version - (m.snapshot_version or 0)
                     assert rec["records"] == since, f"{where}: replayed {rec['records']} records, {since} commits since"
-                    db._store._check()
+                    testing.check_store(db)
                     check_against(db, m, where)
             check_against(db, m, "at the end")
         finally:

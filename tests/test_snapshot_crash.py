@@ -42,6 +42,7 @@ import tempfile
 import pytest
 
 from engine import Database
+from engine import testing
 from engine.snapshot import parse_snapshot_name
 from tests.test_crash import (
     Model,
@@ -204,7 +205,7 @@ def check_newest_snapshot_replaceable(path: str, runs: list[str], got: dict, whe
             f.seek(size // 2)
             f.write(bytes([byte[0] ^ 0xFF]))
         with Database.open(copy, durability="strict", segment_bytes=SEGMENT_BYTES) as db:
-            db._store._check()
+            testing.check_store(db)
             alt = observe(db, runs)
             recovery = db.stats()["recovery"]
         assert [s["file"] for s in recovery["snapshots_skipped"]] == [snaps[-1]], (

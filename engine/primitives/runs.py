@@ -85,6 +85,15 @@ class Runs:
         rid, _, record = found
         return self._info(run, rid, record)
 
+    def ids(self, *, status: str | None = None) -> list[str]:
+        """Ids of the runs (only those with ``status`` if given), in start order: the run index
+        without a :class:`RunInfo` each. O(runs). :raises InvalidArgument: unknown ``status``."""
+        if status is not None and status not in STATUSES:
+            raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+        if status is None:
+            return [r for r in self._ctx.run_ids() if self._record(r) is not None]
+        return [r for r in self._ctx.run_ids(status) if (f := self._record(r)) is not None and f[2]["status"] == status]
+
     def list(self, *, status: str | None = None, tag: str | None = None, parent: str | None = None,
              name: str | None = None, started_after: _dt.datetime | None = None,
              limit: int | None = None) -> list[RunInfo]:

@@ -29,6 +29,7 @@ of a database; a segment header names the LSN of its first frame.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..checksum import crc32c, mask, masked_crc32c
@@ -47,6 +48,7 @@ __all__ = [
     "SegmentHeader",
     "check_frame",
     "check_segment_identity",
+    "commit_record_size",
     "decode_commit",
     "decode_segment_header",
     "encode_commit_frame",
@@ -167,6 +169,12 @@ def encode_frame(lsn: int, rtype: int, payload: bytes) -> bytes:
     """Return one frame: 24-byte header then ``payload``."""
     body = _FRAME_BODY.pack(len(payload), lsn, mask(crc32c(payload)), rtype)
     return _U32.pack(mask(crc32c(body))) + body + payload
+
+
+def commit_record_size(writes: Sequence[tuple[bytes, bytes | None]]) -> int:
+    """Payload bytes of the commit record holding ``writes`` (§4.3): header, then per op
+    1 + 4 + key (+ 4 + value for a put). Compare with :data:`MAX_PAYLOAD_BYTES`. O(len(writes))."""
+    return COMMIT_HEADER.size + sum(_OP_HEAD.size + len(k) + (0 if v is None else 4 + len(v)) for k, v in writes)
 
 
 def encode_commit_frame(

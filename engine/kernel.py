@@ -1,0 +1,486 @@
+"""The storage kernel: the commit path and reads at a version, for one open database directory.
+
+This module owns everything between "these writes, atomically" and the bytes
+on disk, and every read of committed state: the commit lock, the commit
+version counter, WAL append and the durability wait, the history index
+update, applying writes to the store and to the MVCC version chains, the
+run-is-open checks, reads and scans at a read point, and the registration of
+read points (a transaction's or a snapshot capture's). Everything above it —
+transactions, the autocommit contexts, primitives, replay, checkpoints, the
+database facade — reaches storage only through :class:`Kernel`'s public
+methods; nothing above it sees the sorted map, the WAL or a frame.
+
+The commit path, one function for every write (autocommit put, primitive
+call, transaction, fork, begin/end/archive run)::
+
+    with commit lock:                         # serialises commits: version order = LSN order
+        [validate(kernel)]                    # a transaction's OCC check; raises, nothing written
+        check not closed; runs still active
+        version = last version + 1
+        frame = encode_*_frame(lsn, version, now, writes)
+        wal.append(frame)                     # may raise DatabasePoisoned / DatabaseReadOnly: nothing applied
+        history.add(lsn, segment, offset, writes)
+        store / version chains apply(version, writes)    # now visible to readers
+    wal.wait(lsn)                             # strict: group fsync; off: write; batched: no wait
+
+Invariants: each commit is exactly one WAL record; commit versions rise by
+one per commit; the store never holds a write whose record was not appended;
+the commit lock is held only across CPU work (see :mod:`engine.locks`).
+Readers may see a commit before its ``wait`` returns (early lock release, as
+in every WAL engine); if that fsync fails the database is poisoned and the
+commit raises.
+
+Read points: :meth:`Kernel.open_read_point` registers the last commit version
+with the MVCC layer (:mod:`engine.mvcc`) so that the versions it can read are
+kept until :meth:`Kernel.close_read_point`. A read point dropped without
+being closed (a transaction garbage-collected unfinished) is queued by
+:meth:`Kernel.abandon` — from a finaliser, so without any lock — and released
+by the next commit or read point, whichever comes first.
+
+A second implementation of this interface (e.g. over a SERIALIZABLE SQL
+database) would keep the same methods; what is specific to this one is named
+so in the docstrings (WAL, LSN, segment).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
+from .fs import FileSystem
+from .history import HistoryIndex
+from .identity import Identity
+from .locks import CommitLock
+from .mvcc import Versions
+from .registry import RunRegistry
+from .store import Entry, UnifiedStore
+from .wal import format as wal_format
+from .wal.format import commit_record_size, encode_commit_frame, encode_put_frame
+from .wal.readonly import ReadOnlyWal
+from .wal.writer import WalWriter
+
+__all__ = ["Kernel", "LockedView", "ReadPoint", "Writes"]
+
+T = TypeVar("T")
+
+#: A commit's writes: ``(store key, encoded value)``; value ``None`` deletes the key.
+Writes = Sequence[tuple[bytes, "bytes | None"]]
+#: Called under the commit lock with the new commit version, right after the commit is applied.
+After = Callable[[int], None]
+
+
+def _check_size(writes: Writes) -> None:
+    """:raises InvalidArgument: ``writes`` do not fit in one commit record (``MAX_PAYLOAD_BYTES``)."""
+    size = commit_record_size(writes)
+    limit = wal_format.MAX_PAYLOAD_BYTES  # read at call time: tests lower it
+    if size > limit:
+        raise InvalidArgument(f"the commit writes {size:,} bytes; one commit record holds at most "
+                              f"{limit:,}: split it into several commits")
+
+
+class ReadPoint(NamedTuple):
+    """A registered read point: reads ``at`` its ``version`` see exactly the commits up to it."""
+
+    version: int
+    token: int
+
+
+class Kernel:
+    """The commit path and reads at a version of one open database. Built by ``Database.open``.
+
+    Public attributes (read-only by convention): ``fs`` (the file-system
+    seam), ``path`` (the directory), ``identity``, ``registry`` (the run
+    table), ``history`` (the per-run WAL history index), ``wal`` (the WAL
+    writer, or its read-only stand-in), ``durability``.
+
+    Thread safety: any number of threads; point reads take no lock, scans and
+    commits take the commit lock briefly.
+    """
+
+    def __init__(
+        self,
+        *,
+        fs: FileSystem,
+        path: str,
+        identity: Identity,
+        store: UnifiedStore,
+        registry: RunRegistry,
+        history: HistoryIndex,
+        wal: WalWriter | ReadOnlyWal,
+        version: int,
+        durability: str,
+        read_only: bool,
+    ):
+        self.fs = fs
+        self.path = path
+        self.identity = identity
+        self.registry = registry
+        self.history = history
+        self.wal = wal
+        self.durability = durability
+        self.read_only = read_only
+        self._store = store
+        self._versions = Versions(store)
+        self._lock = CommitLock()  # never held across I/O: see engine/locks.py
+        self._version = version
+        self._closed = False
+        self._commits = 0
+        self._conflicts = 0
+        self._abandoned: list[int] = []  # read-point tokens dropped unclosed, released at the next commit
+        self._active_runs = registry.active
+        self._must_wait = durability != "batched"  # batched: the flusher makes commits durable
+        self._put_entry = store.put_entry  # the one-put fast path writes the sorted map directly
+        #: Point read of the latest committed entry of a key, ``(version, value)`` or None. Lock-free.
+        self.get: Callable[[bytes], Entry | None] = store.get
+
+    # --- facts -------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The last commit version (0: nothing committed yet)."""
+        return self._version
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def poisoned(self) -> bool:
+        """A write or fsync failed: no later commit is acknowledged (SPEC.md §5)."""
+        return self.wal.poisoned
+
+    def stats(self) -> dict[str, int]:
+        """``commits`` (by this handle), ``conflicts``, ``keys``, ``active_read_points``, ``retained_versions``."""
+        return {"commits": self._commits, "conflicts": self._conflicts, "keys": len(self._store),
+                "active_read_points": self._versions.active, "retained_versions": self._versions.retained}
+
+    def check_open(self) -> None:
+        """:raises DatabaseClosed: the database is closed."""
+        if self._closed:
+            raise DatabaseClosed(f"database {self.path} is closed")
+
+    def check_can_write(self) -> None:
+        """:raises DatabaseClosed: / :raises DatabaseReadOnly: / :raises DatabasePoisoned: a write would fail."""
+        self.check_open()
+        wal = self.wal
+        if isinstance(wal, ReadOnlyWal):
+            raise wal.read_only_error()
+        if wal.poisoned:
+            raise wal.poison_error()
+
+    def close(self) -> bool:
+        """Refuse every later commit and read (``DatabaseClosed``); return False if already closed.
+
+        Does not touch the WAL: the caller closes it after stopping background work.
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            return True
+
+    # --- the commit path ---------------------------------------------------------------------
+
+    def commit(
+        self,
+        writes: Writes,
+        runs: Sequence[str] | set[str] = (),
+        after: After | None = None,
+        *,
+        validate: Callable[[Kernel], None] | None = None,
+        release: ReadPoint | None = None,
+    ) -> int:
+        """Commit ``writes`` atomically as one WAL record and return its commit version.
+
+        :param runs: the runs written to; each must still be active when the
+            commit is applied (checked under the commit lock).
+        :param after: ``after(version)``, called under the commit lock once
+            the commit is applied (e.g. the run table learns of a new run).
+        :param validate: ``validate(kernel)``, called under the commit lock
+            before anything is written; a transaction's OCC check, which raises
+            ``TransactionConflict`` to refuse the commit.
+        :param release: a read point to release under the same lock, after
+            validation and before the writes are applied (whatever happens).
+        Complexity: O(total bytes written) plus O(log n) per key.
+
+        :raises InvalidArgument: the writes do not fit in one commit record
+            (``wal.format.MAX_PAYLOAD_BYTES``, 1 GiB); nothing is written.
+        :raises TransactionConflict: ``validate`` refused.
+        :raises RunClosed: a run in ``runs`` has ended.
+        :raises DatabasePoisoned: / :raises DatabaseReadOnly: / :raises DatabaseClosed: the write cannot happen.
+        """
+        if len(writes) != 1:
+            try:
+                _check_size(writes)
+            except BaseException:
+                if release is not None:
+                    self.close_read_point(release)
+                raise
+        with self._lock:
+            try:
+                if validate is not None:
+                    self.check_can_write()
+                    try:
+                        validate(self)
+                    except TransactionConflict:
+                        self._conflicts += 1
+                        raise
+            finally:
+                # not needed past validation: releasing it first spares the apply from keeping
+                # versions only this read point could have read
+                if release is not None:
+                    self._release_locked(release.token)
+            lsn = self._append_locked(writes, runs, after)
+            version = self._version
+        if self._must_wait:
+            self.wal.wait(lsn)
+        return version
+
+    def _append_locked(self, writes: Writes, runs: Sequence[str] | set[str], after: After | None) -> int:
+        """The critical section of every commit; the commit lock is held. Returns the LSN."""
+        if self._closed:
+            raise DatabaseClosed(f"database {self.path} is closed")
+        if self._abandoned:  # read points dropped unclosed must not pin versions while only autocommits follow
+            self._reclaim_abandoned()
+        active = self._active_runs
+        for run in runs:  # a run may have ended since the caller's unlocked check
+            if run not in active:
+                self.registry.check(run, write=True)
+        wal = self.wal
+        lsn = wal.next_lsn
+        version = self._version + 1
+        ts_us = time.time_ns() // 1000
+        versions = self._versions
+        if len(writes) == 1 and writes[0][1] is not None:  # one put: the kv.put hot path
+            key, value = writes[0]
+            wal.append(encode_put_frame(lsn, version, ts_us, key, value))  # type: ignore[arg-type]
+            self.history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
+            if versions.active:
+                versions.apply(version, writes)  # keep what open read points still read
+            else:
+                self._put_entry(key, (version, value))
+        else:
+            wal.append(encode_commit_frame(lsn, version, ts_us, writes))
+            self.history.add(lsn, wal.tail_seq, wal.last_offset, writes)
+            if versions.active:
+                versions.apply(version, writes)
+            else:
+                self._store.apply(version, writes)
+        self._version = version
+        self._commits += 1
+        if after is not None:
+            after(version)
+        return lsn
+
+    def atomic(self, fn: Callable[[LockedView], T]) -> T:
+        """Run ``fn(view)`` under the commit lock and commit what it commits through ``view``.
+
+        For read-then-write steps (a primitive call, ``begin_run``, a fork):
+        no other commit happens meanwhile, so what ``fn`` read still holds
+        when its writes commit — no validation, no conflict, no retry. ``fn``
+        must be CPU-only (it runs inside the commit lock). If it raises,
+        nothing is written. The durability wait follows after the lock is released.
+
+        :raises DatabaseClosed: / :raises DatabaseReadOnly: / :raises DatabasePoisoned: before ``fn`` runs.
+        """
+        with self._lock:
+            self.check_can_write()
+            view = LockedView(self, self._store)
+            result = fn(view)
+            lsn = view.lsn
+        if lsn:
+            self.wal.wait(lsn)
+        return result
+
+    # --- run lifecycle: the commits that change the run table -------------------------------------
+
+    def begin_run(self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any) -> str:
+        """Commit a new active run's record; return its id (see ``Database.begin_run`` for the errors)."""
+        registry = self.registry
+        run, key, record = registry.prepare_begin(name, parent, tags, metadata)
+
+        def begin(view: LockedView) -> None:
+            # encoded under the lock: the record carries the version of the commit that creates it
+            record["first_version"] = view.version + 1
+            view.commit([(key, registry.encode_record(record))], (), lambda v: registry.applied_begin(run, v))
+
+        self.atomic(begin)
+        return run
+
+    def end_run(self, run: str, status: str) -> None:
+        """Commit ``run``'s end with ``status`` (see ``Database.end_run`` for the errors)."""
+        registry = self.registry
+
+        def end(view: LockedView) -> None:
+            write = registry.prepare_end(self._store, run, status)
+            view.commit([write], (), lambda v: registry.applied_end(run, status, v))
+
+        self.atomic(end)
+
+    def archive_run(self, run: str) -> None:
+        """Commit ``run``'s archived flag, unless it is set already (see ``Database.archive_run``)."""
+        registry = self.registry
+
+        def archive(view: LockedView) -> None:
+            write = registry.prepare_archive(self._store, run)
+            if write is not None:
+                view.commit([write], (), lambda _v: registry.applied_archive(run))
+
+        self.atomic(archive)
+
+    # --- reads at the latest version ---------------------------------------------------------
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` for ``lo <= key < hi`` (``hi=None``: no bound) at the last commit. O(log n + k)."""
+        with self._lock:
+            self.check_open()
+            return self._store.scan_values(lo, hi)
+
+    def scan_latest(self, lo: bytes, hi: bytes | None) -> tuple[int, list[tuple[bytes, Entry]]]:
+        """``(last commit version, [(key, (version, value))])`` for ``[lo, hi)``, read at one instant.
+
+        :raises DatabaseClosed: the database is closed.
+        """
+        with self._lock:
+            self.check_open()
+            return self._version, self._store.scan(lo, hi)
+
+    def run_record(self, run: str) -> dict[str, Any]:
+        """The decoded run record of ``run`` at the last commit. :raises RunNotFound: no such run."""
+        return self.registry.record(self._store, run)
+
+    # --- read points and reads at a version ----------------------------------------------------
+
+    def open_read_point(self) -> ReadPoint:
+        """Register the last commit version as a read point (its versions are kept until closed).
+
+        :raises DatabaseClosed: the database is closed.
+        """
+        with self._lock:
+            self.check_open()
+            if self._abandoned:
+                self._reclaim_abandoned()
+            version = self._version
+            return ReadPoint(version, self._versions.register(version))
+
+    def close_read_point(self, point: ReadPoint) -> None:
+        """Release a read point (once; the caller guarantees it)."""
+        with self._lock:
+            self._release_locked(point.token)
+
+    def abandon(self, point: ReadPoint) -> None:
+        """Queue ``point`` for release by the next commit or read point. Takes no lock (safe in a finaliser)."""
+        self._abandoned.append(point.token)
+
+    def _release_locked(self, token: int) -> None:
+        self._versions.release(token)
+        if self._abandoned:
+            self._reclaim_abandoned()
+
+    def _reclaim_abandoned(self) -> None:
+        while self._abandoned:
+            self._versions.release(self._abandoned.pop())
+
+    def read_at(self, key: bytes, version: int) -> Entry | None:
+        """The entry of ``key`` visible at ``version`` (a registered read point). Lock-free."""
+        return self._versions.read_at(key, version)
+
+    def scan_at(self, lo: bytes, hi: bytes | None, version: int, *, entries: bool = False) -> list[Any]:
+        """``(key, value)`` — or ``(key, (version, value))`` with ``entries`` — in ``[lo, hi)`` at ``version``.
+
+        :raises DatabaseClosed: the database is closed.
+        """
+        with self._lock:
+            self.check_open()
+            return self._versions.scan_at(lo, hi, version, entries=entries)
+
+    def last_at(self, lo: bytes, hi: bytes | None, version: int) -> tuple[bytes, Entry] | None:
+        """The greatest ``(key, (version, value))`` in ``[lo, hi)`` at ``version``, or None."""
+        with self._lock:
+            self.check_open()
+            return self._versions.last_at(lo, hi, version)
+
+    def capture(self, lo: bytes, version: int, limit: int) -> tuple[list[bytes], list[int], list[bytes], bytes | None]:
+        """Up to ``limit`` entries from ``lo`` on at read point ``version``, under the commit lock for one step.
+
+        Returns ``(keys, versions, values, next lo or None at the end)``; a
+        waiting committer goes before the caller's next step. For snapshot
+        captures (:mod:`engine.checkpoint`).
+        """
+        lock = self._lock
+        with lock:
+            out = self._versions.capture(lo, version, limit)
+        lock.yield_to_waiters()
+        return out
+
+    def open_capture(self) -> tuple[ReadPoint, int]:
+        """A read point at the last commit and the next LSN, at one instant: where a snapshot file
+        taken at that point lets the WAL resume. Close the read point with :meth:`close_read_point`.
+
+        :raises DatabaseClosed: the database is closed.
+        """
+        with self._lock:
+            self.check_open()
+            version = self._version
+            return ReadPoint(version, self._versions.register(version)), self.wal.next_lsn
+
+    # --- validation support (call only from a ``validate`` callback, under the commit lock) -----------
+
+    def last_write(self, key: bytes) -> int:
+        """Commit version that last wrote ``key`` (a delete counts), as far as any open read point can tell."""
+        return self._versions.last_write(key)
+
+    def first_write_after(self, lo: bytes, hi: bytes | None, version: int) -> tuple[bytes, int] | None:
+        """Some key in ``[lo, hi)`` written after ``version``, with its commit version. O(log n + k)."""
+        return self._versions.first_write_after(lo, hi, version)
+
+
+class LockedView:
+    """The latest state, read and written while :meth:`Kernel.atomic` holds the commit lock.
+
+    Reads see every commit so far (and, after :meth:`commit`, this view's own).
+    """
+
+    __slots__ = ("_kernel", "_store", "get", "lsn")
+
+    def __init__(self, kernel: Kernel, store: UnifiedStore):
+        self._kernel = kernel
+        self._store = store
+        #: Point read of the latest entry, ``(version, value)`` or None.
+        self.get = store.get
+        #: LSN of this view's last commit (0: none yet).
+        self.lsn = 0
+
+    @property
+    def version(self) -> int:
+        """The last commit version."""
+        return self._kernel.version
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, Entry]]:
+        return self._store.scan(lo, hi)
+
+    def scan_values(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        return self._store.scan_values(lo, hi)
+
+    def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, Entry] | None:
+        return self._store.last(lo, hi)
+
+    def count(self, lo: bytes, hi: bytes | None) -> int:
+        return self._store.count(lo, hi)
+
+    def run_record(self, run: str) -> dict[str, Any]:
+        """The decoded run record. :raises RunNotFound: no such run."""
+        return self._kernel.registry.record(self._store, run)
+
+    def commit(self, writes: Writes, runs: Sequence[str] | set[str] = (), after: After | None = None) -> int:
+        """Commit ``writes`` as one WAL record now (see :meth:`Kernel.commit`); return the commit version.
+
+        :raises InvalidArgument: the writes do not fit in one commit record.
+        """
+        if len(writes) != 1:
+            _check_size(writes)
+        kernel = self._kernel
+        self.lsn = kernel._append_locked(writes, runs, after)  # noqa: SLF001 - same module, lock held
+        return kernel.version
