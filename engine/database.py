@@ -154,7 +154,8 @@ class Database:
         A missing directory is created (with any missing parents), and each new
         name is fsynced into its parent before anything else happens. An empty
         directory becomes a new database; a non-empty one must already be one.
-        An open that raises changes nothing on disk (except ``salvage=True``).
+        An open that raises leaves an existing directory as it was, ``LOCK``
+        aside (SPEC.md §1); ``salvage=True`` changes it by design.
 
         Complexity: O(snapshot + WAL after it) for recovery, plus loading the
         history index (O(retained commit records), from compact sidecars).

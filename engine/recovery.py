@@ -32,7 +32,8 @@ The rules, in order:
    first) and only then cut at the bad frame; later segments, and foreign
    segments the snapshot covers, are renamed to ``<name>.corrupt-<ms>`` (kept
    for forensics, never read again), and the report says what was dropped.
-6. Only once every check has passed is anything changed on disk: inmem's own
+6. Only once every check has passed is anything changed on disk (but a new
+   database's IDENTITY, rule 1): inmem's own
    leftover temporaries (``IDENTITY.tmp``, ``wal-*.log.tmp``,
    ``snapshot-*.snap.tmp``, ``hist-*.idx.tmp``: interrupted creates, nothing
    acknowledged) are removed, the torn tail is cut, salvage sets files aside.
