@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from . import native
 from .errors import InvalidArgument, TransactionConflict
-from .fs import FileSystem, OSFileSystem
+from .fs import FileSystem, OSFileSystem, check_file_mode, open_error
 from .checkpoint import SnapshotInfo, Snapshotter
 from .contexts import PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
@@ -40,7 +40,7 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
-from .recovery import recover
+from .recovery import check_new_directory, recover
 from .registry import RunRegistry
 from .store import UnifiedStore
 from .txn import Transaction
@@ -55,7 +55,6 @@ T = TypeVar("T")
 log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
-LOCK_FILE = "LOCK"
 
 
 class Database:
@@ -94,6 +93,7 @@ class Database:
         progress: Progress | None = None,
         history: str = "keep",
         read_only: bool = False,
+        file_mode: int | None = None,
         fs: FileSystem | None = None,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
@@ -126,13 +126,33 @@ class Database:
             tail is reported in ``stats()["recovery"]["torn_tail"]`` but not
             cut, no snapshot is taken, and every write raises
             ``DatabaseReadOnly``. The directory must already be a database.
+        :param file_mode: permission bits of the files inmem creates (segments,
+            snapshots, IDENTITY, LOCK, sidecars, salvage copies); default
+            ``0o600`` (owner only, as agent state is private). A database
+            directory created by this open gets the matching mode with search
+            bits (``0o600`` -> ``0o700``, ``0o640`` -> ``0o750``); an existing
+            directory keeps its mode. The process umask still applies. Must
+            include ``0o600`` and no execute bit. ``None``: the ``fs``'s own
+            ``file_mode`` (``OSFileSystem``: ``0o600``); an int is set on ``fs``.
         :param fs: file-system seam (default: the real disk).
+
+        A missing directory is created (with any missing parents), and each new
+        name is fsynced into its parent before anything else happens. An empty
+        directory becomes a new database; a non-empty one must already be one.
+        An open that raises leaves an existing directory as it was, ``LOCK``
+        aside (SPEC.md §1); ``salvage=True`` changes it by design.
 
         Complexity: O(snapshot + WAL after it) for recovery, plus loading the
         history index (O(retained commit records), from compact sidecars).
 
         :raises InvalidArgument: an option is out of range (nothing is touched on disk).
-        :raises DatabaseLocked: another handle, in this or another process, has it open.
+        :raises NotADatabase: the directory holds files but no inmem database
+            (nothing is created or removed in it); with ``read_only``, any
+            directory without IDENTITY.
+        :raises DatabaseLocked: another handle, in this or another process, has
+            it open (a writer and read-only handles exclude each other).
+        :raises DatabaseReadOnly: the directory cannot be written (read-only
+            file system, no permission): names the path; use ``read_only=True``.
         :raises CorruptionError: the WAL is damaged (names the file and byte offset).
         """
         if durability not in DURABILITY_MODES:
@@ -152,18 +172,31 @@ class Database:
             raise InvalidArgument("progress must be a callable(phase, done, total) or None")
         if read_only and salvage:
             raise InvalidArgument("salvage=True changes files; it cannot be combined with read_only=True")
-        fs = fs if fs is not None else OSFileSystem()
+        if file_mode is not None:
+            check_file_mode(file_mode)
+        if fs is None:
+            fs = OSFileSystem(file_mode if file_mode is not None else OSFileSystem.file_mode)
+        elif file_mode is not None:
+            fs.file_mode = file_mode  # type: ignore[attr-defined]
         dirpath = os.fspath(path)
         index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
-        if read_only:
-            if not fs.exists(dirpath):
-                raise InvalidArgument(f"{dirpath} does not exist; read_only=True opens an existing database")
-            lock = fs.lock(os.path.join(dirpath, LOCK_FILE), shared=True)
-        else:
-            fs.makedirs(dirpath)
-            lock = fs.lock(os.path.join(dirpath, LOCK_FILE))
+        try:
+            if read_only:
+                if not fs.exists(dirpath):
+                    raise InvalidArgument(f"{dirpath} does not exist; read_only=True opens an existing database")
+            else:
+                created = fs.makedirs(dirpath) or []
+                for d in created:  # the new names durable: a power cut must not drop the directory
+                    fs.sync_dir(os.path.dirname(d) or ".")
+                if not created:  # refuse a foreign directory before LOCK is created in it
+                    check_new_directory(dirpath, fs.listdir(dirpath))
+            lock = fs.lock(dirpath, shared=read_only)
+        except OSError as exc:
+            if (err := open_error(exc, dirpath, read_only)) is None:
+                raise
+            raise err from exc
         try:
             rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
                           indexed_until=index.indexed_until)
@@ -192,8 +225,10 @@ class Database:
                 closed_segments=rec.closed_segments,
                 next_seq=rec.next_seq,
             )
-        except BaseException:
+        except BaseException as exc:
             lock.release()
+            if isinstance(exc, OSError) and (err := open_error(exc, dirpath, read_only)) is not None:
+                raise err from exc
             raise
         kernel = Kernel(fs=fs, path=dirpath, identity=rec.identity, store=store, registry=registry,
                         history=index, wal=wal, version=rec.version, durability=durability, read_only=read_only)

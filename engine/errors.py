@@ -12,11 +12,13 @@ as it would anywhere else.
     InmemError
     ├── open / recovery
     │   ├── CorruptionError        a checksum, sequence or header check failed
-    │   └── DatabaseLocked         another handle holds the directory
+    │   ├── DatabaseLocked         another handle holds the directory
+    │   └── NotADatabase           (also InvalidArgument) the directory holds other files, not inmem's
     ├── lifecycle
     │   ├── DatabaseClosed         the handle was closed
     │   ├── DatabasePoisoned       an earlier write or fsync failed; writes refused
-    │   └── DatabaseReadOnly       a write through a handle opened with read_only=True
+    │   └── DatabaseReadOnly       a write through a read_only=True handle, or a writable
+    │                              open of a directory that cannot be written (EROFS, EACCES)
     ├── runs and primitives
     │   ├── RunNotFound            no run with that id
     │   ├── RunClosed              the run has ended; it is read-only
@@ -48,6 +50,7 @@ __all__ = [
     "InvalidKey",
     "InvalidTransition",
     "InvalidValue",
+    "NotADatabase",
     "RunClosed",
     "RunNotFound",
     "TraceNotFound",
@@ -131,6 +134,17 @@ class InvalidArgument(InmemError, ValueError):
     """An option or argument is outside its allowed range (e.g. an unknown durability mode)."""
 
 
+class NotADatabase(InvalidArgument):
+    """The directory is not an inmem database: it has no IDENTITY, no WAL segment, no snapshot.
+
+    Raised by a writable open of a non-empty directory holding files that are
+    not inmem's (nothing is created or removed in it), and by a read-only open
+    or ``inmem verify`` of any directory without IDENTITY. An empty or missing
+    directory becomes a new database instead. Also an :class:`InvalidArgument`
+    (and ``ValueError``): the path given is wrong.
+    """
+
+
 # --- transactions -----------------------------------------------------------
 
 
@@ -196,4 +210,11 @@ class HistoryUnavailable(InmemError):
 
 
 class DatabaseReadOnly(InmemError):
-    """A write (commit, snapshot, compact) through a handle opened with ``read_only=True``; nothing was written."""
+    """A write refused because the database is read-only; nothing was written.
+
+    Either a write (commit, snapshot, compact) through a handle opened with
+    ``read_only=True``, or a writable ``Database.open`` of a directory that
+    cannot be written (a read-only file system, ``EROFS``; no permission,
+    ``EACCES``/``EPERM``): the message names the path and suggests
+    ``read_only=True``, and the ``OSError`` is chained as ``__cause__``.
+    """

@@ -16,6 +16,13 @@ Invariants:
   the change of name to be durable.
 * Nothing here retries or swallows an ``OSError``: the caller decides (the WAL
   poisons the database).
+* Agent state is private by default: files are created with mode
+  :attr:`OSFileSystem.file_mode` (``0o600``) and the database directory with
+  :func:`dir_mode` of it (``0o700``), as PostgreSQL does with its data
+  directory; the process umask still applies.
+* A directory lock is a ``flock(2)`` on the directory itself (shared for
+  read-only handles, exclusive for the writer), plus, for the writer, an
+  exclusive ``flock`` on ``LOCK`` holding its pid (SPEC.md §8.3).
 """
 
 from __future__ import annotations
@@ -25,9 +32,41 @@ import fcntl
 import os
 from typing import Protocol
 
-from .errors import DatabaseLocked
+from .errors import DatabaseLocked, DatabaseReadOnly, InvalidArgument
 
-__all__ = ["FileLock", "FileSystem", "OSFileSystem", "ReadableFile", "WritableFile"]
+__all__ = ["DEFAULT_FILE_MODE", "LOCK_FILE", "FileLock", "FileSystem", "OSFileSystem", "ReadableFile",
+           "WritableFile", "check_file_mode", "dir_mode", "open_error"]
+
+#: Permission bits of every file inmem creates, unless ``Database.open(file_mode=...)`` says otherwise.
+DEFAULT_FILE_MODE = 0o600
+#: The writer's lock file inside a database directory (holds its pid as text).
+LOCK_FILE = "LOCK"
+
+
+def check_file_mode(file_mode: object) -> None:
+    """:raises InvalidArgument: not an int permission mask with owner read+write and no execute or special bit."""
+    if type(file_mode) is not int or file_mode & ~0o666 or file_mode & 0o600 != 0o600:
+        raise InvalidArgument("file_mode must be an int of permission bits including 0o600 (owner read and "
+                              f"write) and no execute bit, e.g. 0o600 or 0o640; got {file_mode!r}")
+
+
+#: errno values that mean "this directory cannot be written" on a writable open.
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def open_error(exc: OSError, dirpath: str, read_only: bool) -> DatabaseReadOnly | None:
+    """The :class:`DatabaseReadOnly` a writable open raises for ``exc`` (EROFS, EACCES, EPERM), else ``None``."""
+    if read_only or exc.errno not in _NOT_WRITABLE:
+        return None
+    what = "is on a read-only file system" if exc.errno == errno.EROFS else "cannot be written (permission denied)"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return DatabaseReadOnly(f"{dirpath} {what}{where}: {exc.strerror or exc}; to read it, open it with "
+                            "Database.open(path, read_only=True)")
+
+
+def dir_mode(file_mode: int) -> int:
+    """The directory mode matching ``file_mode``: each read bit adds its search bit (0o600 -> 0o700, 0o640 -> 0o750)."""
+    return file_mode | ((file_mode & 0o444) >> 2)
 
 
 class ReadableFile(Protocol):
@@ -61,7 +100,7 @@ class WritableFile(Protocol):
 
 
 class FileLock(Protocol):
-    """An exclusive lock on a database directory, held until :meth:`release`."""
+    """A lock on a database directory (exclusive or shared), held until :meth:`release`."""
 
     def release(self) -> None: ...
 
@@ -69,7 +108,14 @@ class FileLock(Protocol):
 class FileSystem(Protocol):
     """The operations the engine performs on a database directory."""
 
-    def makedirs(self, path: str) -> None: ...
+    def makedirs(self, path: str) -> list[str]:
+        """Create directory ``path`` and any missing parents; return those created, outermost first.
+
+        The caller fsyncs the parent of each (:meth:`sync_dir`) for the new
+        names to be durable. ``path`` itself is created with :func:`dir_mode`
+        of the file mode; parents with the default mode.
+        """
+
     def listdir(self, path: str) -> list[str]: ...
     def exists(self, path: str) -> bool: ...
     def file_size(self, path: str) -> int: ...
@@ -81,7 +127,7 @@ class FileSystem(Protocol):
         """Open an existing file for positioned reads. :raises FileNotFoundError: it does not exist."""
 
     def create(self, path: str) -> WritableFile:
-        """Create a new, empty file; fail with ``FileExistsError`` if it exists."""
+        """Create a new, empty file (mode ``file_mode``); fail with ``FileExistsError`` if it exists."""
 
     def open_append(self, path: str) -> WritableFile:
         """Open an existing file for appending at its end."""
@@ -89,13 +135,17 @@ class FileSystem(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def remove(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None: ...
-    def lock(self, path: str, *, shared: bool = False) -> FileLock:
-        """Take an exclusive, non-blocking lock on ``path`` (created if missing, holder's pid written).
+    def lock(self, dirpath: str, *, shared: bool = False) -> FileLock:
+        """Lock the database directory ``dirpath`` without blocking.
 
-        ``shared=True`` (read-only handles): a shared lock on the existing file,
-        writing nothing; it excludes writers and is excluded by them.
+        Exclusive (a writer): ``flock`` on the directory itself and on
+        ``dirpath/LOCK`` (created if missing, the holder's pid written).
+        ``shared=True`` (read-only handles): a shared ``flock`` on the
+        directory (and on ``LOCK`` if it exists), writing nothing. Shared locks
+        coexist; an exclusive lock excludes and is excluded by every other
+        lock, whether or not ``LOCK`` exists.
 
-        :raises DatabaseLocked: another handle, in this or another process, holds it.
+        :raises DatabaseLocked: another handle, in this or another process, holds it incompatibly.
         """
 
 
@@ -149,23 +199,50 @@ class _OSReader:
 
 
 class _OSLock:
-    __slots__ = ("_fd",)
+    __slots__ = ("_fds",)
 
-    def __init__(self, fd: int):
-        self._fd = fd
+    def __init__(self, *fds: int):
+        self._fds = [fd for fd in fds if fd >= 0]
 
     def release(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
+        fds, self._fds = self._fds, []
+        for fd in reversed(fds):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
 class OSFileSystem:
-    """The real disk, through ``os``: the default :class:`FileSystem`."""
+    """The real disk, through ``os``: the default :class:`FileSystem`.
 
-    def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+    :param file_mode: permission bits of the files it creates (default
+        ``0o600``); directories get :func:`dir_mode` of it. The umask applies.
+    """
+
+    #: Permission bits of created files (a class default, so subclasses need not call ``__init__``).
+    file_mode = DEFAULT_FILE_MODE
+
+    def __init__(self, file_mode: int = DEFAULT_FILE_MODE):
+        self.file_mode = file_mode
+
+    def makedirs(self, path: str) -> list[str]:
+        missing: list[str] = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        created: list[str] = []
+        for d in reversed(missing):  # outermost first
+            try:
+                os.mkdir(d, dir_mode(self.file_mode) if d == missing[0] else 0o777)
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise
+                continue  # made meanwhile by someone else: not ours to fsync
+            created.append(d)
+        return created
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))
@@ -191,7 +268,8 @@ class OSFileSystem:
             os.close(fd)
 
     def create(self, path: str) -> WritableFile:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                     self.file_mode)
         return _OSFile(path, fd)
 
     def open_append(self, path: str) -> WritableFile:
@@ -211,26 +289,47 @@ class OSFileSystem:
         finally:
             os.close(fd)
 
-    def lock(self, path: str, *, shared: bool = False) -> FileLock:
-        # flock(2) locks belong to the open file description, so a second open
-        # of the same directory conflicts even inside one process.
-        if shared:
-            # a read-only handle: LOCK_SH on the existing file, writing nothing. A directory
-            # with no lock file has never been opened for writing: nothing to lock against.
+    def lock(self, dirpath: str, *, shared: bool = False) -> FileLock:
+        # flock(2) locks belong to the open file description, so a second open of the same
+        # directory conflicts even inside one process. The directory itself is always locked,
+        # so a read-only handle needs no file of its own (LOCK may be missing: it writes
+        # nothing); LOCK is locked too, for its pid and for older inmem versions, which lock
+        # only LOCK.
+        lock_path = os.path.join(dirpath, LOCK_FILE)
+        dfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _flock(dfd, dirpath, lock_path, shared=shared)
+        try:
+            if shared:
+                try:
+                    lfd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return _OSLock(dfd)
+                _flock(lfd, dirpath, lock_path, shared=True)
+                return _OSLock(dfd, lfd)
+            lfd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.file_mode)
+            _flock(lfd, dirpath, lock_path, shared=False)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return _OSLock(-1)
-            _flock(fd, path, shared=True)
-            return _OSLock(fd)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        _flock(fd, path, shared=False)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return _OSLock(fd)
+                os.ftruncate(lfd, 0)
+                os.pwrite(lfd, f"{os.getpid()}\n".encode(), 0)
+            except BaseException:
+                os.close(lfd)
+                raise
+        except BaseException:
+            os.close(dfd)
+            raise
+        return _OSLock(dfd, lfd)
 
 
-def _flock(fd: int, path: str, *, shared: bool) -> None:
+def _holder(lock_path: str) -> str:
+    """The pid in ``LOCK`` (the last writer), or "" if it cannot be read."""
+    try:
+        with open(lock_path, "rb", buffering=0) as f:
+            return f.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _flock(fd: int, dirpath: str, lock_path: str, *, shared: bool) -> None:
     """``flock`` ``fd`` without blocking; on failure close it and raise.
 
     :raises DatabaseLocked: the lock is held incompatibly (naming the last writer's pid, if any).
@@ -238,15 +337,11 @@ def _flock(fd: int, path: str, *, shared: bool) -> None:
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError as exc:
-        holder = ""
-        try:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-        except OSError:
-            pass
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise
-        where = os.path.dirname(path) or "."
+        holder = _holder(lock_path)
+        where = dirpath or "."
         if shared:
             who = f" by pid {holder}" if holder else ""
             raise DatabaseLocked(f"{where} is open for writing{who}; "

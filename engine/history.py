@@ -17,7 +17,9 @@ On disk, ``hist-<seq:016x>.idx`` beside ``wal-<seq:016x>.log`` (layout in
 SPEC.md): the same two tables for one segment, covering its first ``frames``
 frames, checksummed with XXH3-128. It is a cache: written after each
 snapshot and at close, never fsynced, and rebuilt from the segment itself
-when missing, stale or damaged.
+when missing, stale or damaged. A sidecar is used only if the segment file's
+header still names this database, the sidecar's sequence number and first
+LSN; a segment failing that check is not indexed at all.
 
 Invariants:
 
@@ -54,7 +56,9 @@ from .wal.format import (
     FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,
+    check_segment_identity,
     decode_commit,
+    decode_segment_header,
     parse_segment_name,
     segment_name,
 )
@@ -284,6 +288,7 @@ class HistoryIndex:
     def _rescan(self, seg: _Segment, tail: SegmentTail, from_lsn: int, to_lsn: int | None) -> None:
         """Index frames ``[from_lsn, to_lsn)`` of a segment by reading it (checksums checked)."""
         buf = self._fs.read(os.path.join(self._dir, segment_name(seg.seq)))[: tail.size]
+        self._check_header(seg, buf[:SEGMENT_HEADER_SIZE])
         start = seg.offsets[-1] if seg.offsets else SEGMENT_HEADER_SIZE
         if seg.offsets:  # skip the last frame the sidecar already has
             _, _, _, start = _format.check_frame(buf, start)
@@ -304,6 +309,13 @@ class HistoryIndex:
                 runs[rid].append(lsn)
             lsn += 1
 
+    def _check_header(self, seg: _Segment, head: bytes) -> None:
+        """:raises FrameError: the segment file is not this database's segment ``seg`` (foreign, renamed, stale)."""
+        header = decode_segment_header(head)
+        check_segment_identity(header, self._db_id, seg.seq)
+        if header.first_lsn != seg.first_lsn:
+            raise FrameError(f"WAL segment starts at LSN {header.first_lsn}, expected {seg.first_lsn}", 36)
+
     def _read_sidecar(self, seg: _Segment, size: int) -> tuple[int, int]:
         """Load a valid sidecar of ``seg`` into the index; return (frames covered, end offset) ((0, 0): none)."""
         body = self._sidecar_body(seg.seq, seg.first_lsn)
@@ -317,6 +329,10 @@ class HistoryIndex:
             offsets = _from_le("I", body["offsets"])
             if len(offsets) != frames or end > size:
                 raise ValueError("does not match the segment")
+            # the segment it describes must still be this database's (a sidecar proves nothing about a
+            # segment file swapped in later)
+            self._check_header(seg, self._fs.read_range(os.path.join(self._dir, segment_name(seg.seq)), 0,
+                                                        SEGMENT_HEADER_SIZE))
             # the last frame it names must be where it says, with the LSN it says
             last = offsets[-1]
             frame = self._fs.read_range(os.path.join(self._dir, segment_name(seg.seq)), last, end - last)

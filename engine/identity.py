@@ -24,7 +24,7 @@ from .errors import CorruptionError
 from .fs import FileSystem
 from .wal.format import FORMAT_VERSION
 
-__all__ = ["IDENTITY_FILE", "Identity", "create_identity", "read_identity"]
+__all__ = ["IDENTITY_FILE", "Identity", "create_identity", "new_database_id", "read_identity"]
 
 IDENTITY_FILE = "IDENTITY"
 _MAGIC = b"INMEMID\0"
@@ -38,9 +38,18 @@ class Identity(NamedTuple):
     created_us: int
 
 
+def new_database_id() -> bytes:
+    """16 random bytes shaped as a UUIDv4, from ``os.urandom``.
+
+    Not ``uuid.uuid4()``: programs and test suites patch it for deterministic
+    ids, and opening a database must not consume or depend on them.
+    """
+    return uuid.UUID(bytes=os.urandom(16), version=4).bytes
+
+
 def create_identity(fs: FileSystem, dirpath: str) -> Identity:
     """Write a new IDENTITY durably and return it."""
-    ident = Identity(FORMAT_VERSION, uuid.uuid4().bytes, time.time_ns() // 1000)
+    ident = Identity(FORMAT_VERSION, new_database_id(), time.time_ns() // 1000)
     body = _BODY.pack(_MAGIC, *ident)
     path = os.path.join(dirpath, IDENTITY_FILE)
     tmp = path + ".tmp"

@@ -145,7 +145,9 @@ def new_run_id() -> str:
     Layout after RFC 9562 section 5.7 with the "fixed-length dedicated counter"
     method of section 6.2: 48 bits of Unix milliseconds, a 12-bit counter in
     ``rand_a`` (so ids made in the same millisecond still sort in creation
-    order within this process), then 62 random bits.
+    order within this process), then 62 random bits from ``os.urandom`` —
+    never ``uuid.uuid4``/``uuid1``, which applications patch for
+    deterministic ids (SPEC.md §3).
     """
     global _last_ms, _counter
     with _id_lock:

@@ -8,12 +8,16 @@ and the cut fsynced), so the writer may append.
 
 The rules, in order:
 
-1. Leftover ``*.tmp`` files (an interrupted segment or IDENTITY creation) hold
-   nothing acknowledged; they are removed.
-2. ``IDENTITY`` must exist if any segment does; every segment header must
-   carry its database id (else: a foreign segment), its own sequence number,
-   and the first LSN that follows the previous segment's last (else: a missing
-   or stale segment). Sequence numbers must run 1, 2, 3 ... with no gap.
+1. ``IDENTITY`` must exist if any segment or snapshot does. A directory with
+   none of the three is new only if it holds nothing but inmem's own
+   temporaries and ``LOCK``; otherwise it is not a database
+   (:class:`~engine.errors.NotADatabase`, nothing touched).
+2. Every retained segment header — those the snapshot covers (read alone,
+   48 bytes) as well as those replayed — must carry IDENTITY's database id
+   (else: a foreign segment) and its own sequence number; a replayed one must
+   also start at the LSN that follows the previous segment's last (else: a
+   missing or stale segment). Sequence numbers must run with no gap from the
+   first segment replayed.
 3. Frames are read in order; a length is used only after the header checksum
    covering it has passed (:func:`engine.wal.format.check_frame`).
 4. A bad frame is a **torn tail** only if it lies in the *last* segment and no
@@ -22,11 +26,18 @@ The rules, in order:
    last good record, the cut is fsynced, and it is reported: a crash
    mid-write, not corruption.
 5. Anything else bad raises :class:`~engine.errors.CorruptionError` naming the
-   file and byte offset, and nothing is opened — unless ``salvage=True``,
-   which keeps the longest valid prefix: the damaged segment is copied to
-   ``<name>.corrupt-<ms>`` and cut at the bad frame, later segments are renamed
-   to ``<name>.corrupt-<ms>`` (kept for forensics, never read again), and the
-   report says what was dropped.
+   file and byte offset, and nothing is opened or changed — unless
+   ``salvage=True``, which keeps the longest valid prefix: the damaged segment
+   is copied to ``<name>.corrupt-<ms>`` (the copy and its name made durable
+   first) and only then cut at the bad frame; later segments, and foreign
+   segments the snapshot covers, are renamed to ``<name>.corrupt-<ms>`` (kept
+   for forensics, never read again), and the report says what was dropped.
+6. Only once every check has passed is anything changed on disk (but a new
+   database's IDENTITY, rule 1): inmem's own
+   leftover temporaries (``IDENTITY.tmp``, ``wal-*.log.tmp``,
+   ``snapshot-*.snap.tmp``, ``hist-*.idx.tmp``: interrupted creates, nothing
+   acknowledged) are removed, the torn tail is cut, salvage sets files aside.
+   Other files in the directory are never touched.
 """
 
 from __future__ import annotations
@@ -39,9 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptionError, InvalidArgument
-from .fs import FileSystem
-from .history import SegmentTail, touched_runs
+from .errors import CorruptionError, NotADatabase
+from .fs import LOCK_FILE, FileSystem
+from .history import SegmentTail, parse_index_name, touched_runs
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
 from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot
 from .store import Entry
@@ -57,7 +68,7 @@ from .wal.format import (
 from .wal.reader import SegmentScan
 from .wal.writer import ActiveSegment
 
-__all__ = ["Recovered", "recover"]
+__all__ = ["Recovered", "check_new_directory", "is_own_temporary", "recover"]
 
 log = logging.getLogger("inmem")
 
@@ -92,6 +103,44 @@ class _Damage:
     offset: int | None
 
 
+def is_own_temporary(name: str) -> bool:
+    """Whether ``name`` is one of inmem's temporaries: ``IDENTITY.tmp``, ``wal-*.log.tmp``,
+    ``snapshot-*.snap.tmp`` or ``hist-*.idx.tmp`` (the exact patterns, sequence or version in hex)."""
+    if not name.endswith(".tmp"):
+        return False
+    base = name[:-4]
+    return (base == IDENTITY_FILE or parse_segment_name(base) is not None
+            or parse_snapshot_name(base) is not None or parse_index_name(base) is not None)
+
+
+def _is_database(names: list[str]) -> bool:
+    """Whether a listing holds an inmem database (possibly damaged): IDENTITY, a segment or a snapshot."""
+    return IDENTITY_FILE in names or any(
+        parse_segment_name(n) is not None or parse_snapshot_name(n) is not None for n in names)
+
+
+def check_new_directory(dirpath: str, names: list[str], *, read_only: bool = False) -> None:
+    """Refuse to make ``dirpath`` (listing ``names``) a database if it holds files that are not inmem's.
+
+    A directory holding IDENTITY, a WAL segment or a snapshot is a database
+    (recovery checks the rest): nothing to refuse. Otherwise it may become one
+    only if it holds nothing but ``LOCK`` and inmem's own temporaries (an
+    earlier creation interrupted), and only for a writable open.
+
+    :raises NotADatabase: it is not a database, and it holds other files, or ``read_only``.
+    """
+    if _is_database(names):
+        return
+    if read_only:
+        raise NotADatabase(f"{dirpath} is not an inmem database (it has no IDENTITY file)")
+    foreign = [n for n in names if n != LOCK_FILE and not is_own_temporary(n)]
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise NotADatabase(
+            f"{dirpath} is not an inmem database: it has no IDENTITY, WAL segment or snapshot, but holds other "
+            f"files ({shown}); open an empty or new directory instead (nothing was changed)")
+
+
 def recover(
     fs: FileSystem, dirpath: str, *, salvage: bool = False, progress: Progress | None = None,
     read_only: bool = False, indexed_until: Callable[[int, int], int] | None = None,
@@ -110,19 +159,22 @@ def recover(
     :param indexed_until: ``indexed_until(seq, first_lsn)`` -> the first LSN
         of a segment the history index does not already hold (from its
         sidecar); the run ids of earlier records are not collected.
-    :raises InvalidArgument: ``read_only`` and the directory is not a database.
-    :raises CorruptionError: a segment is missing, foreign or out of sequence,
-        IDENTITY is missing or damaged, a frame before the tail is bad (with
-        ``salvage=True`` only for IDENTITY problems), or there is no valid
-        snapshot and the WAL does not start at its beginning (names the files).
+
+    Nothing on disk changes before every check has passed (then: leftover
+    temporaries removed, a torn tail cut, salvage), so a failed recovery
+    leaves the directory as it found it.
+
+    :raises NotADatabase: the directory holds no database and files that are
+        not inmem's, or holds no database and ``read_only``.
+    :raises CorruptionError: a segment is missing, foreign or out of sequence
+        (covered segments are identity-checked too), IDENTITY is missing or
+        damaged, a frame before the tail is bad (with ``salvage=True`` only for
+        IDENTITY problems), or there is no valid snapshot and the WAL does not
+        start at its beginning (names the files).
     """
     t0 = time.perf_counter()
     names = fs.listdir(dirpath)
-    removed_tmp = [] if read_only else [n for n in names if n.endswith(".tmp")]
-    for n in removed_tmp:
-        fs.remove(os.path.join(dirpath, n))
-    if removed_tmp:
-        fs.sync_dir(dirpath)
+    removed_tmp = [] if read_only else [n for n in names if is_own_temporary(n)]
     segments = sorted((seq, n) for n in names if (seq := parse_segment_name(n)) is not None)
     snapshots = sorted(((v, n) for n in names if (v := parse_snapshot_name(n)) is not None), reverse=True)
 
@@ -135,11 +187,11 @@ def recover(
             "(restore IDENTITY from a backup)",
             path=os.path.join(dirpath, IDENTITY_FILE),
         )
-    elif read_only:
-        raise InvalidArgument(f"{dirpath} is not an inmem database (it has no IDENTITY file)")
     else:
-        ident = create_identity(fs, dirpath)
+        check_new_directory(dirpath, names, read_only=read_only)
+        ident = create_identity(fs, dirpath)  # replaces a leftover IDENTITY.tmp itself
         created = True
+        removed_tmp = [n for n in removed_tmp if n != IDENTITY_FILE + ".tmp"]
 
     # 1. the newest snapshot whose every checksum passes
     state: dict[bytes, Entry] = {}
@@ -161,16 +213,30 @@ def recover(
                        "seconds": round(time.perf_counter() - t1, 6)}
         break
 
-    # 2. which segments to read: skip those the snapshot wholly covers (headers only)
+    # 2. which segments to read: skip those the snapshot wholly covers (headers only, each
+    #    identity-checked: a foreign segment behind the snapshot would feed the history index)
     first = 0
+    foreign: list[tuple[int, str, str, int]] = []  # (seq, name, reason, offset), set aside by salvage
     if snap_report is not None:
         firsts: list[int | None] = []
-        for _seq, name in segments:
+        ours: list[tuple[int, str]] = []
+        for seq, name in segments:
+            path = os.path.join(dirpath, name)
             try:
-                head = decode_segment_header(fs.read_range(os.path.join(dirpath, name), 0, SEGMENT_HEADER_SIZE))
-                firsts.append(head.first_lsn)
+                head = decode_segment_header(fs.read_range(path, 0, SEGMENT_HEADER_SIZE))
             except FrameError:
-                firsts.append(None)
+                head = None
+            if head is not None:
+                try:
+                    check_segment_identity(head, ident.db_id, seq)
+                except FrameError as exc:
+                    if not salvage:
+                        raise CorruptionError(exc.reason, path=path, offset=exc.offset) from None
+                    foreign.append((seq, name, exc.reason, exc.offset))
+                    continue
+            ours.append((seq, name))
+            firsts.append(head.first_lsn if head is not None else None)
+        segments = ours
         while first + 1 < len(segments) and firsts[first + 1] is not None and firsts[first + 1] <= start_lsn:
             first += 1
     elif segments and segments[0][0] != 1:
@@ -290,6 +356,12 @@ def recover(
         else:
             kept.append((seq, path, len(buf), header.first_lsn))
 
+    # every check has passed: from here on, the directory may change
+    for n in removed_tmp:
+        fs.remove(os.path.join(dirpath, n))
+    if removed_tmp:
+        fs.sync_dir(dirpath)
+
     if torn is not None and read_only:
         log.warning("inmem: %s ends in a torn tail of %d bytes at offset %d (%s); left in place (read-only)",
                     torn["file"], torn["bytes_dropped"], torn["offset"], torn["reason"])
@@ -302,11 +374,11 @@ def recover(
         )
 
     salvaged = None
-    if damage is not None:
-        salvaged = _salvage(fs, dirpath, replay, damage)
+    if damage is not None or foreign:
+        salvaged = _salvage(fs, dirpath, replay, damage, foreign)
         log.warning(
             "inmem: salvage kept the valid prefix (commit version %d) and set aside %s: %s",
-            version, ", ".join(salvaged["set_aside"]), damage.message,
+            version, ", ".join(salvaged["set_aside"]), salvaged["reason"],
         )
 
     # 4. where the writer continues: the last kept segment, unless the WAL ends
@@ -376,35 +448,63 @@ def _cut(fs: FileSystem, path: str, offset: int) -> None:
         f.close()
 
 
-def _salvage(fs: FileSystem, dirpath: str, segments: list[tuple[int, str]], damage: _Damage) -> dict[str, Any]:
-    """Set aside everything after the valid prefix; return what was dropped."""
+def _salvage(fs: FileSystem, dirpath: str, segments: list[tuple[int, str]], damage: _Damage | None,
+             foreign: list[tuple[int, str, str, int]]) -> dict[str, Any]:
+    """Set aside everything after the valid prefix, and foreign segments; return what was dropped.
+
+    Order (SPEC.md §1): the forensic copy of a segment to be cut is written,
+    fsynced, and its name made durable (directory fsync) before the original
+    is cut; then later segments are renamed aside and the directory fsynced
+    again. A crash at any point leaves every byte either in the original or
+    in a durable copy.
+    """
     stamp = time.time_ns() // 1_000_000
+    copy: tuple[str, str, int] | None = None  # (original path, copy path, cut)
+    renames: list[tuple[str, str]] = []
     set_aside: list[str] = []
     dropped = 0
-    for index in range(damage.index, len(segments)):
-        name = segments[index][1]
+    if damage is not None:
+        for index in range(damage.index, len(segments)):
+            name = segments[index][1]
+            path = os.path.join(dirpath, name)
+            aside = f"{name}.corrupt-{stamp}"
+            size = fs.file_size(path)
+            if index == damage.index and damage.cut is not None and damage.cut >= SEGMENT_HEADER_SIZE:
+                copy = (path, os.path.join(dirpath, aside), damage.cut)  # keep a full copy, cut the original
+                dropped += size - damage.cut
+            else:
+                renames.append((path, os.path.join(dirpath, aside)))
+                dropped += size
+            set_aside.append(aside)
+    for _seq, name, _reason, _offset in foreign:
         path = os.path.join(dirpath, name)
         aside = f"{name}.corrupt-{stamp}"
-        size = fs.file_size(path)
-        if index == damage.index and damage.cut is not None and damage.cut >= SEGMENT_HEADER_SIZE:
-            # keep a full copy for forensics, then cut the original at the bad frame
-            copy = fs.create(os.path.join(dirpath, aside))
-            try:
-                copy.write(fs.read(path))
-                copy.sync()
-            finally:
-                copy.close()
-            _cut(fs, path, damage.cut)
-            dropped += size - damage.cut
-        else:
-            fs.rename(path, os.path.join(dirpath, aside))
-            dropped += size
+        dropped += fs.file_size(path)
+        renames.append((path, os.path.join(dirpath, aside)))
         set_aside.append(aside)
+    if copy is not None:
+        # 1. the forensic copy, durable in content and name, before the original changes
+        original, aside_path, cut = copy
+        f = fs.create(aside_path)
+        try:
+            f.write(fs.read(original))
+            f.sync()
+        finally:
+            f.close()
+        fs.sync_dir(dirpath)
+        # 2. then cut the original at the bad frame (fsynced)
+        _cut(fs, original, cut)
+    for src, dst in renames:
+        fs.rename(src, dst)
     fs.sync_dir(dirpath)
+    if damage is not None:
+        reason, file, offset = damage.message, os.path.basename(damage.path), damage.offset
+    else:
+        _seq, file, reason, offset = foreign[0]
     return {
-        "reason": damage.message,
-        "file": os.path.basename(damage.path),
-        "offset": damage.offset,
+        "reason": reason,
+        "file": file,
+        "offset": offset,
         "bytes_dropped": dropped,
         "set_aside": set_aside,
     }

@@ -17,8 +17,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .database import LOCK_FILE, Database
-from .errors import ChainBroken, CorruptionError, InmemError, InvalidArgument
+from .database import Database
+from .errors import ChainBroken, CorruptionError, InmemError, NotADatabase
 from .fs import OSFileSystem
 from .identity import IDENTITY_FILE, read_identity
 from .snapshot import SnapshotError, parse_snapshot_name, verify_snapshot
@@ -47,12 +47,12 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
         "chains_broken": [{"run", "seq"}], "problems": [str]}``; ``ok`` is
         False if anything is damaged (a torn tail alone is not damage).
     :raises DatabaseLocked: a writer has the directory open.
-    :raises InvalidArgument: ``path`` is not a database directory.
+    :raises NotADatabase: ``path`` is not a database directory (also ``InvalidArgument``).
     """
     fs = OSFileSystem()
     if not os.path.isdir(path) or not os.path.exists(os.path.join(path, IDENTITY_FILE)):
-        raise InvalidArgument(f"{path} is not an inmem database (no IDENTITY file)")
-    lock = fs.lock(os.path.join(path, LOCK_FILE), shared=True)
+        raise NotADatabase(f"{path} is not an inmem database (no IDENTITY file)")
+    lock = fs.lock(path, shared=True)
     try:
         return _verify(fs, path, progress)
     finally:

@@ -37,7 +37,7 @@ def test_public_names_are_pinned():
     assert set(engine.__all__) == {
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
-        "InvalidKey", "InvalidTransition", "InvalidValue", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
+        "InvalidKey", "InvalidTransition", "InvalidValue", "NotADatabase", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
         "RunState", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "__version__",
     }

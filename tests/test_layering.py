@@ -27,7 +27,8 @@ LAYERS = [
     {"replay"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
-    {"demo", "cli", "cli.render", "cli.guard", "__main__", "__init__", "testing"},
+    {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
+     "cli.maintain", "cli.demo", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
