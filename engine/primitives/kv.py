@@ -59,8 +59,9 @@ class KV:
     """Run-scoped key/value store: ``db.kv`` (and ``tx.kv`` from the Transactions issue).
 
     Keys are ``str`` (at most 64 KiB of UTF-8); values are the types
-    :mod:`engine.codec` accepts, nested at most ``MAX_DEPTH`` deep. Outside a transaction each ``put`` and
-    ``delete`` is its own atomic, durable-per-mode commit.
+    :mod:`engine.codec` accepts, nested at most ``MAX_DEPTH`` deep. Outside a
+    transaction each ``put`` and ``delete`` is its own atomic, durable-per-mode
+    commit.
     """
 
     __slots__ = ("_ctx", "_all", "_active")
