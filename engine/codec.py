@@ -88,7 +88,8 @@ _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 def _check_datetime(v: _dt.datetime) -> None:
     if v.utcoffset() is None:
-        raise InvalidValue(f"naive datetime {_short(v)}: give it a tzinfo (its meaning would depend on the reader's clock)")
+        raise InvalidValue(
+            f"naive datetime {_short(v)}: give it a tzinfo (its meaning would depend on the reader's clock)")
 
 
 def _check_decimal(v: _decimal.Decimal) -> None:

@@ -223,7 +223,8 @@ Point = collections.namedtuple("Point", "x y")
 # (value, what it decodes to)
 ACCEPTED = [
     (None, None), (True, True), (False, False), (0, 0), (-1, -1), (2**200, 2**200), (-(2**200), -(2**200)),
-    (1.5, 1.5), (math.inf, math.inf), (-math.inf, -math.inf), ("", ""), ("héllo", "héllo"), (b"\x00\xff", b"\x00\xff"),
+    (1.5, 1.5), (math.inf, math.inf), (-math.inf, -math.inf), ("", ""), ("héllo", "héllo"),
+    (b"\x00\xff", b"\x00\xff"),
     (bytearray(b"ab"), b"ab"), ([1, [2]], [1, [2]]), ((1, (2,)), [1, [2]]), ({"a": {"b": 1}}, {"a": {"b": 1}}),
     ({1, "a"}, {1, "a"}), (frozenset({1}), {1}),
     ({(1, (2, 3)): "tuple key", frozenset({1}): "frozenset key", b"k": 1, None: 2, 1.5: 3, True: 4},
@@ -330,7 +331,8 @@ def test_refused_types_raise_invalid_value(what, value):
 # --- decode_value never returns garbage, never raises a raw cbor2 error -----------------------
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x82\x01", b"\xd8\x01\x61x", b"\xff", b"\x7f\x61", nest(401, b"\x01", lambda b: b"\x81" + b)],
+@pytest.mark.parametrize("raw", [b"", b"\x82\x01", b"\xd8\x01\x61x", b"\xff", b"\x7f\x61",
+                                 nest(401, b"\x01", lambda b: b"\x81" + b)],
                          ids=["empty", "truncated array", "tag 1 on text", "break", "unterminated string", "401 deep"])
 def test_undecodable_stored_bytes_raise_corruption_error(raw):
     with pytest.raises(CorruptionError, match="does not decode"):
@@ -353,7 +355,8 @@ def test_kv_get_of_damaged_value_raises_corruption_error(dbdir):
 
 _tz = st.sampled_from([UTC, dt.timezone(dt.timedelta(hours=-5)), zoneinfo.ZoneInfo("Europe/Paris")])
 _hashable_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**64, max_value=2**300) | st.integers(max_value=-(2**64)),
+    st.none(), st.booleans(), st.integers(),
+    st.integers(min_value=2**64, max_value=2**300) | st.integers(max_value=-(2**64)),
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-0.0, math.nan, math.inf]),
     st.text(max_size=8), st.sampled_from(["\ud800", "a\udc80"]), st.binary(max_size=8),
     st.datetimes(timezones=_tz), st.datetimes(), st.dates(),
@@ -371,7 +374,8 @@ _hashable = st.recursive(
     max_leaves=6,
 )
 _leaf = st.one_of(_hashable, st.decimals(allow_nan=True),  # a signalling NaN cannot be hashed
-                  st.sampled_from([bytearray(b"x"), memoryview(b"y"), ListIterLies([1]), range(2), decimal.Decimal("sNaN")]))
+                  st.sampled_from([bytearray(b"x"), memoryview(b"y"), ListIterLies([1]), range(2),
+                                   decimal.Decimal("sNaN")]))
 
 
 def _containers(inner):
@@ -392,7 +396,9 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, float):
-        return type(b) is float and (math.isnan(a) and math.isnan(b) or a == b and math.copysign(1, a) == math.copysign(1, b))
+        if math.isnan(a):
+            return type(b) is float and math.isnan(b)
+        return type(b) is float and a == b and math.copysign(1, a) == math.copysign(1, b)
     if isinstance(a, (list, tuple)):
         return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
     if isinstance(a, dict):
