@@ -222,8 +222,19 @@ def _walk(value: Any) -> bool:
     however deep (or cyclic) the value is.
     """
     scalars = _SCALAR_TYPES
-    if type(value) in scalars:
+    t = type(value)
+    if t in scalars:
         return False
+    if t is dict and len(value) <= _LONG:  # fast path: a small flat dict, the common put
+        for x in value:
+            if type(x) not in scalars:
+                break
+        else:
+            for x in value.values():
+                if type(x) not in scalars:
+                    break
+            else:
+                return False
     all_scalar = scalars.issuperset
     budget = MAX_VALUE_BYTES  # each element encodes to >= 1 byte
     special = False
@@ -305,19 +316,22 @@ def encode_value(value: Any) -> bytes:
     """Encode ``value`` (see the module docstring for what is accepted) as CBOR bytes.
 
     The value is checked first (:func:`check_value`), so nothing too deep or of
-    a refused type ever reaches cbor2; a container is then decoded once more
-    (C speed) so no bytes that fail to decode can ever be returned.
-    Complexity: O(size of value); a top-level scalar skips the check.
+    a refused type ever reaches cbor2. A value holding a tagged type (datetime,
+    Decimal, set, ...) or a subclass is then decoded once more (C speed), so
+    bytes that fail to decode can never be returned even if cbor2 changes;
+    plain JSON-like values skip that (their decoding follows from the check).
+    Complexity: O(size of value); a top-level scalar skips the check and a
+    small flat dict of scalars takes a short loop.
 
     :raises InvalidValue: (also a ``TypeError``) the value is refused by
         :func:`check_value`, cbor2 cannot encode it (e.g. a str with a lone
         surrogate), or it encodes to more than :data:`MAX_VALUE_BYTES`.
     """
     t = type(value)
-    scalar = t in _SCALAR_TYPES
-    if scalar:
+    if t in _SCALAR_TYPES:  # fast path: nothing to walk, nothing tagged
         if (t is str or t is bytes) and len(value) > MAX_VALUE_BYTES:
             raise InvalidValue(f"value is longer than {MAX_VALUE_BYTES} bytes")
+        verify = False
     else:
         verify = _walk(value)
     try:
@@ -326,12 +340,12 @@ def encode_value(value: Any) -> bytes:
         raise InvalidValue(f"value cannot be stored: {exc} (value {_short(value)})") from None
     if len(data) > MAX_VALUE_BYTES:
         raise InvalidValue(f"value encodes to {len(data)} bytes; the limit is {MAX_VALUE_BYTES}")
-    if not scalar and verify:
+    if verify:
         try:
             _loads(data)
         except MemoryError:
             raise
-        except Exception as exc:  # a value check missed something: refuse rather than store it
+        except Exception as exc:  # a check above missed something: refuse rather than store it
             raise InvalidValue(f"value does not decode back after encoding: {exc} (value {_short(value)})") from None
     return data
 

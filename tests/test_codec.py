@@ -328,6 +328,13 @@ def test_refused_types_raise_invalid_value(what, value):
         encode_value({"wrapped": [value]})
 
 
+def test_decode_check_refuses_what_a_faulty_allow_list_would_let_through(monkeypatch):
+    """Belt and braces: even if the allow-list wrongly accepted a tagged type, the decode check refuses it."""
+    monkeypatch.setitem(codec._KINDS, cbor2.CBORTag, lambda v: None)
+    with pytest.raises(InvalidValue, match="does not decode back"):
+        encode_value({"a": [cbor2.CBORTag(1, "x")]})
+
+
 # --- decode_value never returns garbage, never raises a raw cbor2 error -----------------------
 
 
