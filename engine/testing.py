@@ -15,7 +15,7 @@ from .database import Database
 from .kernel import Kernel, LockedView
 from .keys import TAG_EVENT, run_id_bytes, run_prefix
 
-__all__ = ["check_store", "kernel", "store_items", "tamper_event_payload"]
+__all__ = ["check_store", "kernel", "overwrite_value", "store_items", "tamper_event_payload"]
 
 
 def kernel(db: Database) -> Kernel:
@@ -26,6 +26,12 @@ def kernel(db: Database) -> Kernel:
 def check_store(db: Database) -> None:
     """Assert the sorted map's internal invariants (sortedcontainers' ``_check``)."""
     kernel(db)._store._check()  # noqa: SLF001
+
+
+def overwrite_value(db: Database, key: bytes, raw: bytes) -> None:
+    """Replace the stored bytes of ``key`` in memory (no WAL record), keeping its version: simulated damage."""
+    store = kernel(db)._store  # noqa: SLF001
+    kernel(db).atomic(lambda _view: store.put(key, store.get(key)[0], raw))
 
 
 def store_items(db: Database) -> dict[bytes, tuple[int, bytes]]:

@@ -27,7 +27,7 @@ from typing import Any
 import cbor2
 import xxhash
 
-from ..codec import decode_value, encode_value, now_us, us_from_utc, utc_from_us
+from ..codec import check_value, decode_value, encode_value, now_us, us_from_utc, utc_from_us
 from ..errors import ChainBroken, InvalidArgument, InvalidValue
 from ..keys import TAG_EVENT, prefix_end, run_prefix
 from .kv import Context
@@ -52,7 +52,10 @@ class Event:
 
 
 def chain_hash(prev_hash: bytes, seq: int, type_: str, payload: Any, ts_us: int) -> bytes:
-    """The 16-byte XXH3-128 chain hash of one event (see the module docstring)."""
+    """The 16-byte XXH3-128 chain hash of one event (see the module docstring).
+
+    ``payload`` must already have passed :func:`engine.codec.check_value`.
+    """
     body = cbor2.dumps([seq, type_, payload, ts_us], canonical=True)
     return xxhash.xxh3_128_digest(prev_hash + body)
 
@@ -86,6 +89,7 @@ class Events:
         """
         if not isinstance(type, str) or not type:
             raise InvalidArgument(f"event type must be a non-empty str, got {type!r:.80}")
+        check_value(payload)  # before any cbor2 call sees it (a too-deep value would crash cbor2)
         base = self._base(run, write=True)
         last = self._ctx.last(base, prefix_end(base))
         if last is None:

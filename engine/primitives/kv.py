@@ -58,9 +58,10 @@ def _decode_items(items: list[tuple[bytes, bytes]], skip: int) -> Iterator[tuple
 class KV:
     """Run-scoped key/value store: ``db.kv`` (and ``tx.kv`` from the Transactions issue).
 
-    Keys are ``str`` (at most 64 KiB of UTF-8); values are anything cbor2
-    encodes (see :mod:`engine.codec`). Outside a transaction each ``put`` and
-    ``delete`` is its own atomic, durable-per-mode commit.
+    Keys are ``str`` (at most 64 KiB of UTF-8); values are the types
+    :mod:`engine.codec` accepts, nested at most ``MAX_DEPTH`` deep. Outside a
+    transaction each ``put`` and ``delete`` is its own atomic, durable-per-mode
+    commit.
     """
 
     __slots__ = ("_ctx", "_all", "_active")
@@ -90,7 +91,7 @@ class KV:
         :raises RunNotFound: no such run.
         :raises RunClosed: the run has ended.
         :raises InvalidKey: (a ``TypeError``) ``key`` is not a str, or not encodable.
-        :raises InvalidValue: (a ``TypeError``) cbor2 cannot encode ``value``.
+        :raises InvalidValue: (a ``TypeError``) ``value`` is not storable (see :mod:`engine.codec`).
         :raises DatabasePoisoned: an earlier write or fsync failed.
         :raises DatabaseClosed: the database is closed.
         """
