@@ -57,7 +57,7 @@ class Versions:
 
     def __init__(self, store: UnifiedStore):
         self._store = store
-        self._map = store._map
+        self._map = store.sorted_map
         self._chains: SortedDict = SortedDict()  # key -> Chain, ascending versions
         self._queue: deque[tuple[int, bytes]] = deque()  # (version that superseded an entry, key)
         self._snapshots: dict[int, int] = {}  # snapshot token -> begin version

@@ -114,7 +114,8 @@ class RunState:
         """Same run, version and data, compared as data (canonical CBOR), not by Python ``==``."""
         if not isinstance(other, RunState):
             return NotImplemented
-        return self.run == other.run and self.version == other.version and self._data() == other._data()
+        same = self.run == other.run and self.version == other.version
+        return same and self._data() == other._data()  # noqa: SLF001 - same class
 
     def _data(self) -> bytes:
         return _canon([dict(self.kv), [_event_data(e) for e in self.events],

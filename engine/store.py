@@ -47,6 +47,14 @@ class UnifiedStore:
         #: ``put_entry(key, (version, value))``: :meth:`put` without the call, for the commit fast path.
         self.put_entry = self._map.__setitem__
 
+    @property
+    def sorted_map(self) -> SortedDict:
+        """The ``SortedDict`` itself, for the MVCC layer's walks (:mod:`engine.mvcc`) alone.
+
+        Mutate it only under the commit lock, and only with entries this module's invariant allows.
+        """
+        return self._map
+
     def __len__(self) -> int:
         return len(self._map)
 
@@ -113,7 +121,7 @@ class UnifiedStore:
 
     def _check(self) -> None:
         """Assert the invariants in the module docstring (tests call this after mutations)."""
-        self._map._check()
+        self._map._check()  # noqa: SLF001 - sortedcontainers' own invariant check
         for key, entry in self._map.items():
             assert type(key) is bytes, key
             assert type(entry) is tuple and len(entry) == 2, entry

@@ -44,7 +44,7 @@ from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, run_prefix, 
 from .kernel import Kernel, ReadPoint
 from .registry import run_record_key
 
-__all__ = ["Transaction", "validate"]
+__all__ = ["Transaction"]
 
 _PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces"}
 
@@ -278,7 +278,35 @@ class Transaction:
             self._kernel.close_read_point(point)
 
     def _validate(self, kernel: Kernel) -> None:
-        validate(self, kernel)
+        """The OCC check, run under the commit lock.
+
+        :raises TransactionConflict: a key read or written, or a key in a scanned
+            range, was committed after ``tx.begin_version``; or the transaction
+            listed runs and a run was created or ended after it.
+        Complexity: O(reads + writes + keys in scanned ranges).
+        """
+        begin = self._begin
+        last_write: Callable[[bytes], int] = kernel.last_write
+        for key in self._writes:
+            version = last_write(key)
+            if version > begin:
+                raise _conflict(self, key, version, "a write to a key this transaction writes")
+        for key in self._reads:
+            version = last_write(key)
+            if version > begin:
+                raise _conflict(self, key, version, "a write to a key this transaction read")
+        for lo, hi in self._ranges:
+            hit = kernel.first_write_after(lo, hi, begin)
+            if hit is not None:
+                raise _conflict(self, hit[0], hit[1], "an insert, change or delete inside a range this transaction scanned")
+        if self._listed_runs:
+            version = self._registry.changed_after(begin)
+            if version:
+                raise TransactionConflict(
+                    f"transaction conflict on the run index: a run was created or ended at version {version}, "
+                    f"after this transaction's snapshot at version {begin}, and the transaction listed runs",
+                    run=None, key=None, begin_version=begin, conflict_version=version,
+                )
 
     def rollback(self) -> None:
         """Discard every write. :raises TransactionClosed: already finished."""
@@ -319,35 +347,3 @@ def _conflict(tx: Transaction, key: bytes, version: int, what: str) -> Transacti
         begin_version=tx.begin_version,
         conflict_version=version,
     )
-
-
-def validate(tx: Transaction, kernel: Kernel) -> None:
-    """The OCC check, run under the commit lock.
-
-    :raises TransactionConflict: a key read or written, or a key in a scanned
-        range, was committed after ``tx.begin_version``; or the transaction
-        listed runs and a run was created or ended after it.
-    Complexity: O(reads + writes + keys in scanned ranges).
-    """
-    begin = tx._begin
-    last_write: Callable[[bytes], int] = kernel.last_write
-    for key in tx._writes:
-        version = last_write(key)
-        if version > begin:
-            raise _conflict(tx, key, version, "a write to a key this transaction writes")
-    for key in tx._reads:
-        version = last_write(key)
-        if version > begin:
-            raise _conflict(tx, key, version, "a write to a key this transaction read")
-    for lo, hi in tx._ranges:
-        hit = kernel.first_write_after(lo, hi, begin)
-        if hit is not None:
-            raise _conflict(tx, hit[0], hit[1], "an insert, change or delete inside a range this transaction scanned")
-    if tx._listed_runs:
-        version = tx._registry.changed_after(begin)
-        if version:
-            raise TransactionConflict(
-                f"transaction conflict on the run index: a run was created or ended at version {version}, "
-                f"after this transaction's snapshot at version {begin}, and the transaction listed runs",
-                run=None, key=None, begin_version=begin, conflict_version=version,
-            )

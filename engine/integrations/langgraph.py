@@ -216,7 +216,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
         except BaseException:
             db.close()
             raise
-        saver._owns_db = True
+        saver._owns_db = True  # noqa: SLF001 - same class
         return saver
 
     @property
