@@ -27,6 +27,9 @@ The rules, in order:
    ``<name>.corrupt-<ms>`` and cut at the bad frame, later segments are renamed
    to ``<name>.corrupt-<ms>`` (kept for forensics, never read again), and the
    report says what was dropped.
+6. A damaged snapshot is skipped for the next older one; once recovery has
+   succeeded without it, a writable open sets it aside as
+   ``<name>.corrupt-<ms>`` (read-only opens change nothing).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .errors import CorruptionError, InvalidArgument
 from .fs import FileSystem
 from .history import SegmentTail, touched_runs
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
-from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot
+from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot, set_aside_snapshot
 from .store import Entry
 from .wal.format import (
     SEGMENT_HEADER_SIZE,
@@ -157,7 +160,7 @@ def recover(
                         exc.offset)
             continue
         version, start_lsn = header.commit_version, header.next_lsn
-        snap_report = {"file": name, "commit_version": version, "keys": header.keys,
+        snap_report = {"file": name, "commit_version": version, "keys": header.keys, "next_lsn": start_lsn,
                        "seconds": round(time.perf_counter() - t1, 6)}
         break
 
@@ -337,6 +340,8 @@ def recover(
             if k[0] == t.seq:
                 t.size = k[2]
     history_floor = history[0].first_lsn if history else max(wal_next, start_lsn)
+    for skipped in skipped_snapshots:  # recovery succeeded without them: set aside, never read or counted again
+        skipped["set_aside"] = None if read_only else set_aside_snapshot(fs, dirpath, skipped["file"])
     report = {
         "created": created,
         "snapshot": snap_report,
