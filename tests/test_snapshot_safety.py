@@ -380,3 +380,27 @@ def test_snapshot_after_close_started_raises_database_closed(dbdir):
         snapshotter.take()
     with pytest.raises(DatabaseClosed):
         snapshotter.compact()
+
+
+# --- 5: progress reports completion only when the snapshot is done -------------------------------------------------
+
+
+def test_snapshot_progress_reports_completion_only_when_done(dbdir):
+    """The (n, n) progress call was made inside the file write, before verification, pruning and ``taken += 1``
+    (what made test_automatic_snapshot_every_s flaky)."""
+    seen = []
+    box = {}
+
+    def progress(phase, done, total):
+        if phase == "snapshot" and done == total:
+            seen.append((box["db"].stats()["snapshots"]["taken"], len(snaps(dbdir))))
+
+    with Database.open(dbdir, snapshot_every_bytes=None, progress=progress) as db:
+        box["db"] = db
+        run = db.begin_run()
+        for i in range(3):
+            db.kv.put(run, "k", i)
+            db.snapshot()
+        db.kv.put(run, "k", 3)
+        db.compact()
+    assert seen == [(1, 1), (2, 2), (3, 2), (4, 2)]  # counted, and the third already pruned the first
