@@ -11,18 +11,34 @@ a time, under ``_lock``)::
     4. write snapshot-<V>.snap.tmp, fsync, rename, fsync the directory       (no lock held)
     5. re-read the file and verify the digest, header and every chunk checksum (no decoding:
        building a million-entry dict just to drop it would stall every thread on GC)
-    6. keep the two newest snapshots; delete older ones
+    6. keep the two newest *valid* snapshots; delete older ones
     7. delete WAL segments wholly covered by the *older* of the two kept snapshots,
        unless history retention keeps them (:mod:`engine.history`); save the history sidecars
 
-``compact()`` goes further on request: it deletes every segment the *newest*
-snapshot covers that history retention lets go, and the older snapshots that
-no longer have the WAL behind them.
+``compact()`` goes further on request: it deletes every segment the *newest
+valid* snapshot covers that history retention lets go, and the older
+snapshots that no longer have the WAL behind them.
+
+Which snapshots count. The snapshotter keeps the names of the snapshots it
+knows are valid: those it wrote and re-read (step 5) and the one recovery
+loaded. Before pruning or compacting, any other snapshot it would rely on is
+verified (:func:`~engine.snapshot.verify_snapshot`); one that fails is set
+aside as ``<name>.corrupt-<ms>`` and never counted, so a damaged snapshot can
+never be the reason WAL is deleted.
+
+Failures. An ``OSError`` from an fsync (the snapshot file's, or the
+directory's after a rename or a deletion), or any ``OSError`` while deleting
+covered WAL segments or saving history sidecars, poisons the WAL writer
+(:meth:`~engine.wal.writer.WalWriter.poison`): no later commit is
+acknowledged. A failed *write* of the ``.tmp`` file does not: it is removed
+and nothing refers to it. ``close()`` waits for a snapshot or compaction in
+flight (a capture not yet finished stops at its next step with
+``DatabaseClosed``) before the database releases its lock.
 
 Invariant: at every instant — including a crash between any two steps — the
 directory holds the newest valid snapshot's state plus every WAL record after
-the *older* kept snapshot, so a damaged newest snapshot can always be replaced
-by the older one plus the WAL (SPEC.md, "Snapshots").
+the *older* of the two newest valid snapshots, so a damaged newest snapshot
+can always be replaced by the older one plus the WAL (SPEC.md, "Snapshots").
 """
 
 from __future__ import annotations
@@ -31,10 +47,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import CorruptionError
+from .errors import CorruptionError, DatabaseClosed
+from .fs import FileSystem, WritableFile
 from .kernel import Kernel
 from .snapshot import (
     CHUNK_ENTRIES,
@@ -42,6 +61,7 @@ from .snapshot import (
     SnapshotError,
     parse_snapshot_name,
     read_snapshot_header,
+    set_aside_snapshot,
     verify_snapshot,
     write_snapshot,
 )
@@ -52,9 +72,8 @@ __all__ = ["SnapshotInfo", "Snapshotter"]
 
 log = logging.getLogger("inmem")
 
-#: Snapshots kept on disk; WAL is deleted only below the oldest of them.
+#: Valid snapshots kept on disk; WAL is deleted only below the older of them.
 KEEP_SNAPSHOTS = 2
-
 
 @dataclass(frozen=True)
 class SnapshotInfo:
@@ -98,13 +117,54 @@ class Retention(Protocol):
         """First LSN still in the WAL."""
 
 
+class _SyncGuard:
+    """The host's file system, except that a failed fsync (of a file it creates, or of a directory)
+    poisons the WAL writer before the ``OSError`` propagates."""
+
+    def __init__(self, fs: FileSystem, poison: Callable[[BaseException], None]):
+        self._fs = fs
+        self._poison = poison
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)
+
+    def create(self, path: str) -> WritableFile:
+        return _GuardedFile(self._fs.create(path), self._poison)
+
+    def sync_dir(self, path: str) -> None:
+        try:
+            self._fs.sync_dir(path)
+        except OSError as exc:
+            self._poison(exc)
+            raise
+
+
+class _GuardedFile:
+    def __init__(self, inner: WritableFile, poison: Callable[[BaseException], None]):
+        self._inner = inner
+        self._poison = poison
+        self.path = inner.path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def sync(self) -> None:
+        try:
+            self._inner.sync()
+        except OSError as exc:
+            self._poison(exc)
+            raise
+
+
 class Snapshotter:
     """Takes snapshots of one database, on demand and in a background thread.
 
     :param every_bytes: take one automatically after this many bytes of WAL
         appended since the last (``None``: never by size).
     :param every_s: and/or after this many seconds (``None``: never by time).
-    :param progress: ``progress("snapshot", keys written, keys total)``.
+    :param progress: ``progress("snapshot", keys written, keys total)``; the
+        call with ``keys written == keys total`` comes once the snapshot is
+        complete (verified, old files pruned, counted in :attr:`taken`).
     """
 
     def __init__(
@@ -115,6 +175,7 @@ class Snapshotter:
         every_s: float | None,
         progress: Progress | None = None,
         retention: Retention | None = None,
+        loaded: dict[str, Any] | None = None,
     ):
         self._kernel = kernel
         self._every_bytes = every_bytes
@@ -122,7 +183,15 @@ class Snapshotter:
         self._progress = progress
         #: History retention: which covered WAL segments survive truncation (None: none do).
         self.retention = retention
-        self._lock = threading.Lock()  # one snapshot at a time
+        #: Every file operation of a snapshot goes through this: a failed fsync poisons the WAL writer.
+        self._fs = _SyncGuard(kernel.fs, lambda exc: kernel.wal.poison(exc))
+        #: Snapshots known valid (name -> next LSN): written and verified here, or loaded by recovery.
+        self._known: dict[str, int] = {}
+        if loaded and loaded.get("next_lsn") is not None:
+            self._known[loaded["file"]] = loaded["next_lsn"]
+        #: Damaged snapshots this handle set aside (their new names).
+        self.set_aside: list[str] = []
+        self._lock = threading.Lock()  # one snapshot or compaction at a time; close() waits for it
         self._wake = threading.Condition(threading.Lock())
         self._due = False
         self._closing = False
@@ -140,16 +209,43 @@ class Snapshotter:
     def take(self) -> SnapshotInfo:
         """Take a snapshot now (waiting for one in progress to finish first).
 
-        :raises DatabasePoisoned: the WAL could not be synced first.
+        :raises DatabaseClosed: the database is closing (nothing written).
+        :raises DatabasePoisoned: the WAL could not be synced first, or an
+            fsync of the snapshot or of the directory failed (the database is
+            now poisoned).
         :raises CorruptionError: the written file failed verification (it is removed).
-        :raises OSError: the file could not be written.
+        :raises OSError: the file could not be written (the ``.tmp`` is removed; not poisoned).
         """
         with self._lock:
-            info = self._take()
-            self.last = info
-            self.taken += 1
-            self._arm()
+            self._check_open()
+            with self._failures():
+                info = self._take()
+            self._done(info)
             return info
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise DatabaseClosed(f"database {self._kernel.path} is closed")
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """Public calls raise errors of :mod:`engine.errors` (or a plain ``OSError`` that did not poison)."""
+        try:
+            yield
+        except SnapshotError as exc:  # belt and braces: every check on a file we rely on is caught below
+            raise CorruptionError(f"snapshot check failed: {exc.reason}", offset=exc.offset) from None
+        except OSError as exc:
+            wal = self._kernel.wal
+            if wal.poisoned:
+                raise wal.poison_error() from exc
+            raise
+
+    def _done(self, info: SnapshotInfo) -> None:
+        self.last = info
+        self.taken += 1
+        self._arm()
+        if self._progress is not None:
+            self._progress("snapshot", info.keys, info.keys)
 
     def _take(self) -> SnapshotInfo:
         kernel = self._kernel
@@ -164,6 +260,7 @@ class Snapshotter:
         try:
             lo: bytes | None = b""
             while lo is not None:
+                self._check_open()  # close() waits for us: stop at the next step instead
                 t = time.perf_counter()
                 k, v, val, lo = kernel.capture(lo, version, CHUNK_ENTRIES)  # one step under the commit lock
                 step = time.perf_counter() - t
@@ -174,16 +271,21 @@ class Snapshotter:
                 values += val
         finally:
             kernel.close_read_point(point)
+        self._check_open()
         kernel.wal.sync()  # every record up to `version` is in the WAL on disk before the snapshot exists
-        fs, dirpath, db_id = kernel.fs, kernel.path, kernel.identity.db_id
-        path, size = write_snapshot(fs, dirpath, db_id, version, next_lsn, keys, vers, values, self._progress)
+        fs, dirpath = self._fs, kernel.path
+        path, size = write_snapshot(fs, dirpath, kernel.identity.db_id, version, next_lsn, keys, vers, values,
+                                    self._progress)
+        name = os.path.basename(path)
+        self._known.pop(name, None)  # rewritten in place: what was known of the old file no longer holds
         try:
-            verify_snapshot(fs, path, db_id)
+            verify_snapshot(fs, path, kernel.identity.db_id)
         except SnapshotError as exc:
             fs.remove(path)
             fs.sync_dir(dirpath)
             raise CorruptionError(f"snapshot failed verification after writing: {exc.reason}", path=path,
                                   offset=exc.offset) from None
+        self._known[name] = next_lsn
         deleted = self._prune()
         return SnapshotInfo(
             path=path, commit_version=version, keys=len(keys), bytes=size,
@@ -191,67 +293,121 @@ class Snapshotter:
             capture_seconds=round(capture, 6), wal_segments_deleted=tuple(deleted),
         )
 
+    def _valid_snapshots(self, want: int | None) -> tuple[list[tuple[int, str, int]], list[str]]:
+        """The ``want`` newest valid snapshots (all if None) as ``(version, name, next LSN)``, newest first,
+        and the names of the snapshots older than the last of them (not examined).
+
+        A snapshot not known valid is verified now (O(its size), no decoding);
+        one that fails is set aside (``<name>.corrupt-<ms>``) and skipped.
+        """
+        on_disk = self._snapshots()
+        present = {n for _, n in on_disk}
+        for name in [n for n in self._known if n not in present]:
+            del self._known[name]
+        dirpath = self._kernel.path
+        valid: list[tuple[int, str, int]] = []
+        for i, (version, name) in enumerate(on_disk):
+            if want is not None and len(valid) >= want:
+                return valid, [n for _, n in on_disk[i:]]
+            next_lsn = self._known.get(name)
+            if next_lsn is None:
+                try:
+                    next_lsn = verify_snapshot(self._fs, os.path.join(dirpath, name),
+                                               self._kernel.identity.db_id).next_lsn
+                except SnapshotError as exc:
+                    self._set_aside(name, exc)
+                    continue
+                self._known[name] = next_lsn
+            valid.append((version, name, next_lsn))
+        return valid, []
+
+    def _set_aside(self, name: str, exc: SnapshotError) -> None:
+        aside = set_aside_snapshot(self._fs, self._kernel.path, name)
+        self._known.pop(name, None)
+        self.set_aside.append(aside)
+        log.warning("inmem: snapshot %s is damaged (%s at offset %s); set aside as %s, not counted",
+                    name, exc.reason, exc.offset, aside)
+
     def _prune(self) -> list[str]:
-        """Keep the newest KEEP_SNAPSHOTS snapshots; delete the WAL the oldest kept one covers."""
-        kernel = self._kernel
-        fs, dirpath = kernel.fs, kernel.path
-        snaps = self._snapshots()
-        for _, name in snaps[KEEP_SNAPSHOTS:]:
+        """Keep the newest KEEP_SNAPSHOTS valid snapshots; delete the WAL the older kept one covers."""
+        fs, dirpath = self._fs, self._kernel.path
+        valid, older = self._valid_snapshots(KEEP_SNAPSHOTS)
+        for name in older:
             fs.remove(os.path.join(dirpath, name))
-        if len(snaps) > KEEP_SNAPSHOTS:
+            self._known.pop(name, None)
+        if older:
             fs.sync_dir(dirpath)
-        if len(snaps) < KEEP_SNAPSHOTS:  # one snapshot: the WAL stays until a second one can stand in for it
+        if len(valid) < KEEP_SNAPSHOTS:  # one valid snapshot: the WAL stays until a second can stand in for it
             if self.retention is not None:
-                self.retention.persist(kernel.wal.durable_lsn)
+                self._poisoning(self.retention.persist, self._kernel.wal.durable_lsn)
             return []
-        oldest_kept = read_snapshot_header(fs, os.path.join(dirpath, snaps[KEEP_SNAPSHOTS - 1][1]))
-        return self._drop_wal(oldest_kept.next_lsn)
+        return self._drop_wal(valid[-1][2])
+
+    def _poisoning(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn``, which deletes or saves files of the directory and fsyncs it: any OSError poisons."""
+        try:
+            return fn(*args)
+        except OSError as exc:
+            self._kernel.wal.poison(exc)
+            raise
 
     def _drop_wal(self, below_lsn: int) -> list[str]:
         wal = self._kernel.wal
         if self.retention is None:
-            return wal.drop_segments_before(below_lsn)
-        dropped = self.retention.prune(wal, below_lsn)
-        self.retention.persist(wal.durable_lsn)
+            return self._poisoning(wal.drop_segments_before, below_lsn)
+        dropped = self._poisoning(self.retention.prune, wal, below_lsn)
+        self._poisoning(self.retention.persist, wal.durable_lsn)
         return dropped
 
     def compact(self) -> dict[str, Any]:
         """Delete every WAL segment and snapshot that neither recovery nor history retention needs.
 
-        Takes a snapshot first unless the newest one already holds the last
-        commit; then deletes the WAL segments wholly below that snapshot which
+        Takes a snapshot first unless the newest *valid* snapshot already
+        holds the last commit (a damaged one is set aside, never trusted);
+        then deletes the WAL segments wholly below that snapshot which
         retention lets go, and every older snapshot whose WAL tail is thereby
         gone (it could no longer stand in for the newest). Afterwards recovery
-        needs the newest snapshot, which was verified after it was written.
+        needs the newest snapshot, which was verified.
 
         :returns: ``{"snapshot": SnapshotInfo.as_dict() | None (none taken), "segments_deleted": [names],
             "snapshots_deleted": [names], "bytes_freed": int, "history_floor": int}``.
+        :raises DatabaseClosed: / :raises DatabasePoisoned: / :raises CorruptionError: /
+            :raises OSError: as :meth:`take`; an fsync failing while deleting poisons.
         """
         kernel = self._kernel
-        fs, dirpath = kernel.fs, kernel.path
+        fs, dirpath = self._fs, kernel.path
         with self._lock:
-            snaps = self._snapshots()
-            info = None
-            before = kernel.wal.stats()["bytes"]
-            if not snaps or snaps[0][0] < kernel.version:
-                info = self._take()
-                self.last = info
-                self.taken += 1
-                self._arm()
-                snaps = self._snapshots()
-            newest = read_snapshot_header(fs, os.path.join(dirpath, snaps[0][1]))
-            dropped = ([] if info is None else list(info.wal_segments_deleted)) + self._drop_wal(newest.next_lsn)
-            floor = self.retention.floor if self.retention is not None else newest.next_lsn
-            first_wal = self._first_wal_lsn()
-            removed = []
-            for _v, name in snaps[1:]:
-                header = read_snapshot_header(fs, os.path.join(dirpath, name))
-                if first_wal is None or header.next_lsn < first_wal:
-                    fs.remove(os.path.join(dirpath, name))
-                    removed.append(name)
-            if removed:
-                fs.sync_dir(dirpath)
-            freed = before - kernel.wal.stats()["bytes"]
+            self._check_open()
+            with self._failures():
+                before = kernel.wal.stats()["bytes"]
+                valid, _ = self._valid_snapshots(1)
+                info = None
+                if not valid or valid[0][0] < kernel.version:
+                    info = self._take()
+                    self._done(info)
+                    valid, _ = self._valid_snapshots(1)
+                newest_version, newest_name, newest_lsn = valid[0]
+                dropped = ([] if info is None else list(info.wal_segments_deleted)) + self._drop_wal(newest_lsn)
+                floor = self.retention.floor if self.retention is not None else newest_lsn
+                first_wal = self._first_wal_lsn()
+                removed = []
+                for _v, name in self._snapshots():
+                    if name == newest_name:
+                        continue
+                    next_lsn = self._known.get(name)
+                    if next_lsn is None:
+                        try:
+                            next_lsn = read_snapshot_header(fs, os.path.join(dirpath, name)).next_lsn
+                        except SnapshotError as exc:
+                            self._set_aside(name, exc)
+                            continue
+                    if first_wal is None or next_lsn < first_wal:
+                        fs.remove(os.path.join(dirpath, name))
+                        self._known.pop(name, None)
+                        removed.append(name)
+                if removed:
+                    fs.sync_dir(dirpath)
+                freed = before - kernel.wal.stats()["bytes"]
             return {"snapshot": None if info is None else info.as_dict(), "segments_deleted": dropped,
                     "snapshots_deleted": removed, "bytes_freed": freed, "history_floor": floor}
 
@@ -292,6 +448,8 @@ class Snapshotter:
                 self._due = False
             try:
                 self.take()
+            except DatabaseClosed:
+                return  # close() began meanwhile: not a failure
             except Exception as exc:  # noqa: BLE001 - a background failure must not kill the thread
                 self.failures += 1
                 log.error("inmem: automatic snapshot failed: %s", exc)
@@ -299,9 +457,18 @@ class Snapshotter:
                     return
 
     def close(self) -> None:
-        """Stop the background thread (a snapshot in progress finishes first)."""
+        """Stop: wait for a snapshot or compaction in flight, then for the background thread.
+
+        A snapshot still capturing stops at its next step and raises
+        ``DatabaseClosed``; one already writing finishes (and prunes). Later
+        calls raise ``DatabaseClosed``. Must return before the database
+        releases its lock: a snapshot outliving it would race the next
+        handle's recovery (which removes ``*.tmp`` files).
+        """
         with self._wake:
             self._closing = True
             self._wake.notify()
+        with self._lock:  # whoever holds it (a foreground call or the thread) finishes first
+            pass
         if self._thread is not None:
             self._thread.join()

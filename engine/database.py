@@ -246,7 +246,7 @@ class Database:
         self.runs = _AutoPrimitive(kernel, Runs, READS["runs"])  # type: ignore[assignment]
         self._snapshotter = Snapshotter(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
-                                        progress=progress, retention=index)
+                                        progress=progress, retention=index, loaded=rec.report.get("snapshot"))
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
         ref = weakref.ref(self)
@@ -257,8 +257,11 @@ class Database:
     def close(self) -> None:
         """Flush and fsync the WAL, then release the directory. Idempotent.
 
-        On a poisoned database nothing more is written (the failed bytes are
-        discarded) and the lock is still released.
+        A snapshot or compaction in flight (foreground or background) is
+        waited for first — one still capturing stops at its next step and
+        raises ``DatabaseClosed`` — so no file operation of this handle
+        outlives its lock. On a poisoned database nothing more is written
+        (the failed bytes are discarded) and the lock is still released.
 
         :raises DatabasePoisoned: the final write or fsync failed.
         """
@@ -423,15 +426,18 @@ class Database:
     def compact(self) -> dict[str, Any]:
         """Delete the WAL segments and snapshots nothing needs any more; return what was deleted.
 
-        Takes a snapshot unless the newest one holds the last commit, then
+        Takes a snapshot unless the newest *valid* one holds the last commit
+        (a snapshot this handle has not verified is verified first; a damaged
+        one is set aside as ``<name>.corrupt-<ms>``, never trusted), then
         deletes every WAL segment it covers that history retention lets go
         (``history="none"``: all; ``"active"``: those whose runs are all
         archived, oldest first; ``"keep"``: none), and the older snapshots
         whose WAL is thereby gone. Afterwards recovery needs only the newest
-        snapshot (verified after it was written) and the WAL after it.
+        snapshot (verified) and the WAL after it.
 
         :returns: ``{"snapshot", "segments_deleted", "snapshots_deleted", "bytes_freed", "history_floor"}``.
-        :raises DatabaseClosed: / :raises DatabasePoisoned: / :raises OSError: as :meth:`snapshot`.
+        :raises DatabaseClosed: / :raises DatabasePoisoned: / :raises CorruptionError: /
+            :raises OSError: as :meth:`snapshot`; a failure while deleting files poisons the database.
         """
         self._kernel.check_can_write()
         return self._snapshotter.compact()
@@ -498,15 +504,21 @@ class Database:
 
         Writers pause only for one capture step of 4,096 keys at a time
         (``SnapshotInfo.pause_ms`` is the longest); encoding, writing and
-        fsync happen without any lock. Afterwards the two newest snapshots
-        are kept and WAL segments wholly covered by the older of them are
+        fsync happen without any lock. Afterwards the two newest *valid*
+        snapshots are kept (one this handle has not verified is verified
+        first; a damaged one is set aside as ``<name>.corrupt-<ms>`` and not
+        counted) and WAL segments wholly covered by the older of them are
         deleted. Recovery then loads the newest valid snapshot and replays
         only the WAL after it. See SPEC.md, "Snapshots".
 
-        :raises DatabaseClosed: the database is closed.
-        :raises DatabasePoisoned: the WAL could not be synced first.
+        :raises DatabaseClosed: the database is closed, or was closed while
+            the snapshot was being captured (nothing was written).
+        :raises DatabasePoisoned: the WAL could not be synced first, or an
+            fsync of the snapshot file or of the directory failed, or deleting
+            covered WAL segments failed: the database is now poisoned (SPEC.md §5).
         :raises CorruptionError: the written file failed verification (it was removed).
-        :raises OSError: the file could not be written (the database is unaffected).
+        :raises OSError: the ``.tmp`` file could not be written, e.g. ENOSPC
+            (it was removed; the database is unaffected and not poisoned).
         """
         self._kernel.check_can_write()
         return self._snapshotter.take()

@@ -36,8 +36,9 @@ The rules, in order:
    database's IDENTITY, rule 1): inmem's own
    leftover temporaries (``IDENTITY.tmp``, ``wal-*.log.tmp``,
    ``snapshot-*.snap.tmp``, ``hist-*.idx.tmp``: interrupted creates, nothing
-   acknowledged) are removed, the torn tail is cut, salvage sets files aside.
-   Other files in the directory are never touched.
+   acknowledged) are removed, the torn tail is cut, salvage sets files aside,
+   and (writable opens only) each damaged snapshot skipped for an older one is
+   set aside as ``<name>.corrupt-<ms>``. Other files in the directory are never touched.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from .errors import CorruptionError, NotADatabase
 from .fs import LOCK_FILE, FileSystem
 from .history import SegmentTail, parse_index_name, touched_runs
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
-from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot
+from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot, set_aside_snapshot
 from .store import Entry
 from .wal.format import (
     SEGMENT_HEADER_SIZE,
@@ -209,7 +210,7 @@ def recover(
                         exc.offset)
             continue
         version, start_lsn = header.commit_version, header.next_lsn
-        snap_report = {"file": name, "commit_version": version, "keys": header.keys,
+        snap_report = {"file": name, "commit_version": version, "keys": header.keys, "next_lsn": start_lsn,
                        "seconds": round(time.perf_counter() - t1, 6)}
         break
 
@@ -409,6 +410,8 @@ def recover(
             if k[0] == t.seq:
                 t.size = k[2]
     history_floor = history[0].first_lsn if history else max(wal_next, start_lsn)
+    for skipped in skipped_snapshots:  # recovery succeeded without them: set aside, never read or counted again
+        skipped["set_aside"] = None if read_only else set_aside_snapshot(fs, dirpath, skipped["file"])
     report = {
         "created": created,
         "snapshot": snap_report,

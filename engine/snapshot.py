@@ -43,6 +43,7 @@ __all__ = [
     "parse_snapshot_name",
     "read_snapshot",
     "read_snapshot_header",
+    "set_aside_snapshot",
     "snapshot_name",
     "verify_snapshot",
     "write_snapshot",
@@ -113,7 +114,11 @@ def write_snapshot(
 
     Temporary name, fsync, rename, directory fsync: a crash at any point
     leaves either no snapshot or this complete one (plus, at worst, a
-    ``.tmp`` file that recovery removes).
+    ``.tmp`` file that recovery removes). If writing or fsyncing the
+    temporary file fails, it is removed (best effort) before the error
+    propagates. ``progress("snapshot", keys written, keys total)`` is called
+    as the file grows, never with ``keys written == keys total``: the caller
+    reports completion once the snapshot is really done (verified, pruned).
 
     :raises OSError: the file could not be written (nothing is renamed into place).
     """
@@ -143,7 +148,7 @@ def write_snapshot(
                 f.write(data)
                 size += len(data)
                 pending, pending_bytes = [], 0
-                if progress is not None:
+                if progress is not None and end < n:
                     progress("snapshot", end, n)
         pending.append(_FOOTER.pack(FOOTER_MAGIC, chunks, n))
         data = b"".join(pending)
@@ -151,13 +156,32 @@ def write_snapshot(
         f.write(data + digest.digest())
         size += len(data) + DIGEST_SIZE
         f.sync()
-    finally:
+    except BaseException:
         f.close()
+        try:
+            fs.remove(tmp)  # nothing refers to it; recovery would remove it anyway
+        except OSError:
+            pass
+        raise
+    f.close()
     fs.rename(tmp, path)
     fs.sync_dir(dirpath)
-    if progress is not None:
-        progress("snapshot", n, n)
     return path, size
+
+
+def set_aside_snapshot(fs: FileSystem, dirpath: str, name: str) -> str:
+    """Rename a damaged snapshot to ``<name>.corrupt-<ms>`` and fsync the directory; return the new name.
+
+    The bytes are kept for forensics; nothing reads a set-aside file again
+    (it no longer parses as a snapshot name), so it can neither be loaded
+    nor counted as one of the snapshots that let WAL be deleted.
+
+    :raises OSError: the rename or the directory fsync failed.
+    """
+    aside = f"{name}.corrupt-{time.time_ns() // 1_000_000}"
+    fs.rename(os.path.join(dirpath, name), os.path.join(dirpath, aside))
+    fs.sync_dir(dirpath)
+    return aside
 
 
 def _header(buf: bytes) -> SnapshotHeader:

@@ -46,6 +46,9 @@ class ReadOnlyWal:
     def wait(self, lsn: int) -> None:
         pass
 
+    def poison(self, exc: BaseException) -> None:
+        pass  # nothing is ever written through a read-only handle, so nothing can need poisoning
+
     def write_through(self, lsn: int) -> None:
         pass  # every frame there is is already in the files
 

@@ -351,9 +351,30 @@ class WalWriter:
             if closing:
                 return
 
+    def poison(self, exc: BaseException) -> None:
+        """Refuse every later append and flush: an fsync elsewhere in the database directory failed.
+
+        For failures outside the WAL (a snapshot file's fsync, the directory
+        fsync after a rename or a deletion): after a failed fsync the kernel
+        may have dropped dirty pages, so no later commit may be acknowledged
+        (SPEC.md §5, "Poisoning"). As for a WAL failure, frames still pending
+        are discarded; threads waiting for their fsync raise
+        :class:`~engine.errors.DatabasePoisoned`. The first cause is kept;
+        idempotent.
+        """
+        with self._io_cond:
+            first = self._poisoned is None
+            if first:
+                self._poisoned = exc
+            self._io_cond.notify_all()
+        if first:
+            log.error("inmem: an fsync in the database directory failed; database poisoned, writes refused: %s",
+                      exc)
+
     def poison_error(self) -> DatabasePoisoned:
         return DatabasePoisoned(
-            f"an earlier WAL write or fsync failed ({self._poisoned}); writes are refused. "
+            f"an earlier WAL write or an fsync in the database directory failed ({self._poisoned}); "
+            "writes are refused. "
             "Close the database and reopen it: recovery keeps what is really on disk."
         )
 
