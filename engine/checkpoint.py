@@ -19,7 +19,7 @@ a time, under ``_lock``)::
 valid* snapshot covers that history retention lets go, and the older
 snapshots that no longer have the WAL behind them.
 
-Which snapshots count. The snapshotter keeps the names of the snapshots it
+Which snapshots count. The checkpointer keeps the names of the snapshots it
 knows are valid: those it wrote and re-read (step 5) and the one recovery
 loaded. Before pruning or compacting, any other snapshot it would rely on is
 verified (:func:`~engine.snapshot.verify_snapshot`); one that fails is set
@@ -68,7 +68,7 @@ from .snapshot import (
 from .wal.format import SEGMENT_HEADER_SIZE, decode_segment_header, parse_segment_name, segment_name
 from .wal.writer import WalWriter
 
-__all__ = ["SnapshotInfo", "Snapshotter"]
+__all__ = ["SnapshotInfo", "Checkpointer"]
 
 log = logging.getLogger("inmem")
 
@@ -156,7 +156,7 @@ class _GuardedFile:
             raise
 
 
-class Snapshotter:
+class Checkpointer:
     """Takes snapshots of one database, on demand and in a background thread.
 
     :param every_bytes: take one automatically after this many bytes of WAL
@@ -201,7 +201,7 @@ class Snapshotter:
         self._thread: threading.Thread | None = None
         if every_bytes is not None or every_s is not None:
             self._arm()
-            self._thread = threading.Thread(target=self._loop, name="inmem-snapshotter", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="inmem-checkpointer", daemon=True)
             self._thread.start()
 
     # --- one snapshot ----------------------------------------------------------------------

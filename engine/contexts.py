@@ -1,7 +1,7 @@
 """The contexts primitives run against outside a transaction: how each ``db.<primitive>`` call commits.
 
 This module owns the autocommit side of the primitive ``Context`` protocol
-(:class:`~engine.primitives.kv.Context`; a :class:`~engine.txn.Transaction` is
+(:class:`~engine.primitives.context.Context`; a :class:`~engine.txn.Transaction` is
 the other side):
 
 * :class:`_Autocommit` — ``db.kv``: each put or delete is its own commit on
@@ -185,7 +185,7 @@ class _AutoPrimitive:
 
 
 class _Autocommit:
-    """The :class:`~engine.primitives.kv.Context` of ``db.kv``: every write is its own commit."""
+    """The :class:`~engine.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
     __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit")
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from . import native
 from .errors import InvalidArgument, TransactionConflict
 from .fs import FileSystem, OSFileSystem, check_file_mode, open_error
-from .checkpoint import SnapshotInfo, Snapshotter
+from .checkpoint import SnapshotInfo, Checkpointer
 from .contexts import PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
 from .kernel import Kernel
@@ -244,7 +244,7 @@ class Database:
         self.state = _AutoPrimitive(kernel, StateMachines, READS["state"])  # type: ignore[assignment]
         self.traces = _AutoPrimitive(kernel, Traces, READS["traces"])  # type: ignore[assignment]
         self.runs = _AutoPrimitive(kernel, Runs, READS["runs"])  # type: ignore[assignment]
-        self._snapshotter = Snapshotter(kernel, every_bytes=None if read_only else snapshot_every_bytes,
+        self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
@@ -271,7 +271,7 @@ class Database:
         self._autocommit.closed()
         atexit.unregister(self._atexit)
         try:
-            self._snapshotter.close()
+            self._checkpointer.close()
             kernel.wal.close()
             if not kernel.poisoned:
                 try:
@@ -440,7 +440,7 @@ class Database:
             :raises OSError: as :meth:`snapshot`; a failure while deleting files poisons the database.
         """
         self._kernel.check_can_write()
-        return self._snapshotter.compact()
+        return self._checkpointer.compact()
 
     # --- transactions -----------------------------------------------------------------------------
 
@@ -521,7 +521,7 @@ class Database:
             (it was removed; the database is unaffected and not poisoned).
         """
         self._kernel.check_can_write()
-        return self._snapshotter.take()
+        return self._checkpointer.take()
 
     # --- durability and figures --------------------------------------------------------------
 
@@ -571,9 +571,9 @@ class Database:
             "active_transactions": figures["active_read_points"],
             "retained_versions": figures["retained_versions"],
             "snapshots": {
-                "taken": self._snapshotter.taken,
-                "failures": self._snapshotter.failures,
-                "last": None if self._snapshotter.last is None else self._snapshotter.last.as_dict(),
+                "taken": self._checkpointer.taken,
+                "failures": self._checkpointer.failures,
+                "last": None if self._checkpointer.last is None else self._checkpointer.last.as_dict(),
             },
             "history": kernel.history.stats(),
             "recovery": dict(self._recovery),

@@ -52,9 +52,9 @@ NS_RUN = 0x01  # run-scoped records: NS_RUN | run id | tag | user key
 # --- primitive tags (byte 17 of a run-scoped key) ---------------------------
 TAG_RUN = 0x00  # the run record itself (user key is empty)
 TAG_KV = 0x01  # KV store
-TAG_EVENT = 0x02  # event log (reserved for the Primitives issue)
-TAG_STATE = 0x03  # state machines (reserved)
-TAG_TRACE = 0x04  # trace store (reserved)
+TAG_EVENT = 0x02  # event log
+TAG_STATE = 0x03  # state machines
+TAG_TRACE = 0x04  # trace store
 
 RUN_ID_BYTES = 16
 RUN_PREFIX_LEN = 1 + RUN_ID_BYTES  # NS_RUN + run id

@@ -3,7 +3,7 @@
 This module owns one transaction's bookkeeping and the OCC validation rule;
 the kernel (:mod:`engine.kernel`) owns the commit critical section that runs
 it and the read point the transaction reads at. A
-:class:`Transaction` is a primitive :class:`~engine.primitives.kv.Context`,
+:class:`Transaction` is a primitive :class:`~engine.primitives.context.Context`,
 so ``tx.kv`` is the same KV class as ``db.kv``, reading and writing through
 the transaction instead of committing each call.
 

@@ -22,7 +22,7 @@ LAYERS = [
     {"recovery", "registry"},
     {"kernel"},
     {"txn", "checkpoint"},
-    {"primitives", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs"},
+    {"primitives", "primitives.context", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs"},
     {"contexts"},
     {"replay"},
     {"database"},

@@ -138,7 +138,7 @@ def test_pruning_verifies_a_snapshot_it_did_not_write_or_load(dbdir):
     with Database.open(dbdir, history="none", snapshot_every_bytes=None) as db:
         assert db.stats()["recovery"]["snapshot"]["file"] == os.path.basename(b.path)
         flip(b.path, CHUNK)  # damaged after recovery loaded it ...
-        db._snapshotter._known.clear()  # ... and this handle forgets it ever verified it
+        db._checkpointer._known.clear()  # ... and this handle forgets it ever verified it
         db.kv.put(run, "more", 1)
         model["more"] = 1
         c = db.snapshot()
@@ -274,7 +274,7 @@ def test_failed_fsync_in_an_automatic_snapshot_poisons(dbdir):
     run = db.begin_run()
     acked = {}
     i = 0
-    while db._snapshotter._thread.is_alive() and i < 5000:  # the thread exits once the database is poisoned
+    while db._checkpointer._thread.is_alive() and i < 5000:  # the thread exits once the database is poisoned
         try:
             db.kv.put(run, f"k{i:05d}", i)
         except DatabasePoisoned:
@@ -282,7 +282,7 @@ def test_failed_fsync_in_an_automatic_snapshot_poisons(dbdir):
         acked[f"k{i:05d}"] = i
         i += 1
     assert db.stats()["poisoned"] is True, "a failed snapshot fsync left the database accepting commits"
-    db._snapshotter._thread.join()
+    db._checkpointer._thread.join()
     assert fs.failures == 1 and db.stats()["snapshots"]["failures"] == 1
     fs.fail_sync = None
     assert_poisoned_then_recovers(db, dbdir, run, acked)
@@ -374,12 +374,12 @@ def test_close_waits_for_a_snapshot_in_flight(dbdir, call):
 
 def test_snapshot_after_close_started_raises_database_closed(dbdir):
     db = Database.open(dbdir, snapshot_every_bytes=None)
-    snapshotter = db._snapshotter
+    checkpointer = db._checkpointer
     db.close()
     with pytest.raises(DatabaseClosed):
-        snapshotter.take()
+        checkpointer.take()
     with pytest.raises(DatabaseClosed):
-        snapshotter.compact()
+        checkpointer.compact()
 
 
 # --- 5: progress reports completion only when the snapshot is done -------------------------------------------------

@@ -30,7 +30,7 @@ import xxhash
 from ..codec import check_value, decode_value, encode_value, now_us, us_from_utc, utc_from_us
 from ..errors import ChainBroken, InvalidArgument, InvalidValue
 from ..keys import TAG_EVENT, prefix_end, run_prefix
-from .kv import Context
+from .context import Context
 
 __all__ = ["ZERO_HASH", "Event", "Events", "chain_hash", "event_from_record"]
 

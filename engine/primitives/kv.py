@@ -9,42 +9,15 @@ changes the database.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 from ..codec import decode_value, encode_value
 from ..errors import InvalidKey
 from ..keys import MAX_KEY_BYTES, TAG_KV, TAGGED_PREFIX_LEN, encode_user_key, prefix_end, run_prefix
+from .context import Context
 
 __all__ = ["KV", "Context"]
-
-
-class Context(Protocol):
-    """What a primitive needs from the layer below: reads, writes, scans, run checks.
-
-    The database's autocommit context makes each write its own commit; a
-    transaction (Transactions issue) buffers them in its write set.
-    """
-
-    #: ``lookup(key) -> (version, encoded value) | None``: a point read. An
-    #: attribute, not a method, so the hottest call in the engine can be the
-    #: store's own dict lookup (a closed database swaps in one that raises).
-    lookup: Callable[[bytes], tuple[int, bytes] | None]
-
-    def write(self, run: str, key: bytes, value: bytes | None) -> None:
-        """Put (``value`` bytes) or delete (``None``) ``key``, which belongs to active ``run``."""
-
-    def delete(self, run: str, key: bytes) -> bool:
-        """Delete ``key`` of active ``run`` if present; return whether it was."""
-
-    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
-        """``(key, encoded value)`` for ``lo <= key < hi``, in key order."""
-
-    def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
-        """Live maps run id -> key prefix of ``tag``: (all runs, active runs)."""
-
-    def check_run(self, run: object, *, write: bool) -> bytes:
-        """Raise ``RunNotFound``/``RunClosed`` as :meth:`RunRegistry.check` does."""
 
 
 _MAX_STORE_KEY = TAGGED_PREFIX_LEN + MAX_KEY_BYTES
@@ -56,7 +29,7 @@ def _decode_items(items: list[tuple[bytes, bytes]], skip: int) -> Iterator[tuple
 
 
 class KV:
-    """Run-scoped key/value store: ``db.kv`` (and ``tx.kv`` from the Transactions issue).
+    """Run-scoped key/value store: ``db.kv`` and ``tx.kv``.
 
     Keys are ``str`` (at most 64 KiB of UTF-8); values are the types
     :mod:`engine.codec` accepts, nested at most ``MAX_DEPTH`` deep. Outside a

@@ -23,7 +23,7 @@ from ..codec import decode_value, encode_value
 from ..errors import InvalidArgument
 from ..keys import TAG_EVENT, TAG_KV, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
 from ..registry import END_STATUSES, run_record_key
-from .kv import Context
+from .context import Context
 
 __all__ = ["RunInfo", "Runs"]
 

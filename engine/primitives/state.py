@@ -20,7 +20,7 @@ from typing import Any
 from ..codec import decode_value, encode_value, now_us, utc_from_us
 from ..errors import InvalidArgument, InvalidTransition
 from ..keys import TAG_STATE, encode_user_key, prefix_end, run_prefix
-from .kv import Context
+from .context import Context
 
 __all__ = ["State", "StateMachines", "state_from_record"]
 

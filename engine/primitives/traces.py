@@ -20,7 +20,7 @@ from typing import Any
 from ..codec import decode_value, encode_value, now_us, utc_from_us
 from ..errors import InvalidArgument, TraceNotFound
 from ..keys import TAG_TRACE, new_run_id, prefix_end, run_prefix
-from .kv import Context
+from .context import Context
 
 __all__ = ["Trace", "Traces", "trace_from_record"]
 

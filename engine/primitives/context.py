@@ -1,0 +1,57 @@
+"""The primitive Context: the one interface every primitive reads and writes through.
+
+This module owns the :class:`Context` protocol. Invariant: primitives reach
+storage only through it — never the kernel, the store or the WAL — so one
+primitive class serves both autocommit calls (``db.kv``) and transactions
+(``tx.kv``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Context"]
+
+
+class Context(Protocol):
+    """What a primitive needs from the layer below: reads, writes, scans, run checks.
+
+    The database's autocommit contexts (:mod:`engine.contexts`) make each
+    write, or each primitive call, its own commit; a transaction
+    (:class:`engine.txn.Transaction`) buffers them in its write set.
+    """
+
+    #: ``lookup(key) -> (version, encoded value) | None``: a point read. An
+    #: attribute, not a method, so the hottest call in the engine can be the
+    #: store's own dict lookup (a closed database swaps in one that raises).
+    lookup: Callable[[bytes], tuple[int, bytes] | None]
+
+    def write(self, run: str, key: bytes, value: bytes | None) -> None:
+        """Put (``value`` bytes) or delete (``None``) ``key``, which belongs to active ``run``."""
+
+    def delete(self, run: str, key: bytes) -> bool:
+        """Delete ``key`` of active ``run`` if present; return whether it was."""
+
+    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
+        """``(key, encoded value)`` for ``lo <= key < hi``, in key order."""
+
+    def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Live maps run id -> key prefix of ``tag``: (all runs, active runs)."""
+
+    def check_run(self, run: object, *, write: bool) -> bytes:
+        """Raise ``RunNotFound``/``RunClosed`` as :meth:`RunRegistry.check` does."""
+
+    def scan_entries(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, int]]:
+        """``(key, commit version)`` for ``lo <= key < hi``, in key order (this context's own writes as
+        the version they will commit at, or 0 in a transaction)."""
+
+    def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
+        """The greatest ``(key, encoded value)`` in ``[lo, hi)``, or None."""
+
+    def count(self, lo: bytes, hi: bytes | None) -> int:
+        """Keys in ``[lo, hi)``."""
+
+    def run_ids(self, status: str | None = None) -> list[str]:
+        """Ids of the runs that may have ``status`` (all with None), in start order; the caller checks
+        each against the run record it reads."""
