@@ -14,8 +14,10 @@ persisted through a checksummed write-ahead log and recovered after a crash.
 ['notes/1', 'notes/2']
 
 Layers, lowest first: ``errors``, ``keys``/``codec`` → ``checksum``,
-``native``, ``fs`` → ``store``, ``wal`` → ``recovery``, ``registry`` →
-``history`` → ``primitives`` → ``replay`` → ``database``. SPEC.md holds the formats and guarantees.
+``native``, ``fs`` → ``store``, ``mvcc``, ``snapshot``, ``wal`` → ``history``
+→ ``recovery``, ``registry`` → ``kernel`` (the commit path and reads at a
+version) → ``txn``, ``checkpoint`` → ``primitives`` → ``contexts`` →
+``replay`` → ``database``. SPEC.md holds the formats and guarantees.
 """
 
 from .database import Database
