@@ -48,10 +48,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from .codec import MAX_VALUE_BYTES
 from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem
 from .history import HistoryIndex
 from .identity import Identity
+from .keys import MAX_KEY_BYTES
 from .locks import CommitLock
 from .mvcc import Versions
 from .registry import RunRegistry
@@ -71,10 +73,21 @@ Writes = Sequence[tuple[bytes, "bytes | None"]]
 After = Callable[[int], None]
 
 
+#: Bytes one write can add to a commit record at most: a key (user key plus the 18-byte prefix),
+#: a value (``codec.MAX_VALUE_BYTES``) and the op's 9 bytes of lengths.
+_MAX_WRITE_BYTES = MAX_VALUE_BYTES + MAX_KEY_BYTES + 18 + 9
+
+
 def _check_size(writes: Writes) -> None:
-    """:raises InvalidArgument: ``writes`` do not fit in one commit record (``MAX_PAYLOAD_BYTES``)."""
-    size = commit_record_size(writes)
+    """:raises InvalidArgument: ``writes`` do not fit in one commit record (``MAX_PAYLOAD_BYTES``).
+
+    O(1) when so few writes cannot reach the limit (every key and value is
+    bounded), else O(len(writes)).
+    """
     limit = wal_format.MAX_PAYLOAD_BYTES  # read at call time: tests lower it
+    if len(writes) * _MAX_WRITE_BYTES + 64 <= limit:
+        return
+    size = commit_record_size(writes)
     if size > limit:
         raise InvalidArgument(f"the commit writes {size:,} bytes; one commit record holds at most "
                               f"{limit:,}: split it into several commits")
@@ -132,8 +145,14 @@ class Kernel:
         self._active_runs = registry.active
         self._must_wait = durability != "batched"  # batched: the flusher makes commits durable
         self._put_entry = store.put_entry  # the one-put fast path writes the sorted map directly
-        #: Point read of the latest committed entry of a key, ``(version, value)`` or None. Lock-free.
+        # The hottest reads are attributes bound to the layer below (one call, not two):
+        #: ``get(key)``: the latest committed entry of a key, ``(version, value)`` or None. Lock-free.
         self.get: Callable[[bytes], Entry | None] = store.get
+        #: ``read_at(key, version)``: the entry visible at a registered read point, or None. Lock-free.
+        self.read_at: Callable[[bytes, int], Entry | None] = self._versions.read_at
+        #: ``last_write(key)``: the commit version that last wrote ``key`` (a delete counts), as far as
+        #: any open read point can tell. Validation support: call only under the commit lock.
+        self.last_write: Callable[[bytes], int] = self._versions.last_write
 
     # --- facts -------------------------------------------------------------------------------
 
@@ -211,6 +230,13 @@ class Kernel:
         :raises RunClosed: a run in ``runs`` has ended.
         :raises DatabasePoisoned: / :raises DatabaseReadOnly: / :raises DatabaseClosed: the write cannot happen.
         """
+        if validate is None and release is None and len(writes) == 1:  # an autocommit put or delete
+            with self._lock:
+                lsn = self._append_locked(writes, runs, after)
+                version = self._version
+            if self._must_wait:
+                self.wal.wait(lsn)
+            return version
         if len(writes) != 1:
             try:
                 _check_size(writes)
@@ -383,10 +409,6 @@ class Kernel:
         while self._abandoned:
             self._versions.release(self._abandoned.pop())
 
-    def read_at(self, key: bytes, version: int) -> Entry | None:
-        """The entry of ``key`` visible at ``version`` (a registered read point). Lock-free."""
-        return self._versions.read_at(key, version)
-
     def scan_at(self, lo: bytes, hi: bytes | None, version: int, *, entries: bool = False) -> list[Any]:
         """``(key, value)`` — or ``(key, (version, value))`` with ``entries`` — in ``[lo, hi)`` at ``version``.
 
@@ -428,10 +450,6 @@ class Kernel:
 
     # --- validation support (call only from a ``validate`` callback, under the commit lock) -----------
 
-    def last_write(self, key: bytes) -> int:
-        """Commit version that last wrote ``key`` (a delete counts), as far as any open read point can tell."""
-        return self._versions.last_write(key)
-
     def first_write_after(self, lo: bytes, hi: bytes | None, version: int) -> tuple[bytes, int] | None:
         """Some key in ``[lo, hi)`` written after ``version``, with its commit version. O(log n + k)."""
         return self._versions.first_write_after(lo, hi, version)
@@ -443,32 +461,26 @@ class LockedView:
     Reads see every commit so far (and, after :meth:`commit`, this view's own).
     """
 
-    __slots__ = ("_kernel", "_store", "get", "lsn")
+    __slots__ = ("_kernel", "_store", "get", "scan", "scan_values", "last", "count", "lsn", "version")
 
     def __init__(self, kernel: Kernel, store: UnifiedStore):
         self._kernel = kernel
         self._store = store
-        #: Point read of the latest entry, ``(version, value)`` or None.
+        # the store's own methods, bound: these run inside the commit lock on every primitive call
+        #: ``get(key)``: the latest entry, ``(version, value)`` or None.
         self.get = store.get
+        #: ``scan(lo, hi)``: ``[(key, (version, value))]`` in ``[lo, hi)``, in key order.
+        self.scan = store.scan
+        #: ``scan_values(lo, hi)``: ``[(key, value)]`` in ``[lo, hi)``, in key order.
+        self.scan_values = store.scan_values
+        #: ``last(lo, hi)``: the greatest ``(key, (version, value))`` in ``[lo, hi)``, or None.
+        self.last = store.last
+        #: ``count(lo, hi)``: keys in ``[lo, hi)``.
+        self.count = store.count
         #: LSN of this view's last commit (0: none yet).
         self.lsn = 0
-
-    @property
-    def version(self) -> int:
-        """The last commit version."""
-        return self._kernel.version
-
-    def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, Entry]]:
-        return self._store.scan(lo, hi)
-
-    def scan_values(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
-        return self._store.scan_values(lo, hi)
-
-    def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, Entry] | None:
-        return self._store.last(lo, hi)
-
-    def count(self, lo: bytes, hi: bytes | None) -> int:
-        return self._store.count(lo, hi)
+        #: The last commit version (this view's own commits included).
+        self.version = kernel.version
 
     def run_record(self, run: str) -> dict[str, Any]:
         """The decoded run record. :raises RunNotFound: no such run."""
@@ -483,4 +495,5 @@ class LockedView:
             _check_size(writes)
         kernel = self._kernel
         self.lsn = kernel._append_locked(writes, runs, after)  # noqa: SLF001 - same module, lock held
-        return kernel.version
+        self.version = version = kernel.version
+        return version
