@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import DatabaseClosed, DatabasePoisoned
-from ..fs import FileSystem, WritableFile
+from ..fs import FileSystem, WritableFile, write_atomically
 from .format import (
     SEGMENT_HEADER_SIZE,
     decode_segment_header,
@@ -321,20 +321,11 @@ class WalWriter:
         old.close()
 
     def _create_segment(self, seq: int, first_lsn: int) -> WritableFile:
-        path = os.path.join(self._dir, segment_name(seq))
-        tmp = path + ".tmp"
-        fs = self._fs
-        if fs.exists(tmp):
-            fs.remove(tmp)
-        f = fs.create(tmp)
-        try:
-            f.write(encode_segment_header(self._db_id, seq, first_lsn))
-            f.sync()
-        finally:
-            f.close()
-        fs.rename(tmp, path)
-        fs.sync_dir(self._dir)
-        return fs.open_append(path)
+        """Create segment ``seq`` holding only its header (tmp, fsync, rename, directory fsync); open it."""
+        header = encode_segment_header(self._db_id, seq, first_lsn)
+        name = segment_name(seq)
+        write_atomically(self._fs, self._dir, name, lambda f: f.write(header))
+        return self._fs.open_append(os.path.join(self._dir, name))
 
     def _flush_loop(self) -> None:
         """Batched mode: write + fsync whatever is pending, once per interval."""
