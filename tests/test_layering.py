@@ -18,7 +18,7 @@ LAYERS = [
     {"keys", "codec", "checksum", "native", "_native", "locks"},
     {"fs", "wal.format", "wal.fast"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal"},
-    {"history"},
+    {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
     {"recovery", "registry"},
     {"kernel"},
     {"txn", "checkpoint"},

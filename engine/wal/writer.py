@@ -62,7 +62,7 @@ from .format import (
     segment_name,
 )
 
-__all__ = ["DURABILITY_MODES", "ActiveSegment", "WalWriter"]
+__all__ = ["DURABILITY_MODES", "ActiveSegment", "WalTail", "WalWriter"]
 
 log = logging.getLogger("inmem")
 
@@ -81,6 +81,23 @@ class ActiveSegment:
     path: str
     size: int
     first_lsn: int
+
+
+@dataclass
+class WalTail:
+    """Where the WAL continues after recovery: all a writer (or a read-only handle) needs to resume.
+
+    ``next_lsn``: LSN of the next frame; ``active``: the last kept segment, to
+    append to (``None``: a new segment ``next_seq`` is created, starting at
+    ``next_lsn``); ``closed_bytes`` / ``closed_segments``: size in bytes and
+    count of the finished segments before it.
+    """
+
+    next_lsn: int
+    active: ActiveSegment | None
+    next_seq: int
+    closed_bytes: int = 0
+    closed_segments: int = 0
 
 
 class WalWriter:
@@ -166,6 +183,17 @@ class WalWriter:
         if durability == "batched":
             self._flusher = threading.Thread(target=self._flush_loop, name="inmem-wal-flusher", daemon=True)
             self._flusher.start()
+
+    @classmethod
+    def resume(cls, fs: FileSystem, dirpath: str, db_id: bytes, tail: WalTail, *, durability: str,
+               flush_interval_ms: int, segment_bytes: int) -> WalWriter:
+        """A writer continuing the WAL where recovery left it (``tail``); parameters as the constructor's.
+
+        :raises OSError: the active segment could not be opened, or a new one created.
+        """
+        return cls(fs, dirpath, db_id, durability=durability, flush_interval_ms=flush_interval_ms,
+                   segment_bytes=segment_bytes, next_lsn=tail.next_lsn, active=tail.active,
+                   closed_bytes=tail.closed_bytes, closed_segments=tail.closed_segments, next_seq=tail.next_seq)
 
     # --- the commit path ---------------------------------------------------------
 
