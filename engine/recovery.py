@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,7 +66,7 @@ from .wal.format import (
     parse_segment_name,
     segment_name,
 )
-from .wal.reader import Record, SegmentScan
+from .wal.reader import SegmentScan
 from .wal.writer import ActiveSegment, WalTail
 
 __all__ = ["Recovered", "ReplayVisitor", "check_new_directory", "is_own_temporary", "recover"]
@@ -76,18 +76,20 @@ log = logging.getLogger("inmem")
 #: LSN above any real one: "pass no record on" (no visitor).
 _NEVER = 1 << 64
 
+Writes = list[tuple[bytes, bytes | None]]
+
 
 class ReplayVisitor(Protocol):
-    """Consumes the WAL replay, one segment at a time (the history index's
+    """Consumes the WAL replay, record by record (the history index's
     :class:`~engine.history.collect.HistoryCollector`). Recovery decides nothing on its answers."""
 
-    def wants(self, seq: int, first_lsn: int) -> int:
-        """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on."""
+    def segment(self, seq: int, first_lsn: int) -> tuple[int, Callable[[int, Writes], None]]:
+        """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on, and the
+        function to call as ``visit(lsn, writes)`` for each of them (LSN >= the snapshot's too), in order."""
 
-    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], records: list[Record],
-                 decoded_from: int) -> None:
-        """Segment ``seq`` was replayed: its valid frames' offsets, where they end, and its records with
-        LSN >= :meth:`wants` and >= ``decoded_from`` (the first LSN the snapshot does not cover), in order."""
+    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int) -> None:
+        """Segment ``seq`` was replayed: its valid frames' offsets, where they end, and the first LSN the
+        snapshot does not cover."""
 
 
 @dataclass
@@ -211,14 +213,14 @@ def recover(
 
     Complexity: O(snapshot bytes + WAL bytes after the snapshot) time (older
     segments are skipped after reading their 48-byte headers); O(live keys)
-    memory beyond one segment buffer (and its records, if a ``visitor`` wants them).
+    memory beyond one segment buffer.
 
     :param progress: called as ``progress(phase, done, total)`` with phase
         ``"recovery-snapshot"`` or ``"recovery-wal"`` and byte counts.
     :param read_only: change nothing on disk: leftover temporaries stay, a
         torn tail is reported (``torn_tail["cut"]`` is False) but not cut, and
         a directory without IDENTITY is refused instead of initialised.
-    :param visitor: given each replayed segment's records (those it wants),
+    :param visitor: handed each replayed record it wants, segment by segment,
         e.g. the history index's :class:`~engine.history.collect.HistoryCollector`.
 
     Nothing on disk changes before every check has passed (then: leftover
@@ -361,7 +363,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
     covers it). A bad frame ends the valid prefix: a torn tail if it is in
     the last segment and no valid frame follows it; otherwise corruption
     (raised, or with ``salvage`` recorded in ``damage`` and replay stops).
-    ``visitor`` gets each segment's records once it is replayed.
+    ``visitor`` is handed each record it wants as it is applied.
 
     :raises CorruptionError: as :func:`recover` (not with ``salvage``).
     """
@@ -401,11 +403,8 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
 
         scan = SegmentScan(buf, header, version, skip_below=start_lsn)
         pop = state.pop
-        want = visitor.wants(seq, header.first_lsn) if visitor is not None else _NEVER
-        records: list[Record] = []
-        keep = records.append
-        for rec in scan.records():
-            lsn, version, _ts, writes = rec
+        want, visit = visitor.segment(seq, header.first_lsn) if visitor is not None else (_NEVER, None)
+        for lsn, version, _ts, writes in scan.records():
             if len(writes) == 1:
                 key, value = writes[0]
                 if value is None:
@@ -419,11 +418,9 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
                     else:
                         state[key] = (version, value)
             if lsn >= want:
-                keep(rec)
+                visit(lsn, writes)  # type: ignore[misc]
         if visitor is not None:
-            visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count], records,
-                             start_lsn)
-        del records
+            visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count], start_lsn)
         out.records += scan.count
         out.next_lsn = scan.next_lsn
         version = out.version = scan.last_version

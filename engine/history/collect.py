@@ -5,7 +5,7 @@ This module owns :class:`HistoryCollector`, the visitor
 :class:`SegmentTail`, what it hands on to
 :meth:`engine.history.index.HistoryIndex.load` for each retained segment.
 Recovery knows nothing of runs: it applies records to the state and passes
-them on, one segment at a time; this module derives which runs each record
+each on as it goes; this module derives which runs each record
 touched (bytes 1..16 of every key, :func:`engine.keys.run_id_of`).
 
 Invariant: for each replayed segment, ``SegmentTail.runs`` holds every LSN in
@@ -25,7 +25,6 @@ from ..keys import run_id_of
 __all__ = ["HistoryCollector", "RetainedSegment", "SegmentTail", "touched_runs"]
 
 Writes = list[tuple[bytes, bytes | None]]
-Record = tuple[int, int, int, Writes]  # lsn, version, ts_us, writes (engine.wal.reader.Record)
 
 
 def touched_runs(writes: Writes) -> set[bytes]:
@@ -60,7 +59,7 @@ class RetainedSegment:
 
 
 class HistoryCollector:
-    """Collects per-run LSNs from recovery's replay, one segment at a time (a ``ReplayVisitor``).
+    """Collects per-run LSNs from recovery's replay, record by record (a ``ReplayVisitor``).
 
     :param indexed_until: ``indexed_until(seq, first_lsn)`` -> the first LSN
         of segment ``seq`` its sidecar does not already hold
@@ -70,21 +69,19 @@ class HistoryCollector:
     def __init__(self, indexed_until: Callable[[int, int], int] | None = None):
         self._indexed_until = indexed_until
         self._wanted: dict[int, int] = {}
+        self._runs: dict[int, dict[bytes, list[int]]] = {}
         self._tails: dict[int, SegmentTail] = {}
 
-    def wants(self, seq: int, first_lsn: int) -> int:
-        """Recovery is about to replay segment ``seq``: the first LSN whose records it should pass on."""
+    def segment(self, seq: int, first_lsn: int) -> tuple[int, Callable[[int, Writes], None]]:
+        """Recovery is about to replay segment ``seq``: the first LSN whose records it should pass on
+        (what the sidecar does not hold), and ``visit(lsn, writes)`` to pass each one to, in LSN order."""
         need = self._indexed_until(seq, first_lsn) if self._indexed_until is not None else first_lsn
         self._wanted[seq] = need
-        return need
-
-    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], records: list[Record],
-                 decoded_from: int) -> None:
-        """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end,
-        ``records`` those with LSN >= :meth:`wants` (and >= ``decoded_from``, the snapshot's LSN), in order."""
         runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here
+        self._runs[seq] = runs
         get_run = runs.get
-        for lsn, _version, _ts, writes in records:
+
+        def visit(lsn: int, writes: Writes) -> None:
             if len(writes) == 1:
                 rid = run_id_of(writes[0][0])
                 lsns = get_run(rid)
@@ -92,15 +89,22 @@ class HistoryCollector:
                     runs[rid] = [lsn]
                 else:
                     lsns.append(lsn)
-                continue
+                return
             for rid in touched_runs(writes):
                 lsns = get_run(rid)
                 if lsns is None:
                     runs[rid] = [lsn]
                 else:
                     lsns.append(lsn)
+
+        return need, visit
+
+    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int) -> None:
+        """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end,
+        ``decoded_from`` the first LSN the snapshot does not cover."""
         self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts),
-                                       max(first_lsn, decoded_from, self._wanted.get(seq, first_lsn)), runs)
+                                       max(first_lsn, decoded_from, self._wanted.pop(seq, first_lsn)),
+                                       self._runs.pop(seq, {}))
 
     def tails(self, retained: list[RetainedSegment], next_lsn: int) -> tuple[list[SegmentTail], int]:
         """The tails of the ``retained`` segments (oldest first) and the history floor.
