@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,16 +80,18 @@ Writes = list[tuple[bytes, bytes | None]]
 
 
 class ReplayVisitor(Protocol):
-    """Consumes the WAL replay, record by record (the history index's
+    """Consumes the WAL replay, one segment at a time (the history index's
     :class:`~engine.history.collect.HistoryCollector`). Recovery decides nothing on its answers."""
 
-    def segment(self, seq: int, first_lsn: int) -> tuple[int, Callable[[int, Writes], None]]:
-        """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on, and the
-        function to call as ``visit(lsn, writes)`` for each of them (LSN >= the snapshot's too), in order."""
+    def wants(self, seq: int, first_lsn: int) -> int:
+        """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on."""
 
-    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int) -> None:
-        """Segment ``seq`` was replayed: its valid frames' offsets, where they end, and the first LSN the
-        snapshot does not cover."""
+    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int,
+                 keys: list[bytes | Writes]) -> None:
+        """Segment ``seq`` was replayed: its valid frames' offsets, where they end, the first LSN passed
+        on (the largest of its first LSN, the snapshot's and :meth:`wants`), and from it on, one item per
+        record in LSN order: its key if it wrote one key, else its writes. (Keys, not records, are batched:
+        a key is not tracked by the garbage collector, so a segment's worth costs no collection time.)"""
 
 
 @dataclass
@@ -213,14 +215,14 @@ def recover(
 
     Complexity: O(snapshot bytes + WAL bytes after the snapshot) time (older
     segments are skipped after reading their 48-byte headers); O(live keys)
-    memory beyond one segment buffer.
+    memory beyond one segment buffer (and its records' keys, if a ``visitor`` wants them).
 
     :param progress: called as ``progress(phase, done, total)`` with phase
         ``"recovery-snapshot"`` or ``"recovery-wal"`` and byte counts.
     :param read_only: change nothing on disk: leftover temporaries stay, a
         torn tail is reported (``torn_tail["cut"]`` is False) but not cut, and
         a directory without IDENTITY is refused instead of initialised.
-    :param visitor: handed each replayed record it wants, segment by segment,
+    :param visitor: handed the keys of each replayed segment's records it wants,
         e.g. the history index's :class:`~engine.history.collect.HistoryCollector`.
 
     Nothing on disk changes before every check has passed (then: leftover
@@ -363,7 +365,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
     covers it). A bad frame ends the valid prefix: a torn tail if it is in
     the last segment and no valid frame follows it; otherwise corruption
     (raised, or with ``salvage`` recorded in ``damage`` and replay stops).
-    ``visitor`` is handed each record it wants as it is applied.
+    ``visitor`` is handed, per segment, the keys of the records it wants.
 
     :raises CorruptionError: as :func:`recover` (not with ``salvage``).
     """
@@ -403,7 +405,9 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
 
         scan = SegmentScan(buf, header, version, skip_below=start_lsn)
         pop = state.pop
-        want, visit = visitor.segment(seq, header.first_lsn) if visitor is not None else (_NEVER, None)
+        want = visitor.wants(seq, header.first_lsn) if visitor is not None else _NEVER
+        keys: list[bytes | Writes] = []
+        keep = keys.append
         for lsn, version, _ts, writes in scan.records():
             if len(writes) == 1:
                 key, value = writes[0]
@@ -411,16 +415,20 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
                     pop(key, None)
                 else:
                     state[key] = (version, value)
-            else:
-                for key, value in writes:
-                    if value is None:
-                        pop(key, None)
-                    else:
-                        state[key] = (version, value)
+                if lsn >= want:
+                    keep(key)
+                continue
+            for key, value in writes:
+                if value is None:
+                    pop(key, None)
+                else:
+                    state[key] = (version, value)
             if lsn >= want:
-                visit(lsn, writes)  # type: ignore[misc]
+                keep(writes)
         if visitor is not None:
-            visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count], start_lsn)
+            visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count],
+                             max(header.first_lsn, start_lsn, want), keys)
+        del keys
         out.records += scan.count
         out.next_lsn = scan.next_lsn
         version = out.version = scan.last_version

@@ -5,7 +5,7 @@ This module owns :class:`HistoryCollector`, the visitor
 :class:`SegmentTail`, what it hands on to
 :meth:`engine.history.index.HistoryIndex.load` for each retained segment.
 Recovery knows nothing of runs: it applies records to the state and passes
-each on as it goes; this module derives which runs each record
+on the keys of each segment's records; this module derives which runs each record
 touched (bytes 1..16 of every key, :func:`engine.keys.run_id_of`).
 
 Invariant: for each replayed segment, ``SegmentTail.runs`` holds every LSN in
@@ -59,7 +59,7 @@ class RetainedSegment:
 
 
 class HistoryCollector:
-    """Collects per-run LSNs from recovery's replay, record by record (a ``ReplayVisitor``).
+    """Collects per-run LSNs from recovery's replay, one segment at a time (a ``ReplayVisitor``).
 
     :param indexed_until: ``indexed_until(seq, first_lsn)`` -> the first LSN
         of segment ``seq`` its sidecar does not already hold
@@ -68,43 +68,37 @@ class HistoryCollector:
 
     def __init__(self, indexed_until: Callable[[int, int], int] | None = None):
         self._indexed_until = indexed_until
-        self._wanted: dict[int, int] = {}
-        self._runs: dict[int, dict[bytes, list[int]]] = {}
         self._tails: dict[int, SegmentTail] = {}
 
-    def segment(self, seq: int, first_lsn: int) -> tuple[int, Callable[[int, Writes], None]]:
+    def wants(self, seq: int, first_lsn: int) -> int:
         """Recovery is about to replay segment ``seq``: the first LSN whose records it should pass on
-        (what the sidecar does not hold), and ``visit(lsn, writes)`` to pass each one to, in LSN order."""
-        need = self._indexed_until(seq, first_lsn) if self._indexed_until is not None else first_lsn
-        self._wanted[seq] = need
+        (those its sidecar does not hold)."""
+        return self._indexed_until(seq, first_lsn) if self._indexed_until is not None else first_lsn
+
+    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int,
+                 keys: list[bytes | Writes]) -> None:
+        """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end;
+        ``keys`` holds, for each record from LSN ``decoded_from`` on, its key (one-key commits) or writes."""
         runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here
-        self._runs[seq] = runs
         get_run = runs.get
-
-        def visit(lsn: int, writes: Writes) -> None:
-            if len(writes) == 1:
-                rid = run_id_of(writes[0][0])
+        lsn = decoded_from
+        for item in keys:
+            if type(item) is bytes:
+                rid = run_id_of(item)
                 lsns = get_run(rid)
                 if lsns is None:
                     runs[rid] = [lsn]
                 else:
                     lsns.append(lsn)
-                return
-            for rid in touched_runs(writes):
-                lsns = get_run(rid)
-                if lsns is None:
-                    runs[rid] = [lsn]
-                else:
-                    lsns.append(lsn)
-
-        return need, visit
-
-    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int) -> None:
-        """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end,
-        ``decoded_from`` the first LSN the snapshot does not cover."""
-        self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts),
-                                       max(first_lsn, decoded_from, self._wanted.pop(seq, first_lsn)),
-                                       self._runs.pop(seq, {}))
+            else:
+                for rid in touched_runs(item):
+                    lsns = get_run(rid)
+                    if lsns is None:
+                        runs[rid] = [lsn]
+                    else:
+                        lsns.append(lsn)
+            lsn += 1
+        self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts), decoded_from, runs)
 
     def tails(self, retained: list[RetainedSegment], next_lsn: int) -> tuple[list[SegmentTail], int]:
         """The tails of the ``retained`` segments (oldest first) and the history floor.
