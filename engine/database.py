@@ -199,32 +199,16 @@ class Database:
             raise err from exc
         try:
             rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
-                          indexed_until=index.indexed_until)
+                          visitor=index.collector)
             store = UnifiedStore(rec.state)
             del rec.state
             registry = RunRegistry()
             registry.load(store)
-            index.load(rec.identity.db_id, rec.history, rec.history_floor, rec.next_lsn)
+            index.load_recovered(rec.identity.db_id, rec.retained, rec.tail.next_lsn)
             index.archived = registry.archived
-            del rec.history
-            wal = ReadOnlyWal(
-                next_lsn=rec.next_lsn,
-                tail_seq=rec.active.seq if rec.active is not None else rec.next_seq,
-                wal_bytes=rec.closed_bytes + (rec.active.size if rec.active is not None else 0),
-                wal_segments=rec.closed_segments + (1 if rec.active is not None else 0),
-            ) if read_only else WalWriter(
-                fs,
-                dirpath,
-                rec.identity.db_id,
-                durability=durability,
-                flush_interval_ms=flush_interval_ms,
-                segment_bytes=segment_bytes,
-                next_lsn=rec.next_lsn,
-                active=rec.active,
-                closed_bytes=rec.closed_bytes,
-                closed_segments=rec.closed_segments,
-                next_seq=rec.next_seq,
-            )
+            wal = ReadOnlyWal.from_tail(rec.tail) if read_only else WalWriter.resume(
+                fs, dirpath, rec.identity.db_id, rec.tail, durability=durability,
+                flush_interval_ms=flush_interval_ms, segment_bytes=segment_bytes)
         except BaseException as exc:
             lock.release()
             if isinstance(exc, OSError) and (err := open_error(exc, dirpath, read_only)) is not None:

@@ -20,6 +20,10 @@ Invariants:
   :attr:`OSFileSystem.file_mode` (``0o600``) and the database directory with
   :func:`dir_mode` of it (``0o700``), as PostgreSQL does with its data
   directory; the process umask still applies.
+* A file that must appear whole or not at all (IDENTITY, a snapshot, a WAL
+  segment's header, a history sidecar) is written by :func:`write_atomically`:
+  ``<name>.tmp``, fsync, rename, directory fsync — always through the
+  :class:`FileSystem` it is given, so a wrapper sees every fsync.
 * A directory lock is a ``flock(2)`` on the directory itself (shared for
   read-only handles, exclusive for the writer), plus, for the writer, an
   exclusive ``flock`` on ``LOCK`` holding its pid (SPEC.md §8.3).
@@ -30,12 +34,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from .errors import DatabaseLocked, DatabaseReadOnly, InvalidArgument
 
 __all__ = ["DEFAULT_FILE_MODE", "LOCK_FILE", "FileLock", "FileSystem", "OSFileSystem", "ReadableFile",
-           "WritableFile", "check_file_mode", "dir_mode", "open_error"]
+           "WritableFile", "check_file_mode", "dir_mode", "open_error", "write_atomically"]
 
 #: Permission bits of every file inmem creates, unless ``Database.open(file_mode=...)`` says otherwise.
 DEFAULT_FILE_MODE = 0o600
@@ -349,3 +354,49 @@ def _flock(fd: int, dirpath: str, lock_path: str, *, shared: bool) -> None:
         who = f" (last opened for writing by pid {holder})" if holder else ""
         raise DatabaseLocked(f"{where} is already open{who}; close that handle first "
                              "(one writer per directory, and none while read-only handles are open)") from None
+
+
+_T = TypeVar("_T")
+
+
+def write_atomically(fs: FileSystem, dirpath: str, name: str, write: Callable[[WritableFile], _T], *,
+                     durable: bool = True, remove_on_error: bool = False) -> _T:
+    """Create ``dirpath/name`` whole or not at all; return what ``write`` returned.
+
+    Steps, in this order: remove a leftover ``<name>.tmp``; create ``<name>.tmp``;
+    ``write(file)`` (which may write in as many pieces as it likes, e.g. a
+    snapshot streaming ~1 MiB at a time and reporting progress); fsync the
+    file; close it; rename it to ``name``; fsync ``dirpath``. A crash at any
+    point leaves either no ``name`` or the complete file (plus, at worst, a
+    ``.tmp`` that recovery removes). Every operation goes through ``fs``.
+
+    :param durable: ``False`` skips both fsyncs (a cache that is rebuilt when
+        lost or torn, e.g. a history sidecar).
+    :param remove_on_error: if ``write`` or the file fsync raises, close and
+        remove the temporary (best effort) before the error propagates;
+        otherwise it is closed and left for recovery.
+    :raises OSError: a step failed (``name`` is not renamed into place if the
+        write or the file fsync failed).
+    """
+    path = os.path.join(dirpath, name)
+    tmp = path + ".tmp"
+    if fs.exists(tmp):
+        fs.remove(tmp)
+    f = fs.create(tmp)
+    try:
+        result = write(f)
+        if durable:
+            f.sync()
+    except BaseException:
+        f.close()
+        if remove_on_error:
+            try:
+                fs.remove(tmp)  # nothing refers to it; recovery would remove it anyway
+            except OSError:
+                pass
+        raise
+    f.close()
+    fs.rename(tmp, path)
+    if durable:
+        fs.sync_dir(dirpath)
+    return result

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from .checksum import masked_crc32c
 from .errors import CorruptionError
-from .fs import FileSystem
+from .fs import FileSystem, write_atomically
 from .wal.format import FORMAT_VERSION
 
 __all__ = ["IDENTITY_FILE", "Identity", "create_identity", "new_database_id", "read_identity"]
@@ -51,18 +51,8 @@ def create_identity(fs: FileSystem, dirpath: str) -> Identity:
     """Write a new IDENTITY durably and return it."""
     ident = Identity(FORMAT_VERSION, new_database_id(), time.time_ns() // 1000)
     body = _BODY.pack(_MAGIC, *ident)
-    path = os.path.join(dirpath, IDENTITY_FILE)
-    tmp = path + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)
-    f = fs.create(tmp)
-    try:
-        f.write(body + struct.pack("<I", masked_crc32c(body)))
-        f.sync()
-    finally:
-        f.close()
-    fs.rename(tmp, path)
-    fs.sync_dir(dirpath)
+    data = body + struct.pack("<I", masked_crc32c(body))
+    write_atomically(fs, dirpath, IDENTITY_FILE, lambda f: f.write(data))
     return ident
 
 

@@ -46,14 +46,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from array import array
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import CorruptionError, NotADatabase
 from .fs import LOCK_FILE, FileSystem
-from .history import SegmentTail, parse_index_name, touched_runs
+from .history.collect import RetainedSegment
+from .history.sidecar import parse_index_name
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
 from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot, set_aside_snapshot
 from .store import Entry
@@ -67,30 +67,44 @@ from .wal.format import (
     segment_name,
 )
 from .wal.reader import SegmentScan
-from .wal.writer import ActiveSegment
+from .wal.writer import ActiveSegment, WalTail
 
-__all__ = ["Recovered", "check_new_directory", "is_own_temporary", "recover"]
+__all__ = ["Recovered", "ReplayVisitor", "check_new_directory", "is_own_temporary", "recover"]
 
 log = logging.getLogger("inmem")
+
+#: LSN above any real one: "pass no record on" (no visitor).
+_NEVER = 1 << 64
+
+Writes = list[tuple[bytes, bytes | None]]
+
+
+class ReplayVisitor(Protocol):
+    """Consumes the WAL replay, one segment at a time (the history index's
+    :class:`~engine.history.collect.HistoryCollector`). Recovery decides nothing on its answers."""
+
+    def wants(self, seq: int, first_lsn: int) -> int:
+        """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on."""
+
+    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int,
+                 keys: list[bytes | Writes]) -> None:
+        """Segment ``seq`` was replayed: its valid frames' offsets, where they end, the first LSN passed
+        on (the largest of its first LSN, the snapshot's and :meth:`wants`), and from it on, one item per
+        record in LSN order: its key if it wrote one key, else its writes. (Keys, not records, are batched:
+        a key is not tracked by the garbage collector, so a segment's worth costs no collection time.)"""
 
 
 @dataclass
 class Recovered:
-    """What recovery hands to the database: the state and where the WAL continues."""
+    """What recovery hands to the database: the state, where the WAL continues, what it kept."""
 
     identity: Identity
     state: dict[bytes, Entry]
     version: int  # last commit version recovered (0 for an empty database)
-    next_lsn: int
-    active: ActiveSegment | None  # last kept segment, to append to
-    next_seq: int  # sequence number of the next segment to create
-    closed_bytes: int  # bytes in kept segments before the active one
-    closed_segments: int
+    tail: WalTail  # where the writer resumes (WalWriter.resume / ReadOnlyWal.from_tail)
     report: dict[str, Any] = field(default_factory=dict)
-    #: What was learned of each retained segment, oldest first, for the history index.
-    history: list[SegmentTail] = field(default_factory=list)
-    #: First LSN of the retained WAL (history before it is gone).
-    history_floor: int = 1
+    #: Every segment kept, oldest first: covered ones (header only) then replayed ones (valid prefix).
+    retained: list[RetainedSegment] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +116,51 @@ class _Damage:
     message: str
     path: str
     offset: int | None
+
+
+@dataclass
+class _Listing:
+    """Step 1's result: what the directory holds, and its identity."""
+
+    ident: Identity
+    created: bool
+    removed_tmp: list[str]  # inmem's own temporaries, removed once every check has passed
+    segments: list[tuple[int, str]]  # (seq, name), ascending
+    snapshots: list[tuple[int, str]]  # (version, name), newest first
+
+
+@dataclass
+class _Base:
+    """Step 2's result: the snapshot recovery starts from (or none)."""
+
+    state: dict[bytes, Entry]
+    version: int
+    start_lsn: int  # the first LSN the snapshot does not cover (1 without one)
+    report: dict[str, Any] | None
+    skipped: list[dict[str, Any]]  # damaged snapshots passed over, set aside at the end
+
+
+@dataclass
+class _Plan:
+    """Step 3's result: which segments are covered (headers only) and which are replayed."""
+
+    covered: list[tuple[int, str]]
+    covered_firsts: list[int | None]  # each covered segment's first LSN (None: header unreadable)
+    replay: list[tuple[int, str]]
+    foreign: list[tuple[int, str, str, int]]  # (seq, name, reason, offset), set aside by salvage
+
+
+@dataclass
+class _Replayed:
+    """Step 4's result: the state after the WAL, and where its valid prefix ends."""
+
+    version: int
+    next_lsn: int | None  # None: no frame replayed after the snapshot
+    records: int = 0
+    bytes_read: int = 0
+    kept: list[tuple[int, str, int, int]] = field(default_factory=list)  # (seq, path, size, first_lsn)
+    torn: dict[str, Any] | None = None
+    damage: _Damage | None = None
 
 
 def is_own_temporary(name: str) -> bool:
@@ -144,22 +203,27 @@ def check_new_directory(dirpath: str, names: list[str], *, read_only: bool = Fal
 
 def recover(
     fs: FileSystem, dirpath: str, *, salvage: bool = False, progress: Progress | None = None,
-    read_only: bool = False, indexed_until: Callable[[int, int], int] | None = None,
+    read_only: bool = False, visitor: ReplayVisitor | None = None,
 ) -> Recovered:
     """Load the newest valid snapshot of ``dirpath``, replay the WAL after it, and return the state.
 
+    The steps, each a function below: list the directory and read (or
+    create) IDENTITY; choose the snapshot; check the segments (identity,
+    sequence, which the snapshot covers); replay the frames after it; then,
+    every check passed, change the directory (temporaries, torn tail,
+    salvage, damaged snapshots); report where the WAL continues.
+
     Complexity: O(snapshot bytes + WAL bytes after the snapshot) time (older
     segments are skipped after reading their 48-byte headers); O(live keys)
-    memory beyond one segment buffer.
+    memory beyond one segment buffer (and its records' keys, if a ``visitor`` wants them).
 
     :param progress: called as ``progress(phase, done, total)`` with phase
         ``"recovery-snapshot"`` or ``"recovery-wal"`` and byte counts.
     :param read_only: change nothing on disk: leftover temporaries stay, a
         torn tail is reported (``torn_tail["cut"]`` is False) but not cut, and
         a directory without IDENTITY is refused instead of initialised.
-    :param indexed_until: ``indexed_until(seq, first_lsn)`` -> the first LSN
-        of a segment the history index does not already hold (from its
-        sidecar); the run ids of earlier records are not collected.
+    :param visitor: handed the keys of each replayed segment's records it wants,
+        e.g. the history index's :class:`~engine.history.collect.HistoryCollector`.
 
     Nothing on disk changes before every check has passed (then: leftover
     temporaries removed, a torn tail cut, salvage), so a failed recovery
@@ -174,11 +238,44 @@ def recover(
         start at its beginning (names the files).
     """
     t0 = time.perf_counter()
+    listing = _list_directory(fs, dirpath, read_only)
+    base = _choose_snapshot(fs, dirpath, listing, progress)
+    plan = _plan_segments(fs, dirpath, listing, base, salvage)
+    replayed = _replay(fs, dirpath, listing.ident.db_id, plan.replay, base, salvage, read_only, progress, visitor)
+    # every check has passed: from here on, the directory may change
+    salvaged = _change_directory(fs, dirpath, listing, base, plan, replayed, read_only)
+    tail = _wal_tail(fs, dirpath, listing, base, plan, replayed)
+    report = {
+        "created": listing.created,
+        "snapshot": base.report,
+        "snapshots_skipped": base.skipped,
+        "segments": len(replayed.kept),
+        "segments_skipped": len(plan.covered),
+        "records": replayed.records,
+        "bytes": replayed.bytes_read,
+        "commit_version": replayed.version,
+        "seconds": round(time.perf_counter() - t0, 6),
+        "torn_tail": replayed.torn,
+        "salvaged": salvaged,
+        "removed_temporaries": listing.removed_tmp,
+    }
+    retained = [RetainedSegment(seq, first, fs.file_size(os.path.join(dirpath, name)))
+                for (seq, name), first in zip(plan.covered, plan.covered_firsts)]
+    retained += [RetainedSegment(seq, first_lsn, size) for seq, _path, size, first_lsn in replayed.kept]
+    return Recovered(identity=listing.ident, state=base.state, version=replayed.version, tail=tail, report=report,
+                     retained=retained)
+
+
+def _list_directory(fs: FileSystem, dirpath: str, read_only: bool) -> _Listing:
+    """Step 1: list the directory; read IDENTITY, or create it for a new database (rule 1).
+
+    :raises CorruptionError: IDENTITY is missing beside segments or snapshots, or damaged.
+    :raises NotADatabase: as :func:`check_new_directory`.
+    """
     names = fs.listdir(dirpath)
     removed_tmp = [] if read_only else [n for n in names if is_own_temporary(n)]
     segments = sorted((seq, n) for n in names if (seq := parse_segment_name(n)) is not None)
     snapshots = sorted(((v, n) for n in names if (v := parse_snapshot_name(n)) is not None), reverse=True)
-
     created = False
     if IDENTITY_FILE in names:
         ident = read_identity(fs, dirpath)
@@ -193,33 +290,41 @@ def recover(
         ident = create_identity(fs, dirpath)  # replaces a leftover IDENTITY.tmp itself
         created = True
         removed_tmp = [n for n in removed_tmp if n != IDENTITY_FILE + ".tmp"]
+    return _Listing(ident, created, removed_tmp, segments, snapshots)
 
-    # 1. the newest snapshot whose every checksum passes
-    state: dict[bytes, Entry] = {}
-    version = 0
-    start_lsn = 1  # the first LSN the snapshot does not cover
-    snap_report: dict[str, Any] | None = None
-    skipped_snapshots: list[dict[str, Any]] = []
-    for _v, name in snapshots:
+
+def _choose_snapshot(fs: FileSystem, dirpath: str, listing: _Listing, progress: Progress | None) -> _Base:
+    """Step 2: load the newest snapshot whose every checksum passes; note the damaged ones passed over."""
+    skipped: list[dict[str, Any]] = []
+    for _v, name in listing.snapshots:
         t1 = time.perf_counter()
         try:
-            header, state = read_snapshot(fs, os.path.join(dirpath, name), ident.db_id, progress)
+            header, state = read_snapshot(fs, os.path.join(dirpath, name), listing.ident.db_id, progress)
         except SnapshotError as exc:
-            skipped_snapshots.append({"file": name, "reason": exc.reason, "offset": exc.offset})
+            skipped.append({"file": name, "reason": exc.reason, "offset": exc.offset})
             log.warning("inmem: snapshot %s is damaged (%s at offset %s); trying an older one", name, exc.reason,
                         exc.offset)
             continue
         version, start_lsn = header.commit_version, header.next_lsn
-        snap_report = {"file": name, "commit_version": version, "keys": header.keys, "next_lsn": start_lsn,
-                       "seconds": round(time.perf_counter() - t1, 6)}
-        break
+        report = {"file": name, "commit_version": version, "keys": header.keys, "next_lsn": start_lsn,
+                  "seconds": round(time.perf_counter() - t1, 6)}
+        return _Base(state, version, start_lsn, report, skipped)
+    return _Base({}, 0, 1, None, skipped)
 
-    # 2. which segments to read: skip those the snapshot wholly covers (headers only, each
-    #    identity-checked: a foreign segment behind the snapshot would feed the history index)
+
+def _plan_segments(fs: FileSystem, dirpath: str, listing: _Listing, base: _Base, salvage: bool) -> _Plan:
+    """Step 3: which segments to replay. Those the snapshot wholly covers are skipped after reading
+    their headers, each identity-checked (a foreign segment behind the snapshot would feed the history
+    index); without a snapshot the WAL must start at segment 1 (rule 2).
+
+    :raises CorruptionError: a covered segment is foreign (unless ``salvage``: set aside later), or
+        there is no valid snapshot and the first segment is not 1.
+    """
+    segments = listing.segments
     first = 0
-    foreign: list[tuple[int, str, str, int]] = []  # (seq, name, reason, offset), set aside by salvage
-    if snap_report is not None:
-        firsts: list[int | None] = []
+    foreign: list[tuple[int, str, str, int]] = []
+    firsts: list[int | None] = []
+    if base.report is not None:
         ours: list[tuple[int, str]] = []
         for seq, name in segments:
             path = os.path.join(dirpath, name)
@@ -229,7 +334,7 @@ def recover(
                 head = None
             if head is not None:
                 try:
-                    check_segment_identity(head, ident.db_id, seq)
+                    check_segment_identity(head, listing.ident.db_id, seq)
                 except FrameError as exc:
                     if not salvage:
                         raise CorruptionError(exc.reason, path=path, offset=exc.offset) from None
@@ -238,68 +343,71 @@ def recover(
             ours.append((seq, name))
             firsts.append(head.first_lsn if head is not None else None)
         segments = ours
-        while first + 1 < len(segments) and firsts[first + 1] is not None and firsts[first + 1] <= start_lsn:
+        while first + 1 < len(segments) and firsts[first + 1] is not None and firsts[first + 1] <= base.start_lsn:
             first += 1
     elif segments and segments[0][0] != 1:
+        snapshots = listing.snapshots
         files = ", ".join([n for _, n in snapshots] + [segments[0][1]])
         raise CorruptionError(
             f"no valid snapshot, and the WAL starts at {segments[0][1]}, not at its first segment: "
             f"the log's beginning is gone (files: {files})",
             path=os.path.join(dirpath, snapshots[0][1] if snapshots else segments[0][1]),
         )
-    skipped_segments = segments[:first]
-    replay = segments[first:]
+    return _Plan(segments[:first], firsts[:first], segments[first:], foreign)
 
-    # 3. replay the WAL after the snapshot
-    next_lsn: int | None = start_lsn if snap_report is None else None  # None: any first LSN <= start_lsn
-    records = 0
-    bytes_read = 0
+
+def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, str]], base: _Base,
+            salvage: bool, read_only: bool, progress: Progress | None, visitor: ReplayVisitor | None) -> _Replayed:
+    """Step 4: replay the frames after the snapshot into ``base.state`` (rules 2-5), segment by segment.
+
+    Each segment must be the next in sequence, this database's, and start at
+    the LSN following the previous one's last (a gap only where the snapshot
+    covers it). A bad frame ends the valid prefix: a torn tail if it is in
+    the last segment and no valid frame follows it; otherwise corruption
+    (raised, or with ``salvage`` recorded in ``damage`` and replay stops).
+    ``visitor`` is handed, per segment, the keys of the records it wants.
+
+    :raises CorruptionError: as :func:`recover` (not with ``salvage``).
+    """
+    state = base.state
+    start_lsn = base.start_lsn
+    out = _Replayed(base.version, start_lsn if base.report is None else None)  # None: any first LSN <= start_lsn
     total_bytes = sum(fs.file_size(os.path.join(dirpath, n)) for _, n in replay)
-    torn: dict[str, Any] | None = None
-    damage: _Damage | None = None
-    kept: list[tuple[int, str, int, int]] = []  # (seq, path, size, first_lsn)
-    tails: list[SegmentTail] = []  # per replayed segment, for the history index
-
-    def damaged(message: str, path: str, offset: int | None, index: int, cut: int | None) -> None:
-        nonlocal damage
-        if not salvage:
-            raise CorruptionError(message, path=path, offset=offset)
-        damage = _Damage(index, cut, message, path, offset)
-
+    version = base.version
     first_seq = replay[0][0] if replay else 1
     for index, (seq, name) in enumerate(replay):
         path = os.path.join(dirpath, name)
         expected_seq = first_seq + index
         if seq != expected_seq:
             missing = os.path.join(dirpath, segment_name(expected_seq))
-            damaged(f"WAL segment {segment_name(expected_seq)} is missing (next is {name})", missing, None, index, None)
+            _damaged(out, salvage, f"WAL segment {segment_name(expected_seq)} is missing (next is {name})", missing,
+                     None, index, None)
             break
         buf = fs.read(path)
-        bytes_read += len(buf)
+        out.bytes_read += len(buf)
         try:
             header = decode_segment_header(buf)
         except FrameError as exc:
-            damaged(f"WAL segment header is bad: {exc.reason}", path, exc.offset, index, None)
+            _damaged(out, salvage, f"WAL segment header is bad: {exc.reason}", path, exc.offset, index, None)
             break
         try:
-            check_segment_identity(header, ident.db_id, seq)
+            check_segment_identity(header, db_id, seq)
         except FrameError as exc:
-            damaged(exc.reason, path, exc.offset, index, None)
+            _damaged(out, salvage, exc.reason, path, exc.offset, index, None)
             break
         # LSNs continue from the previous segment; a gap is allowed only where the snapshot covers it
-        floor = next_lsn if next_lsn is not None else 1
+        floor = out.next_lsn if out.next_lsn is not None else 1
         if not (header.first_lsn == floor or floor <= header.first_lsn <= start_lsn):
-            damaged(
-                f"WAL segment starts at LSN {header.first_lsn}, expected {floor} (stale or missing segment)",
-                path, 36, index, None,
-            )
+            _damaged(out, salvage,
+                     f"WAL segment starts at LSN {header.first_lsn}, expected {floor} (stale or missing segment)",
+                     path, 36, index, None)
             break
 
         scan = SegmentScan(buf, header, version, skip_below=start_lsn)
         pop = state.pop
-        runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here (the history index)
-        get_run = runs.get
-        need = indexed_until(seq, header.first_lsn) if indexed_until is not None else header.first_lsn
+        want = visitor.wants(seq, header.first_lsn) if visitor is not None else _NEVER
+        keys: list[bytes | Writes] = []
+        keep = keys.append
         for lsn, version, _ts, writes in scan.records():
             if len(writes) == 1:
                 key, value = writes[0]
@@ -307,62 +415,71 @@ def recover(
                     pop(key, None)
                 else:
                     state[key] = (version, value)
-                if lsn >= need:
-                    rid = key[1:17]
-                    lsns = get_run(rid)
-                    if lsns is None:
-                        runs[rid] = [lsn]
-                    else:
-                        lsns.append(lsn)
+                if lsn >= want:
+                    keep(key)
                 continue
             for key, value in writes:
                 if value is None:
                     pop(key, None)
                 else:
                     state[key] = (version, value)
-            if lsn < need:
-                continue
-            for rid in touched_runs(writes):
-                lsns = get_run(rid)
-                if lsns is None:
-                    runs[rid] = [lsn]
-                else:
-                    lsns.append(lsn)
-        valid = scan.skipped + scan.count
-        tails.append(SegmentTail(seq, header.first_lsn, scan.end, array("I", scan.starts[:valid]),
-                                 max(header.first_lsn, start_lsn, need), runs))
-        records += scan.count
-        next_lsn = scan.next_lsn
-        version = scan.last_version
+            if lsn >= want:
+                keep(writes)
+        if visitor is not None:
+            visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count],
+                             max(header.first_lsn, start_lsn, want), keys)
+        del keys
+        out.records += scan.count
+        out.next_lsn = scan.next_lsn
+        version = out.version = scan.last_version
         if progress is not None:
-            progress("recovery-wal", bytes_read, total_bytes)
+            progress("recovery-wal", out.bytes_read, total_bytes)
         err = scan.error
         if err is not None:
             last = index == len(replay) - 1
-            if last and find_valid_frame(buf, err.offset + 1, next_lsn) == -1:
-                torn = {
+            if last and find_valid_frame(buf, err.offset + 1, out.next_lsn) == -1:
+                out.torn = {
                     "file": name,
                     "offset": err.offset,
                     "bytes_dropped": len(buf) - err.offset,
                     "reason": err.reason,
                     "cut": not read_only,
                 }
-                kept.append((seq, path, err.offset, header.first_lsn))
+                out.kept.append((seq, path, err.offset, header.first_lsn))
             else:
                 where = "" if last else " (not in the last segment)"
-                damaged(f"bad WAL frame{where}: {err.reason}", path, err.offset, index, err.offset)
-                if damage is not None:
-                    kept.append((seq, path, err.offset, header.first_lsn))
+                _damaged(out, salvage, f"bad WAL frame{where}: {err.reason}", path, err.offset, index, err.offset)
+                if out.damage is not None:
+                    out.kept.append((seq, path, err.offset, header.first_lsn))
                 break
         else:
-            kept.append((seq, path, len(buf), header.first_lsn))
+            out.kept.append((seq, path, len(buf), header.first_lsn))
+    return out
 
-    # every check has passed: from here on, the directory may change
+
+def _damaged(out: _Replayed, salvage: bool, message: str, path: str, offset: int | None, index: int,
+             cut: int | None) -> None:
+    """Corruption in the replayed WAL: raise, or with ``salvage`` record where the valid prefix ends.
+
+    :raises CorruptionError: not ``salvage``.
+    """
+    if not salvage:
+        raise CorruptionError(message, path=path, offset=offset)
+    out.damage = _Damage(index, cut, message, path, offset)
+
+
+def _change_directory(fs: FileSystem, dirpath: str, listing: _Listing, base: _Base, plan: _Plan,
+                      replayed: _Replayed, read_only: bool) -> dict[str, Any] | None:
+    """Step 5, once every check has passed (rule 6): remove inmem's leftover temporaries, cut a torn
+    tail (fsynced), salvage (set aside what follows the valid prefix, and foreign covered segments),
+    and set aside the damaged snapshots passed over (writable opens only). Return salvage's report."""
+    removed_tmp = listing.removed_tmp
     for n in removed_tmp:
         fs.remove(os.path.join(dirpath, n))
     if removed_tmp:
         fs.sync_dir(dirpath)
 
+    torn = replayed.torn
     if torn is not None and read_only:
         log.warning("inmem: %s ends in a torn tail of %d bytes at offset %d (%s); left in place (read-only)",
                     torn["file"], torn["bytes_dropped"], torn["offset"], torn["reason"])
@@ -375,70 +492,35 @@ def recover(
         )
 
     salvaged = None
-    if damage is not None or foreign:
-        salvaged = _salvage(fs, dirpath, replay, damage, foreign)
+    if replayed.damage is not None or plan.foreign:
+        salvaged = _salvage(fs, dirpath, plan.replay, replayed.damage, plan.foreign)
         log.warning(
             "inmem: salvage kept the valid prefix (commit version %d) and set aside %s: %s",
-            version, ", ".join(salvaged["set_aside"]), salvaged["reason"],
+            replayed.version, ", ".join(salvaged["set_aside"]), salvaged["reason"],
         )
+    for skipped in base.skipped:  # recovery succeeded without them: set aside, never read or counted again
+        skipped["set_aside"] = None if read_only else set_aside_snapshot(fs, dirpath, skipped["file"])
+    return salvaged
 
-    # 4. where the writer continues: the last kept segment, unless the WAL ends
-    #    before the snapshot (then a new segment starts at the snapshot's LSN)
-    wal_next = next_lsn if next_lsn is not None else start_lsn
+
+def _wal_tail(fs: FileSystem, dirpath: str, listing: _Listing, base: _Base, plan: _Plan,
+              replayed: _Replayed) -> WalTail:
+    """Step 6: where the writer continues — the last kept segment, unless the WAL ends before the
+    snapshot (then a new segment starts at the snapshot's LSN) — and the size of what precedes it."""
+    start_lsn = base.start_lsn
+    kept, replay, segments = replayed.kept, plan.replay, listing.segments
+    wal_next = replayed.next_lsn if replayed.next_lsn is not None else start_lsn
     active = None
     next_seq = (kept[-1][0] + 1) if kept else (replay[0][0] if replay else (segments[-1][0] + 1 if segments else 1))
     if kept and wal_next >= start_lsn:
         seq, path, size, first_lsn = kept[-1]
         active = ActiveSegment(seq, path, size, first_lsn)
-    on_disk = [(n, fs.file_size(os.path.join(dirpath, n))) for _, n in skipped_segments] + [
+    on_disk = [(n, fs.file_size(os.path.join(dirpath, n))) for _, n in plan.covered] + [
         (os.path.basename(k[1]), k[2]) for k in kept
     ]
     closed = on_disk[:-1] if active is not None else on_disk
-    # the history index: skipped segments (header only) then those replayed and kept, one contiguous run
-    history: list[SegmentTail] = []
-    if snap_report is not None:
-        for i, (seq, name) in enumerate(skipped_segments):
-            first_lsn = firsts[i]
-            if first_lsn is None:
-                history = []  # an unreadable header: history before it is unavailable
-                continue
-            history.append(SegmentTail(seq, first_lsn, fs.file_size(os.path.join(dirpath, name))))
-    kept_seqs = {k[0] for k in kept}
-    history += [t for t in tails if t.seq in kept_seqs]
-    for t in history:  # a cut segment keeps only its valid prefix
-        for k in kept:
-            if k[0] == t.seq:
-                t.size = k[2]
-    history_floor = history[0].first_lsn if history else max(wal_next, start_lsn)
-    for skipped in skipped_snapshots:  # recovery succeeded without them: set aside, never read or counted again
-        skipped["set_aside"] = None if read_only else set_aside_snapshot(fs, dirpath, skipped["file"])
-    report = {
-        "created": created,
-        "snapshot": snap_report,
-        "snapshots_skipped": skipped_snapshots,
-        "segments": len(kept),
-        "segments_skipped": len(skipped_segments),
-        "records": records,
-        "bytes": bytes_read,
-        "commit_version": version,
-        "seconds": round(time.perf_counter() - t0, 6),
-        "torn_tail": torn,
-        "salvaged": salvaged,
-        "removed_temporaries": removed_tmp,
-    }
-    return Recovered(
-        identity=ident,
-        state=state,
-        version=version,
-        next_lsn=max(wal_next, start_lsn),
-        active=active,
-        next_seq=next_seq,
-        closed_bytes=sum(size for _, size in closed),
-        closed_segments=len(closed),
-        report=report,
-        history=history,
-        history_floor=history_floor,
-    )
+    return WalTail(next_lsn=max(wal_next, start_lsn), active=active, next_seq=next_seq,
+                   closed_bytes=sum(size for _, size in closed), closed_segments=len(closed))
 
 
 def _cut(fs: FileSystem, path: str, offset: int) -> None:

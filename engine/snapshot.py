@@ -33,7 +33,7 @@ import cbor2
 import xxhash
 
 from .checksum import masked_crc32c
-from .fs import FileSystem
+from .fs import FileSystem, WritableFile, write_atomically
 from .store import Entry
 from .wal.format import FORMAT_VERSION
 
@@ -122,15 +122,12 @@ def write_snapshot(
 
     :raises OSError: the file could not be written (nothing is renamed into place).
     """
-    path = os.path.join(dirpath, snapshot_name(version))
-    tmp = path + ".tmp"
-    if fs.exists(tmp):
-        fs.remove(tmp)
+    name = snapshot_name(version)
     n = len(keys)
-    digest = xxhash.xxh3_128()
-    f = fs.create(tmp)
-    size = 0
-    try:
+
+    def stream(f: WritableFile) -> int:
+        digest = xxhash.xxh3_128()
+        size = 0
         head = _HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, db_id, version, n, next_lsn, time.time_ns() // 1000)
         pending = [head, _U32.pack(masked_crc32c(head))]
         pending_bytes = HEADER_SIZE
@@ -154,19 +151,10 @@ def write_snapshot(
         data = b"".join(pending)
         digest.update(data)
         f.write(data + digest.digest())
-        size += len(data) + DIGEST_SIZE
-        f.sync()
-    except BaseException:
-        f.close()
-        try:
-            fs.remove(tmp)  # nothing refers to it; recovery would remove it anyway
-        except OSError:
-            pass
-        raise
-    f.close()
-    fs.rename(tmp, path)
-    fs.sync_dir(dirpath)
-    return path, size
+        return size + len(data) + DIGEST_SIZE
+
+    size = write_atomically(fs, dirpath, name, stream, remove_on_error=True)
+    return os.path.join(dirpath, name), size
 
 
 def set_aside_snapshot(fs: FileSystem, dirpath: str, name: str) -> str:

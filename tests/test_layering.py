@@ -16,9 +16,9 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "engine"
 LAYERS = [
     {"errors"},
     {"keys", "codec", "checksum", "native", "_native", "locks"},
-    {"fs", "wal.format"},
+    {"fs", "wal.format", "wal.fast"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal"},
-    {"history"},
+    {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
     {"recovery", "registry"},
     {"kernel"},
     {"txn", "checkpoint"},

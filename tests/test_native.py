@@ -30,6 +30,7 @@ import crc32c as crc32c_pkg  # noqa: E402
 
 from engine import native  # noqa: E402
 from engine.checksum import crc32c, mask  # noqa: E402
+from engine.wal import fast  # noqa: E402
 from engine.wal import format as fmt  # noqa: E402
 from engine.wal.format import FRAME_HEADER_SIZE, MAX_PAYLOAD_BYTES, FrameError, encode_frame  # noqa: E402
 
@@ -332,7 +333,7 @@ def test_scan_frames_matches_python(case, data):
 
 @needs_enabled
 def test_scan_frames_many_frames_crosses_chunks():
-    n = fmt._SCAN_CHUNK * 2 + 17
+    n = fast._SCAN_CHUNK * 2 + 17
     buf = b"".join(encode_frame(i + 1, 1, b"") for i in range(n)) + b"\x01"
     starts, stop, err = fmt.scan_frames(buf, 0)
     assert starts == list(range(0, n * 24, 24))

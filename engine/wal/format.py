@@ -22,6 +22,10 @@ the payload. All integers little-endian.
 Commit record payload (type 1): ``version u64 | ts_us i64 | count u32`` then
 ``count`` ops, each ``op u8 | klen u32 | key`` plus ``vlen u32 | value`` for a put.
 
+The optional C hot path (:mod:`engine.wal.fast`) replaces ``check_frame``,
+``find_valid_frame`` and ``scan_frames`` with native versions giving the same
+answers; the pure-Python ones stay here as ``_py_*``.
+
 Invariant: an LSN numbers frames 1, 2, 3 ... with no gaps across all segments
 of a database; a segment header names the LSN of its first frame.
 """
@@ -56,7 +60,10 @@ __all__ = [
     "encode_put_frame",
     "encode_segment_header",
     "find_valid_frame",
+    "FRAME_LENGTH_LSN",
+    "frame_error",
     "parse_segment_name",
+    "scan_frames",
     "segment_name",
 ]
 
@@ -77,6 +84,8 @@ _U32 = struct.Struct("<I")
 _FRAME_BODY = struct.Struct("<IQIB3x")  # the 20 header bytes covered by hcrc
 FRAME_HEADER_SIZE = 4 + _FRAME_BODY.size  # 24
 _LSN_OFFSET = 8  # byte offset of the lsn field inside a frame header
+#: A frame header's length and LSN fields, read together at offset 4 (after ``hcrc``).
+FRAME_LENGTH_LSN = struct.Struct("<IQ")
 
 RECORD_COMMIT = 1  # one committed transaction
 _RECORD_TYPES = frozenset({RECORD_COMMIT})
@@ -239,6 +248,25 @@ def check_frame(buf: bytes, pos: int) -> tuple[int, int, int, int]:
     return lsn, rtype, pstart, end
 
 
+def frame_error(buf: bytes, pos: int, code: int) -> FrameError:
+    """The :class:`FrameError` :func:`check_frame` raises at ``pos`` for failure ``code``.
+
+    Codes (the C hot path's, ``native/inmem_native.c``): 1 header truncated,
+    2 header checksum mismatch, 3 header invalid, 4 payload truncated,
+    5 payload checksum mismatch. Same ``reason``, same ``offset``.
+    """
+    if code == 1:
+        return FrameError(f"frame header truncated ({len(buf) - pos} of {FRAME_HEADER_SIZE} bytes)", pos)
+    if code == 2:
+        return FrameError("frame header checksum mismatch", pos)
+    length, _, _, rtype = _FRAME_BODY.unpack_from(buf, pos + 4)
+    if code == 3:
+        return FrameError(f"frame header invalid (type {rtype}, length {length})", pos)
+    if code == 4:
+        return FrameError(f"frame payload truncated ({len(buf) - pos - FRAME_HEADER_SIZE} of {length} bytes)", pos)
+    return FrameError("frame payload checksum mismatch", pos)
+
+
 def decode_commit(buf: bytes, start: int, end: int) -> tuple[int, int, list[tuple[bytes, bytes | None]]]:
     """Decode the commit payload ``buf[start:end]``; return ``(version, ts_us, writes)``.
 
@@ -339,21 +367,13 @@ def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
     return best
 
 
-# --- native dispatch ------------------------------------------------------------------
-# Everything below is the switch to the optional C hot path (native/inmem_native.c,
-# loaded by engine.native). The pure-Python functions above stay available as
-# _py_check_frame, _py_find_valid_frame and _py_scan_frames; the native ones give
-# the same results and raise the same FrameError (same reason, same offset).
-
-from .. import native as _native  # noqa: E402
-
-__all__.append("scan_frames")
-
-_py_check_frame = check_frame
-_py_find_valid_frame = find_valid_frame
+# --- the pure-Python references ---------------------------------------------------------
+# engine.wal.fast (imported with the package engine.wal) replaces check_frame,
+# find_valid_frame and scan_frames with the optional C hot path when it is built; these
+# names keep the pure-Python versions, for the fallbacks and the differential tests.
 
 
-def _py_scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None]:
+def scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None]:
     """Check consecutive frames from ``buf[pos]``; return ``(starts, stop, error)``.
 
     ``starts`` are the offsets of the valid frames in order; ``stop`` is where
@@ -374,92 +394,6 @@ def _py_scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | 
     return positions, pos, None
 
 
-scan_frames = _py_scan_frames
-
-if _native.ENABLED:
-    import types as _types
-
-    # The Python find_valid_frame looks check_frame up as a module global, which is
-    # about to become the native one; its _py_ copy keeps the Python check_frame, so
-    # that it stays an all-Python reference.
-    _py_find_valid_frame = _types.FunctionType(
-        find_valid_frame.__code__,
-        {**globals(), "check_frame": _py_check_frame},
-        "_py_find_valid_frame",
-        find_valid_frame.__defaults__,
-        find_valid_frame.__closure__,
-    )
-    _py_find_valid_frame.__doc__ = find_valid_frame.__doc__
-    _ffi, _lib = _native.ffi, _native.lib
-    _c_check_frame = _lib.inmem_check_frame
-    _c_scan_frames = _lib.inmem_scan_frames
-    _c_find_valid_frame = _lib.inmem_find_valid_frame
-    _SCAN_CHUNK = 1 << 14  # frame offsets returned per C call
-    _U64_MAX = (1 << 64) - 1
-    # Out-parameters for inmem_check_frame, reused (ffi.new costs more than the check).
-    # list.pop/append are atomic, so threads never share a set; the C call releases the GIL.
-    _out_pool: list[tuple] = []
-
-    def _c_buf(buf):
-        # cffi passes a bytes object's own storage to a uint8_t* argument without a copy
-        return buf if type(buf) is bytes else _ffi.from_buffer("uint8_t[]", buf)
-
-    def _frame_error(buf, pos: int, code: int) -> FrameError:
-        """The FrameError the pure-Python check_frame raises for failure ``code`` at ``pos``."""
-        if code == 1:
-            return FrameError(f"frame header truncated ({len(buf) - pos} of {FRAME_HEADER_SIZE} bytes)", pos)
-        if code == 2:
-            return FrameError("frame header checksum mismatch", pos)
-        length, _, _, rtype = _FRAME_BODY.unpack_from(buf, pos + 4)
-        if code == 3:
-            return FrameError(f"frame header invalid (type {rtype}, length {length})", pos)
-        if code == 4:
-            return FrameError(
-                f"frame payload truncated ({len(buf) - pos - FRAME_HEADER_SIZE} of {length} bytes)", pos
-            )
-        return FrameError("frame payload checksum mismatch", pos)
-
-    def check_frame(buf: bytes, pos: int) -> tuple[int, int, int, int]:  # noqa: F811
-        """Native :func:`_py_check_frame`: same result, same FrameError."""
-        if pos < 0:
-            return _py_check_frame(buf, pos)
-        outs = _out_pool.pop() if _out_pool else (
-            _ffi.new("uint64_t *"), _ffi.new("uint32_t *"), _ffi.new("size_t *"), _ffi.new("size_t *")
-        )
-        lsn, rtype, pstart, end = outs
-        code = _c_check_frame(_c_buf(buf), len(buf), pos, lsn, rtype, pstart, end)
-        if code:
-            _out_pool.append(outs)
-            raise _frame_error(buf, pos, code)
-        result = lsn[0], rtype[0], pstart[0], end[0]
-        _out_pool.append(outs)
-        return result
-
-    def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:  # noqa: F811
-        """Native :func:`_py_find_valid_frame`: a checked scan of every offset, in C."""
-        n = len(buf)
-        if start < 0 or min_lsn < 0 or min_lsn + max(n - start, 0) // FRAME_HEADER_SIZE > _U64_MAX:
-            return _py_find_valid_frame(buf, start, min_lsn)  # out of the C types' range
-        return int(_c_find_valid_frame(_c_buf(buf), n, start, min_lsn))
-
-    def scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None]:  # noqa: F811
-        """Native :func:`_py_scan_frames`: same result, same FrameError."""
-        if pos < 0:
-            return _py_scan_frames(buf, pos)
-        n = len(buf)
-        positions: list[int] = []
-        if pos >= n:
-            return positions, pos, None
-        cbuf = _c_buf(buf)
-        cap = min((n - pos) // FRAME_HEADER_SIZE + 1, _SCAN_CHUNK)
-        starts = _ffi.new("uint64_t[]", cap)
-        stop = _ffi.new("size_t *")
-        code = _ffi.new("int *")
-        while True:
-            k = _c_scan_frames(cbuf, n, pos, starts, cap, stop, code)
-            positions.extend(_ffi.unpack(starts, k))
-            pos = stop[0]
-            if code[0]:
-                return positions, pos, _frame_error(buf, pos, code[0])
-            if k < cap or pos >= n:
-                return positions, pos, None
+_py_check_frame = check_frame
+_py_find_valid_frame = find_valid_frame
+_py_scan_frames = scan_frames

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import struct
-
 from . import format as _format
 from .format import (
     FRAME_HEADER_SIZE,
+    FRAME_LENGTH_LSN,
     SEGMENT_HEADER_SIZE,
     FrameError,
     SegmentHeader,
     decode_commit,
     decode_segment_header,
 )
-
-_LEN_LSN = struct.Struct("<IQ")  # length and LSN, at offset 4 of a frame header
 
 __all__ = ["SegmentScan"]
 
@@ -76,7 +73,7 @@ class SegmentScan:
         starts, stop, error = _format.scan_frames(buf, SEGMENT_HEADER_SIZE)
         self.starts = starts
         expected = self.next_lsn
-        unpack = _LEN_LSN.unpack_from
+        unpack = FRAME_LENGTH_LSN.unpack_from
         try:
             for pos in starts:
                 length, lsn = unpack(buf, pos + 4)

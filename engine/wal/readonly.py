@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import DatabaseReadOnly
+from .writer import WalTail
 
 __all__ = ["ReadOnlyWal"]
 
@@ -34,6 +35,14 @@ class ReadOnlyWal:
         self.last_offset = 0
         self._stats = {"bytes": wal_bytes, "segments": wal_segments, "next_lsn": next_lsn,
                        "durable_lsn": next_lsn - 1}
+
+    @classmethod
+    def from_tail(cls, tail: WalTail) -> ReadOnlyWal:
+        """The read-only WAL of a log recovery found ending at ``tail``."""
+        active = tail.active
+        return cls(next_lsn=tail.next_lsn, tail_seq=active.seq if active is not None else tail.next_seq,
+                   wal_bytes=tail.closed_bytes + (active.size if active is not None else 0),
+                   wal_segments=tail.closed_segments + (1 if active is not None else 0))
 
     @staticmethod
     def read_only_error() -> DatabaseReadOnly:

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import DatabaseClosed, DatabasePoisoned
-from ..fs import FileSystem, WritableFile
+from ..fs import FileSystem, WritableFile, write_atomically
 from .format import (
     SEGMENT_HEADER_SIZE,
     decode_segment_header,
@@ -62,7 +62,7 @@ from .format import (
     segment_name,
 )
 
-__all__ = ["DURABILITY_MODES", "ActiveSegment", "WalWriter"]
+__all__ = ["DURABILITY_MODES", "ActiveSegment", "WalTail", "WalWriter"]
 
 log = logging.getLogger("inmem")
 
@@ -81,6 +81,23 @@ class ActiveSegment:
     path: str
     size: int
     first_lsn: int
+
+
+@dataclass
+class WalTail:
+    """Where the WAL continues after recovery: all a writer (or a read-only handle) needs to resume.
+
+    ``next_lsn``: LSN of the next frame; ``active``: the last kept segment, to
+    append to (``None``: a new segment ``next_seq`` is created, starting at
+    ``next_lsn``); ``closed_bytes`` / ``closed_segments``: size in bytes and
+    count of the finished segments before it.
+    """
+
+    next_lsn: int
+    active: ActiveSegment | None
+    next_seq: int
+    closed_bytes: int = 0
+    closed_segments: int = 0
 
 
 class WalWriter:
@@ -166,6 +183,17 @@ class WalWriter:
         if durability == "batched":
             self._flusher = threading.Thread(target=self._flush_loop, name="inmem-wal-flusher", daemon=True)
             self._flusher.start()
+
+    @classmethod
+    def resume(cls, fs: FileSystem, dirpath: str, db_id: bytes, tail: WalTail, *, durability: str,
+               flush_interval_ms: int, segment_bytes: int) -> WalWriter:
+        """A writer continuing the WAL where recovery left it (``tail``); parameters as the constructor's.
+
+        :raises OSError: the active segment could not be opened, or a new one created.
+        """
+        return cls(fs, dirpath, db_id, durability=durability, flush_interval_ms=flush_interval_ms,
+                   segment_bytes=segment_bytes, next_lsn=tail.next_lsn, active=tail.active,
+                   closed_bytes=tail.closed_bytes, closed_segments=tail.closed_segments, next_seq=tail.next_seq)
 
     # --- the commit path ---------------------------------------------------------
 
@@ -321,20 +349,11 @@ class WalWriter:
         old.close()
 
     def _create_segment(self, seq: int, first_lsn: int) -> WritableFile:
-        path = os.path.join(self._dir, segment_name(seq))
-        tmp = path + ".tmp"
-        fs = self._fs
-        if fs.exists(tmp):
-            fs.remove(tmp)
-        f = fs.create(tmp)
-        try:
-            f.write(encode_segment_header(self._db_id, seq, first_lsn))
-            f.sync()
-        finally:
-            f.close()
-        fs.rename(tmp, path)
-        fs.sync_dir(self._dir)
-        return fs.open_append(path)
+        """Create segment ``seq`` holding only its header (tmp, fsync, rename, directory fsync); open it."""
+        header = encode_segment_header(self._db_id, seq, first_lsn)
+        name = segment_name(seq)
+        write_atomically(self._fs, self._dir, name, lambda f: f.write(header))
+        return self._fs.open_append(os.path.join(self._dir, name))
 
     def _flush_loop(self) -> None:
         """Batched mode: write + fsync whatever is pending, once per interval."""

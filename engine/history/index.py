@@ -1,9 +1,12 @@
-"""The history index: where each run's commit records are in the WAL, and which segments history keeps.
+"""The history index: where each run's commit records are in the WAL, in memory.
 
 The WAL is the history (SPEC.md, "History"). This module owns the index that
-makes one run's history readable in O(run size) however long the log is, the
-sidecar files that let it survive reopen, and the retention policy that
-decides which covered segments outlive a snapshot.
+makes one run's history readable in O(run size) however long the log is:
+building it at open (from sidecars, :mod:`engine.history.sidecar`; from what
+recovery replayed, :mod:`engine.history.collect`; or by re-reading a
+segment), extending it on the commit path, reading records through it, and
+deleting the segments retention lets go (:mod:`engine.history.retention`
+decides which).
 
 In memory::
 
@@ -13,19 +16,18 @@ In memory::
 A commit record names the runs it touched through its keys (bytes 1..16 of
 every key are the run id), so the index is derived from the WAL alone.
 
-On disk, ``hist-<seq:016x>.idx`` beside ``wal-<seq:016x>.log`` (layout in
-SPEC.md): the same two tables for one segment, covering its first ``frames``
-frames, checksummed with XXH3-128. It is a cache: written after each
-snapshot and at close, never fsynced, and rebuilt from the segment itself
-when missing, stale or damaged. A sidecar is used only if the segment file's
-header still names this database, the sidecar's sequence number and first
-LSN; a segment failing that check is not indexed at all.
+On disk, a sidecar ``hist-<seq:016x>.idx`` beside ``wal-<seq:016x>.log``
+holds the same two tables for one segment (:mod:`engine.history.sidecar`):
+written after each snapshot and at close, and used only if the segment
+file's header still names this database, the sidecar's sequence number and
+first LSN; a segment failing that check is not indexed at all.
 
 Invariants:
 
-* For every retained segment, every frame is in the index: recovery feeds
-  the frames it decodes (:meth:`HistoryIndex.adopt`), sidecars or a re-scan
-  supply the rest, and the commit path adds each new frame
+* For every retained segment, every frame is in the index: recovery's
+  replay feeds the frames it decodes (through a
+  :class:`~engine.history.collect.HistoryCollector`, into
+  :meth:`HistoryIndex.load`), sidecars or a re-scan supply the rest, and the commit path adds each new frame
   (:meth:`HistoryIndex.add`) under the commit lock, in LSN order.
 * Segments are deleted oldest first, so the retained WAL is one contiguous
   LSN range ``[floor, next LSN)``; a run's history is complete exactly when
@@ -37,23 +39,18 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import struct
-import sys
 import threading
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
-import xxhash
-
-from .errors import CorruptionError, HistoryUnavailable, InvalidArgument
-from .fs import FileSystem
-from .wal import format as _format
-from .wal.format import (
-    FORMAT_VERSION,
+from ..errors import CorruptionError, HistoryUnavailable
+from ..fs import FileSystem
+from ..keys import run_id_of
+from ..wal import format as _format
+from ..wal.format import (
     FRAME_HEADER_SIZE,
+    FRAME_LENGTH_LSN,
     SEGMENT_HEADER_SIZE,
     FrameError,
     check_segment_identity,
@@ -62,75 +59,14 @@ from .wal.format import (
     parse_segment_name,
     segment_name,
 )
-from .wal.writer import WalWriter
+from ..wal.writer import WalWriter
+from .collect import HistoryCollector, RetainedSegment, SegmentTail, Writes, touched_runs
+from .retention import check_mode, segment_survives
+from .sidecar import encode_sidecar, index_name, lsns_of, offsets_of, parse_index_name, read_sidecar, write_sidecar
 
-__all__ = ["HISTORY_MODES", "HistoryIndex", "SegmentTail", "index_name"]
+__all__ = ["HistoryIndex"]
 
 log = logging.getLogger("inmem")
-
-#: ``Database.open(history=...)``: keep all history; keep until a run is archived; keep none beyond recovery.
-HISTORY_MODES = ("keep", "active", "none")
-
-INDEX_MAGIC = b"INMEMHIX"
-#: Layout of a sidecar's body; a sidecar with another layout is ignored (and rebuilt): it is a cache.
-SIDECAR_LAYOUT = 2
-_DIGEST = 16  # XXH3-128 footer
-_LITTLE = sys.byteorder == "little"
-_LENGTH = struct.Struct("<I")  # a frame header's length field, at offset 4
-_LEN_LSN = struct.Struct("<IQ")  # length and LSN, at offset 4
-
-Writes = list[tuple[bytes, bytes | None]]
-
-
-def index_name(seq: int) -> str:
-    """File name of segment ``seq``'s history sidecar: ``hist-<seq as 16 hex digits>.idx``."""
-    return f"hist-{seq:016x}.idx"
-
-
-def parse_index_name(name: str) -> int | None:
-    if len(name) == 25 and name.startswith("hist-") and name.endswith(".idx"):
-        try:
-            return int(name[5:21], 16)
-        except ValueError:
-            return None
-    return None
-
-
-def _le(a: array) -> bytes:
-    if not _LITTLE:
-        a = array(a.typecode, a)
-        a.byteswap()
-    return a.tobytes()
-
-
-def _from_le(typecode: str, raw: bytes) -> array:
-    a = array(typecode)
-    a.frombytes(raw)
-    if not _LITTLE:
-        a.byteswap()
-    return a
-
-
-def touched_runs(writes: Writes) -> set[bytes]:
-    """The 16-byte run ids a commit's writes touch (bytes 1..16 of each key)."""
-    return {k[1:17] for k, _ in writes}
-
-
-@dataclass
-class SegmentTail:
-    """What recovery learned of one retained segment, handed to :meth:`HistoryIndex.load`.
-
-    ``offsets``: offsets of every valid frame (empty if recovery read only the
-    header); ``decoded_from``: first LSN whose runs are in ``runs`` (recovery
-    decodes frames from the snapshot's LSN on); ``runs``: run id -> LSNs.
-    """
-
-    seq: int
-    first_lsn: int
-    size: int  # bytes of the valid prefix
-    offsets: array = field(default_factory=lambda: array("I"))
-    decoded_from: int | None = None
-    runs: dict[bytes, list[int]] = field(default_factory=dict)
 
 
 class _Segment:
@@ -158,13 +94,12 @@ class HistoryIndex:
 
     :param fs: the file-system seam.
     :param dirpath: the database directory.
-    :param mode: one of :data:`HISTORY_MODES`.
+    :param mode: one of :data:`~engine.history.retention.HISTORY_MODES`.
     :param read_only: never write or remove a file.
     """
 
     def __init__(self, fs: FileSystem, dirpath: str, mode: str, *, read_only: bool = False):
-        if mode not in HISTORY_MODES:
-            raise InvalidArgument(f"history must be one of {', '.join(HISTORY_MODES)}; got {mode!r}")
+        check_mode(mode)
         self._fs = fs
         self._dir = dirpath
         self._db_id = b""  # set by load(): recovery reads IDENTITY
@@ -180,6 +115,9 @@ class HistoryIndex:
         self.floor = 1
         #: Run ids (16 bytes) archived: no longer eligible for history under ``mode="active"``.
         self.archived: set[bytes] = set()
+        #: Hand to :func:`engine.recovery.recover` (``visitor=``): collects what the replay decodes,
+        #: for :meth:`load_recovered`.
+        self.collector = HistoryCollector(self.indexed_until)
         # held while frames are read and while segments are deleted, so a reader never
         # finds a file gone half-way; the commit path never takes it
         self._lock = threading.RLock()
@@ -197,24 +135,14 @@ class HistoryIndex:
         return first_lsn + (body["frames"] if body is not None else 0)
 
     def _sidecar_body(self, seq: int, first_lsn: int) -> dict[str, Any] | None:
-        if seq in self._sidecars:
-            return self._sidecars[seq]
-        path = os.path.join(self._dir, index_name(seq))
-        body = None
-        if self._fs.exists(path):
-            try:
-                raw = self._fs.read(path)
-                if raw[:8] != INDEX_MAGIC or xxhash.xxh3_128_digest(raw[:-_DIGEST]) != raw[-_DIGEST:]:
-                    raise ValueError("checksum mismatch")
-                body = cbor2.loads(raw[8:-_DIGEST])
-                if (body["format"] > FORMAT_VERSION or body.get("layout") != SIDECAR_LAYOUT
-                        or body["seq"] != seq or body["first"] != first_lsn or body["frames"] < 1):
-                    raise ValueError("belongs to another segment")
-            except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
-                log.info("inmem: history sidecar %s ignored (%s); re-reading the segment", path, exc)
-                body = None
-        self._sidecars[seq] = body
-        return body
+        if seq not in self._sidecars:
+            self._sidecars[seq] = read_sidecar(self._fs, self._dir, seq, first_lsn)
+        return self._sidecars[seq]
+
+    def load_recovered(self, db_id: bytes, retained: list[RetainedSegment], next_lsn: int) -> None:
+        """:meth:`load` from what :attr:`collector` gathered during recovery and the segments it kept."""
+        tails, floor = self.collector.tails(retained, next_lsn)
+        self.load(db_id, tails, floor, next_lsn)
 
     def load(self, db_id: bytes, tails: list[SegmentTail], floor: int, next_lsn: int) -> None:
         """Build the index for the retained segments (oldest first) at open.
@@ -295,7 +223,7 @@ class HistoryIndex:
         starts, _stop, _err = _format.scan_frames(buf, start)
         lsn = from_lsn
         runs = self._runs
-        unpack = _LEN_LSN.unpack_from
+        unpack = FRAME_LENGTH_LSN.unpack_from
         for pos in starts:  # checksums already checked by scan_frames
             if to_lsn is not None and lsn >= to_lsn:
                 break
@@ -326,7 +254,7 @@ class HistoryIndex:
             if body["db"] != self._db_id:
                 raise ValueError("belongs to another database")
             frames, end = body["frames"], body["end"]
-            offsets = _from_le("I", body["offsets"])
+            offsets = offsets_of(body)
             if len(offsets) != frames or end > size:
                 raise ValueError("does not match the segment")
             # the segment it describes must still be this database's (a sidecar proves nothing about a
@@ -347,9 +275,9 @@ class HistoryIndex:
         for rid, raw_lsns in body["runs"].items():
             arr = runs.get(rid)
             if arr is None:
-                runs[rid] = _from_le("Q", raw_lsns)
+                runs[rid] = lsns_of(raw_lsns)
             else:
-                arr.extend(_from_le("Q", raw_lsns))
+                arr.extend(lsns_of(raw_lsns))
         seg.saved = frames
         return frames, end
 
@@ -362,7 +290,7 @@ class HistoryIndex:
             seg = self._start(seq, lsn)
         seg.offsets.append(offset)
         runs = self._runs
-        for rid in (touched_runs(writes) if len(writes) > 1 else (writes[0][0][1:17],)):
+        for rid in (touched_runs(writes) if len(writes) > 1 else (run_id_of(writes[0][0]),)):
             runs[rid].append(lsn)
 
     def add_one(self, lsn: int, seq: int, offset: int, key: bytes) -> None:
@@ -371,7 +299,7 @@ class HistoryIndex:
         if seg is None or seg.seq != seq:
             seg = self._start(seq, lsn)
         seg.offsets.append(offset)
-        self._runs[key[1:17]].append(lsn)
+        self._runs[run_id_of(key)].append(lsn)
 
     def _start(self, seq: int, lsn: int) -> _Segment:
         seg = _Segment(seq, lsn)
@@ -451,7 +379,7 @@ class HistoryIndex:
                             frame = reader.read_at(pos, offsets[i + 1] - pos)
                         else:
                             head = reader.read_at(pos, FRAME_HEADER_SIZE)
-                            length = _LENGTH.unpack_from(head, 4)[0] if len(head) == FRAME_HEADER_SIZE else 0
+                            length = FRAME_LENGTH_LSN.unpack_from(head, 4)[0] if len(head) == FRAME_HEADER_SIZE else 0
                             frame = head + reader.read_at(pos + FRAME_HEADER_SIZE, length)
                         flsn, _, pstart, end = check(frame, 0)
                         if flsn != lsn:
@@ -470,16 +398,12 @@ class HistoryIndex:
     # --- retention ---------------------------------------------------------------------
 
     def keep(self, seq: int, first_lsn: int, last_lsn: int) -> bool:
-        """Whether segment ``seq`` must outlive the snapshots that cover it (the retention policy)."""
-        if self.mode == "keep":
-            return True
-        if self.mode == "none":
-            return False
+        """Whether segment ``seq`` must outlive the snapshots that cover it (the retention policy,
+        :func:`~engine.history.retention.segment_survives`)."""
         i = bisect.bisect_right(self._firsts, first_lsn) - 1
-        if i < 0 or self._segs[i].seq != seq:
-            return True  # not indexed: keep, to be safe
-        archived = self.archived
-        return any(rid not in archived for rid, _, _ in self._runs_in(first_lsn, last_lsn))
+        indexed = i >= 0 and self._segs[i].seq == seq
+        runs = (rid for rid, _, _ in self._runs_in(first_lsn, last_lsn)) if indexed else None
+        return segment_survives(self.mode, self.archived, runs)
 
     def _runs_in(self, first: int, last: int) -> Iterator[tuple[bytes, int, int]]:
         """``(run id, lo, hi)`` for each run with LSNs in ``[first, last]`` (``arr[lo:hi]``). O(runs log n)."""
@@ -534,9 +458,7 @@ class HistoryIndex:
     def _write_sidecar(self, seg: _Segment, frames: int) -> None:
         first, last = seg.first_lsn, seg.first_lsn + frames - 1
         offsets = seg.offsets[:frames]
-        runs: dict[bytes, bytes] = {}
-        for rid, lo, hi in self._runs_in(first, last):
-            runs[rid] = _le(self._runs[rid][lo:hi])
+        runs = {rid: self._runs[rid][lo:hi] for rid, lo, hi in self._runs_in(first, last)}
         # the end of the last frame: the next frame's offset, or read its header
         if frames < len(seg.offsets):
             end = seg.offsets[frames]
@@ -544,21 +466,8 @@ class HistoryIndex:
             path = os.path.join(self._dir, segment_name(seg.seq))
             head = self._fs.read_range(path, offsets[-1], FRAME_HEADER_SIZE)
             end = offsets[-1] + FRAME_HEADER_SIZE + int.from_bytes(head[4:8], "little")
-        body = cbor2.dumps({"format": FORMAT_VERSION, "layout": SIDECAR_LAYOUT, "db": self._db_id, "seq": seg.seq, "first": first,
-                            "frames": frames, "end": end, "offsets": _le(offsets), "runs": runs})
-        data = INDEX_MAGIC + body
-        data += xxhash.xxh3_128_digest(data)
-        path = os.path.join(self._dir, index_name(seg.seq))
-        tmp = path + ".tmp"
-        fs = self._fs
-        if fs.exists(tmp):
-            fs.remove(tmp)
-        f = fs.create(tmp)
-        try:
-            f.write(data)
-        finally:
-            f.close()
-        fs.rename(tmp, path)
+        write_sidecar(self._fs, self._dir, seg.seq, encode_sidecar(self._db_id, seg.seq, first, frames, end, offsets,
+                                                                    runs))
 
     # --- figures ------------------------------------------------------------------------
 

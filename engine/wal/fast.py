@@ -1,0 +1,114 @@
+"""The WAL's optional C hot path: installs native frame checking over :mod:`engine.wal.format`.
+
+This module owns the dispatch from the three frame-checking functions of
+:mod:`engine.wal.format` (``check_frame``, ``find_valid_frame``,
+``scan_frames``) to the cffi-compiled C in ``native/inmem_native.c``, loaded
+by :mod:`engine.native`. :func:`install` runs once, when the package
+:mod:`engine.wal` is imported (so before any module can bind one of those
+names with ``from .format import ...``), and does nothing when
+:data:`engine.native.ENABLED` is false (``INMEM_PURE=1`` or not built).
+
+Invariant: the native functions give the same results and raise the same
+:class:`~engine.wal.format.FrameError` (same reason, same offset) as the
+pure-Python ones, which stay available as ``format._py_check_frame``,
+``format._py_find_valid_frame`` and ``format._py_scan_frames``; inputs out of
+the C types' range fall back to them.
+"""
+
+from __future__ import annotations
+
+import types
+
+from .. import native
+from . import format as _format
+from .format import FRAME_HEADER_SIZE, FrameError, frame_error
+
+__all__ = ["install"]
+
+_SCAN_CHUNK = 1 << 14  # frame offsets returned per C call
+_U64_MAX = (1 << 64) - 1
+_installed = False
+
+
+def install() -> bool:
+    """Replace the format module's three frame checkers with the native ones; return whether it did.
+
+    Idempotent: a second call finds the native functions already in place.
+    """
+    global _installed
+    if not native.ENABLED or _installed:
+        return False
+    _installed = True
+    ffi, lib = native.ffi, native.lib
+    c_check_frame = lib.inmem_check_frame
+    c_scan_frames = lib.inmem_scan_frames
+    c_find_valid_frame = lib.inmem_find_valid_frame
+    py_check_frame = _format.check_frame
+    py_scan_frames = _format.scan_frames
+    # The Python find_valid_frame looks check_frame up as a module global, which is about
+    # to become the native one; its _py_ copy keeps the Python check_frame, so that it
+    # stays an all-Python reference.
+    pure = _format.find_valid_frame
+    py_find_valid_frame = types.FunctionType(
+        pure.__code__, {**vars(_format), "check_frame": py_check_frame}, "_py_find_valid_frame",
+        pure.__defaults__, pure.__closure__,
+    )
+    py_find_valid_frame.__doc__ = pure.__doc__
+    # Out-parameters for inmem_check_frame, reused (ffi.new costs more than the check).
+    # list.pop/append are atomic, so threads never share a set; the C call releases the GIL.
+    out_pool: list[tuple] = []
+
+    def c_buf(buf):
+        # cffi passes a bytes object's own storage to a uint8_t* argument without a copy
+        return buf if type(buf) is bytes else ffi.from_buffer("uint8_t[]", buf)
+
+    def check_frame(buf: bytes, pos: int) -> tuple[int, int, int, int]:
+        """Native :func:`_py_check_frame`: same result, same FrameError."""
+        if pos < 0:
+            return py_check_frame(buf, pos)
+        outs = out_pool.pop() if out_pool else (
+            ffi.new("uint64_t *"), ffi.new("uint32_t *"), ffi.new("size_t *"), ffi.new("size_t *")
+        )
+        lsn, rtype, pstart, end = outs
+        code = c_check_frame(c_buf(buf), len(buf), pos, lsn, rtype, pstart, end)
+        if code:
+            out_pool.append(outs)
+            raise frame_error(buf, pos, code)
+        result = lsn[0], rtype[0], pstart[0], end[0]
+        out_pool.append(outs)
+        return result
+
+    def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
+        """Native :func:`_py_find_valid_frame`: a checked scan of every offset, in C."""
+        n = len(buf)
+        if start < 0 or min_lsn < 0 or min_lsn + max(n - start, 0) // FRAME_HEADER_SIZE > _U64_MAX:
+            return py_find_valid_frame(buf, start, min_lsn)  # out of the C types' range
+        return int(c_find_valid_frame(c_buf(buf), n, start, min_lsn))
+
+    def scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None]:
+        """Native :func:`_py_scan_frames`: same result, same FrameError."""
+        if pos < 0:
+            return py_scan_frames(buf, pos)
+        n = len(buf)
+        positions: list[int] = []
+        if pos >= n:
+            return positions, pos, None
+        cbuf = c_buf(buf)
+        cap = min((n - pos) // FRAME_HEADER_SIZE + 1, _SCAN_CHUNK)
+        starts = ffi.new("uint64_t[]", cap)
+        stop = ffi.new("size_t *")
+        code = ffi.new("int *")
+        while True:
+            k = c_scan_frames(cbuf, n, pos, starts, cap, stop, code)
+            positions.extend(ffi.unpack(starts, k))
+            pos = stop[0]
+            if code[0]:
+                return positions, pos, frame_error(buf, pos, code[0])
+            if k < cap or pos >= n:
+                return positions, pos, None
+
+    _format._py_find_valid_frame = py_find_valid_frame  # noqa: SLF001 - the reference copy lives in format
+    _format.check_frame = check_frame
+    _format.find_valid_frame = find_valid_frame
+    _format.scan_frames = scan_frames
+    return True
