@@ -58,6 +58,7 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "check_value",
     "decode_value",
+    "encode_record",
     "encode_value",
     "now_us",
     "us_from_utc",
@@ -188,8 +189,13 @@ def _refuse_type(v: Any) -> InvalidValue:
     return InvalidValue(f"cannot store a {t.__module__}.{t.__qualname__} ({why}): {_short(v)}")
 
 
-def check_value(value: Any) -> None:
+def check_value(value: Any, *, nesting: int = 0) -> bool:
     """Check that ``value`` may be stored (see the module docstring), without encoding it.
+
+    ``nesting``: how many containers the value will be stored inside (an
+    event payload inside its record: 1); its own depth counts from there.
+    Returns whether it holds a tagged type or a subclass, which
+    :func:`encode_record` then verifies by decoding.
 
     Iterative, level by level (no recursion, so any nesting is checked
     safely). Complexity: O(number of objects in ``value``); a scalar is O(1).
@@ -199,7 +205,7 @@ def check_value(value: Any) -> None:
         :data:`MAX_DEPTH` (which a cycle always is), or more elements than
         :data:`MAX_VALUE_BYTES` (each encodes to at least one byte).
     """
-    _walk(value)
+    return _walk(value, nesting)
 
 
 def _too_deep() -> InvalidValue:
@@ -213,7 +219,7 @@ def _too_big() -> InvalidValue:
 _LONG = 16  # above this many elements, first test "all scalars" with one C-level pass
 
 
-def _walk(value: Any) -> bool:
+def _walk(value: Any, depth: int = 0) -> bool:
     """check_value's walk; True if ``value`` holds a tagged type or a subclass (see encode_value).
 
     Breadth-first, one level of nesting at a time (``level`` holds the objects
@@ -239,7 +245,6 @@ def _walk(value: Any) -> bool:
     budget = MAX_VALUE_BYTES  # each element encodes to >= 1 byte
     special = False
     level: list[Any] = [value]
-    depth = 0
     while level:
         below: list[Any] = []
         add = below.append
@@ -347,6 +352,32 @@ def encode_value(value: Any) -> bytes:
             raise
         except Exception as exc:  # a check above missed something: refuse rather than store it
             raise InvalidValue(f"value does not decode back after encoding: {exc} (value {_short(value)})") from None
+    return data
+
+
+def encode_record(record: dict[str, Any], verify: bool) -> bytes:
+    """Encode an engine-built record without walking it again: its user-supplied parts have passed
+    :func:`check_value` with ``nesting=1`` and every other field is a scalar the engine made.
+
+    ``verify``: any of those checks returned True (the bytes are then decoded
+    once more, as :func:`encode_value` does). Saves the second walk of a
+    payload that was checked before it was hashed (the event log).
+
+    :raises InvalidValue: cbor2 cannot encode it, or it encodes to more than :data:`MAX_VALUE_BYTES`.
+    """
+    try:
+        data = _dumps(record)
+    except (cbor2.CBORError, TypeError, ValueError, RecursionError, OverflowError) as exc:
+        raise InvalidValue(f"value cannot be stored: {exc} (value {_short(record)})") from None
+    if len(data) > MAX_VALUE_BYTES:
+        raise InvalidValue(f"value encodes to {len(data)} bytes; the limit is {MAX_VALUE_BYTES}")
+    if verify:
+        try:
+            _loads(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise InvalidValue(f"value does not decode back after encoding: {exc} (value {_short(record)})") from None
     return data
 
 

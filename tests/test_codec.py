@@ -130,7 +130,7 @@ def test_depth_limit_boundary_is_exact():
     assert decode_value(encode_value({nest(MAX_DEPTH - 1, 1, frozen)})) == {nest(MAX_DEPTH - 1, 1, frozen)}
     with pytest.raises(InvalidValue, match="MAX_DEPTH"):
         encode_value({nest(MAX_DEPTH, 1, frozen)})
-    assert check_value(nest(0)) is None and encode_value(1) == b"\x01"
+    assert check_value(nest(0)) is False and encode_value(1) == b"\x01"
 
 
 def test_max_depth_is_comfortably_below_what_cbor2_decodes():

@@ -27,7 +27,7 @@ from typing import Any
 import cbor2
 import xxhash
 
-from ..codec import check_value, decode_value, encode_value, now_us, us_from_utc, utc_from_us
+from ..codec import check_value, decode_value, encode_record, now_us, us_from_utc, utc_from_us
 from ..errors import ChainBroken, InvalidArgument, InvalidValue
 from ..keys import TAG_EVENT, prefix_end, run_prefix
 from .context import Context
@@ -89,7 +89,8 @@ class Events:
         """
         if not isinstance(type, str) or not type:
             raise InvalidArgument(f"event type must be a non-empty str, got {type!r:.80}")
-        check_value(payload)  # before any cbor2 call sees it (a too-deep value would crash cbor2)
+        # before any cbor2 call sees it (a too-deep value would crash cbor2); nesting=1: inside the record
+        verify = check_value(payload, nesting=1)
         base = self._base(run, write=True)
         last = self._ctx.last(base, prefix_end(base))
         if last is None:
@@ -103,7 +104,7 @@ class Events:
         except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
             raise InvalidValue(f"payload cannot be hashed canonically: {exc}") from None
         record = {"type": type, "payload": payload, "ts_us": ts_us, "prev": prev, "hash": digest}
-        self._ctx.write(run, base + _SEQ.pack(seq), encode_value(record))
+        self._ctx.write(run, base + _SEQ.pack(seq), encode_record(record, verify))
         return event_from_record(run, seq, record)
 
     def read(self, run: str, start: int = 0, stop: int | None = None) -> list[Event]:
