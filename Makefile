@@ -24,7 +24,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m engine demo
+	$(BIN)/python -m inmem demo
 
 # The whole suite twice: on the native path (when built), then on the pure-Python
 # path (INMEM_PURE=1). Both paths must agree byte for byte.

@@ -1,7 +1,7 @@
 """pytest set-up for the benchmarks in ``benches/`` (not collected by ``pytest tests``).
 
-* Puts the repository root on ``sys.path`` so ``import engine`` works from a
-  checkout without installing it.
+* Makes ``import inmem`` load this checkout's ``engine/``, installed or not
+  (:func:`tests.checkout.use_checkout`).
 * Offers the ``results`` fixture: each bench appends one row (group, name,
   median ops/s, what one op is) and :func:`pytest_terminal_summary` prints
   them after pytest-benchmark's own table, with each peer's ratio to inmem in
@@ -17,8 +17,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run from a checkout without installing
+if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from tests.checkout import use_checkout  # noqa: E402
+
+use_checkout()
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # benches/workloads.py, shared with compare.py
     sys.path.insert(0, HERE)

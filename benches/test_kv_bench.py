@@ -63,7 +63,7 @@ import random
 import pytest
 from workloads import InmemKV, SqliteKV, key_for, record, value_for
 
-from engine import Database
+from inmem import Database
 
 PUT_BATCH = 20_000  # puts per round, batched/off
 PUT_ROUNDS = 9

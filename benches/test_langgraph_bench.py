@@ -64,8 +64,8 @@ pytest.importorskip("langgraph.checkpoint.sqlite")
 from langgraph.checkpoint.base.id import uuid6  # noqa: E402
 from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: E402
 
-from engine import Database  # noqa: E402
-from engine.integrations.langgraph import InmemSaver  # noqa: E402
+from inmem import Database  # noqa: E402
+from inmem.integrations.langgraph import InmemSaver  # noqa: E402
 
 STEP_BATCH = 200
 STEP_ROUNDS = 9

@@ -73,7 +73,7 @@ import time
 import pytest
 from workloads import key_for, record, value_for
 
-from engine import Database
+from inmem import Database
 
 APPEND_BATCH = 10_000  # events.append and the kv.put reference, per round
 APPEND_ROUNDS = 9

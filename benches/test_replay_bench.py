@@ -84,8 +84,8 @@ import time
 import pytest
 from workloads import key_for, record, value_for
 
-from engine import Database
-from engine.history import HistoryIndex
+from inmem import Database
+from inmem.history import HistoryIndex
 
 TARGET_OPS = 1_000
 OTHER_RUNS = 100

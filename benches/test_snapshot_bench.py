@@ -84,7 +84,7 @@ import time
 import pytest
 from workloads import key_for, value_for
 
-from engine import Database
+from inmem import Database
 
 SIZES = {"100k": 100_000, "1M": 1_000_000}
 RUNS = 100  # key i goes to run i % RUNS

@@ -73,7 +73,7 @@ import itertools
 import pytest
 from txn_workloads import CountingFS, RawFsync, ThreadRound, Zipfian, median
 
-from engine import Database, TransactionConflict
+from inmem import Database, TransactionConflict
 
 BASE = 1_000_000  # counters start here: 5-byte cbor2 ints throughout
 

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-from engine.fs import OSFileSystem
+from inmem.fs import OSFileSystem
 
 # --- zipfian keys ---------------------------------------------------------------------------------
 

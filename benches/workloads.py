@@ -11,7 +11,7 @@ runs the same Python code around the engine call:
 * ``close()``
 
 Values are encoded with ``cbor2.dumps`` by every peer, as inmem's
-:mod:`engine.codec` does, and decoded with ``cbor2.loads`` on every read.
+:mod:`inmem.codec` does, and decoded with ``cbor2.loads`` on every read.
 
 Peers:
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import cbor2
 
-from engine import Database
+from inmem import Database
 
 try:  # optional peer
     import lmdb  # type: ignore[import-not-found]
@@ -251,7 +251,7 @@ def engine_fingerprint() -> str:
                 h.update(os.path.relpath(p, pkg).encode())
                 with open(p, "rb") as f:
                     h.update(f.read())
-    from engine import native
+    from inmem import native
 
     return f"{head} src:{h.hexdigest()[:12]} native:{'on' if native.ENABLED else 'off'}"
 

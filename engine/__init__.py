@@ -5,7 +5,7 @@ runs as first-class entities and run-scoped KV state, in one sorted map,
 persisted through a checksummed write-ahead log and recovered after a crash.
 
 >>> import tempfile
->>> from engine import Database
+>>> from inmem import Database
 >>> with Database.open(tempfile.mkdtemp(), durability="strict") as db:
 ...     run = db.begin_run("researcher", tags=["demo"])
 ...     db.kv.put(run, "notes/1", ["read the paper", "summarise"])

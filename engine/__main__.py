@@ -1,4 +1,4 @@
-"""``python -m engine``: the inmem command line."""
+"""``python -m inmem``: the inmem command line."""
 
 import sys
 

@@ -1,7 +1,7 @@
 """Taking snapshots: capture a consistent view, write it off the commit path, then truncate the WAL.
 
 This module owns *when* and *how* a snapshot is taken and what it lets go of;
-the byte format is :mod:`engine.snapshot`'s. Sequence of one snapshot (one at
+the byte format is :mod:`inmem.snapshot`'s. Sequence of one snapshot (one at
 a time, under ``_lock``)::
 
     1. under the commit lock: V = last commit version, L = next LSN; register an MVCC snapshot at V
@@ -13,7 +13,7 @@ a time, under ``_lock``)::
        building a million-entry dict just to drop it would stall every thread on GC)
     6. keep the two newest *valid* snapshots; delete older ones
     7. delete WAL segments wholly covered by the *older* of the two kept snapshots,
-       unless history retention keeps them (:mod:`engine.history`); save the history sidecars
+       unless history retention keeps them (:mod:`inmem.history`); save the history sidecars
 
 ``compact()`` goes further on request: it deletes every segment the *newest
 valid* snapshot covers that history retention lets go, and the older
@@ -22,14 +22,14 @@ snapshots that no longer have the WAL behind them.
 Which snapshots count. The checkpointer keeps the names of the snapshots it
 knows are valid: those it wrote and re-read (step 5) and the one recovery
 loaded. Before pruning or compacting, any other snapshot it would rely on is
-verified (:func:`~engine.snapshot.verify_snapshot`); one that fails is set
+verified (:func:`~inmem.snapshot.verify_snapshot`); one that fails is set
 aside as ``<name>.corrupt-<ms>`` and never counted, so a damaged snapshot can
 never be the reason WAL is deleted.
 
 Failures. An ``OSError`` from an fsync (the snapshot file's, or the
 directory's after a rename or a deletion), or any ``OSError`` while deleting
 covered WAL segments or saving history sidecars, poisons the WAL writer
-(:meth:`~engine.wal.writer.WalWriter.poison`): no later commit is
+(:meth:`~inmem.wal.writer.WalWriter.poison`): no later commit is
 acknowledged. A failed *write* of the ``.tmp`` file does not: it is removed
 and nothing refers to it. ``close()`` waits for a snapshot or compaction in
 flight (a capture not yet finished stops at its next step with
@@ -104,7 +104,7 @@ class SnapshotInfo:
 
 
 class Retention(Protocol):
-    """What decides which covered WAL segments survive (``engine.history.HistoryIndex``)."""
+    """What decides which covered WAL segments survive (``inmem.history.HistoryIndex``)."""
 
     def prune(self, wal: WalWriter, below_lsn: int) -> list[str]:
         """Delete segments wholly below ``below_lsn`` that history does not keep; return their names."""
@@ -229,7 +229,7 @@ class Checkpointer:
 
     @contextmanager
     def _failures(self) -> Iterator[None]:
-        """Public calls raise errors of :mod:`engine.errors` (or a plain ``OSError`` that did not poison)."""
+        """Public calls raise errors of :mod:`inmem.errors` (or a plain ``OSError`` that did not poison)."""
         try:
             yield
         except SnapshotError as exc:  # belt and braces: every check on a file we rely on is caught below

@@ -5,8 +5,8 @@ This module owns the checksum used by every on-disk format in inmem: CRC-32C
 maintained ``crc32c`` package, which uses the CPU's CRC instruction where there
 is one.
 
-The optional C extension (``engine._native``, see :mod:`engine.native`) has
-its own CRC-32C, which the WAL frame checks in :mod:`engine.wal.format` use
+The optional C extension (``inmem._native``, see :mod:`inmem.native`) has
+its own CRC-32C, which the WAL frame checks in :mod:`inmem.wal.format` use
 from C. It is deliberately not used here: calling it through cffi costs more
 per call than calling the ``crc32c`` package (measured: about 200 ns against
 125 ns for 24 to 200 bytes, and no faster at 4 KiB), so these functions always

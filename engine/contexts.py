@@ -1,20 +1,20 @@
 """The contexts primitives run against outside a transaction: how each ``db.<primitive>`` call commits.
 
 This module owns the autocommit side of the primitive ``Context`` protocol
-(:class:`~engine.primitives.context.Context`; a :class:`~engine.txn.Transaction` is
+(:class:`~inmem.primitives.context.Context`; a :class:`~inmem.txn.Transaction` is
 the other side):
 
 * :class:`_Autocommit` — ``db.kv``: each put or delete is its own commit on
   the database's fast path;
 * :class:`_Locked` — one multi-step call (read, then write) of ``db.events``,
   ``db.state``, ``db.traces``, ``db.runs``, run whole under the commit lock by
-  :meth:`Kernel.atomic <engine.kernel.Kernel.atomic>`, so what it read still
+  :meth:`Kernel.atomic <inmem.kernel.Kernel.atomic>`, so what it read still
   holds when it commits;
 * :class:`_AutoPrimitive` — the proxy that routes each such call to
   ``Kernel.atomic`` (writes) or to a snapshot transaction (reads).
 
 Invariant: a context's reads and writes reach storage only through the
-kernel's interface (:class:`~engine.kernel.Kernel`, :class:`~engine.kernel.LockedView`).
+kernel's interface (:class:`~inmem.kernel.Kernel`, :class:`~inmem.kernel.LockedView`).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class _AutoPrimitive:
 
 
 class _Autocommit:
-    """The :class:`~engine.primitives.context.Context` of ``db.kv``: every write is its own commit."""
+    """The :class:`~inmem.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
     __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit")
 

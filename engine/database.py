@@ -3,10 +3,10 @@
 This module owns the lifecycle of a database handle — ``open`` reads as lock
 → recover → build the kernel → start background work, ``close`` as the
 reverse — and the documented public API, every method of which delegates:
-commits and reads to the storage kernel (:mod:`engine.kernel`), primitives to
+commits and reads to the storage kernel (:mod:`inmem.kernel`), primitives to
 their classes (``db.kv``, ``db.events``, ...), transactions to
-:mod:`engine.txn`, history to :mod:`engine.replay`, snapshots to
-:mod:`engine.checkpoint`.
+:mod:`inmem.txn`, history to :mod:`inmem.replay`, snapshots to
+:mod:`inmem.checkpoint`.
 
 Invariant: a ``Database`` holds no state of its own beyond the handles it
 wired together; everything durable goes through the kernel's commit path.
@@ -326,7 +326,7 @@ class Database:
     def history(self, run: str) -> list[Commit]:
         """The commits that wrote to ``run``, oldest first, read from the WAL.
 
-        Each :class:`~engine.replay.Commit` has ``version``, ``ts`` (UTC) and
+        Each :class:`~inmem.replay.Commit` has ``version``, ``ts`` (UTC) and
         ``ops``: the run's writes in it, each ``(primitive, key, kind, value)``
         — e.g. ``Op("kv", "plan", "put", {...})``, ``Op("events", 3, "put", ...)``.
         The first commit is the one that created the run.
@@ -364,7 +364,7 @@ class Database:
     def diff_runs(self, a: str, b: str, *, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
         """Compare run ``a`` (live, or replayed to ``at_a``) with run ``b`` (live, or at ``at_b``).
 
-        Returns a :class:`~engine.replay.RunDiff`: per primitive the added,
+        Returns a :class:`~inmem.replay.RunDiff`: per primitive the added,
         removed and changed keys with both values, the first event seq where
         the logs diverge, and the states that differ; ``str(diff)`` is a
         git-like summary, ``diff.is_empty()`` says whether anything differs.

@@ -21,7 +21,7 @@ through the public API only:
    prints the diff.
 5. LangGraph (with the ``langgraph`` extra): a real graph checkpointed by
    ``InmemSaver`` in the same directory is SIGKILLed mid-graph in a child,
-   resumed, time-travelled and forked (:mod:`engine.integrations.langgraph_demo`).
+   resumed, time-travelled and forked (:mod:`inmem.integrations.langgraph_demo`).
 6. It prints a summary and the ``inmem`` commands to explore the directory.
 
 Invariant: the demo asserts what it claims; :func:`run_demo` returns the
@@ -172,7 +172,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         seeded_version = db.stats()["commit_version"]
 
     # 2. the agents work in a child process, which is SIGKILLed part-way
-    code = "import sys, json; from engine.demo import _child; _child(*json.loads(sys.argv[1]))"
+    code = "import sys, json; from inmem.demo import _child; _child(*json.loads(sys.argv[1]))"
     args = json.dumps([directory, board, runs, tasks, seed])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
                                                        os.environ.get("PYTHONPATH", "")]))

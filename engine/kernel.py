@@ -25,13 +25,13 @@ call, transaction, fork, begin/end/archive run)::
 
 Invariants: each commit is exactly one WAL record; commit versions rise by
 one per commit; the store never holds a write whose record was not appended;
-the commit lock is held only across CPU work (see :mod:`engine.locks`).
+the commit lock is held only across CPU work (see :mod:`inmem.locks`).
 Readers may see a commit before its ``wait`` returns (early lock release, as
 in every WAL engine); if that fsync fails the database is poisoned and the
 commit raises.
 
 Read points: :meth:`Kernel.open_read_point` registers the last commit version
-with the MVCC layer (:mod:`engine.mvcc`) so that the versions it can read are
+with the MVCC layer (:mod:`inmem.mvcc`) so that the versions it can read are
 kept until :meth:`Kernel.close_read_point`. A read point dropped without
 being closed (a transaction garbage-collected unfinished) is queued by
 :meth:`Kernel.abandon` — from a finaliser, so without any lock — and released
@@ -429,7 +429,7 @@ class Kernel:
 
         Returns ``(keys, versions, values, next lo or None at the end)``; a
         waiting committer goes before the caller's next step. For snapshot
-        captures (:mod:`engine.checkpoint`).
+        captures (:mod:`inmem.checkpoint`).
         """
         lock = self._lock
         with lock:

@@ -1,7 +1,7 @@
 """The switch between the optional cffi-compiled C hot path and pure Python.
 
 This module owns one decision, made once at import: is the compiled extension
-``engine._native`` (built from ``native/`` by ``python native/build.py``)
+``inmem._native`` (built from ``native/`` by ``python native/build.py``)
 present and wanted? Set ``INMEM_PURE=1`` to force the pure-Python path (the
 test suite runs with both). Invariant: the two paths produce byte-identical
 output; nothing outside this module asks how an answer was computed.

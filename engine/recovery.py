@@ -11,7 +11,7 @@ The rules, in order:
 1. ``IDENTITY`` must exist if any segment or snapshot does. A directory with
    none of the three is new only if it holds nothing but inmem's own
    temporaries and ``LOCK``; otherwise it is not a database
-   (:class:`~engine.errors.NotADatabase`, nothing touched).
+   (:class:`~inmem.errors.NotADatabase`, nothing touched).
 2. Every retained segment header — those the snapshot covers (read alone,
    48 bytes) as well as those replayed — must carry IDENTITY's database id
    (else: a foreign segment) and its own sequence number; a replayed one must
@@ -19,13 +19,13 @@ The rules, in order:
    missing or stale segment). Sequence numbers must run with no gap from the
    first segment replayed.
 3. Frames are read in order; a length is used only after the header checksum
-   covering it has passed (:func:`engine.wal.format.check_frame`).
+   covering it has passed (:func:`inmem.wal.format.check_frame`).
 4. A bad frame is a **torn tail** only if it lies in the *last* segment and no
    valid frame follows it (looked for with
-   :func:`engine.wal.format.find_valid_frame`). The tail is cut off at the
+   :func:`inmem.wal.format.find_valid_frame`). The tail is cut off at the
    last good record, the cut is fsynced, and it is reported: a crash
    mid-write, not corruption.
-5. Anything else bad raises :class:`~engine.errors.CorruptionError` naming the
+5. Anything else bad raises :class:`~inmem.errors.CorruptionError` naming the
    file and byte offset, and nothing is opened or changed — unless
    ``salvage=True``, which keeps the longest valid prefix: the damaged segment
    is copied to ``<name>.corrupt-<ms>`` (the copy and its name made durable
@@ -81,7 +81,7 @@ Writes = list[tuple[bytes, bytes | None]]
 
 class ReplayVisitor(Protocol):
     """Consumes the WAL replay, one segment at a time (the history index's
-    :class:`~engine.history.collect.HistoryCollector`). Recovery decides nothing on its answers."""
+    :class:`~inmem.history.collect.HistoryCollector`). Recovery decides nothing on its answers."""
 
     def wants(self, seq: int, first_lsn: int) -> int:
         """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on."""
@@ -223,7 +223,7 @@ def recover(
         torn tail is reported (``torn_tail["cut"]`` is False) but not cut, and
         a directory without IDENTITY is refused instead of initialised.
     :param visitor: handed the keys of each replayed segment's records it wants,
-        e.g. the history index's :class:`~engine.history.collect.HistoryCollector`.
+        e.g. the history index's :class:`~inmem.history.collect.HistoryCollector`.
 
     Nothing on disk changes before every check has passed (then: leftover
     temporaries removed, a torn tail cut, salvage), so a failed recovery

@@ -4,7 +4,7 @@ This module owns the read-side views of one run (:class:`RunState`,
 :class:`Commit`, :class:`RunDiff`) and the algorithms behind
 ``db.history``, ``db.replay_run``, ``db.run_state``, ``db.diff_runs`` and
 ``db.fork_run``. Positions of a run's commit records come from
-:mod:`engine.history`; commits go through the database's commit path.
+:mod:`inmem.history`; commits go through the database's commit path.
 
 Invariant (determinism): a run's state is a pure function of its commit
 records. Replay applies, in commit order, exactly the writes of each record
@@ -95,8 +95,8 @@ class RunState:
     """One run's state at one point of its history: read-only and comparable with ``==``.
 
     ``kv``: key -> value; ``events``: the event log (list of
-    :class:`~engine.Event`, seq order, hashes included); ``states``: name ->
-    :class:`~engine.State`; ``traces``: list of :class:`~engine.Trace` in
+    :class:`~inmem.Event`, seq order, hashes included); ``states``: name ->
+    :class:`~inmem.State`; ``traces``: list of :class:`~inmem.Trace` in
     creation order; ``version``: commit version of the last commit of the run
     the state includes (0: none). Two states are equal when all of these are.
     """
@@ -302,7 +302,7 @@ def _complete_lsns(kernel: Kernel, run: str, at_version: int | None) -> tuple[by
 
 
 def history(kernel: Kernel, run: str) -> list[Commit]:
-    """See :meth:`engine.database.Database.history`."""
+    """See :meth:`inmem.database.Database.history`."""
     rid, lsns = _complete_lsns(kernel, run, None)
     out: list[Commit] = []
     for version, ts_us, writes in kernel.history.read(lsns, kernel.wal.write_through):
@@ -341,19 +341,19 @@ def _raw_live(kernel: Kernel, run: str) -> tuple[int, dict[bytes, bytes]]:
 
 
 def replay(kernel: Kernel, run: str, at_version: int | None = None) -> RunState:
-    """See :meth:`engine.database.Database.replay_run`."""
+    """See :meth:`inmem.database.Database.replay_run`."""
     version, state = _raw_replay(kernel, run, at_version)
     return build_state(run, version, sorted(state.items()))
 
 
 def live(kernel: Kernel, run: str) -> RunState:
-    """See :meth:`engine.database.Database.run_state`."""
+    """See :meth:`inmem.database.Database.run_state`."""
     version, state = _raw_live(kernel, run)
     return build_state(run, version, state.items())  # scanned in key order
 
 
 def diff(kernel: Kernel, a: str, b: str, at_a: int | None = None, at_b: int | None = None) -> RunDiff:
-    """See :meth:`engine.database.Database.diff_runs`.
+    """See :meth:`inmem.database.Database.diff_runs`.
 
     Works on the stored bytes: an entry whose bytes are equal in both runs
     (everything a fork has not touched) is never decoded; only entries whose
@@ -424,7 +424,7 @@ def _events_diff(a: str, b: str, ea: dict[bytes, bytes], eb: dict[bytes, bytes])
 
 
 def fork(kernel: Kernel, run: str, at_version: int | None, name: str | None, tags: Iterable[str]) -> str:
-    """See :meth:`engine.database.Database.fork_run`."""
+    """See :meth:`inmem.database.Database.fork_run`."""
     registry = kernel.registry
     registry.check(run, write=False)
     parent = kernel.run_record(run)

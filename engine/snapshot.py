@@ -2,7 +2,7 @@
 
 This module owns the snapshot byte format (SPEC.md, "Snapshots") and writing
 and reading one file; *when* to take a snapshot and what to delete afterwards
-is :mod:`engine.checkpoint`'s. Invariant: a snapshot file is either absent,
+is :mod:`inmem.checkpoint`'s. Invariant: a snapshot file is either absent,
 or complete and verifiable — it is written under a temporary name, fsynced,
 renamed, and the directory fsynced; a reader checks the xxh3-128 digest of
 the whole file, the header and every chunk's CRC before returning a single

@@ -2,14 +2,14 @@
 
 This module owns the in-memory state of a database. Every primitive of every
 run lives in this one ``sortedcontainers.SortedDict``, keyed by the bytes that
-:mod:`engine.keys` builds, so a run, or one primitive of a run, is a contiguous
+:mod:`inmem.keys` builds, so a run, or one primitive of a run, is a contiguous
 key range.
 
 Invariants (checked by :meth:`UnifiedStore._check`):
 
 * every key is ``bytes`` and every entry is a tuple ``(version, value)`` with
   ``version`` an ``int`` >= 1 (the commit version that wrote it) and ``value``
-  immutable ``bytes`` (CBOR from :mod:`engine.codec`);
+  immutable ``bytes`` (CBOR from :mod:`inmem.codec`);
 * the store never decodes or copies values; callers decode on read.
 
 Concurrency: the store is not thread-safe by itself. Point reads are single
@@ -49,7 +49,7 @@ class UnifiedStore:
 
     @property
     def sorted_map(self) -> SortedDict:
-        """The ``SortedDict`` itself, for the MVCC layer's walks (:mod:`engine.mvcc`) alone.
+        """The ``SortedDict`` itself, for the MVCC layer's walks (:mod:`inmem.mvcc`) alone.
 
         Mutate it only under the commit lock, and only with entries this module's invariant allows.
         """

@@ -1,9 +1,9 @@
 """Optimistic transactions: a snapshot, a read set, scanned ranges and a buffered write set.
 
 This module owns one transaction's bookkeeping and the OCC validation rule;
-the kernel (:mod:`engine.kernel`) owns the commit critical section that runs
+the kernel (:mod:`inmem.kernel`) owns the commit critical section that runs
 it and the read point the transaction reads at. A
-:class:`Transaction` is a primitive :class:`~engine.primitives.context.Context`,
+:class:`Transaction` is a primitive :class:`~inmem.primitives.context.Context`,
 so ``tx.kv`` is the same KV class as ``db.kv``, reading and writing through
 the transaction instead of committing each call.
 
@@ -11,7 +11,7 @@ Semantics (SPEC.md, "Transactions"):
 
 * **Snapshot**: begin takes the latest commit version ``B``; every read sees
   the committed state as of ``B`` (old versions come from
-  :mod:`engine.mvcc`), plus the transaction's own writes.
+  :mod:`inmem.mvcc`), plus the transaction's own writes.
 * **Read set / ranges**: every key read (found or not) and every key range
   scanned is recorded. Writing to a run also reads its run record, so a
   concurrent ``end_run`` is a conflict. A run created after ``B`` is not in

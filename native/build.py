@@ -1,4 +1,4 @@
-"""Build the optional C hot path ``engine._native`` (cffi, API mode).
+"""Build the optional C hot path ``inmem._native`` (cffi, API mode).
 
 Usage, from anywhere (paths are relative to this file)::
 
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PACKAGE_DIR = os.path.join(ROOT, "engine")
-MODULE = "engine._native"
+MODULE = "inmem._native"
 
 
 def _read(name: str) -> str:
@@ -34,7 +34,7 @@ def _read(name: str) -> str:
 
 
 def make_ffibuilder():
-    """Return the cffi ``FFI`` builder for ``engine._native`` (importable by setuptools' cffi_modules)."""
+    """Return the cffi ``FFI`` builder for ``inmem._native`` (importable by setuptools' cffi_modules)."""
     from cffi import FFI
 
     ffibuilder = FFI()
@@ -112,12 +112,12 @@ def main(argv: list[str]) -> int:
     try:
         import cffi  # noqa: F401
     except ImportError:
-        print("inmem: cffi is not installed; engine._native not built, the pure-Python path will be used")
+        print("inmem: cffi is not installed; inmem._native not built, the pure-Python path will be used")
         return 1 if strict else 0
     try:
         dest = build(verbose=verbose)
     except Exception as exc:  # no compiler, no headers, no setuptools, self-check failure ...
-        print(f"inmem: could not build engine._native ({exc}); the pure-Python path will be used")
+        print(f"inmem: could not build inmem._native ({exc}); the pure-Python path will be used")
         return 1 if strict else 0
     print(f"inmem: built {os.path.relpath(dest, ROOT)}")
     return 0

@@ -1,4 +1,4 @@
-/* cffi cdef for engine._native (native/build.py reads this file; keep it in step with inmem_native.c). */
+/* cffi cdef for inmem._native (native/build.py reads this file; keep it in step with inmem_native.c). */
 uint32_t inmem_crc32c(const uint8_t *buf, size_t len, uint32_t crc);
 uint32_t inmem_crc32c_portable(const uint8_t *buf, size_t len, uint32_t crc);
 int inmem_crc32c_hw(void);

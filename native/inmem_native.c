@@ -1,7 +1,7 @@
 /*
  * inmem native hot path: CRC-32C and WAL frame checking.
  *
- * Compiled by native/build.py (cffi, API mode) into engine._native. Every
+ * Compiled by native/build.py (cffi, API mode) into inmem._native. Every
  * function here must give exactly the answer of its pure-Python counterpart
  * (engine/checksum.py, engine/wal/format.py); tests/test_native.py checks that
  * differentially. All functions are pure: no Python API, no allocation, no

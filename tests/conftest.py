@@ -10,8 +10,12 @@ import threading
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run from a checkout without installing
+if ROOT not in sys.path:  # `tests` and `benches` import each other's helpers from the checkout root
     sys.path.insert(0, ROOT)
+
+from tests.checkout import use_checkout  # noqa: E402
+
+use_checkout()  # `import inmem` tests this checkout's engine/, installed or not
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from engine import Database
-from engine.cli import cli, main, plain
+from inmem import Database
+from inmem.cli import cli, main, plain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READ_COMMANDS = ("info", "runs", "show", "history", "replay", "diff", "verify")
@@ -98,7 +98,7 @@ def ro(path: str) -> Database:
 
 
 def test_python_m_engine_help():
-    p = subprocess.run([sys.executable, "-m", "engine", "--help"], capture_output=True, text=True, cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "inmem", "--help"], capture_output=True, text=True, cwd=ROOT,
                        timeout=60)
     assert p.returncode == 0, p.stderr
     for command in (*READ_COMMANDS, "fork", "snapshot", "compact", "demo"):
@@ -385,12 +385,12 @@ def test_demo_tiny(tmp_path):
 
 
 def test_demo_failure_is_one_line(monkeypatch, tmp_path):
-    import engine.demo
+    import inmem.demo
 
     def failing(directory, **kwargs):
         raise AssertionError("task 7 was claimed twice")
 
-    monkeypatch.setattr(engine.demo, "run_demo", failing)
+    monkeypatch.setattr(inmem.demo, "run_demo", failing)
     line = one_line(run("demo", "--dir", str(tmp_path / "d"), code=1).stderr)
     assert "demo verification FAILED: task 7 was claimed twice" in line and "inmem verify" in line
 

@@ -31,11 +31,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine import CorruptionError, Database, InvalidValue
-from engine import testing
-from engine import codec
-from engine.keys import TAG_KV, run_id_bytes, run_prefix
-from engine.codec import MAX_DEPTH, check_value, decode_value, encode_value
+from inmem import CorruptionError, Database, InvalidValue
+from inmem import testing
+from inmem import codec
+from inmem.keys import TAG_KV, run_id_bytes, run_prefix
+from inmem.codec import MAX_DEPTH, check_value, decode_value, encode_value
 from tests.conftest import ROOT, dir_bytes
 
 UTC = dt.timezone.utc
@@ -145,7 +145,7 @@ def test_max_depth_is_comfortably_below_what_cbor2_decodes():
 
 _CHILD = textwrap.dedent("""
     import sys
-    from engine import Database, InvalidValue
+    from inmem import Database, InvalidValue
     v = 1
     for _ in range(200_000):
         v = [v]

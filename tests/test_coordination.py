@@ -33,7 +33,7 @@ import threading
 
 import pytest
 
-from engine import Database, InvalidTransition
+from inmem import Database, InvalidTransition
 from tests.conftest import run_interleaved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ CHILD_CODE = r'''
 import random, sys, threading
 sys.path.insert(0, sys.argv[3])
 sys.setswitchinterval(1e-5)
-from engine import Database
+from inmem import Database
 ''' + CLAIM_CODE + r'''
 def main():
     path, seed = sys.argv[1], int(sys.argv[2])

@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
-from engine import Database
-from engine import testing
-from engine.errors import DatabaseLocked, RunClosed, RunNotFound
+from inmem import Database
+from inmem import testing
+from inmem.errors import DatabaseLocked, RunClosed, RunNotFound
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEGMENT_BYTES = 64 * 1024
@@ -72,7 +72,7 @@ exec(VALUE_CODE)  # defines KEYS and make_value here as well
 OPS_CODE = r'''
 import json, os, random, sys, threading
 sys.path.insert(0, __ROOT__)
-from engine import Database
+from inmem import Database
 ''' + VALUE_CODE + r'''
 _out = sys.stdout
 _emit_lock = threading.Lock()
@@ -136,7 +136,7 @@ main()
 LOCK_HOLDER_CODE = r'''
 import sys
 sys.path.insert(0, sys.argv[2])
-from engine import Database
+from inmem import Database
 db = Database.open(sys.argv[1], durability="strict", segment_bytes=4096)
 run = db.begin_run("holder")
 db.kv.put(run, "k", "v" * 5000)   # rotates: more than one segment

@@ -8,8 +8,8 @@ import tempfile
 
 from rich.console import Console
 
-from engine import Database
-from engine.demo import run_demo
+from inmem import Database
+from inmem.demo import run_demo
 
 
 def test_demo_crashes_recovers_and_verifies(tmp_path):

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from engine import (
+from inmem import (
     Database,
     InvalidArgument,
     InvalidTransition,

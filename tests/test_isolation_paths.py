@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from engine import Database, TransactionConflict
+from inmem import Database, TransactionConflict
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-import engine
-from engine import (
+import inmem
+from inmem import (
     Database,
     DatabaseClosed,
     DatabaseLocked,
@@ -33,16 +33,16 @@ MODES = ("strict", "batched", "off")
 
 
 def test_public_names_are_pinned():
-    assert engine.__all__ == sorted(engine.__all__)
-    assert set(engine.__all__) == {
+    assert inmem.__all__ == sorted(inmem.__all__)
+    assert set(inmem.__all__) == {
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
         "InvalidKey", "InvalidTransition", "InvalidValue", "NotADatabase", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
         "RunState", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "__version__",
     }
-    for name in engine.__all__:
-        obj = getattr(engine, name)
+    for name in inmem.__all__:
+        obj = getattr(inmem, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, InmemError)
 
@@ -219,7 +219,7 @@ def test_second_open_in_this_process_is_locked(dbdir):
 
 
 def test_open_from_another_process_is_locked(dbdir):
-    code = "import sys; from engine import Database, DatabaseLocked\n" \
+    code = "import sys; from inmem import Database, DatabaseLocked\n" \
            "try:\n    Database.open(sys.argv[1])\nexcept DatabaseLocked as e:\n    print('locked', e)\n"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with Database.open(dbdir):
@@ -305,7 +305,7 @@ def test_a_file_where_the_directory_should_be_is_a_clear_error(tmp_path):
 def test_a_handle_left_open_is_flushed_at_interpreter_exit(dbdir):
     """batched mode with a 60 s flush interval: only the exit hook can make the write durable."""
     code = (
-        "import sys; from engine import Database\n"
+        "import sys; from inmem import Database\n"
         "db = Database.open(sys.argv[1], durability='batched', flush_interval_ms=60000)\n"
         "run = db.begin_run(); db.kv.put(run, 'k', 'v'); print(run)\n"
     )

@@ -26,11 +26,11 @@ from langgraph.checkpoint.base.id import uuid6  # noqa: E402
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from langgraph.types import Command, interrupt  # noqa: E402
 
-from engine import Database, DatabaseReadOnly  # noqa: E402
-from engine.integrations.langgraph import InmemSaver  # noqa: E402
-from engine.integrations.langgraph_demo import run_child_until  # noqa: E402
+from inmem import Database, DatabaseReadOnly  # noqa: E402
+from inmem.integrations.langgraph import InmemSaver  # noqa: E402
+from inmem.integrations.langgraph_demo import run_child_until  # noqa: E402
 from tests.conftest import run_interleaved  # noqa: E402
-from engine.txn import Transaction  # noqa: E402
+from inmem.txn import Transaction  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,7 +219,7 @@ def test_subgraph_namespaces_behave_as_with_inmemorysaver(db):
 CHILD = """
 import sys
 from tests.test_langgraph import build_graph
-from engine.integrations.langgraph import InmemSaver
+from inmem.integrations.langgraph import InmemSaver
 
 def hook(name):
     print(name, flush=True)
@@ -285,7 +285,7 @@ def test_demo_runs_kills_resumes_and_forks(tmp_path):
 
     from rich.console import Console
 
-    from engine.integrations.langgraph_demo import run_langgraph_demo
+    from inmem.integrations.langgraph_demo import run_langgraph_demo
 
     out = io.StringIO()
     figures = run_langgraph_demo(str(tmp_path / "lg"), Console(file=out, width=200))

@@ -27,7 +27,7 @@ from langgraph.checkpoint.conformance.capabilities import (  # noqa: E402
 )
 from langgraph.checkpoint.conformance.report import ProgressCallbacks  # noqa: E402
 
-from engine.integrations.langgraph import InmemSaver  # noqa: E402
+from inmem.integrations.langgraph import InmemSaver  # noqa: E402
 
 
 @checkpointer_test(name="InmemSaver")

@@ -56,10 +56,10 @@ def engine_imports(name: str, path: pathlib.Path) -> set[str]:
                 out.update(".".join(base + [a.name]) for a in node.names)
             else:
                 out.add(target)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine."):
-            out.add(node.module[len("engine."):])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("inmem."):
+            out.add(node.module[len("inmem."):])
         elif isinstance(node, ast.Import):
-            out.update(a.name[len("engine."):] for a in node.names if a.name.startswith("engine."))
+            out.update(a.name[len("inmem."):] for a in node.names if a.name.startswith("inmem."))
     return {m for m in out if m}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from engine.locks import CommitLock
+from inmem.locks import CommitLock
 
 
 def test_commit_lock_excludes_even_when_the_holder_is_preempted():

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import Database
-from engine import testing
-from engine.errors import RunClosed, RunNotFound
+from inmem import Database
+from inmem import testing
+from inmem.errors import RunClosed, RunNotFound
 
 MODES = ("strict", "batched", "off")
 

@@ -6,7 +6,7 @@ both paths; every output must agree — CRC-32C values, check_frame results and
 errors (reason and offset), scan_frames, find_valid_frame. A brute-force
 reference of find_valid_frame's definition checks both.
 
-Skipped when ``engine._native`` is not built (``python native/build.py``).
+Skipped when ``inmem._native`` is not built (``python native/build.py``).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 _ext = pytest.importorskip(
-    "engine._native",
-    reason="native extension engine._native not built (run: python native/build.py); pure-Python path only",
+    "inmem._native",
+    reason="native extension inmem._native not built (run: python native/build.py); pure-Python path only",
 )
 
 import crc32c as crc32c_pkg  # noqa: E402
 
-from engine import native  # noqa: E402
-from engine.checksum import crc32c, mask  # noqa: E402
-from engine.wal import fast  # noqa: E402
-from engine.wal import format as fmt  # noqa: E402
-from engine.wal.format import FRAME_HEADER_SIZE, MAX_PAYLOAD_BYTES, FrameError, encode_frame  # noqa: E402
+from inmem import native  # noqa: E402
+from inmem.checksum import crc32c, mask  # noqa: E402
+from inmem.wal import fast  # noqa: E402
+from inmem.wal import format as fmt  # noqa: E402
+from inmem.wal.format import FRAME_HEADER_SIZE, MAX_PAYLOAD_BYTES, FrameError, encode_frame  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ffi, lib = _ext.ffi, _ext.lib
@@ -155,7 +155,7 @@ def _enabled_in_subprocess(**env_overrides) -> str:
     env.pop("INMEM_PURE", None)
     env.update(env_overrides)
     out = subprocess.run(
-        [sys.executable, "-c", "import engine.native as n; print(n.ENABLED)"],
+        [sys.executable, "-c", "import inmem.native as n; print(n.ENABLED)"],
         env=env, cwd=ROOT, capture_output=True, text=True, check=True,
     )
     return out.stdout.strip()

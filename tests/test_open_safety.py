@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import (
+from inmem import (
     CorruptionError,
     Database,
     DatabaseLocked,
@@ -26,10 +26,10 @@ from engine import (
     InvalidArgument,
     NotADatabase,
 )
-from engine.fs import OSFileSystem
-from engine.history import HistoryIndex, SegmentTail
-from engine.identity import read_identity
-from engine.wal.format import SEGMENT_HEADER_SIZE, decode_segment_header, segment_name
+from inmem.fs import OSFileSystem
+from inmem.history import HistoryIndex, SegmentTail
+from inmem.identity import read_identity
+from inmem.wal.format import SEGMENT_HEADER_SIZE, decode_segment_header, segment_name
 from tests.conftest import dir_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,7 +232,7 @@ def test_writer_keeps_read_only_handle_out_after_lock_file_deleted(dbdir):
 HOLDER = r'''
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from engine import Database
+from inmem import Database
 path, mode = sys.argv[2], sys.argv[3]
 db = Database.open(path, read_only=(mode == "read_only"))
 if mode == "writer":

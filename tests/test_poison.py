@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from engine import Database, DatabasePoisoned
-from engine.fs import OSFileSystem
+from inmem import Database, DatabasePoisoned
+from inmem.fs import OSFileSystem
 
 
 class _PartialWriteFile:

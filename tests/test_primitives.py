@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import pytest
 
-from engine import (
+from inmem import (
     ChainBroken,
     Database,
     Event,
@@ -35,8 +35,8 @@ from engine import (
     TraceNotFound,
     TransactionConflict,
 )
-from engine.primitives.events import Events, chain_hash
-from engine.testing import tamper_event_payload
+from inmem.primitives.events import Events, chain_hash
+from inmem.testing import tamper_event_payload
 from tests.conftest import dir_bytes
 
 ZERO = bytes(16)

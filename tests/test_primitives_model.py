@@ -23,7 +23,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import (
+from inmem import (
     Database,
     InvalidArgument,
     InvalidTransition,

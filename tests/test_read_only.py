@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from engine import Database, DatabaseLocked, DatabaseReadOnly, InvalidArgument
-from engine import testing
-from engine.codec import decode_value, encode_value
-from engine.keys import TAG_EVENT, run_id_bytes, run_prefix
-from engine.verify import verify_directory
+from inmem import Database, DatabaseLocked, DatabaseReadOnly, InvalidArgument
+from inmem import testing
+from inmem.codec import decode_value, encode_value
+from inmem.keys import TAG_EVENT, run_id_bytes, run_prefix
+from inmem.verify import verify_directory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +113,7 @@ def test_readers_share_writers_exclude(tmp_path):
     with Database.open(d):
         with pytest.raises(DatabaseLocked, match="open for writing"):
             Database.open(d, read_only=True)  # in this process
-        code = f"from engine import Database; Database.open({d!r}, read_only=True)"
+        code = f"from inmem import Database; Database.open({d!r}, read_only=True)"
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode != 0 and "DatabaseLocked" in proc.stderr and "open for writing" in proc.stderr
 

@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 
-from engine import CorruptionError, Database
-from engine.wal.format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, check_frame, parse_segment_name
+from inmem import CorruptionError, Database
+from inmem.wal.format import FRAME_HEADER_SIZE, SEGMENT_HEADER_SIZE, check_frame, parse_segment_name
 
 
 def segments(path: str) -> list[str]:

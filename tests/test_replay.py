@@ -36,7 +36,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from engine import (
+from inmem import (
     Commit,
     Database,
     InvalidArgument,
@@ -692,7 +692,7 @@ def test_old_run_replays_after_many_segments_and_two_snapshots(dbdir):
 
 CHILD = r"""
 import sys
-from engine import Database
+from inmem import Database
 db = Database.open(sys.argv[1], durability="strict", segment_bytes=4096, snapshot_every_bytes=16384)
 runs = [db.begin_run("crash-a"), db.begin_run("crash-b")]
 print("runs", runs[0], runs[1], flush=True)

@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from engine import Database, HistoryUnavailable, InvalidArgument, RunNotFound
-from engine.wal.format import parse_segment_name
+from inmem import Database, HistoryUnavailable, InvalidArgument, RunNotFound
+from inmem.wal.format import parse_segment_name
 
 from .conftest import dir_bytes
 

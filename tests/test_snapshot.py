@@ -11,16 +11,16 @@ import threading
 
 import pytest
 
-from engine import CorruptionError, Database, InvalidArgument
-from engine.fs import OSFileSystem
-from engine.snapshot import (
+from inmem import CorruptionError, Database, InvalidArgument
+from inmem.fs import OSFileSystem
+from inmem.snapshot import (
     HEADER_SIZE,
     SnapshotError,
     parse_snapshot_name,
     read_snapshot,
     snapshot_name,
 )
-from engine.wal.format import parse_segment_name
+from inmem.wal.format import parse_segment_name
 
 
 def snaps(path):
@@ -247,7 +247,7 @@ def test_bad_snapshot_options(tmp_path, kwargs):
 def test_snapshot_on_a_closed_database(dbdir):
     db = Database.open(dbdir)
     db.close()
-    from engine import DatabaseClosed
+    from inmem import DatabaseClosed
 
     with pytest.raises(DatabaseClosed):
         db.snapshot()

@@ -27,12 +27,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import Database
-from engine import testing
-from engine.errors import RunClosed
-from engine.fs import OSFileSystem
-from engine.keys import TAG_KV, TAG_RUN
-from engine.snapshot import parse_snapshot_name, read_snapshot
+from inmem import Database
+from inmem import testing
+from inmem.errors import RunClosed
+from inmem.fs import OSFileSystem
+from inmem.keys import TAG_KV, TAG_RUN
+from inmem.snapshot import parse_snapshot_name, read_snapshot
 
 # --- 1. snapshot while writers commit --------------------------------------------------------------
 

@@ -15,7 +15,7 @@ plus the one pending intent):
    acks, or right after the n-th ``snap`` or ``written`` line plus a few more
    lines.
 2. **Crashes at fixed points inside a snapshot**, through the file-system
-   seam: a :class:`~engine.fs.OSFileSystem` subclass in the child calls
+   seam: a :class:`~inmem.fs.OSFileSystem` subclass in the child calls
    ``os._exit(1)`` (no cleanup runs) at one chosen point of ``db.snapshot()``:
    right after the ``.tmp`` is created, before or after its rename, after the
    directory fsync, before or after the removal of an old snapshot, after the
@@ -41,9 +41,9 @@ import tempfile
 
 import pytest
 
-from engine import Database
-from engine import testing
-from engine.snapshot import parse_snapshot_name
+from inmem import Database
+from inmem import testing
+from inmem.snapshot import parse_snapshot_name
 from tests.test_crash import (
     Model,
     OPS_CODE,
@@ -276,7 +276,7 @@ def test_sigkill_runs_really_recovered_from_snapshots():
 # --- 2. crashes at fixed points inside a snapshot (file-system seam) ---------------------------
 
 FAULT_CHILD_CODE = OPS_CODE + r'''
-from engine.fs import OSFileSystem
+from inmem.fs import OSFileSystem
 
 POINT = sys.argv[2]
 

@@ -20,10 +20,10 @@ import threading
 
 import pytest
 
-from engine import CorruptionError, Database, DatabaseClosed, DatabaseLocked, DatabasePoisoned
-from engine.fs import OSFileSystem
-from engine.snapshot import HEADER_SIZE, parse_snapshot_name
-from engine.wal.format import parse_segment_name
+from inmem import CorruptionError, Database, DatabaseClosed, DatabaseLocked, DatabasePoisoned
+from inmem.fs import OSFileSystem
+from inmem.snapshot import HEADER_SIZE, parse_snapshot_name
+from inmem.wal.format import parse_segment_name
 
 from .conftest import dir_bytes
 

@@ -5,7 +5,7 @@
   ``# noqa: SLF001`` (same class or module) and in ``engine/testing.py``,
   whose job is to reach past the facade for white-box tests.
 * No parameter or alias types a database, host or kernel as ``Any``: the
-  modules above the kernel name :class:`engine.kernel.Kernel`.
+  modules above the kernel name :class:`inmem.kernel.Kernel`.
 * Above the kernel, nothing imports the sorted map, the MVCC chains, the WAL
   or frame code (the CLI may use the two file-name parsers to list files).
 """
@@ -85,8 +85,8 @@ def test_nothing_above_the_kernel_imports_storage(path):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             target = (node.module or "").lstrip(".")
-            if node.module and node.module.startswith("engine."):
-                target = node.module[len("engine."):]
+            if node.module and node.module.startswith("inmem."):
+                target = node.module[len("inmem."):]
             if target not in STORAGE:
                 continue
             allowed = ALLOWED.get((group, target), set())

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from engine import (
+from inmem import (
     Database,
     InvalidArgument,
     InvalidValue,
@@ -396,7 +396,7 @@ def test_no_versions_are_retained_without_transactions(db, run):
 
 
 def test_a_write_set_too_large_for_one_record_is_refused_before_writing(db, run, dbdir, monkeypatch):
-    import engine.wal.format as wal_format
+    import inmem.wal.format as wal_format
 
     monkeypatch.setattr(wal_format, "MAX_PAYLOAD_BYTES", 10_000)
     db.sync()

@@ -22,7 +22,7 @@ import random
 import threading
 from typing import Any
 
-from engine import Database, TransactionConflict
+from inmem import Database, TransactionConflict
 
 WAIT = 60.0  # seconds: a bound on hand-offs that normally take milliseconds
 

@@ -39,7 +39,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import Database, TransactionClosed, TransactionConflict
+from inmem import Database, TransactionClosed, TransactionConflict
 
 KEYS = ("a", "b", "c", "p/1", "p/2")
 PREFIXES = ("", "p/")

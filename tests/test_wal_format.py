@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.checksum import crc32c, mask, masked_crc32c, unmask
-from engine.keys import TAG_KV, run_prefix
-from engine.wal.format import (
+from inmem.checksum import crc32c, mask, masked_crc32c, unmask
+from inmem.keys import TAG_KV, run_prefix
+from inmem.wal.format import (
     FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FrameError,

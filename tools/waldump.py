@@ -15,8 +15,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.checkout import use_checkout  # noqa: E402
 
-from engine.wal.format import (  # noqa: E402
+use_checkout()
+
+from inmem.wal.format import (  # noqa: E402
     SEGMENT_HEADER_SIZE,
     FrameError,
     check_frame,

@@ -4,18 +4,18 @@ This package owns the command line (click for arguments, rich for output).
 Every command calls the public API and nothing below it, except file-name
 parsers to list a directory's files. One module per command group:
 
-- :mod:`engine.cli.app`: the click group :data:`cli` and the options several
+- :mod:`inmem.cli.app`: the click group :data:`cli` and the options several
   commands share (``DIR``, ``RUN``, ``--json``, ``--at``-style version
   options, the ``--kv/--events/--state/--traces`` section flags);
-- :mod:`engine.cli.open`: checking and opening a database directory
+- :mod:`inmem.cli.open`: checking and opening a database directory
   (read-only, or for writing), with a recovery progress bar;
-- :mod:`engine.cli.inspect`: ``info``, ``runs``, ``show``;
-- :mod:`engine.cli.history`: ``history``, ``replay``, ``diff``;
-- :mod:`engine.cli.fork`: ``fork``;
-- :mod:`engine.cli.maintain`: ``verify``, ``snapshot``, ``compact``;
-- :mod:`engine.cli.demo`: ``demo``;
-- :mod:`engine.cli.render` draws results (rich) and prints JSON;
-  :mod:`engine.cli.guard` turns engine errors into one-line messages and
+- :mod:`inmem.cli.inspect`: ``info``, ``runs``, ``show``;
+- :mod:`inmem.cli.history`: ``history``, ``replay``, ``diff``;
+- :mod:`inmem.cli.fork`: ``fork``;
+- :mod:`inmem.cli.maintain`: ``verify``, ``snapshot``, ``compact``;
+- :mod:`inmem.cli.demo`: ``demo``;
+- :mod:`inmem.cli.render` draws results (rich) and prints JSON;
+  :mod:`inmem.cli.guard` turns engine errors into one-line messages and
   exit codes.
 
 This module only assembles them: it imports the command modules (which
@@ -27,7 +27,7 @@ which never writes a byte; ``--json`` makes them print exactly one JSON
 document on stdout. Write commands (``fork``, ``snapshot``, ``compact``)
 open the directory normally. Errors print one line on stderr and exit 1.
 
-Entry points: the console script ``inmem`` and ``python -m engine`` call
+Entry points: the console script ``inmem`` and ``python -m inmem`` call
 :func:`main`; :data:`cli` is the click group (for ``click.testing.CliRunner``).
 """
 
@@ -41,7 +41,7 @@ import click
 # importing a command module registers its commands on the group
 from . import demo, fork, history, inspect, maintain  # noqa: F401
 from .app import CONTEXT, DIR, JSON, RUN, _section_options, _version_option, cli  # noqa: F401
-from .render import plain  # noqa: F401  (kept importable as engine.cli.plain)
+from .render import plain  # noqa: F401  (kept importable as inmem.cli.plain)
 
 __all__ = ["cli", "main"]
 

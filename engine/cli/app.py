@@ -5,7 +5,7 @@ This module owns the group object :data:`cli` (its help text and
 (:data:`CONTEXT`), and the shared argument and option decorators: ``DIR``,
 ``RUN``, ``JSON``, :func:`_version_option`, :func:`_section_options` and
 :func:`_sections`. Command modules import the group from here and register
-themselves with ``@cli.command``; :mod:`engine.cli` imports them all.
+themselves with ``@cli.command``; :mod:`inmem.cli` imports them all.
 Invariant: this module imports no command module (no import cycle).
 """
 
@@ -47,7 +47,7 @@ def cli() -> None:
 def _print_version(ctx: click.Context, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         # read from the package at run time (the package's __init__ is this module's own layer)
-        click.echo(f"inmem {getattr(sys.modules['engine'], '__version__', 'unknown')}")
+        click.echo(f"inmem {getattr(sys.modules['inmem'], '__version__', 'unknown')}")
         ctx.exit()
 
 

@@ -1,6 +1,6 @@
 """``inmem demo``: the guided tour that makes a database to look at.
 
-This module owns the ``demo`` command: it runs :func:`engine.demo.run_demo`
+This module owns the ``demo`` command: it runs :func:`inmem.demo.run_demo`
 (agents share a task board, a child process is SIGKILLed, the directory is
 reopened and checked, one run replayed, forked and diffed) and turns a failed
 check into a one-line error and exit status 1. Invariant: it writes only the

@@ -1,7 +1,7 @@
 """Engine errors as one-line messages: the ``inmem`` command line's error and logging policy.
 
 This module owns what a user sees when a command fails: every
-:class:`~engine.errors.InmemError` or ``OSError`` becomes one line on stderr
+:class:`~inmem.errors.InmemError` or ``OSError`` becomes one line on stderr
 — what happened, which file and byte offset, what to do — and exit status 1;
 the engine's log records go to stderr, never stdout (so ``--json`` output
 stays one clean document). Invariant: no traceback for an expected failure;

@@ -1,7 +1,7 @@
 """Maintenance commands: ``verify`` (read-only), ``snapshot`` and ``compact`` (write).
 
 This module owns the ``verify`` command (every WAL frame, snapshot and event
-hash chain checked through :func:`engine.verify.verify_directory`; exit 0 if
+hash chain checked through :func:`inmem.verify.verify_directory`; exit 0 if
 clean, 1 if damaged) and the two write commands that manage the files on
 disk: ``snapshot`` (write a snapshot now) and ``compact`` (delete the WAL
 segments and snapshots nothing needs, by history retention mode).

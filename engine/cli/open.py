@@ -1,6 +1,6 @@
 """Opening a database directory for a command: the ``inmem`` command line's only way in.
 
-This module owns how a command gets a :class:`~engine.database.Database`:
+This module owns how a command gets a :class:`~inmem.database.Database`:
 :func:`_check_database_dir` refuses a path that is not an existing database
 directory (so a write command never creates one), :func:`_recovery_progress`
 draws a transient recovery progress bar on an interactive stderr, and

@@ -2,13 +2,13 @@
 
 This package owns SPEC.md's "History" section, in four modules:
 
-* :mod:`~engine.history.index` — :class:`HistoryIndex`, the in-memory per-run
+* :mod:`~inmem.history.index` — :class:`HistoryIndex`, the in-memory per-run
   index (where each run's commit records are in the WAL);
-* :mod:`~engine.history.sidecar` — the ``hist-<seq>.idx`` file format that
+* :mod:`~inmem.history.sidecar` — the ``hist-<seq>.idx`` file format that
   lets the index survive reopen (a cache, rebuilt when missing or damaged);
-* :mod:`~engine.history.retention` — which covered segments survive a
+* :mod:`~inmem.history.retention` — which covered segments survive a
   snapshot (:data:`HISTORY_MODES`: keep / active / none);
-* :mod:`~engine.history.collect` — :class:`HistoryCollector`, the consumer of
+* :mod:`~inmem.history.collect` — :class:`HistoryCollector`, the consumer of
   recovery's replay that hands the index what recovery decoded.
 
 Invariant (the index's): for every retained segment every frame is indexed,

@@ -1,12 +1,12 @@
 """What the history index learns from recovery: a consumer of the WAL replay.
 
 This module owns :class:`HistoryCollector`, the visitor
-:func:`engine.recovery.recover` hands each replayed segment's records to, and
+:func:`inmem.recovery.recover` hands each replayed segment's records to, and
 :class:`SegmentTail`, what it hands on to
-:meth:`engine.history.index.HistoryIndex.load` for each retained segment.
+:meth:`inmem.history.index.HistoryIndex.load` for each retained segment.
 Recovery knows nothing of runs: it applies records to the state and passes
 on the keys of each segment's records; this module derives which runs each record
-touched (bytes 1..16 of every key, :func:`engine.keys.run_id_of`).
+touched (bytes 1..16 of every key, :func:`inmem.keys.run_id_of`).
 
 Invariant: for each replayed segment, ``SegmentTail.runs`` holds every LSN in
 ``[decoded_from, end of the valid prefix)`` under each run the record touched,

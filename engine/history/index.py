@@ -2,10 +2,10 @@
 
 The WAL is the history (SPEC.md, "History"). This module owns the index that
 makes one run's history readable in O(run size) however long the log is:
-building it at open (from sidecars, :mod:`engine.history.sidecar`; from what
-recovery replayed, :mod:`engine.history.collect`; or by re-reading a
+building it at open (from sidecars, :mod:`inmem.history.sidecar`; from what
+recovery replayed, :mod:`inmem.history.collect`; or by re-reading a
 segment), extending it on the commit path, reading records through it, and
-deleting the segments retention lets go (:mod:`engine.history.retention`
+deleting the segments retention lets go (:mod:`inmem.history.retention`
 decides which).
 
 In memory::
@@ -17,7 +17,7 @@ A commit record names the runs it touched through its keys (bytes 1..16 of
 every key are the run id), so the index is derived from the WAL alone.
 
 On disk, a sidecar ``hist-<seq:016x>.idx`` beside ``wal-<seq:016x>.log``
-holds the same two tables for one segment (:mod:`engine.history.sidecar`):
+holds the same two tables for one segment (:mod:`inmem.history.sidecar`):
 written after each snapshot and at close, and used only if the segment
 file's header still names this database, the sidecar's sequence number and
 first LSN; a segment failing that check is not indexed at all.
@@ -26,7 +26,7 @@ Invariants:
 
 * For every retained segment, every frame is in the index: recovery's
   replay feeds the frames it decodes (through a
-  :class:`~engine.history.collect.HistoryCollector`, into
+  :class:`~inmem.history.collect.HistoryCollector`, into
   :meth:`HistoryIndex.load`), sidecars or a re-scan supply the rest, and the commit path adds each new frame
   (:meth:`HistoryIndex.add`) under the commit lock, in LSN order.
 * Segments are deleted oldest first, so the retained WAL is one contiguous
@@ -94,7 +94,7 @@ class HistoryIndex:
 
     :param fs: the file-system seam.
     :param dirpath: the database directory.
-    :param mode: one of :data:`~engine.history.retention.HISTORY_MODES`.
+    :param mode: one of :data:`~inmem.history.retention.HISTORY_MODES`.
     :param read_only: never write or remove a file.
     """
 
@@ -115,7 +115,7 @@ class HistoryIndex:
         self.floor = 1
         #: Run ids (16 bytes) archived: no longer eligible for history under ``mode="active"``.
         self.archived: set[bytes] = set()
-        #: Hand to :func:`engine.recovery.recover` (``visitor=``): collects what the replay decodes,
+        #: Hand to :func:`inmem.recovery.recover` (``visitor=``): collects what the replay decodes,
         #: for :meth:`load_recovered`.
         self.collector = HistoryCollector(self.indexed_until)
         # held while frames are read and while segments are deleted, so a reader never
@@ -399,7 +399,7 @@ class HistoryIndex:
 
     def keep(self, seq: int, first_lsn: int, last_lsn: int) -> bool:
         """Whether segment ``seq`` must outlive the snapshots that cover it (the retention policy,
-        :func:`~engine.history.retention.segment_survives`)."""
+        :func:`~inmem.history.retention.segment_survives`)."""
         i = bisect.bisect_right(self._firsts, first_lsn) - 1
         indexed = i >= 0 and self._segs[i].seq == seq
         runs = (rid for rid, _, _ in self._runs_in(first_lsn, last_lsn)) if indexed else None

@@ -3,7 +3,7 @@
 This module owns the policy of ``Database.open(history=...)`` (SPEC.md,
 "History"): ``"keep"`` keeps every covered segment, ``"active"`` keeps a
 segment while one run with a record in it is not archived, ``"none"`` keeps
-none beyond what recovery needs. :meth:`engine.history.index.HistoryIndex.prune`
+none beyond what recovery needs. :meth:`inmem.history.index.HistoryIndex.prune`
 applies it, oldest segment first.
 
 Invariant: a segment is let go only when the policy says so and it is known

@@ -1,7 +1,7 @@
 """History sidecar files: ``hist-<seq:016x>.idx``, one segment's part of the history index on disk.
 
 This module owns the sidecar byte format (SPEC.md, "History") and reading and
-writing one file; :mod:`engine.history.index` decides when to write one and
+writing one file; :mod:`inmem.history.index` decides when to write one and
 whether the segment it describes still matches it. Layout::
 
     magic "INMEMHIX" | CBOR map {format, layout, db, seq, first, frames, end,
@@ -86,7 +86,7 @@ def read_sidecar(fs: FileSystem, dirpath: str, seq: int, first_lsn: int) -> dict
     Checks: magic, XXH3-128 digest, format version, layout, sequence number,
     first LSN ``first_lsn``, at least one frame. A failing sidecar is logged
     (info) and ignored. The caller still checks the database id and that the
-    segment file matches (:meth:`engine.history.index.HistoryIndex.load`).
+    segment file matches (:meth:`inmem.history.index.HistoryIndex.load`).
     """
     path = os.path.join(dirpath, index_name(seq))
     if not fs.exists(path):

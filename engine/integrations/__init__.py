@@ -1,8 +1,8 @@
 """Integrations of inmem with agent frameworks, each behind an optional dependency.
 
-* :mod:`engine.integrations.langgraph` — ``InmemSaver``, a LangGraph checkpointer
+* :mod:`inmem.integrations.langgraph` — ``InmemSaver``, a LangGraph checkpointer
   (``pip install 'inmem[langgraph]'``).
 
-This package imports nothing optional itself, so ``import engine`` never needs
+This package imports nothing optional itself, so ``import inmem`` never needs
 a framework installed; import the submodule you use.
 """

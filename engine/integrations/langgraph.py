@@ -179,7 +179,7 @@ def _directory(db: Database) -> str | None:
 
 
 class InmemSaver(BaseCheckpointSaver[str]):
-    """LangGraph checkpointer storing threads, checkpoints and writes in an inmem :class:`~engine.Database`.
+    """LangGraph checkpointer storing threads, checkpoints and writes in an inmem :class:`~inmem.Database`.
 
     ``InmemSaver(db)`` uses an open database (the caller closes it);
     ``InmemSaver.from_path(path, **open_options)`` opens one and closes it
@@ -196,7 +196,7 @@ class InmemSaver(BaseCheckpointSaver[str]):
     def __init__(self, db: Database, *, serde: SerializerProtocol | None = None) -> None:
         super().__init__(serde=serde)
         if not isinstance(db, Database):
-            raise TypeError(f"InmemSaver needs an engine.Database; got {type(db).__name__}")
+            raise TypeError(f"InmemSaver needs an inmem.Database; got {type(db).__name__}")
         self._db = db
         self._owns_db = False
         self._dir = _directory(db)

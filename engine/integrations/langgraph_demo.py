@@ -147,7 +147,7 @@ def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
     thread_id = f"research-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread_id}}
     query = "durable agent memory"
-    code = "from engine.integrations.langgraph_demo import _child_main; _child_main()"
+    code = "from inmem.integrations.langgraph_demo import _child_main; _child_main()"
     pid, lines = run_child_until([code, directory, thread_id, str(loops), query], kill_after)
     console.print(f"[bold]LangGraph[/bold] graph plan -> search x{loops} -> review (interrupt) -> write, "
                   f"checkpointed by InmemSaver: child pid {pid} ran {', '.join(lines[:-1])}; "

@@ -1,8 +1,8 @@
 """The agent primitives: thin layers over the unified store, one key tag each.
 
 Each primitive is one module holding one class that works through a
-:class:`~engine.primitives.context.Context` (an autocommit context of
-:mod:`engine.contexts`, or a transaction). Primitives share only that
+:class:`~inmem.primitives.context.Context` (an autocommit context of
+:mod:`inmem.contexts`, or a transaction). Primitives share only that
 protocol (``primitives/context.py``), never import each other, and never own
 storage of their own.
 """

@@ -17,9 +17,9 @@ __all__ = ["Context"]
 class Context(Protocol):
     """What a primitive needs from the layer below: reads, writes, scans, run checks.
 
-    The database's autocommit contexts (:mod:`engine.contexts`) make each
+    The database's autocommit contexts (:mod:`inmem.contexts`) make each
     write, or each primitive call, its own commit; a transaction
-    (:class:`engine.txn.Transaction`) buffers them in its write set.
+    (:class:`inmem.txn.Transaction`) buffers them in its write set.
     """
 
     #: ``lookup(key) -> (version, encoded value) | None``: a point read. An

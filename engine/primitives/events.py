@@ -54,7 +54,7 @@ class Event:
 def chain_hash(prev_hash: bytes, seq: int, type_: str, payload: Any, ts_us: int) -> bytes:
     """The 16-byte XXH3-128 chain hash of one event (see the module docstring).
 
-    ``payload`` must already have passed :func:`engine.codec.check_value`.
+    ``payload`` must already have passed :func:`inmem.codec.check_value`.
     """
     body = cbor2.dumps([seq, type_, payload, ts_us], canonical=True)
     return xxhash.xxh3_128_digest(prev_hash + body)

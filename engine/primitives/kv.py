@@ -32,7 +32,7 @@ class KV:
     """Run-scoped key/value store: ``db.kv`` and ``tx.kv``.
 
     Keys are ``str`` (at most 64 KiB of UTF-8); values are the types
-    :mod:`engine.codec` accepts, nested at most ``MAX_DEPTH`` deep. Outside a
+    :mod:`inmem.codec` accepts, nested at most ``MAX_DEPTH`` deep. Outside a
     transaction each ``put`` and ``delete`` is its own atomic, durable-per-mode
     commit.
     """
@@ -64,7 +64,7 @@ class KV:
         :raises RunNotFound: no such run.
         :raises RunClosed: the run has ended.
         :raises InvalidKey: (a ``TypeError``) ``key`` is not a str, or not encodable.
-        :raises InvalidValue: (a ``TypeError``) ``value`` is not storable (see :mod:`engine.codec`).
+        :raises InvalidValue: (a ``TypeError``) ``value`` is not storable (see :mod:`inmem.codec`).
         :raises DatabasePoisoned: an earlier write or fsync failed.
         :raises DatabaseClosed: the database is closed.
         """

@@ -2,7 +2,7 @@
 
 This module owns the query side of run records (``run prefix | TAG_RUN``; the
 record itself is written by ``begin_run``/``end_run``, see
-:mod:`engine.registry`). Invariant: it changes only a run's ``tags`` and
+:mod:`inmem.registry`). Invariant: it changes only a run's ``tags`` and
 ``metadata``, and only while the run is active (an ended run is read-only
 for every primitive).
 

@@ -1,15 +1,15 @@
-"""The WAL's optional C hot path: installs native frame checking over :mod:`engine.wal.format`.
+"""The WAL's optional C hot path: installs native frame checking over :mod:`inmem.wal.format`.
 
 This module owns the dispatch from the three frame-checking functions of
-:mod:`engine.wal.format` (``check_frame``, ``find_valid_frame``,
+:mod:`inmem.wal.format` (``check_frame``, ``find_valid_frame``,
 ``scan_frames``) to the cffi-compiled C in ``native/inmem_native.c``, loaded
-by :mod:`engine.native`. :func:`install` runs once, when the package
-:mod:`engine.wal` is imported (so before any module can bind one of those
+by :mod:`inmem.native`. :func:`install` runs once, when the package
+:mod:`inmem.wal` is imported (so before any module can bind one of those
 names with ``from .format import ...``), and does nothing when
-:data:`engine.native.ENABLED` is false (``INMEM_PURE=1`` or not built).
+:data:`inmem.native.ENABLED` is false (``INMEM_PURE=1`` or not built).
 
 Invariant: the native functions give the same results and raise the same
-:class:`~engine.wal.format.FrameError` (same reason, same offset) as the
+:class:`~inmem.wal.format.FrameError` (same reason, same offset) as the
 pure-Python ones, which stay available as ``format._py_check_frame``,
 ``format._py_find_valid_frame`` and ``format._py_scan_frames``; inputs out of
 the C types' range fall back to them.

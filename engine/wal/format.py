@@ -22,7 +22,7 @@ the payload. All integers little-endian.
 Commit record payload (type 1): ``version u64 | ts_us i64 | count u32`` then
 ``count`` ops, each ``op u8 | klen u32 | key`` plus ``vlen u32 | value`` for a put.
 
-The optional C hot path (:mod:`engine.wal.fast`) replaces ``check_frame``,
+The optional C hot path (:mod:`inmem.wal.fast`) replaces ``check_frame``,
 ``find_valid_frame`` and ``scan_frames`` with native versions giving the same
 answers; the pure-Python ones stay here as ``_py_*``.
 
@@ -368,7 +368,7 @@ def find_valid_frame(buf: bytes, start: int, min_lsn: int) -> int:
 
 
 # --- the pure-Python references ---------------------------------------------------------
-# engine.wal.fast (imported with the package engine.wal) replaces check_frame,
+# inmem.wal.fast (imported with the package inmem.wal) replaces check_frame,
 # find_valid_frame and scan_frames with the optional C hot path when it is built; these
 # names keep the pure-Python versions, for the fallbacks and the differential tests.
 

@@ -1,10 +1,10 @@
 """The WAL reader: checks one segment's bytes and yields its commit records in LSN order.
 
 This module owns the rule "never trust a length before its checksum has
-passed" on the read side; :func:`engine.wal.format.check_frame` applies it to
+passed" on the read side; :func:`inmem.wal.format.check_frame` applies it to
 one frame, :class:`SegmentScan` to a whole segment. It decides nothing about
 torn tails or corruption: it reports *where* the valid prefix ends and why,
-and :mod:`engine.recovery` decides what that means.
+and :mod:`inmem.recovery` decides what that means.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class SegmentScan:
         """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one.
 
         Checksums are checked for the whole segment first (in C when the native
-        path is built: :func:`engine.wal.format.scan_frames`), then LSN and
+        path is built: :func:`inmem.wal.format.scan_frames`), then LSN and
         version order and the payloads, frame by frame.
         """
         buf = self.buf

@@ -1,8 +1,8 @@
 """The WAL of a read-only handle: appends nothing, reports the log as recovery found it.
 
 This module owns what ``Database.open(path, read_only=True)`` puts where a
-:class:`~engine.wal.writer.WalWriter` would be. Invariant: it never opens a
-file for writing; every append raises :class:`~engine.errors.DatabaseReadOnly`
+:class:`~inmem.wal.writer.WalWriter` would be. Invariant: it never opens a
+file for writing; every append raises :class:`~inmem.errors.DatabaseReadOnly`
 before anything is applied, so a write through a read-only handle changes
 neither the store nor the disk.
 """
@@ -18,7 +18,7 @@ __all__ = ["ReadOnlyWal"]
 
 
 class ReadOnlyWal:
-    """Stands in for a :class:`~engine.wal.writer.WalWriter` on a read-only handle.
+    """Stands in for a :class:`~inmem.wal.writer.WalWriter` on a read-only handle.
 
     :param next_lsn: the LSN a next frame would carry (recovery's).
     :param tail_seq: sequence number of the last segment.

@@ -2,7 +2,7 @@
 
 This module owns the active segment, segment rotation, the three durability
 modes, group commit and poisoning. Byte layouts come from
-:mod:`engine.wal.format`; the file system from :mod:`engine.fs`.
+:mod:`inmem.wal.format`; the file system from :mod:`inmem.fs`.
 
 Life of a commit (the caller holds the database's commit lock for steps 1-2)::
 
@@ -25,7 +25,7 @@ Invariants:
   does not exist.
 * Poisoning: the first ``OSError`` from a write or fsync poisons the writer.
   The bytes of the failed write are dropped and never written again; every
-  later append raises :class:`~engine.errors.DatabasePoisoned`. No retry
+  later append raises :class:`~inmem.errors.DatabasePoisoned`. No retry
   (PostgreSQL's 2018 "fsyncgate": after a failed fsync the kernel may have
   discarded the dirty pages, so a retry that succeeds proves nothing).
 
@@ -378,7 +378,7 @@ class WalWriter:
         may have dropped dirty pages, so no later commit may be acknowledged
         (SPEC.md §5, "Poisoning"). As for a WAL failure, frames still pending
         are discarded; threads waiting for their fsync raise
-        :class:`~engine.errors.DatabasePoisoned`. The first cause is kept;
+        :class:`~inmem.errors.DatabasePoisoned`. The first cause is kept;
         idempotent.
         """
         with self._io_cond:
