@@ -339,7 +339,7 @@ class Checkpointer:
             fs.sync_dir(dirpath)
         if len(valid) < KEEP_SNAPSHOTS:  # one valid snapshot: the WAL stays until a second can stand in for it
             if self.retention is not None:
-                self._poisoning(self.retention.persist, self._kernel.wal.durable_lsn)
+                self._save_history()
             return []
         return self._drop_wal(valid[-1][2])
 
@@ -356,8 +356,18 @@ class Checkpointer:
         if self.retention is None:
             return self._poisoning(wal.drop_segments_before, below_lsn)
         dropped = self._poisoning(self.retention.prune, wal, below_lsn)
-        self._poisoning(self.retention.persist, wal.durable_lsn)
+        self._save_history()
         return dropped
+
+    def _save_history(self) -> None:
+        """Save the history sidecars: a cache, never fsynced, rebuilt from the WAL on open if missing
+        or damaged, so a failure to write one is logged, not a reason to poison the database."""
+        if self.retention is None:
+            return
+        try:
+            self.retention.persist(self._kernel.wal.durable_lsn)
+        except OSError as exc:
+            log.warning("inmem: could not save the history index (%s); it is rebuilt on open", exc)
 
     def compact(self) -> dict[str, Any]:
         """Delete every WAL segment and snapshot that neither recovery nor history retention needs.

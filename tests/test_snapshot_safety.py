@@ -404,3 +404,34 @@ def test_snapshot_progress_reports_completion_only_when_done(dbdir):
         db.kv.put(run, "k", 3)
         db.compact()
     assert seen == [(1, 1), (2, 2), (3, 2), (4, 2)]  # counted, and the third already pruned the first
+
+
+class _NoSidecarSpace(OSFileSystem):
+    """The real disk, except that creating a history sidecar fails with ENOSPC while ``full`` is set."""
+
+    full = False
+
+    def create(self, path):
+        if self.full and os.path.basename(path).startswith("hist-"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", path)
+        return super().create(path)
+
+
+def test_a_failed_history_sidecar_write_does_not_poison(dbdir):
+    """Sidecars are a cache (never fsynced, rebuilt on open): failing to save one is logged, not fatal."""
+    fs = _NoSidecarSpace()
+    db = Database.open(dbdir, fs=fs, segment_bytes=4096, snapshot_every_bytes=None)
+    run = db.begin_run()
+    for i in range(200):
+        db.kv.put(run, f"k{i}", "x" * 50)
+    fs.full = True
+    db.snapshot()
+    db.snapshot()  # two valid snapshots: pruning runs and saves sidecars too
+    assert db.stats()["poisoned"] is False
+    db.kv.put(run, "after", 1)  # still acknowledged
+    assert not any(n.startswith("hist-") and n.endswith(".idx") for n in os.listdir(dbdir))
+    fs.full = False
+    db.close()
+    with Database.open(dbdir) as again:
+        assert again.kv.get(run, "after") == 1
+        assert again.replay_run(run) == again.run_state(run)  # history rebuilt from the WAL
