@@ -339,6 +339,11 @@ def encode_value(value: Any) -> bytes:
         verify = False
     else:
         verify = _walk(value)
+    return _encode(value, verify)
+
+
+def _encode(value: Any, verify: bool) -> bytes:
+    """cbor2-encode a checked value; with ``verify``, decode it once more (see :func:`encode_value`)."""
     try:
         data = _dumps(value)
     except (cbor2.CBORError, TypeError, ValueError, RecursionError, OverflowError) as exc:
@@ -365,20 +370,7 @@ def encode_record(record: dict[str, Any], verify: bool) -> bytes:
 
     :raises InvalidValue: cbor2 cannot encode it, or it encodes to more than :data:`MAX_VALUE_BYTES`.
     """
-    try:
-        data = _dumps(record)
-    except (cbor2.CBORError, TypeError, ValueError, RecursionError, OverflowError) as exc:
-        raise InvalidValue(f"value cannot be stored: {exc} (value {_short(record)})") from None
-    if len(data) > MAX_VALUE_BYTES:
-        raise InvalidValue(f"value encodes to {len(data)} bytes; the limit is {MAX_VALUE_BYTES}")
-    if verify:
-        try:
-            _loads(data)
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise InvalidValue(f"value does not decode back after encoding: {exc} (value {_short(record)})") from None
-    return data
+    return _encode(record, verify)
 
 
 def decode_value(data: bytes) -> Any:

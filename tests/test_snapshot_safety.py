@@ -20,37 +20,16 @@ import threading
 
 import pytest
 
-from inmem import CorruptionError, Database, DatabaseClosed, DatabaseLocked, DatabasePoisoned
+from inmem import Database, DatabaseClosed, DatabaseLocked, DatabasePoisoned
 from inmem.fs import OSFileSystem
-from inmem.snapshot import HEADER_SIZE, parse_snapshot_name
-from inmem.wal.format import parse_segment_name
+from inmem.snapshot import HEADER_SIZE
 
 from .conftest import dir_bytes
-
-
-def snaps(path):
-    return sorted(n for n in os.listdir(path) if parse_snapshot_name(n) is not None)
-
-
-def segs(path):
-    return sorted(n for n in os.listdir(path) if parse_segment_name(n) is not None)
+from .test_snapshot import fill, flip, segs, snaps
 
 
 def set_aside(path):
     return sorted(n for n in os.listdir(path) if ".corrupt-" in n)
-
-
-def flip(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x40]))
-
-
-def fill(db, run, start, n, **extra):
-    for i in range(start, start + n):
-        db.kv.put(run, f"k{i:05d}", {"i": i, **extra})
 
 
 def two_snapshots(dbdir, after=True):
