@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from . import native
 from .errors import InvalidArgument, TransactionConflict
-from .fs import FileSystem, OSFileSystem, check_file_mode, open_error
+from .fs import FileLock, FileSystem, OSFileSystem, check_file_mode, open_error
 from .checkpoint import SnapshotInfo, Checkpointer
 from .contexts import PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
@@ -40,7 +40,7 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
-from .recovery import check_new_directory, recover
+from .recovery import Recovered, check_new_directory, recover
 from .registry import RunRegistry
 from .store import UnifiedStore
 from .txn import Transaction
@@ -182,41 +182,17 @@ class Database:
         index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
-        try:
-            if read_only:
-                if not fs.exists(dirpath):
-                    raise InvalidArgument(f"{dirpath} does not exist; read_only=True opens an existing database")
-            else:
-                created = fs.makedirs(dirpath) or []
-                for d in created:  # the new names durable: a power cut must not drop the directory
-                    fs.sync_dir(os.path.dirname(d) or ".")
-                if not created:  # refuse a foreign directory before LOCK is created in it
-                    check_new_directory(dirpath, fs.listdir(dirpath))
-            lock = fs.lock(dirpath, shared=read_only)
-        except OSError as exc:
-            if (err := open_error(exc, dirpath, read_only)) is None:
-                raise
-            raise err from exc
-        try:
-            rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
-                          visitor=index.collector)
-            store = UnifiedStore(rec.state)
-            del rec.state
-            registry = RunRegistry()
-            registry.load(store)
-            index.load_recovered(rec.identity.db_id, rec.retained, rec.tail.next_lsn)
-            index.archived = registry.archived
-            wal = ReadOnlyWal.from_tail(rec.tail) if read_only else WalWriter.resume(
-                fs, dirpath, rec.identity.db_id, rec.tail, durability=durability,
-                flush_interval_ms=flush_interval_ms, segment_bytes=segment_bytes)
-        except BaseException as exc:
+        lock = _lock_directory(fs, dirpath, read_only)                        # 1. lock
+        try:                                                                  # 2. recover
+            rec, store, registry, wal = _recover(fs, dirpath, index, salvage=salvage, progress=progress,
+                                                 read_only=read_only, durability=durability,
+                                                 flush_interval_ms=flush_interval_ms, segment_bytes=segment_bytes)
+        except BaseException:
             lock.release()
-            if isinstance(exc, OSError) and (err := open_error(exc, dirpath, read_only)) is not None:
-                raise err from exc
             raise
-        kernel = Kernel(fs=fs, path=dirpath, identity=rec.identity, store=store, registry=registry,
+        kernel = Kernel(fs=fs, path=dirpath, identity=rec.identity, store=store, registry=registry,  # 3. kernel
                         history=index, wal=wal, version=rec.version, durability=durability, read_only=read_only)
-        self = object.__new__(cls)
+        self = object.__new__(cls)                                            # 4. the handle, background work
         self._kernel = kernel
         self._lock_file = lock
         self._flush_interval_ms = flush_interval_ms
@@ -562,3 +538,53 @@ class Database:
             "history": kernel.history.stats(),
             "recovery": dict(self._recovery),
         }
+
+
+def _lock_directory(fs: FileSystem, dirpath: str, read_only: bool) -> FileLock:
+    """Create the directory if needed (fsynced into its parent), refuse a foreign one, and lock it.
+
+    :raises NotADatabase: / :raises DatabaseLocked: / :raises DatabaseReadOnly: / :raises InvalidArgument:
+        as ``Database.open`` says.
+    """
+    try:
+        if read_only:
+            if not fs.exists(dirpath):
+                raise InvalidArgument(f"{dirpath} does not exist; read_only=True opens an existing database")
+        else:
+            created = fs.makedirs(dirpath) or []
+            for d in created:  # the new names durable: a power cut must not drop the directory
+                fs.sync_dir(os.path.dirname(d) or ".")
+            if not created:  # refuse a foreign directory before LOCK is created in it
+                check_new_directory(dirpath, fs.listdir(dirpath))
+        return fs.lock(dirpath, shared=read_only)
+    except OSError as exc:
+        if (err := open_error(exc, dirpath, read_only)) is None:
+            raise
+        raise err from exc
+
+
+def _recover(
+    fs: FileSystem, dirpath: str, index: HistoryIndex, *, salvage: bool, progress: Progress | None,
+    read_only: bool, durability: str, flush_interval_ms: int, segment_bytes: int,
+) -> tuple[Recovered, UnifiedStore, RunRegistry, WalWriter | ReadOnlyWal]:
+    """Recover the locked directory: the state in a store, the run table, the history index, the WAL to append to.
+
+    :raises CorruptionError: / :raises DatabaseReadOnly: as ``Database.open`` says.
+    """
+    try:
+        rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
+                      visitor=index.collector)
+        store = UnifiedStore(rec.state)
+        del rec.state
+        registry = RunRegistry()
+        registry.load(store)
+        index.load_recovered(rec.identity.db_id, rec.retained, rec.tail.next_lsn)
+        index.archived = registry.archived
+        wal = ReadOnlyWal.from_tail(rec.tail) if read_only else WalWriter.resume(
+            fs, dirpath, rec.identity.db_id, rec.tail, durability=durability,
+            flush_interval_ms=flush_interval_ms, segment_bytes=segment_bytes)
+    except OSError as exc:
+        if (err := open_error(exc, dirpath, read_only)) is not None:
+            raise err from exc
+        raise
+    return rec, store, registry, wal
