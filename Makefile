@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[native,langgraph]'
+	$(BIN)/python -m pip install -q -e '.[native,langgraph,vectors]'
 	$(BIN)/python native/build.py
 	touch $@
 

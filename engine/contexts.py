@@ -113,6 +113,15 @@ class _Locked:
     def run_ids(self, status: str | None = None) -> list[str]:
         return self._registry.ids(status)
 
+    def note_range(self, lo: bytes, hi: bytes | None) -> None:
+        pass  # nothing else commits while this call holds the commit lock
+
+    #: Reads see the latest state (nothing else commits meanwhile).
+    at = None
+
+    def has_writes(self, lo: bytes, hi: bytes | None) -> bool:
+        return any(k >= lo and (hi is None or k < hi) for k in self.writes)
+
 
 #: Read-only methods of each autocommit primitive: run on a snapshot, not under the commit lock.
 READS = {
@@ -120,6 +129,7 @@ READS = {
     "state": frozenset({"get", "names"}),
     "traces": frozenset({"get", "query", "children", "tree"}),
     "runs": frozenset({"get", "ids", "list", "children"}),
+    "vectors": frozenset({"get", "count", "collections", "search"}),
 }
 
 #: Primitives a transaction offers, made on first use (``tx.kv``, ``tx.events``, ...).
@@ -157,9 +167,11 @@ class _AutoPrimitive:
     class's docstrings carry over (``help(db.events.append)``).
     """
 
-    def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str]):
+    def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str],
+                 factory: Callable[[Any], Any] | None = None):
         self._kernel = kernel
         self._cls = cls
+        self._make = factory if factory is not None else cls  # ``factory(ctx)``: the primitive on a context
         self._reads = reads
         self.__doc__ = cls.__doc__
 
@@ -167,11 +179,11 @@ class _AutoPrimitive:
         method = getattr(self._cls, name)
         if name.startswith("_") or not callable(method):
             raise AttributeError(name)
-        cls, kernel = self._cls, self._kernel
+        make, kernel = self._make, self._kernel
         run_in = _snapshot_read if name in self._reads else _atomic
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run_in(kernel, lambda ctx: method(cls(ctx), *args, **kwargs))
+            return run_in(kernel, lambda ctx: method(make(ctx), *args, **kwargs))
 
         functools.update_wrapper(call, method)
         setattr(self, name, call)  # cached: later calls skip __getattr__

@@ -17,6 +17,7 @@ Thread safety: one handle may be shared by any number of threads.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import random
@@ -40,6 +41,8 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
+from .primitives.vectors import Vectors
+from .vectorindex import VectorIndexes
 from .recovery import Recovered, check_new_directory, recover
 from .registry import RunRegistry
 from .store import UnifiedStore
@@ -73,6 +76,7 @@ class Database:
     state: StateMachines
     traces: Traces
     runs: Runs
+    vectors: Vectors
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("use Database.open(path, ...) to open a database")
@@ -94,6 +98,7 @@ class Database:
         history: str = "keep",
         read_only: bool = False,
         file_mode: int | None = None,
+        embedder: Callable[[list[str]], Any] | None = None,
         fs: FileSystem | None = None,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
@@ -134,6 +139,10 @@ class Database:
             directory keeps its mode. The process umask still applies. Must
             include ``0o600`` and no execute bit. ``None``: the ``fs``'s own
             ``file_mode`` (``OSFileSystem``: ``0o600``); an int is set on ``fs``.
+        :param embedder: the default embedder of every vector collection in
+            this process (``vectors.add_text`` and string queries): a callable
+            ``list[str] -> array (n, dim)``, e.g.
+            ``inmem.embeddings.HashingEmbedder(dim=256)``. Not stored.
         :param fs: file-system seam (default: the real disk).
 
         A missing directory is created (with any missing parents), and each new
@@ -168,6 +177,8 @@ class Database:
             or not snapshot_every_s > 0
         ):
             raise InvalidArgument(f"snapshot_every_s must be None or a number > 0; got {snapshot_every_s!r}")
+        if embedder is not None and not callable(embedder):
+            raise InvalidArgument("embedder must be a callable list[str] -> array of shape (n, dim), or None")
         if progress is not None and not callable(progress):
             raise InvalidArgument("progress must be a callable(phase, done, total) or None")
         if read_only and salvage:
@@ -204,6 +215,10 @@ class Database:
         self.state = _AutoPrimitive(kernel, StateMachines, READS["state"])  # type: ignore[assignment]
         self.traces = _AutoPrimitive(kernel, Traces, READS["traces"])  # type: ignore[assignment]
         self.runs = _AutoPrimitive(kernel, Runs, READS["runs"])  # type: ignore[assignment]
+        indexes = VectorIndexes(kernel, embedder)
+        make_vectors = functools.partial(Vectors, index=indexes)
+        self.vectors = _AutoPrimitive(kernel, Vectors, READS["vectors"], make_vectors)  # type: ignore[assignment]
+        self._primitives = {**PRIMITIVES, "vectors": make_vectors}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))
@@ -424,7 +439,7 @@ class Database:
 
         :raises DatabaseClosed: the database is closed.
         """
-        return Transaction(self._kernel, PRIMITIVES)
+        return Transaction(self._kernel, self._primitives)
 
     def transact(self, fn: Callable[[Transaction], T], *, retries: int = 10) -> T:
         """Run ``fn(tx)`` in a fresh transaction and commit it, retrying on conflict; return its result.

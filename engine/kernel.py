@@ -53,7 +53,7 @@ from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem
 from .history import HistoryIndex
 from .identity import Identity
-from .keys import MAX_KEY_BYTES
+from .keys import MAX_KEY_BYTES, TAGGED_PREFIX_LEN
 from .locks import CommitLock
 from .mvcc import Versions
 from .registry import RunRegistry
@@ -63,7 +63,7 @@ from .wal.format import commit_record_size, encode_commit_frame, encode_put_fram
 from .wal.readonly import ReadOnlyWal
 from .wal.writer import WalWriter
 
-__all__ = ["Kernel", "LockedView", "ReadPoint", "Writes"]
+__all__ = ["Kernel", "LockedView", "ReadPoint", "Watcher", "Writes"]
 
 T = TypeVar("T")
 
@@ -71,6 +71,10 @@ T = TypeVar("T")
 Writes = Sequence[tuple[bytes, "bytes | None"]]
 #: Called under the commit lock with the new commit version, right after the commit is applied.
 After = Callable[[int], None]
+#: ``watcher(commit version, store key, value or None for a delete)``: see :meth:`Kernel.watch`.
+Watcher = Callable[[int, bytes, "bytes | None"], None]
+#: Offset of the primitive tag byte in a run-scoped store key.
+TAG_OFFSET = TAGGED_PREFIX_LEN - 1
 
 
 #: Bytes one write can add to a commit record at most: a key (user key plus the 18-byte prefix),
@@ -144,6 +148,9 @@ class Kernel:
         self._abandoned: list[int] = []  # read-point tokens dropped unclosed, released at the next commit
         self._active_runs = registry.active
         self._must_wait = durability != "batched"  # batched: the flusher makes commits durable
+        #: primitive tag -> ``watcher(version, key, value)``, called under the commit lock for each
+        #: applied write of that tag (derived state, e.g. vector indexes, follows commits through it)
+        self._watchers: dict[int, Watcher] = {}
         self._put_entry = store.put_entry  # the one-put fast path writes the sorted map directly
         # The hottest reads are attributes bound to the layer below (one call, not two):
         #: ``get(key)``: the latest committed entry of a key, ``(version, value)`` or None. Lock-free.
@@ -296,6 +303,12 @@ class Kernel:
                 self._store.apply(version, writes)
         self._version = version
         self._commits += 1
+        watchers = self._watchers
+        if watchers:
+            for key, value in writes:
+                watcher = watchers.get(key[TAG_OFFSET]) if len(key) > TAG_OFFSET else None
+                if watcher is not None:
+                    watcher(version, key, value)
         if after is not None:
             after(version)
         return lsn
@@ -355,6 +368,23 @@ class Kernel:
                 view.commit([write], (), lambda _v: registry.applied_archive(run))
 
         self.atomic(archive)
+
+    # --- derived state -------------------------------------------------------------------------
+
+    def watch(self, tag: int, watcher: Watcher) -> int:
+        """Call ``watcher(version, key, value)`` for every write of primitive ``tag`` committed from now on.
+
+        It runs under the commit lock, once per write, in commit order, after
+        the write is applied: it must be CPU-only and short (append to a queue,
+        never block) and must not raise. Returns the last commit version
+        before the first call it will get (every earlier commit is unseen).
+        One watcher per tag. :raises InvalidArgument: ``tag`` is watched already.
+        """
+        with self._lock:
+            if tag in self._watchers:
+                raise InvalidArgument(f"primitive tag {tag} is already watched")
+            self._watchers[tag] = watcher
+            return self._version
 
     # --- reads at the latest version ---------------------------------------------------------
 

@@ -36,6 +36,7 @@ __all__ = [
     "TAG_RUN",
     "TAG_STATE",
     "TAG_TRACE",
+    "TAG_VECTOR",
     "encode_user_key",
     "new_run_id",
     "prefix_end",
@@ -55,6 +56,7 @@ TAG_KV = 0x01  # KV store
 TAG_EVENT = 0x02  # event log
 TAG_STATE = 0x03  # state machines
 TAG_TRACE = 0x04  # trace store
+TAG_VECTOR = 0x05  # vector store (in-mem's tag for vectors too)
 
 RUN_ID_BYTES = 16
 RUN_PREFIX_LEN = 1 + RUN_ID_BYTES  # NS_RUN + run id

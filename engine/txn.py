@@ -239,6 +239,20 @@ class Transaction:
                     found[key] = 0
         return sorted(found.items())
 
+    @property
+    def at(self) -> int:
+        """The commit version this transaction reads at (its snapshot); the primitive Context's name."""
+        return self._begin
+
+    def has_writes(self, lo: bytes, hi: bytes | None) -> bool:
+        """Whether this transaction has written any key in ``[lo, hi)``. O(writes)."""
+        return any(k >= lo and (hi is None or k < hi) for k in self._writes)
+
+    def note_range(self, lo: bytes, hi: bytes | None) -> None:
+        """Record ``[lo, hi)`` as scanned (validated at commit) without reading it."""
+        self._check()
+        self._ranges.append((lo, hi))
+
     def run_ids(self, status: str | None = None) -> list[str]:
         """Ids of the runs in the snapshot that may have ``status`` there, in start order.
 

@@ -55,3 +55,13 @@ class Context(Protocol):
     def run_ids(self, status: str | None = None) -> list[str]:
         """Ids of the runs that may have ``status`` (all with None), in start order; the caller checks
         each against the run record it reads."""
+
+    def note_range(self, lo: bytes, hi: bytes | None) -> None:
+        """Record ``[lo, hi)`` as read without scanning it: a transaction validates it at commit (a
+        read served from derived state, e.g. a vector index, reads the whole range); others ignore it."""
+
+    #: The commit version this context reads at (a transaction's snapshot), or None: the latest.
+    at: int | None
+
+    def has_writes(self, lo: bytes, hi: bytes | None) -> bool:
+        """Whether this context has written (not yet committed) any key in ``[lo, hi)``."""
