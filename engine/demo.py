@@ -9,13 +9,16 @@ through the public API only:
    process**: each task is one transaction across the board and the agent's
    run — ``state.cas`` open -> claimed, a tool call and its result in the
    agent's event log, a trace of the decision with confidence and
-   alternatives, a KV scratchpad entry, then ``state.set`` claimed -> done.
+   alternatives, a KV scratchpad entry, a vector memory of what it learned
+   (``vectors.add_text``, embedded by feature hashing), then ``state.set``
+   claimed -> done.
    Racing agents conflict and retry. The child prints each acknowledged
    (``strict``: fsynced) commit.
 3. Part-way through, the child is **SIGKILLed**. The demo reopens the
    directory, shows what recovery did, checks every acknowledged commit and
    every event hash chain, and lets the agents finish the remaining tasks:
-   every task done exactly once, none lost.
+   every task done exactly once, none lost, one vector memory per task; an
+   agent recalls its memories by semantic search with a metadata filter.
 4. It replays one agent's run from the WAL and compares it with the live
    state, forks that run at an earlier version, makes the fork diverge, and
    prints the diff.
@@ -47,11 +50,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .database import Database
+from .embeddings import HashingEmbedder
 
 __all__ = ["run_demo"]
 
 TOOLS = ("search", "read_file", "run_tests", "write_patch", "ask_user")
 TRANSITIONS = {"open": ["claimed"], "claimed": ["done"]}
+#: Each agent's vector collection of what it learned (one memory per task, embedded by EMBEDDER).
+MEMORY = "memory"
+EMBED_DIM = 64
+
+
+def _open(directory: str, **options: Any) -> Database:
+    """Open the demo database with its embedder (deterministic feature hashing: no model, no download)."""
+    return Database.open(directory, embedder=HashingEmbedder(dim=EMBED_DIM), **options)
 
 
 def _task(i: int) -> str:
@@ -73,6 +85,9 @@ def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) 
                          alternatives=[t for t in TOOLS if t != tool][:2], tags=["claim"])
         tx.kv.put(run, f"scratch/{key}", {"tool": tool, "tokens": tokens})
         tx.kv.put(run, "last_task", key)
+        # what the agent learned, as a vector memory in the same commit as the event that explains it
+        tx.vectors.add_text(run, MEMORY, f"{key}: {tool} finished it with {tokens} tokens",
+                            metadata={"task": key, "tool": tool, "tokens": tokens})
         tx.state.set(board, key, "done")
         return True
 
@@ -101,7 +116,7 @@ def _agent_loop(db: Database, board: str, run: str, tasks: int, seed: int, on_do
 
 def _child(directory: str, board: str, runs: list[str], tasks: int, seed: int) -> None:
     """Open the database and let every agent work; print one JSON line per acknowledged commit."""
-    db = Database.open(directory, durability="strict", snapshot_every_bytes=256 * 1024)
+    db = _open(directory, durability="strict", snapshot_every_bytes=256 * 1024)
     out = sys.stdout
     lock = threading.Lock()
 
@@ -154,7 +169,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     console.print(f"directory [cyan]{directory}[/cyan]; {agents} agents, {tasks:,} tasks, seed {seed}")
 
     # 1. the planner seeds the board
-    with Database.open(directory, durability="strict") as db:
+    with _open(directory, durability="strict") as db:
         planner = db.begin_run("planner", tags=["demo"])
         board = db.begin_run("board", parent=planner, tags=["demo", "shared"])
         with _progress(console) as bar:
@@ -169,6 +184,8 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
             bar.update(job, completed=tasks)
         runs = [db.begin_run(f"agent-{i}", parent=planner, tags=["demo", "agent"], metadata={"seed": seed + i})
                 for i in range(agents)]
+        for run in runs:
+            db.vectors.create(run, MEMORY, dim=EMBED_DIM)
         seeded_version = db.stats()["commit_version"]
 
     # 2. the agents work in a child process, which is SIGKILLed part-way
@@ -198,7 +215,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
 
     # 3. reopen: recovery, then check every acknowledged commit and every chain, then finish
     t0 = time.perf_counter()
-    db = Database.open(directory, durability="strict")
+    db = _open(directory, durability="strict")
     recovery_s = time.perf_counter() - t0
     try:
         rec = db.stats()["recovery"]
@@ -212,6 +229,8 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
             state = db.state.get(board, ack["task"])
             assert state is not None and state.value == "done", f"acknowledged {ack} lost"
             assert db.kv.get(ack["run"], f"scratch/{ack['task']}") is not None, f"acknowledged {ack} lost"
+            memory = db.vectors.search(ack["run"], MEMORY, ack["task"], k=1, filter={"task": ack["task"]})
+            assert [m.metadata["task"] for m in memory] == [ack["task"]], f"acknowledged memory of {ack} lost"
         chains = sum(1 for r in [planner, *runs] if db.events.verify(r) >= 0)
         console.print(f"  [green]ok[/green] every one of {len(acked):,} acknowledged commits is there; "
                       f"{chains} event hash chains verify")
@@ -243,9 +262,18 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         lost = tasks - states["done"]
         assert done_once == tasks and lost == 0 and len(per_task) == tasks, \
             f"tasks done once: {done_once} of {tasks}; lost: {lost}"
+        memories = sum(db.vectors.count(r, MEMORY) for r in runs)
+        assert memories == tasks, f"{memories} vector memories for {tasks} tasks"
         chains = sum(1 for r in [planner, *runs] if db.events.verify(r) >= 0)
         console.print(f"  [green]ok[/green] all {tasks:,} tasks done exactly once, none lost "
                       f"({len(remaining):,} finished after the crash); {chains} event chains verify")
+        # semantic recall over an agent's memories, filtered by metadata
+        recall_run = runs[0]
+        hits = db.vectors.search(recall_run, MEMORY, "run_tests finished it", k=3, filter={"tool": "run_tests"})
+        console.print(f"  vector memory: {memories:,} memories (one per task, written in the task's commit); "
+                      f"agent {recall_run[-12:]} recalls 'run_tests finished it':")
+        for m in hits:
+            console.print(f"    {m.score:.2f}  {m.text}", highlight=False)
         for run in runs:
             db.end_run(run, "completed")
         db.end_run(board)
@@ -298,6 +326,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     for k, v in [("tasks", f"{tasks:,} done exactly once"), ("acknowledged before SIGKILL", f"{len(acked):,}"),
                  ("commits", f"{stats['commit_version']:,}"), ("conflicts retried", f"{conflicts:,}"),
                  ("recovery", f"{recovery_s * 1000:.0f} ms, {rec['records']:,} records"),
+                 ("vector memories", f"{memories:,}, each in its task's commit"),
                  ("database size", f"{size / 1e6:.1f} MB"), ("wall time", f"{seconds:.1f} s")]:
         table.add_row(k, v)
     if langgraph is not None:
@@ -316,4 +345,5 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         "diff_empty": diff.is_empty(), "recovery": rec, "recovered_version": recovered_version,
         "seeded_version": seeded_version, "commit_version": stats["commit_version"],
         "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3), "langgraph": langgraph,
+        "memories": memories,
     }

@@ -18,6 +18,7 @@ def test_demo_crashes_recovers_and_verifies(tmp_path):
     r = run_demo(d, agents=3, tasks=60, kill_after=20, console=Console(file=out, width=120))
     assert r["killed"] and r["acked_before_kill"] == 20
     assert r["done_once"] == 60 and r["lost"] == 0 and r["chains"] == 4  # planner + 3 agents
+    assert r["memories"] == 60  # one vector memory per task, each written in its task's commit
     assert r["replay_equals_live"] and not r["diff_empty"]
     # the child committed at least what it acknowledged before the SIGKILL, and the rest came after
     assert r["seeded_version"] + 20 <= r["recovered_version"] < r["commit_version"]
