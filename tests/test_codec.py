@@ -416,7 +416,10 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, re.Pattern):
         return isinstance(b, re.Pattern) and (a.pattern, a.flags) == (b.pattern, b.flags)
     if isinstance(a, dt.datetime):
-        return type(b) is dt.datetime and a == b and a.utcoffset() == b.utcoffset()
+        # same wall time and same offset: the same instant, written the same way (an inter-zone ``==`` is
+        # always False for a time in a DST gap or fold, PEP 495, so compare the parts)
+        return type(b) is dt.datetime and a.replace(tzinfo=None) == b.replace(tzinfo=None) \
+            and a.utcoffset() == b.utcoffset()
     if isinstance(a, (str, int, bytes, bytearray)):
         base = next(t for t in (str, int, bytes) if isinstance(a, t) or (t is bytes and isinstance(a, bytearray)))
         return type(b) is base and a == b
