@@ -20,6 +20,7 @@ history. Fork and diff are O(run size).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import struct
 import uuid
 from collections.abc import Iterable
@@ -29,17 +30,31 @@ from typing import Any
 import cbor2
 
 from .codec import decode_value, utc_from_us
-from .errors import InvalidArgument
+from .errors import CorruptionError, InvalidArgument
 from .kernel import Kernel, LockedView
-from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_id_of, run_prefix
+from .keys import (
+    TAG_EVENT,
+    TAG_KV,
+    TAG_RUN,
+    TAG_STATE,
+    TAG_TRACE,
+    TAG_VECTOR,
+    TAGGED_PREFIX_LEN,
+    prefix_end,
+    run_id_of,
+    run_prefix,
+)
 from .primitives.events import Event, event_from_record
 from .primitives.state import State, state_from_record
 from .primitives.traces import Trace, trace_from_record
 
-__all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState"]
+__all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState", "StoredVector", "vector_key"]
 
 #: Name of each primitive tag, as ``Op.primitive`` reports it.
-PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces"}
+PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
+                   TAG_VECTOR: "vectors"}
+#: The parameters of a vector collection a :class:`RunState` shows (its record's fields but ``created_us``).
+COLLECTION_FIELDS = ("dim", "metric", "index", "embedder")
 _SEQ = struct.Struct(">Q")
 _RUN_RANGE = TAGGED_PREFIX_LEN - 1  # the tag byte's offset
 
@@ -91,14 +106,74 @@ def _trace_data(t: Trace) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True, eq=False)
+class StoredVector:
+    """One vector record as a run's state holds it: plain data, no numpy needed.
+
+    ``data``: the stored components, float32 little-endian (``4 x dim``
+    bytes, exactly as written); ``vector``: the same as a tuple of Python
+    floats; :meth:`array`: a numpy float32 copy. ``metadata``, ``text`` and
+    ``updated_at`` (UTC) as written. ``==`` compares everything, the bytes
+    byte for byte (so a NaN in a damaged record equals itself).
+    """
+
+    id: str
+    data: bytes = field(repr=False)
+    metadata: dict[str, Any] | None
+    text: str | None
+    updated_at: _dt.datetime
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def dim(self) -> int:
+        """Number of float32 components the bytes hold (``len(data) // 4``)."""
+        return len(self.data) // 4
+
+    @property
+    def vector(self) -> tuple[float, ...]:
+        """The components as Python floats (exact: every float32 is a float). O(dim)."""
+        return struct.unpack(f"<{self.dim}f", self.data[: 4 * self.dim])
+
+    def array(self) -> Any:
+        """The components as a numpy float32 array of shape ``(dim,)`` (a copy; needs numpy)."""
+        import numpy as np
+
+        return np.frombuffer(self.data[: 4 * self.dim], dtype="<f4").copy()
+
+    @property
+    def norm(self) -> float:
+        """The L2 norm, accumulated in float64."""
+        return math.sqrt(math.fsum(x * x for x in self.vector))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredVector):
+            return NotImplemented
+        return _canon(_vector_data(self)) == _canon(_vector_data(other))
+
+
+def _vector_data(v: StoredVector) -> tuple[Any, ...]:
+    return (v.id, v.data, v.metadata, v.text, v.updated_at)
+
+
+def _collections_data(vectors: dict[str, Any]) -> dict[str, Any]:
+    return {name: ({k: c[k] for k in COLLECTION_FIELDS}, [_vector_data(v) for v in c["vectors"].values()])
+            for name, c in vectors.items()}
+
+
+@dataclass(frozen=True, eq=False)
 class RunState:
     """One run's state at one point of its history: read-only and comparable with ``==``.
 
     ``kv``: key -> value; ``events``: the event log (list of
     :class:`~inmem.Event`, seq order, hashes included); ``states``: name ->
     :class:`~inmem.State`; ``traces``: list of :class:`~inmem.Trace` in
-    creation order; ``version``: commit version of the last commit of the run
-    the state includes (0: none). Two states are equal when all of these are.
+    creation order; ``vectors``: collection name -> ``{"dim", "metric",
+    "index", "embedder", "vectors"}`` with ``"vectors"``: vector id ->
+    :class:`StoredVector` (collections and ids in name order; ``dim`` etc. are
+    ``None`` only if the collection record is missing, which only damage
+    does: ``inmem verify`` reports it); ``version``: commit version of the
+    last commit of the run the state includes (0: none). Two states are equal
+    when all of these are. Everything is read-only.
     """
 
     run: str
@@ -107,6 +182,7 @@ class RunState:
     events: list[Event]
     states: dict[str, State]
     traces: list[Trace]
+    vectors: dict[str, dict[str, Any]] = field(default_factory=lambda: FrozenDict())
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -119,14 +195,17 @@ class RunState:
 
     def _data(self) -> bytes:
         return _canon([dict(self.kv), [_event_data(e) for e in self.events],
-                       {k: _state_data(v) for k, v in self.states.items()}, [_trace_data(t) for t in self.traces]])
+                       {k: _state_data(v) for k, v in self.states.items()}, [_trace_data(t) for t in self.traces],
+                       _collections_data(self.vectors)])
 
 
 @dataclass(frozen=True)
 class Op:
     """One write of a commit to a run: ``primitive`` (``"run"``, ``"kv"``, ``"events"``, ``"state"``,
-    ``"traces"``), ``key`` (kv key / event seq / state name / trace id; ``None`` for the run record),
-    ``kind`` (``"put"`` or ``"delete"``) and the decoded ``value`` written (``None`` for a delete)."""
+    ``"traces"``, ``"vectors"``), ``key`` (kv key / event seq / state name / trace id; for vectors the
+    tuple ``(collection, id)``, ``(collection, None)`` for the collection record; ``None`` for the run
+    record), ``kind`` (``"put"`` or ``"delete"``) and the decoded ``value`` written (``None`` for a
+    delete; a vector record's ``"vector"`` is its float32 bytes)."""
 
     primitive: str
     key: Any
@@ -179,8 +258,12 @@ class EventsDiff:
 class RunDiff:
     """What differs between run ``a`` at ``version_a`` and run ``b`` at ``version_b``.
 
-    ``kv``, ``states`` and ``traces`` are :class:`Changes` (states compared
-    by value, traces by everything but their timestamp); ``events`` is an
+    ``kv``, ``states``, ``traces`` and ``vectors`` are :class:`Changes`
+    (states compared by value, traces by everything but their timestamp);
+    ``vectors`` is keyed by ``(collection, id)`` with :class:`StoredVector`
+    values (compared by components, metadata and text, not ``updated_at``),
+    and by ``(collection, None)`` for a collection's parameters (a dict of
+    ``dim``, ``metric``, ``index``, ``embedder``); ``events`` is an
     :class:`EventsDiff`. ``str(diff)`` is a git-like summary.
     """
 
@@ -192,28 +275,30 @@ class RunDiff:
     events: EventsDiff
     states: Changes
     traces: Changes
+    vectors: Changes = field(default_factory=lambda: Changes({}, {}, {}))
 
     def is_empty(self) -> bool:
         """True if the two states are the same in every primitive."""
-        return not (self.kv or self.events or self.states or self.traces)
+        return not (self.kv or self.events or self.states or self.traces or self.vectors)
 
     def __str__(self) -> str:
         out = [f"--- run {self.a} @ version {self.version_a}", f"+++ run {self.b} @ version {self.version_b}"]
         if self.is_empty():
             out.append("no differences")
             return "\n".join(out)
-        for name, changes, show in (("kv", self.kv, _short), ("state", self.states, _show_state),
-                                    ("traces", self.traces, _show_trace)):
+        for name, changes, show, label in (("kv", self.kv, _short, str), ("state", self.states, _show_state, str),
+                                           ("traces", self.traces, _show_trace, str),
+                                           ("vectors", self.vectors, _show_vector, vector_label)):
             if not changes:
                 continue
             out.append(f"{name}: {len(changes.added)} added, {len(changes.removed)} removed, "
                        f"{len(changes.changed)} changed")
             for key, value in changes.removed.items():
-                out.append(f"- {name} {key}: {show(value)}")
+                out.append(f"- {name} {label(key)}: {show(value)}")
             for key, value in changes.added.items():
-                out.append(f"+ {name} {key}: {show(value)}")
+                out.append(f"+ {name} {label(key)}: {show(value)}")
             for key, (old, new) in changes.changed.items():
-                out.append(f"~ {name} {key}: {show(old)} -> {show(new)}")
+                out.append(f"~ {name} {label(key)}: {show(old)} -> {show(new)}")
         if self.events:
             ev = self.events
             out.append(f"events: diverge at seq {ev.diverged_at} (a has {len(ev.only_a)} more, "
@@ -237,6 +322,21 @@ def _show_trace(trace: Trace) -> str:
     return f"{trace.kind} {_short(trace.content, 48)}{conf}"
 
 
+def vector_label(key: tuple[str, str | None]) -> str:
+    """``collection/id`` for a vector, ``collection (collection)`` for its record: how a diff prints a key."""
+    collection, id = key
+    return f"{collection} (collection)" if id is None else f"{collection}/{id}"
+
+
+def _show_vector(value: Any) -> str:
+    if not isinstance(value, StoredVector):  # a collection's parameters
+        return ", ".join(f"{k}={value[k]!r}" for k in COLLECTION_FIELDS)
+    head = ", ".join(f"{x:.4g}" for x in value.vector[:3]) + (", ..." if value.dim > 3 else "")
+    extra = "" if value.metadata is None else f" {_short(value.metadata, 40)}"
+    extra += "" if value.text is None else f" {_short(value.text, 40)}"
+    return f"[{head}] (dim {value.dim}, norm {value.norm:.4g}){extra}"
+
+
 # --- building a RunState ------------------------------------------------------------------------
 
 
@@ -246,10 +346,13 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
     events: list[Event] = []
     states: dict[str, State] = {}
     traces: list[Trace] = []
+    vectors: dict[str, dict[str, Any]] = {}
     for key, value in items:
         tag = key[_RUN_RANGE]
         user = key[TAGGED_PREFIX_LEN:]
-        if tag == TAG_KV:
+        if tag == TAG_VECTOR:
+            _add_vector(run, vectors, user, value)
+        elif tag == TAG_KV:
             kv[user.decode("utf-8")] = decode_value(value)
         elif tag == TAG_EVENT:
             events.append(event_from_record(run, _SEQ.unpack(user)[0], decode_value(value)))
@@ -257,7 +360,55 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
             states[user.decode("utf-8")] = state_from_record(decode_value(value))
         elif tag == TAG_TRACE:
             traces.append(trace_from_record(run, user, decode_value(value)))
-    return RunState(run, version, FrozenDict(kv), FrozenList(events), FrozenDict(states), FrozenList(traces))
+    for c in vectors.values():
+        c["vectors"] = FrozenDict(c["vectors"])
+    return RunState(run, version, FrozenDict(kv), FrozenList(events), FrozenDict(states), FrozenList(traces),
+                    FrozenDict({name: FrozenDict(c) for name, c in vectors.items()}))
+
+
+def vector_key(user: bytes) -> tuple[str, str | None]:
+    """``(collection, id)`` of a vector-store user key (the bytes after the tag); id None: the collection record.
+
+    :raises CorruptionError: the key is not of the form SPEC.md §2 gives.
+    """
+    end = user.find(b"\x00")
+    kind = user[end + 1:end + 2]
+    try:
+        if end > 0 and kind == b"\x00" and len(user) == end + 2:
+            return user[:end].decode(), None
+        if end > 0 and kind == b"\x01" and len(user) > end + 2:
+            return user[:end].decode(), user[end + 2:].decode()
+    except UnicodeDecodeError:
+        pass
+    raise CorruptionError(f"malformed vector-store key {user[:80]!r}")
+
+
+def _vector_record(run: str, collection: str, id: str, value: bytes) -> StoredVector:
+    record = decode_value(value)
+    if (not isinstance(record, dict) or not isinstance(record.get("vector"), bytes)
+            or type(record.get("updated_us")) is not int):
+        raise CorruptionError(f"run {run}: vector {collection}/{id} is not a vector record")
+    return StoredVector(id, record["vector"], record.get("metadata"), record.get("text"),
+                        utc_from_us(record["updated_us"]))
+
+
+def _collection_params(run: str, collection: str, value: bytes) -> dict[str, Any]:
+    record = decode_value(value)
+    if not isinstance(record, dict):
+        raise CorruptionError(f"run {run}: the record of vector collection {collection!r} is not a map")
+    return {k: record.get(k) for k in COLLECTION_FIELDS}
+
+
+def _add_vector(run: str, vectors: dict[str, dict[str, Any]], user: bytes, value: bytes) -> None:
+    """Put one vector-store entry into ``vectors`` (keys in order: a collection's record comes first)."""
+    collection, id = vector_key(user)
+    c = vectors.get(collection)
+    if c is None:
+        c = vectors[collection] = {**dict.fromkeys(COLLECTION_FIELDS), "vectors": {}}
+    if id is None:
+        c.update(_collection_params(run, collection, value))
+    else:
+        c["vectors"][id] = _vector_record(run, collection, id, value)
 
 
 def _op(key: bytes, value: bytes | None) -> Op:
@@ -269,6 +420,11 @@ def _op(key: bytes, value: bytes | None) -> Op:
         k = _SEQ.unpack(user)[0]
     elif tag == TAG_TRACE:
         k = str(uuid.UUID(bytes=user))
+    elif tag == TAG_VECTOR:
+        try:
+            k = vector_key(user)
+        except CorruptionError:
+            k = user  # damage: shown as it is, `inmem verify` names it
     else:
         k = None
     return Op(PRIMITIVE_NAMES.get(tag, str(tag)), k, "delete" if value is None else "put",
@@ -373,12 +529,28 @@ def diff(kernel: Kernel, a: str, b: str, at_a: int | None = None, at_b: int | No
         traces=_changes(ta[TAG_TRACE], tb[TAG_TRACE], lambda u: str(uuid.UUID(bytes=u)),
                         lambda u, v: trace_from_record(a, u, decode_value(v)), _trace_differs,
                         lambda u, v: trace_from_record(b, u, decode_value(v))),
+        vectors=_changes(ta[TAG_VECTOR], tb[TAG_VECTOR], vector_key, lambda u, v: _vector_entry(a, u, v),
+                         _vector_differs, lambda u, v: _vector_entry(b, u, v)),
     )
+
+
+def _vector_entry(run: str, user: bytes, value: bytes) -> Any:
+    collection, id = vector_key(user)
+    if id is None:
+        return FrozenDict(_collection_params(run, collection, value))
+    return _vector_record(run, collection, id, value)
+
+
+def _vector_differs(x: Any, y: Any) -> bool:
+    """Components (bytes), metadata and text for a vector; every parameter for a collection."""
+    if isinstance(x, StoredVector):
+        return _canon(_vector_data(x)[1:-1]) != _canon(_vector_data(y)[1:-1])
+    return _canon(dict(x)) != _canon(dict(y))
 
 
 def _by_tag(raw: dict[bytes, bytes]) -> dict[int, dict[bytes, bytes]]:
     """Split a run's ``store key -> bytes`` into ``tag -> {user key bytes: value bytes}`` (key order kept)."""
-    out: dict[int, dict[bytes, bytes]] = {TAG_KV: {}, TAG_EVENT: {}, TAG_STATE: {}, TAG_TRACE: {}}
+    out: dict[int, dict[bytes, bytes]] = {TAG_KV: {}, TAG_EVENT: {}, TAG_STATE: {}, TAG_TRACE: {}, TAG_VECTOR: {}}
     for key in sorted(raw):
         table = out.get(key[_RUN_RANGE])
         if table is not None:

@@ -13,6 +13,7 @@ recovery cuts it on the next read-write open (SPEC.md §7).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from .database import Database
 from .errors import ChainBroken, CorruptionError, InmemError, NotADatabase
 from .fs import OSFileSystem
 from .identity import IDENTITY_FILE, read_identity
+from .replay import RunState
 from .snapshot import SnapshotError, parse_snapshot_name, verify_snapshot
 from .wal.format import (
     FrameError,
@@ -37,15 +39,19 @@ Progress = Callable[[str, int, int], None]
 
 
 def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Check every WAL frame, snapshot and event chain of the database in ``path``.
+    """Check every WAL frame, snapshot, event chain and vector record of the database in ``path``.
 
     :param progress: ``progress(phase, done, total)``: phase ``"wal"``
-        (bytes), ``"snapshots"`` (files), ``"chains"`` (runs).
+        (bytes), ``"snapshots"`` (files), ``"chains"`` (runs; chains and vectors).
     :returns: ``{"ok": bool, "segments": [{"file", "frames", "bytes", "error"}],
         "torn_tail": None | {"file", "offset", "bytes", "reason"}, "snapshots":
         [{"file", "ok", "error"}], "runs": int, "events": int,
-        "chains_broken": [{"run", "seq"}], "problems": [str]}``; ``ok`` is
-        False if anything is damaged (a torn tail alone is not damage).
+        "chains_broken": [{"run", "seq"}], "collections": int, "vectors": int,
+        "vectors_bad": [{"run", "collection", "id", "problem"}], "problems": [str]}``;
+        ``ok`` is False if anything is damaged (a torn tail alone is not
+        damage). ``vectors_bad``: ``id`` is None for a problem of the
+        collection itself, ``collection`` too when the run's vector records
+        do not decode at all. Complexity: O(database size).
     :raises DatabaseLocked: a writer has the directory open.
     :raises NotADatabase: ``path`` is not a database directory (also ``InvalidArgument``).
     """
@@ -62,7 +68,8 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
 def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str, Any]:
     problems: list[str] = []
     report: dict[str, Any] = {"ok": True, "segments": [], "torn_tail": None, "snapshots": [], "runs": 0,
-                              "events": 0, "chains_broken": [], "problems": problems}
+                              "events": 0, "chains_broken": [], "collections": 0, "vectors": 0, "vectors_bad": [],
+                              "problems": problems}
     try:
         db_id: bytes | None = read_identity(fs, path).db_id
     except CorruptionError as exc:
@@ -126,7 +133,7 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
         if progress is not None:
             progress("snapshots", k, len(snaps))
 
-    # 3. every run's event hash chain, through a read-only open (which recovers in memory only)
+    # 3. every run's event hash chain and vector records, through a read-only open (recovers in memory only)
     try:
         db = Database.open(path, read_only=True, snapshot_every_bytes=None)
     except InmemError as exc:
@@ -141,9 +148,42 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
                 except ChainBroken as exc:
                     report["chains_broken"].append({"run": exc.run, "seq": exc.seq})
                     problems.append(f"run {exc.run}: event hash chain broken at seq {exc.seq}")
+                _check_vectors(db, run, report)
                 if progress is not None:
                     progress("chains", k, len(runs))
         finally:
             db.close()
     report["ok"] = not problems
     return report
+
+
+def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
+    """Check every vector record of ``run``: decodes, ``4 x dim`` bytes, finite, its collection exists."""
+    bad: list[dict[str, Any]] = report["vectors_bad"]
+
+    def problem(collection: str | None, id: str | None, what: str) -> None:
+        bad.append({"run": run, "collection": collection, "id": id, "problem": what})
+        where = "" if collection is None else f" collection {collection!r}" + ("" if id is None else f" vector {id!r}")
+        report["problems"].append(f"run {run}:{where}: {what}")
+
+    try:
+        state: RunState = db.run_state(run)
+    except CorruptionError as exc:  # a vector key or record that does not decode (or another primitive's)
+        problem(None, None, f"its records do not decode: {exc}")
+        return
+    for name, c in state.vectors.items():
+        report["collections"] += 1
+        dim = c["dim"]
+        if dim is None:
+            problem(name, None, f"no collection record for its {len(c['vectors'])} vector(s)")
+        elif type(dim) is not int or dim < 1:
+            problem(name, None, f"the collection record has dim {dim!r}")
+            dim = None
+        for id, v in c["vectors"].items():
+            report["vectors"] += 1
+            if dim is not None and len(v.data) != 4 * dim:
+                problem(name, id, f"{len(v.data)} bytes of components, expected {4 * dim} (dim {dim} x float32)")
+            elif len(v.data) % 4:
+                problem(name, id, f"{len(v.data)} bytes of components: not whole float32 values")
+            elif not all(math.isfinite(x) for x in v.vector):
+                problem(name, id, "a component is NaN or an infinity")

@@ -191,7 +191,8 @@ def test_show_sections(base):
         assert word in out, word
     # the child trace is drawn under its parent
     assert out.index("take task 7") < out.index("read the abstract")
-    only = {"--kv": "kv (", "--events": "events (", "--state": "states (", "--traces": "traces ("}
+    only = {"--kv": "kv (", "--events": "events (", "--state": "states (", "--traces": "traces (",
+            "--vectors": "vectors ("}
     for flag, title in only.items():
         out = run("show", path, ids["a"], flag).stdout
         for other_title in only.values():
@@ -490,3 +491,113 @@ def test_unknown_run_and_bad_paths(base, tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert "not a directory" in one_line(run("runs", str(a_file), code=1).stderr)
+
+
+# --- vectors ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vbase(tmp_path_factory):
+    """A run with two vector collections, changed over known versions, and a fork that diverges."""
+    path = str(tmp_path_factory.mktemp("cli-vectors") / "db")
+    with Database.open(path, durability="strict") as db:
+        r = db.begin_run("memory")
+        db.vectors.create(r, "notes", dim=3, metric="cosine")
+        db.vectors.create(r, "docs", dim=2, metric="l2")
+        db.vectors.upsert(r, "notes", "n1", [0.5, 0.25, 3.0], metadata={"topic": "plan"}, text="the plan")
+        db.vectors.upsert(r, "notes", "n2", [1, 0, 0])
+        db.vectors.upsert(r, "docs", "d1", [3, 4], text="a doc")
+        mid = db.stats()["commit_version"]
+        db.vectors.delete(r, "notes", "n2")
+        db.vectors.upsert(r, "notes", "n3", [0, 1, 0])
+        fork = db.fork_run(r, at_version=mid, name="alt")
+        db.vectors.upsert(fork, "notes", "n1", [9, 9, 9], metadata={"topic": "plan"}, text="the plan")
+    return path, {"r": r, "fork": fork, "mid": mid}
+
+
+def test_show_vectors(vbase):
+    path, ids = vbase
+    out = run("show", path, ids["r"], "--vectors").stdout
+    for word in ("vectors (2 collection(s), 3 vector(s))", "collection docs (dim 2, l2, index exact): 1 vector(s)",
+                 "collection notes (dim 3, cosine, index exact): 2 vector(s)", "n1", "n3", "[0.5, 0.25, 3]",
+                 "{'topic': 'plan'}", "the plan", "a doc", "3.052"):  # norm of n1
+        assert word in out, word
+    assert "n2" not in out and "kv (" not in out and "events (" not in out
+    assert out.index("collection docs") < out.index("collection notes")  # name order
+    doc = run_json("show", path, ids["r"], "--vectors")
+    assert set(doc) == {"run", "version", "vectors"}
+    notes = doc["vectors"]["notes"]
+    assert (notes["dim"], notes["metric"], notes["index"]) == (3, "cosine", "exact")
+    assert notes["vectors"]["n1"]["vector"] == [0.5, 0.25, 3.0]  # components as floats, not hex bytes
+    assert notes["vectors"]["n1"]["metadata"] == {"topic": "plan"} and notes["vectors"]["n1"]["text"] == "the plan"
+    assert list(notes["vectors"]) == ["n1", "n3"]
+    assert doc["vectors"]["docs"]["vectors"]["d1"]["vector"] == [3.0, 4.0]
+    assert "vectors" in run_json("show", path, ids["r"])  # no section flag: every section
+
+
+def test_show_vectors_keeps_big_collections_short(tmp_path):
+    from inmem.cli.render import MAX_VECTOR_ROWS
+
+    path = str(tmp_path / "db")
+    with Database.open(path, durability="off") as db:
+        r = db.begin_run("big")
+        db.vectors.create(r, "m", dim=8, metric="dot")
+        with db.transaction() as tx:
+            for i in range(MAX_VECTOR_ROWS + 7):
+                tx.vectors.upsert(r, "m", f"v{i:03d}", [i] * 8)
+    out = run("show", path, r, "--vectors").stdout
+    assert "… 7 more (--json lists them all)" in out and f"v{MAX_VECTOR_ROWS - 1:03d}" in out
+    assert f"v{MAX_VECTOR_ROWS:03d}" not in out and "[1, 1, 1, 1, …]" in out
+    assert len(run_json("show", path, r, "--vectors")["vectors"]["m"]["vectors"]) == MAX_VECTOR_ROWS + 7
+
+
+def test_replay_history_and_diff_with_vectors(vbase):
+    path, ids = vbase
+    out = run("replay", path, ids["r"], "--at", ids["mid"], "--vectors").stdout
+    assert "n2" in out and "n3" not in out and "differs from the live state" in out
+    doc = run_json("replay", path, ids["r"], "--vectors")
+    assert doc["equals_live"] is True and sorted(doc["vectors"]["notes"]["vectors"]) == ["n1", "n3"]
+    at = run_json("replay", path, ids["r"], "--at", ids["mid"], "--vectors")
+    assert sorted(at["vectors"]["notes"]["vectors"]) == ["n1", "n2"] and at["equals_live"] is False
+
+    out = run("history", path, ids["r"]).stdout
+    for line in ("vectors notes (collection) put", "vectors notes/n1 put", "vectors notes/n2 delete",
+                 "vectors docs/d1 put"):
+        assert line in out, line
+    hist = run_json("history", path, ids["r"])
+    assert hist[1]["ops"][0]["key"] == ["notes", None] and hist[1]["ops"][0]["primitive"] == "vectors"
+
+    out = run("diff", path, ids["r"], ids["fork"]).stdout
+    assert "vectors: 1 added, 1 removed, 1 changed" in out
+    assert "+ vectors notes/n2: [1, 0, 0]" in out and "- vectors notes/n3: [0, 1, 0]" in out
+    assert "~ vectors notes/n1: [0.5, 0.25, 3]" in out and "-> [9, 9, 9]" in out
+    d = run_json("diff", path, ids["r"], ids["fork"])
+    assert d["empty"] is False and list(d["vectors"]["added"]) == ["notes/n2"]
+    assert d["vectors"]["added"]["notes/n2"]["vector"] == [1.0, 0.0, 0.0]
+    old, new = d["vectors"]["changed"]["notes/n1"]
+    assert (old["vector"], new["vector"]) == ([0.5, 0.25, 3.0], [9.0, 9.0, 9.0])
+    assert run_json("diff", path, ids["r"], ids["r"])["empty"] is True
+
+
+def test_verify_names_a_bad_vector_record(vbase, tmp_path):
+    from inmem.codec import encode_value
+    from inmem.keys import TAG_VECTOR, run_id_bytes, run_prefix
+    from inmem.testing import kernel
+
+    src, ids = vbase
+    doc = run_json("verify", src)
+    assert doc["ok"] is True and doc["vectors"] == 6 and doc["collections"] == 4 and doc["vectors_bad"] == []
+    assert "vector records: 6 vectors in 4 collections, 0 bad" in run("verify", src).stdout
+    path = str(tmp_path / "bad")
+    shutil.copytree(src, path)
+    key = run_prefix(run_id_bytes(ids["r"]), TAG_VECTOR) + b"notes\x00\x01broken"
+    record = {"vector": b"\x00" * 8, "metadata": None, "text": None, "updated_us": 1_700_000_000_000_000}
+    with Database.open(path) as db:  # a white-box write of 2 components into a dim-3 collection
+        kernel(db).commit([(key, encode_value(record))], (ids["r"],))
+    result = run("verify", path, code=1)
+    assert "DAMAGED: 1 problem(s)" in result.stdout and "1 bad" in result.stdout
+    assert f"run {ids['r']}: collection 'notes' vector 'broken': 8 bytes of components, expected 12" in result.stdout
+    doc = json.loads(run("verify", path, "--json", code=1).stdout)
+    assert doc["ok"] is False and doc["vectors"] == 7
+    assert doc["vectors_bad"] == [{"run": ids["r"], "collection": "notes", "id": "broken",
+                                   "problem": "8 bytes of components, expected 12 (dim 3 x float32)"}]

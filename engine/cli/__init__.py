@@ -6,7 +6,7 @@ parsers to list a directory's files. One module per command group:
 
 - :mod:`inmem.cli.app`: the click group :data:`cli` and the options several
   commands share (``DIR``, ``RUN``, ``--json``, ``--at``-style version
-  options, the ``--kv/--events/--state/--traces`` section flags);
+  options, the ``--kv/--events/--state/--traces/--vectors`` section flags);
 - :mod:`inmem.cli.open`: checking and opening a database directory
   (read-only, or for writing), with a recovery progress bar;
 - :mod:`inmem.cli.inspect`: ``info``, ``runs``, ``show``;

@@ -61,14 +61,15 @@ def _version_option(name: str, help_text: str) -> Callable[[Any], Any]:
     return click.option(name, type=click.IntRange(min=0), default=None, metavar="VERSION", help=help_text)
 
 
-def _sections(kv: bool, events: bool, state: bool, traces: bool) -> tuple[str, ...]:
-    chosen = tuple(name for name, on in zip(SECTIONS, (kv, events, state, traces)) if on)
+def _sections(kv: bool, events: bool, state: bool, traces: bool, vectors: bool) -> tuple[str, ...]:
+    chosen = tuple(name for name, on in zip(SECTIONS, (kv, events, state, traces, vectors)) if on)
     return chosen or SECTIONS
 
 
 def _section_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for flag, name, what in reversed((("--kv", "kv", "the KV entries"), ("--events", "events", "the event log"),
                                       ("--state", "state", "the state machines"),
-                                      ("--traces", "traces", "the traces (as a tree)"))):
+                                      ("--traces", "traces", "the traces (as a tree)"),
+                                      ("--vectors", "vectors", "the vector collections (a table each)"))):
         fn = click.option(flag, name, is_flag=True, help=f"Show {what}. No section flag: all sections.")(fn)
     return fn

@@ -14,6 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from ..replay import Op, vector_label
 from .app import CONTEXT, DIR, JSON, RUN, _section_options, _sections, _version_option, cli
 from .guard import _guard
 from .open import _open
@@ -29,8 +30,9 @@ def history(directory: str, run: str, as_json: bool) -> None:
     """List the commits that wrote to a run, oldest first, with their operations.
 
     READ-ONLY. Each row: commit version, UTC time, and the run's ops in it as
-    `primitive key kind` (e.g. `kv plan put`); a commit that also touched
-    other runs (a cross-run transaction) lists them. --json includes the values.
+    `primitive key kind` (e.g. `kv plan put`, `vectors mem/doc-1 put`,
+    `vectors mem (collection) put`); a commit that also touched other runs (a
+    cross-run transaction) lists them. --json includes the values.
 
     \b
     Example:
@@ -49,11 +51,18 @@ def history(directory: str, run: str, as_json: bool) -> None:
     table.add_column("ops (primitive key kind)", overflow="fold")
     table.add_column("other runs", overflow="fold", style="dim")
     for c in commits:
-        ops = "\n".join(f"{op.primitive} {'' if op.key is None else _short(op.key, 80)} {op.kind}".replace("  ", " ")
-                        for op in c.ops)
+        ops = "\n".join(f"{op.primitive} {_op_key(op)} {op.kind}".replace("  ", " ") for op in c.ops)
         others = ", ".join(r for r in c.runs if r != run)
         table.add_row(str(c.version), _time(c.ts), Text(ops), others)
     out.print(table)
+
+
+def _op_key(op: Op) -> str:
+    if op.key is None:
+        return ""
+    if op.primitive == "vectors" and isinstance(op.key, tuple):
+        return _short(vector_label(op.key), 80)
+    return _short(op.key, 80)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -64,7 +73,7 @@ def history(directory: str, run: str, as_json: bool) -> None:
 @JSON
 @_guard
 def replay(directory: str, run: str, at: int | None, kv: bool, events: bool, state: bool, traces: bool,
-           as_json: bool) -> None:
+           vectors: bool, as_json: bool) -> None:
     """Rebuild a run from its WAL history alone, optionally as it was at a past version.
 
     READ-ONLY. Prints the replayed state like `show` and whether it equals the
@@ -75,8 +84,9 @@ def replay(directory: str, run: str, at: int | None, kv: bool, events: bool, sta
     Example:
       inmem replay ./state RUN
       inmem replay ./state RUN --at 42 --kv
+      inmem replay ./state RUN --at 42 --vectors
     """
-    sections = _sections(kv, events, state, traces)
+    sections = _sections(kv, events, state, traces, vectors)
     with _open(directory, show_progress=not as_json) as db:
         info_ = db.runs.get(run)
         replayed = db.replay_run(run, at_version=at)

@@ -2,7 +2,7 @@
 
 This module owns the ``info`` (summary: format, size, commits, runs, WAL,
 snapshots, recovery), ``runs`` (the run listing, with filters) and ``show``
-(one run's record and current KV, events, states and traces) commands.
+(one run's record and current KV, events, states, traces and vectors) commands.
 Invariant: each opens the directory read-only (never writes a byte) and, with
 ``--json``, prints exactly one JSON document on stdout.
 """
@@ -165,19 +165,22 @@ def runs(directory: str, status: str | None, tag: str | None, parent: str | None
 @_section_options
 @JSON
 @_guard
-def show(directory: str, run: str, kv: bool, events: bool, state: bool, traces: bool, as_json: bool) -> None:
-    """Show a run: its record and its current KV, events, states and traces.
+def show(directory: str, run: str, kv: bool, events: bool, state: bool, traces: bool, vectors: bool,
+         as_json: bool) -> None:
+    """Show a run: its record and its current KV, events, states, traces and vectors.
 
     READ-ONLY. With no section flag every section is shown; traces are drawn
-    as a tree of parent and child steps.
+    as a tree of parent and child steps; vectors as a table per collection
+    (id, first components, norm, metadata, text; --json: every component).
 
     \b
     Example:
       inmem show ./state RUN
       inmem show ./state RUN --events --traces
       inmem show ./state RUN --kv --json
+      inmem show ./state RUN --vectors
     """
-    sections = _sections(kv, events, state, traces)
+    sections = _sections(kv, events, state, traces, vectors)
     with _open(directory, show_progress=not as_json) as db:
         info_ = db.runs.get(run)
         current = db.run_state(run)

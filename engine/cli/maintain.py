@@ -1,7 +1,7 @@
 """Maintenance commands: ``verify`` (read-only), ``snapshot`` and ``compact`` (write).
 
-This module owns the ``verify`` command (every WAL frame, snapshot and event
-hash chain checked through :func:`inmem.verify.verify_directory`; exit 0 if
+This module owns the ``verify`` command (every WAL frame, snapshot, event
+hash chain and vector record checked through :func:`inmem.verify.verify_directory`; exit 0 if
 clean, 1 if damaged) and the two write commands that manage the files on
 disk: ``snapshot`` (write a snapshot now) and ``compact`` (delete the WAL
 segments and snapshots nothing needs, by history retention mode).
@@ -29,7 +29,7 @@ from .render import _console, _emit_json, _err_console, _human_bytes, _kv_table,
 @JSON
 @_guard
 def verify(directory: str, as_json: bool) -> None:
-    """Check every WAL frame, snapshot and event hash chain; exit 0 if clean, 1 if damaged.
+    """Check every WAL frame, snapshot, event hash chain and vector record; exit 0 if clean, 1 if damaged.
 
     READ-ONLY: holds the shared lock and changes nothing. Reports every
     problem found rather than stopping at the first. A torn tail at the end
@@ -44,7 +44,7 @@ def verify(directory: str, as_json: bool) -> None:
 
     _check_database_dir(directory)
     console = _err_console()
-    labels = {"wal": "WAL frames (bytes)", "snapshots": "snapshots", "chains": "event chains (runs)"}
+    labels = {"wal": "WAL frames (bytes)", "snapshots": "snapshots", "chains": "chains, vectors (runs)"}
     with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True, disable=as_json or not console.is_terminal) as bar:
         tasks: dict[str, TaskID] = {}

@@ -22,9 +22,11 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..replay import RunDiff, RunState
+from ..replay import RunDiff, RunState, StoredVector, vector_label
 
-SECTIONS = ("kv", "events", "states", "traces")
+SECTIONS = ("kv", "events", "states", "traces", "vectors")
+#: Rows of one vector collection drawn in a terminal (``--json`` has them all).
+MAX_VECTOR_ROWS = 50
 
 
 def _console() -> Console:
@@ -43,6 +45,9 @@ def plain(obj: Any) -> Any:
         return bytes(obj).hex()
     if isinstance(obj, (_dt.datetime, _dt.date, _dt.time)):
         return obj.isoformat()
+    if isinstance(obj, StoredVector):  # the components as floats, not the stored bytes
+        return {"id": obj.id, "vector": list(obj.vector), "metadata": plain(obj.metadata), "text": obj.text,
+                "updated_at": plain(obj.updated_at)}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
         if type(obj).__name__ == "Trace" and not out.get("children"):
@@ -124,6 +129,38 @@ def _state_doc(state: RunState, sections: tuple[str, ...]) -> dict[str, Any]:
     return doc
 
 
+def _vector_head(v: StoredVector, n: int = 4) -> str:
+    comps = v.vector
+    return "[" + ", ".join(f"{x:.4g}" for x in comps[:n]) + (", …]" if len(comps) > n else "]")
+
+
+def _render_vectors(out: Console, vectors: Mapping[str, Any]) -> None:
+    total = sum(len(c["vectors"]) for c in vectors.values())
+    out.print(Text(f"vectors ({len(vectors)} collection(s), {total} vector(s))", style="italic"))
+    for name, c in vectors.items():
+        rows = c["vectors"]
+        params = (f"dim {c['dim']}, {c['metric']}, index {c['index']}" if c["dim"] is not None
+                  else "NO COLLECTION RECORD (damaged: run `inmem verify`)")
+        if c.get("embedder"):
+            params += f", embedder {c['embedder']}"
+        table = Table(title=f"collection {name} ({params}): {len(rows)} vector(s)", title_justify="left")
+        table.add_column("id", overflow="fold")
+        table.add_column("vector", no_wrap=True)
+        table.add_column("norm", justify="right")
+        table.add_column("metadata", overflow="fold")
+        table.add_column("text", overflow="fold")
+        table.add_column("updated (UTC)", no_wrap=True)
+        for i, v in enumerate(rows.values()):
+            if i == MAX_VECTOR_ROWS:
+                table.add_row(Text(f"… {len(rows) - i} more (--json lists them all)", style="dim"), "", "", "", "",
+                              "")
+                break
+            table.add_row(Text(v.id), _vector_head(v), f"{v.norm:.4g}",
+                          Text("" if v.metadata is None else _short(v.metadata, 120)),
+                          Text("" if v.text is None else _short(v.text, 120)), _time(v.updated_at))
+        out.print(table)
+
+
 def _trace_forest(traces: list[Any]) -> list[tuple[Any, list[Any]]]:
     """Roots in creation order, each ``(trace, children)``; a trace whose parent is absent is a root."""
     ids = {t.id for t in traces}
@@ -190,6 +227,8 @@ def _render_state(out: Console, state: RunState, sections: tuple[str, ...]) -> N
         for root in _trace_forest(list(state.traces)):
             add(tree, root)
         out.print(tree)
+    if "vectors" in sections:
+        _render_vectors(out, state.vectors)
 
 
 def _run_header(info: Any, note: str) -> Panel:
@@ -209,6 +248,8 @@ def _run_header(info: Any, note: str) -> Panel:
 
 def _diff_doc(d: RunDiff) -> dict[str, Any]:
     doc = plain(d)
+    for part in ("added", "removed", "changed"):  # (collection, id) keys as "collection/id"
+        doc["vectors"][part] = {vector_label(k): plain(v) for k, v in getattr(d.vectors, part).items()}
     doc["empty"] = d.is_empty()
     return doc  # type: ignore[no-any-return]
 
@@ -240,6 +281,9 @@ def _render_verify(out: Console, directory: str, report: Mapping[str, Any]) -> N
     chains = report.get("chains_broken", ())
     out.print(Text(f"event hash chains: {report.get('events', 0):,} events in {report.get('runs', 0):,} runs, "
                    f"{len(chains)} broken", style="red" if chains else ""))
+    bad_vectors = report.get("vectors_bad", ())
+    out.print(Text(f"vector records: {report.get('vectors', 0):,} vectors in {report.get('collections', 0):,} "
+                   f"collections, {len(bad_vectors)} bad", style="red" if bad_vectors else ""))
     problems = report.get("problems", ())
     if report.get("ok"):
         out.print(Text(f"OK: {directory} is clean", style="bold green"))
