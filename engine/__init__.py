@@ -25,7 +25,8 @@ from .primitives.events import Event
 from .primitives.runs import RunInfo
 from .primitives.state import State
 from .primitives.traces import Trace
-from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState
+from .primitives.vectors import Match, VectorRecord
+from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState, StoredVector
 from .txn import Transaction
 from .checkpoint import SnapshotInfo
 from .errors import (
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidKey",
     "InvalidTransition",
     "InvalidValue",
+    "Match",
     "NotADatabase",
     "Op",
     "RunClosed",
@@ -78,10 +80,12 @@ __all__ = [
     "RunState",
     "SnapshotInfo",
     "State",
+    "StoredVector",
     "Trace",
     "TraceNotFound",
     "Transaction",
     "TransactionClosed",
     "TransactionConflict",
+    "VectorRecord",
     "__version__",
 ]

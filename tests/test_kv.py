@@ -37,9 +37,9 @@ def test_public_names_are_pinned():
     assert set(inmem.__all__) == {
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
-        "InvalidKey", "InvalidTransition", "InvalidValue", "NotADatabase", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
-        "RunState", "SnapshotInfo", "State", "Trace", "TraceNotFound", "Transaction",
-        "TransactionClosed", "TransactionConflict", "__version__",
+        "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "NotADatabase", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
+        "RunState", "SnapshotInfo", "State", "StoredVector", "Trace", "TraceNotFound", "Transaction",
+        "TransactionClosed", "TransactionConflict", "VectorRecord", "__version__",
     }
     for name in inmem.__all__:
         obj = getattr(inmem, name)
