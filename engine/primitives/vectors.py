@@ -379,7 +379,10 @@ class Vectors:
         latest committed state is searched; inside one, its snapshot plus its
         own writes, and the whole collection counts as read (a concurrent
         commit to it makes an updating transaction conflict).
-        Complexity: O(n x dim) exact; an index answers faster where it can.
+        Complexity: O(n x dim) exact; an index answers faster where it can. An
+        ``index="hnsw"`` collection is approximate (a true top-k hit may be
+        missing; each returned score is exact): about O(ef x log n x dim) per
+        search, plus O(n) filter calls with a ``filter`` (SPEC.md §2).
 
         :raises InvalidArgument: no such collection, bad ``k`` (1..10000),
             ``min_score`` or ``filter`` (naming the offending part).
