@@ -24,10 +24,25 @@ How an index follows the store (nothing here is ever written to the WAL):
 * A queue longer than :data:`MAX_PENDING` (no search for a long time) drops
   the index; the next search rebuilds it. Recovery therefore costs nothing
   here: indexes are rebuilt from the records, which recovery restored.
+
+An ``index="hnsw"`` collection adds an HNSW graph (Malkov & Yashunin,
+"Efficient and robust approximate nearest neighbor search using Hierarchical
+Navigable Small World graphs", 2016; built by ``usearch``) over the same
+matrix, keyed by row number. It is derived state as well: built in one batch
+call at the first search that needs it, then kept current by the same queued
+writes (add on insert, remove on delete, remove + add on replace), dropped
+with the matrix on overflow, never written. HNSW only proposes candidates:
+they are re-scored exactly with :func:`score_rows` and ranked by
+:func:`top_k`, so every returned score is the exact one. It is not used
+(the matrix is scanned exactly) below :data:`HNSW_MIN_ROWS` live rows, when a
+filter passes at most max(:data:`FILTER_EXACT_ROWS`, :data:`FILTER_EXACT_FRACTION`
+x live rows) rows, or when usearch is missing at search time (logged once).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -36,12 +51,31 @@ from typing import Any
 from .codec import decode_value
 from .kernel import Kernel
 from .keys import TAG_VECTOR, TAGGED_PREFIX_LEN
-from .primitives.vectors import Match, row_norms, score_rows, top_k
+from .primitives.vectors import Match, row_norms, score_rows, top_k, usearch_index
 
-__all__ = ["MAX_PENDING", "VectorIndexes"]
+__all__ = ["FILTER_EXACT_FRACTION", "FILTER_EXACT_ROWS", "HNSW_MIN_ROWS", "MAX_PENDING", "VectorIndexes"]
+
+log = logging.getLogger("inmem")
 
 #: Writes an index may have queued before it is dropped (rebuilt at the next search instead).
 MAX_PENDING = 200_000
+#: Below this many live rows an ``hnsw`` collection is searched exactly (a scan is as fast, and exact).
+HNSW_MIN_ROWS = 1_000
+#: A filter passing at most max(FILTER_EXACT_ROWS, FILTER_EXACT_FRACTION x live rows) rows: score
+#: exactly those rows; otherwise over-fetch candidates from HNSW (SPEC.md §2).
+FILTER_EXACT_ROWS = 4_096
+FILTER_EXACT_FRACTION = 0.10
+#: HNSW candidates asked for a top-k: max(HNSW_OVERSAMPLE x k, HNSW_MIN_CANDIDATES), before a filter.
+HNSW_OVERSAMPLE = 2
+HNSW_MIN_CANDIDATES = 32
+#: usearch parameters: M (connectivity), efConstruction (expansion_add), ef (expansion_search; usearch
+#: uses max(ef, candidates asked)); vectors held as bfloat16 (float32's range, half the memory:
+#: they only rank candidates, which are re-scored from the float32 matrix).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_SEARCH = 128
+HNSW_DTYPE = "bf16"
+_USEARCH_METRIC = {"cosine": "cos", "dot": "ip", "l2": "l2sq"}
 _VECTOR = 0x01  # the kind byte of a vector key (after the collection prefix)
 
 
@@ -54,10 +88,11 @@ def _vector_range(key: bytes) -> bytes:
 class _Index:
     """One collection's vectors: a float32 matrix with free rows, ids, metadata and text per row."""
 
-    def __init__(self, dim: int, metric: str):
+    def __init__(self, dim: int, metric: str, kind: str = "exact"):
         self.lock = threading.Lock()
         self.dim = dim
         self.metric = metric
+        self.kind = kind  # "exact" or "hnsw"
         self.pending: deque[tuple[int, bytes, bytes | None]] = deque()
         self.ready = False
         self.overflow = False  # the queue hit MAX_PENDING: it stopped following commits; rebuild
@@ -76,6 +111,8 @@ class _Index:
         self.matrix = np.zeros((16, self.dim), dtype="<f4")
         self.norms = np.zeros(16, dtype=np.float64)
         self.alive = np.zeros(16, dtype=bool)
+        self.ann: Any = None  # the usearch HNSW graph over the live rows (key = row), once built
+        self.ann_dead = 0  # removals from it since it was built (usearch keeps them as tombstones)
 
     def _grow(self) -> None:
         import numpy as np
@@ -106,15 +143,23 @@ class _Index:
             self.row_of[id] = row
         else:
             self.meta[row], self.text[row] = metadata, text
+            if self.ann is not None:
+                self.ann.remove(row)  # a replacement: the graph forgets the old vector
+                self.ann_dead += 1
         vec = np.frombuffer(raw, dtype="<f4")
         self.matrix[row] = vec
         self.norms[row] = row_norms(vec[None, :])[0]
         self.alive[row] = True
+        if self.ann is not None:
+            self.ann.add(row, vec, threads=1)
 
     def remove(self, id: str) -> None:
         row = self.row_of.pop(id, None)
         if row is not None:
             self.alive[row] = False
+            if self.ann is not None:
+                self.ann.remove(row)
+                self.ann_dead += 1
             self.ids[row] = None
             self.meta[row] = self.text[row] = None
             self.free.append(row)
@@ -142,10 +187,75 @@ class _Index:
             for row in valid.nonzero()[0].tolist():
                 if not predicate(meta[row]):
                     valid[row] = False
+        if self.kind == "hnsw" and len(self.row_of) >= HNSW_MIN_ROWS and self._ann_ready():
+            return self._search_hnsw(query, k, valid, predicate is not None, min_score)
         scores = score_rows(self.matrix[:n], query, self.metric, self.norms[:n])
-        best = top_k(self.ids, scores, k, min_score, valid)  # type: ignore[arg-type]
+        return self._matches(top_k(self.ids, scores, k, min_score, valid))  # type: ignore[arg-type]
+
+    def _matches(self, best: list[tuple[str, float]]) -> list[Match]:
         row_of = self.row_of
         return [Match(i, s, self.meta[row_of[i]], self.text[row_of[i]]) for i, s in best]
+
+    def _rescore(self, rows: Any, query: Any, k: int, min_score: float | None) -> list[Match]:
+        """The exact top-k among ``rows`` (row numbers of live rows): the same scores as the full scan."""
+        ids = self.ids
+        scores = score_rows(self.matrix[rows], query, self.metric, self.norms[rows])
+        return self._matches(top_k([ids[r] for r in rows.tolist()], scores, k, min_score))  # type: ignore[misc]
+
+    # --- HNSW ------------------------------------------------------------------------------------
+
+    def _ann_ready(self) -> bool:
+        """Build the HNSW graph if it is missing or mostly tombstones; False if usearch is missing."""
+        import numpy as np
+
+        if self.ann is not None and self.ann_dead <= max(len(self.row_of), HNSW_MIN_ROWS):
+            return True
+        try:
+            index_class = usearch_index()
+        except ImportError as exc:
+            _warn_once(str(exc))
+            return False
+        ann = index_class(ndim=self.dim, metric=_USEARCH_METRIC[self.metric], dtype=HNSW_DTYPE,
+                          connectivity=HNSW_M, expansion_add=HNSW_EF_CONSTRUCTION,
+                          expansion_search=HNSW_EF_SEARCH)
+        rows = self.alive[: len(self.ids)].nonzero()[0]
+        ann.add(rows.astype(np.uint64), self.matrix[rows])  # one batch call, all cores
+        self.ann, self.ann_dead = ann, 0
+        return True
+
+    def _candidates(self, query: Any, count: int) -> Any:
+        """Row numbers of up to ``count`` approximate nearest live rows (usearch's order)."""
+        import numpy as np
+
+        found = self.ann.search(query, count, threads=1)
+        return np.asarray(found.keys, dtype=np.intp)
+
+    def _search_hnsw(self, query: Any, k: int, valid: Any, filtered: bool, min_score: float | None) -> list[Match]:
+        live = len(self.row_of)
+        base = max(HNSW_OVERSAMPLE * k, HNSW_MIN_CANDIDATES)
+        if not filtered:
+            rows = self._candidates(query, min(base, live))
+            return self._rescore(rows[valid[rows]], query, k, min_score)
+        passing = int(valid.sum())
+        if passing <= max(FILTER_EXACT_ROWS, FILTER_EXACT_FRACTION * live):
+            return self._rescore(valid.nonzero()[0], query, k, min_score)  # a small subset: exact over it
+        count = math.ceil(base * live / passing)  # expect >= base matching candidates
+        while count < live:
+            rows = self._candidates(query, count)
+            rows = rows[valid[rows]]
+            if len(rows) >= k:
+                return self._rescore(rows, query, k, min_score)
+            count *= 4
+        return self._rescore(valid.nonzero()[0], query, k, min_score)  # asked for everything: exact
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s; searching hnsw collections exactly meanwhile", message)
 
 
 class VectorIndexes:
@@ -201,8 +311,9 @@ class VectorIndexes:
             return None  # changed after the caller's snapshot (or maybe: before we watched)
         with self._lock:
             index = self._indexes.get(lo)
-            if index is None or (index.dim, index.metric) != (config["dim"], config["metric"]):
-                index = self._indexes[lo] = _Index(config["dim"], config["metric"])
+            kind = config.get("index", "exact")
+            if index is None or (index.dim, index.metric, index.kind) != (config["dim"], config["metric"], kind):
+                index = self._indexes[lo] = _Index(config["dim"], config["metric"], kind)
         with index.lock:
             if not index.ready or index.overflow:
                 self._build(index, lo, hi)

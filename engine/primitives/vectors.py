@@ -19,7 +19,8 @@ vector ``{"vector": float32 little-endian bytes (4 x dim), "metadata": dict | No
 
 Scores, higher is better for every metric: ``cosine`` = cos(q, v) in [-1, 1];
 ``dot`` = q . v; ``l2`` = -||q - v||_2. Ties break by id (ascending).
-numpy is needed (``pip install 'inmem[vectors]'``); it is imported on first use.
+numpy is needed (``pip install 'inmem[vectors]'``); it is imported on first use, as is
+usearch for ``index="hnsw"`` collections (``pip install 'inmem[ann]'``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from ..filters import compile_filter
 from ..keys import MAX_KEY_BYTES, TAG_VECTOR, prefix_end, run_prefix
 from .context import Context
 
-__all__ = ["METRICS", "Match", "VectorRecord", "Vectors", "collection_prefix", "row_norms", "score_rows", "top_k",
-           "vector_from_record"]
+__all__ = ["INDEXES", "METRICS", "Match", "VectorRecord", "Vectors", "collection_prefix", "row_norms", "score_rows",
+           "top_k", "usearch_index", "vector_from_record"]
 
 METRICS = ("cosine", "dot", "l2")
-INDEXES = ("exact",)  # "hnsw" (usearch) comes next
+#: Index kinds: ``"exact"`` (numpy brute force, the reference) and ``"hnsw"`` (usearch, re-scored exactly).
+INDEXES = ("exact", "hnsw")
 MAX_DIM = 65_536
 _CONFIG = b"\x00"  # after the collection prefix (which ends in 0x00): the collection record
 _VECTOR = b"\x01"  # ... then the vector id
@@ -55,6 +57,18 @@ def _np() -> Any:
     except ImportError:  # pragma: no cover - the vectors extra installs it
         raise ImportError("the vector store needs numpy: pip install 'inmem[vectors]'") from None
     return numpy
+
+
+def usearch_index() -> Any:
+    """The ``usearch.index.Index`` class (imported on first use).
+
+    :raises ImportError: usearch is not installed; the message says ``pip install 'inmem[ann]'``.
+    """
+    try:
+        from usearch.index import Index
+    except ImportError:
+        raise ImportError("index='hnsw' needs usearch: pip install 'inmem[ann]'") from None
+    return Index
 
 
 @dataclass(frozen=True)
@@ -216,14 +230,19 @@ class Vectors:
         """Create a collection of ``dim``-dimensional vectors (idempotent with the same parameters).
 
         ``metric``: ``"cosine"`` (default), ``"dot"`` or ``"l2"``; ``index``:
-        ``"exact"`` (numpy brute force, the reference) or ``"hnsw"`` (``usearch``,
-        ``pip install 'inmem[ann]'``). ``embedder``: a callable ``list[str] ->
+        ``"exact"`` (default: numpy brute force over an in-memory matrix, the
+        reference, O(n x dim) per search) or ``"hnsw"`` (an approximate HNSW
+        graph from ``usearch``, ``pip install 'inmem[ann]'``: candidates are
+        re-scored exactly, so every returned score equals the exact one, but a
+        true top-k hit may be missed; recall@10 >= 0.95 is tested; SPEC.md §2
+        states when it searches exactly instead). ``embedder``: a callable ``list[str] ->
         (n, dim) array`` used by :meth:`add_text` and string queries in this
         process (not stored: give it again after reopening, or give one to
         ``Database.open(embedder=...)``). Returns the collection's parameters.
 
         :raises InvalidArgument: bad name, ``dim`` (1..65536), ``metric`` or
             ``index``, or the collection exists with other parameters.
+        :raises ImportError: ``index="hnsw"`` and usearch is not installed.
         """
         if type(dim) is not int or not 1 <= dim <= MAX_DIM:
             raise InvalidArgument(f"dim must be an int in 1..{MAX_DIM}; got {dim!r}")
@@ -233,6 +252,8 @@ class Vectors:
             raise InvalidArgument(f"index must be one of {', '.join(INDEXES)}; got {index!r}")
         if embedder is not None and not callable(embedder):
             raise InvalidArgument("embedder must be a callable list[str] -> array of shape (n, dim)")
+        if index == "hnsw":
+            usearch_index()  # refuse before writing, with the install hint
         base = self._base(run, collection, write=True)
         entry = self._ctx.lookup(base + _CONFIG)
         name = getattr(embedder, "name", None) if embedder is not None else None
@@ -358,7 +379,10 @@ class Vectors:
         latest committed state is searched; inside one, its snapshot plus its
         own writes, and the whole collection counts as read (a concurrent
         commit to it makes an updating transaction conflict).
-        Complexity: O(n x dim) exact; an index answers faster where it can.
+        Complexity: O(n x dim) exact; an index answers faster where it can. An
+        ``index="hnsw"`` collection is approximate (a true top-k hit may be
+        missing; each returned score is exact): about O(ef x log n x dim) per
+        search, plus O(n) filter calls with a ``filter`` (SPEC.md §2).
 
         :raises InvalidArgument: no such collection, bad ``k`` (1..10000),
             ``min_score`` or ``filter`` (naming the offending part).
