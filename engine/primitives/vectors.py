@@ -205,23 +205,29 @@ class Vectors:
         return decode_value(entry[1])  # type: ignore[no-any-return]
 
     def _vector(self, value: Any, dim: int, what: str = "vector") -> Any:
-        """``value`` as a C-contiguous float32 array of shape (dim,). :raises InvalidValue: otherwise."""
+        """``value`` as a C-contiguous float32 array of shape (dim,). One conversion, one finiteness check.
+
+        :raises InvalidValue: not a 1-D sequence or array of ``dim`` numbers (bools, strings and
+            objects are refused, not converted), or a NaN, an infinity or a value beyond float32.
+        """
         np = _np()
         if isinstance(value, (str, bytes)):
             raise InvalidValue(f"{what} must be a sequence of numbers or a 1-D numpy array, got {type(value).__name__}")
         try:
-            arr = np.asarray(value, dtype=np.float64)
+            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
         except (TypeError, ValueError) as exc:
             raise InvalidValue(f"{what} must be a sequence of numbers: {exc}") from None
+        if arr.dtype.kind not in "fiu":
+            raise InvalidValue(f"{what} must hold numbers, got {arr.dtype} values")
         if arr.ndim != 1 or arr.shape[0] != dim:
             raise InvalidValue(f"{what} must have shape ({dim},), got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise InvalidValue(f"{what} holds NaN or an infinity")
-        with np.errstate(over="ignore"):
-            out = arr.astype("<f4")
-        if not np.all(np.isfinite(out)):
-            raise InvalidValue(f"{what} overflows float32")
-        return np.ascontiguousarray(out)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(arr, dtype="<f4")
+        if not np.isfinite(out).all():
+            raise InvalidValue(f"{what} holds NaN or an infinity, or a value beyond float32")
+        if out is arr:
+            out = out.copy()  # never keep a reference to the caller's array
+        return out
 
     # --- collections -------------------------------------------------------------------------
 
