@@ -36,6 +36,18 @@ def dir_bytes(path: str) -> dict[str, bytes]:
     return out
 
 
+def assert_refused_unwritten(db, dbdir: str, call, error: type[BaseException]) -> None:
+    """``call()`` raises ``error`` and writes nothing: the directory's bytes and the commit version are unchanged."""
+    db.sync()
+    before = dir_bytes(dbdir)
+    version = db.stats()["commit_version"]
+    with pytest.raises(error):
+        call()
+    db.sync()
+    assert dir_bytes(dbdir) == before  # the WAL did not grow
+    assert db.stats()["commit_version"] == version
+
+
 def run_interleaved(threads: list[threading.Thread]) -> None:
     """Start and join ``threads`` with the GIL switching every 10 µs, so transactions really interleave."""
     interval = sys.getswitchinterval()

@@ -17,7 +17,6 @@ import enum
 import fractions
 import ipaddress
 import math
-import os
 import re
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from inmem import testing
 from inmem import codec
 from inmem.keys import TAG_KV, run_id_bytes, run_prefix
 from inmem.codec import MAX_DEPTH, check_value, decode_value, encode_value
-from tests.conftest import ROOT, dir_bytes
+from tests.conftest import ROOT, assert_refused_unwritten
 
 UTC = dt.timezone.utc
 
@@ -78,14 +77,7 @@ def test_undecodable_value_is_refused_before_anything_is_written(dbdir, what, ca
     with Database.open(dbdir) as db:
         run = db.begin_run(metadata={"ok": [1, 2]})
         db.kv.put(run, "k", "before")
-        db.sync()
-        before = dir_bytes(dbdir)
-        version = db.stats()["commit_version"]
-        with pytest.raises(InvalidValue):
-            call(db, run)
-        db.sync()
-        assert dir_bytes(dbdir) == before, what  # the WAL did not grow
-        assert db.stats()["commit_version"] == version
+        assert_refused_unwritten(db, dbdir, lambda: call(db, run), InvalidValue)
         assert db.kv.get(run, "k") == "before"
     # the directory still opens, also read-only, and every run record decodes
     for read_only in (False, True):

@@ -27,7 +27,7 @@ from inmem import (
     RunClosed,
     RunNotFound,
 )
-from tests.conftest import dir_bytes
+from tests.conftest import assert_refused_unwritten
 
 MODES = ("strict", "batched", "off")
 
@@ -198,14 +198,7 @@ def test_bad_input_raises_and_leaves_the_directory_byte_for_byte_unchanged(dbdir
         db.kv.put(ended, "k", "kept")
         db.end_run(ended)
         db._ended = ended  # test-only handle for the lambdas above
-        db.sync()
-        before = dir_bytes(dbdir)
-        version = db.stats()["commit_version"]
-        with pytest.raises(error):
-            call(db, run)
-        db.sync()
-        assert dir_bytes(dbdir) == before, what
-        assert db.stats()["commit_version"] == version
+        assert_refused_unwritten(db, dbdir, lambda: call(db, run), error)
         assert db.kv.get(run, "k") == "before"
     # the TypeError family is usable as such
     assert issubclass(InvalidValue, TypeError) and issubclass(InvalidKey, TypeError)

@@ -26,7 +26,7 @@ from inmem import vectorindex
 from inmem.embeddings import HashingEmbedder
 from inmem.primitives.vectors import Match
 
-from .conftest import dir_bytes
+from .conftest import assert_refused_unwritten
 
 
 @pytest.fixture
@@ -88,14 +88,7 @@ BAD = [
 @pytest.mark.parametrize("name,call,error", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_refused_before_anything_is_written(db, run, dbdir, name, call, error):
     db.vectors.upsert(run, "mem", "keep", [1, 0, 0, 0])
-    db.sync()
-    before = dir_bytes(dbdir)
-    version = db.stats()["commit_version"]
-    with pytest.raises(error):
-        call(db, run)
-    db.sync()
-    assert db.stats()["commit_version"] == version
-    assert dir_bytes(dbdir) == before
+    assert_refused_unwritten(db, dbdir, lambda: call(db, run), error)
     assert ids(db.vectors.search(run, "mem", [1, 0, 0, 0])) == ["keep"]
 
 
