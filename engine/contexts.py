@@ -32,7 +32,7 @@ from .primitives.state import StateMachines
 from .primitives.traces import Traces
 from .txn import Transaction
 
-__all__ = ["PRIMITIVES", "READS"]
+__all__ = ["DIRECT", "PRIMITIVES", "READS"]
 
 
 class _Locked:
@@ -132,6 +132,14 @@ READS = {
     "vectors": frozenset({"get", "count", "collections", "search"}),
 }
 
+#: Writing methods that need no lock around their reads: they write one key, and what they read
+#: before it cannot change (a vector collection's record is immutable and never deleted; the run
+#: is checked again under the commit lock). They run on the ``db.kv`` context: one commit each, and
+#: an embedder (which may call a model) never runs inside the commit lock.
+DIRECT = {
+    "vectors": frozenset({"upsert", "add_text"}),
+}
+
 #: Primitives a transaction offers, made on first use (``tx.kv``, ``tx.events``, ...).
 PRIMITIVES: dict[str, Callable[[Any], Any]] = {
     "kv": KV, "events": Events, "state": StateMachines, "traces": Traces, "runs": Runs,
@@ -168,8 +176,11 @@ class _AutoPrimitive:
     """
 
     def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str],
-                 factory: Callable[[Any], Any] | None = None):
+                 factory: Callable[[Any], Any] | None = None, direct: frozenset[str] = frozenset(),
+                 autocommit: Any = None):
         self._kernel = kernel
+        self._direct = direct  # methods that write one key after reads that cannot change: no lock held
+        self._autocommit = autocommit
         self._cls = cls
         self._make = factory if factory is not None else cls  # ``factory(ctx)``: the primitive on a context
         self._reads = reads
@@ -180,6 +191,15 @@ class _AutoPrimitive:
         if name.startswith("_") or not callable(method):
             raise AttributeError(name)
         make, kernel = self._make, self._kernel
+        if name in self._direct:
+            ctx = self._autocommit
+
+            def direct(*args: Any, **kwargs: Any) -> Any:
+                return method(make(ctx), *args, **kwargs)
+
+            functools.update_wrapper(direct, method)
+            setattr(self, name, direct)
+            return direct
         run_in = _snapshot_read if name in self._reads else _atomic
 
         def call(*args: Any, **kwargs: Any) -> Any:

@@ -30,7 +30,7 @@ from . import native
 from .errors import InvalidArgument, TransactionConflict
 from .fs import FileLock, FileSystem, OSFileSystem, check_file_mode, open_error
 from .checkpoint import SnapshotInfo, Checkpointer
-from .contexts import PRIMITIVES, READS, _AutoPrimitive, _Autocommit
+from .contexts import DIRECT, PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
 from .kernel import Kernel
 from . import replay as _replay
@@ -217,7 +217,8 @@ class Database:
         self.runs = _AutoPrimitive(kernel, Runs, READS["runs"])  # type: ignore[assignment]
         indexes = VectorIndexes(kernel, embedder)
         make_vectors = functools.partial(Vectors, index=indexes)
-        self.vectors = _AutoPrimitive(kernel, Vectors, READS["vectors"], make_vectors)  # type: ignore[assignment]
+        self.vectors = _AutoPrimitive(kernel, Vectors, READS["vectors"], make_vectors,  # type: ignore[assignment]
+                                      DIRECT["vectors"], self._autocommit)
         self._primitives = {**PRIMITIVES, "vectors": make_vectors}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,

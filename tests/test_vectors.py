@@ -294,3 +294,24 @@ def test_fork_copies_vectors_and_diverges(db, run):
     db.vectors.upsert(fork, "mem", "b", [1, 0.5, 0, 0])
     assert ids(db.vectors.search(fork, "mem", [1, 0, 0, 0])) == ["a", "b"]
     assert ids(db.vectors.search(run, "mem", [1, 0, 0, 0])) == ["a"]
+
+
+def test_the_embedder_never_runs_inside_the_commit_lock(dbdir):
+    """An embedder may call a model for a long time: commits by other threads must go on meanwhile."""
+    import threading
+
+    with Database.open(dbdir, durability="off") as db:
+        run = db.begin_run()
+        other = db.begin_run()
+        committed = []
+
+        def embedder(texts):
+            t = threading.Thread(target=lambda: committed.append(db.kv.put(other, "k", 1)))
+            t.start()
+            t.join(timeout=30)  # returns at once when the put is not blocked; 30 s only if the test fails
+            assert not t.is_alive(), "a commit waited for the embedder: it runs inside the commit lock"
+            return np.ones((len(texts), 4))
+
+        db.vectors.create(run, "c", dim=4, embedder=embedder)
+        db.vectors.add_text(run, "c", "hello")
+        assert committed == [None] and db.kv.get(other, "k") == 1

@@ -51,6 +51,9 @@ _VECTOR = b"\x01"  # ... then the vector id
 MAX_COLLECTION_BYTES = 256
 
 
+_F32 = "<f4"  # stored components: float32, little-endian
+
+
 def _np() -> Any:
     try:
         import numpy
@@ -221,12 +224,15 @@ class Vectors:
             raise InvalidValue(f"{what} must hold numbers, got {arr.dtype} values")
         if arr.ndim != 1 or arr.shape[0] != dim:
             raise InvalidValue(f"{what} must have shape ({dim},), got {arr.shape}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = np.ascontiguousarray(arr, dtype="<f4")
-        if not np.isfinite(out).all():
+        if arr.dtype == _F32:
+            out = arr.copy()  # never keep a reference to the caller's array; no cast, nothing to overflow
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = arr.astype(_F32)
+        # one float64 reduction: a NaN or an infinity (also from a cast beyond float32) makes it non-finite,
+        # and no finite float32 vector of at most 65,536 components can overflow it
+        if not math.isfinite(np.einsum("i,i->", out, out, dtype=np.float64)):
             raise InvalidValue(f"{what} holds NaN or an infinity, or a value beyond float32")
-        if out is arr:
-            out = out.copy()  # never keep a reference to the caller's array
         return out
 
     # --- collections -------------------------------------------------------------------------
