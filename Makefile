@@ -1,5 +1,5 @@
 # Two set-up commands for a fresh machine with python3 and make:
-#   make demo   create .venv, install inmem (with the langgraph extra), run the demo (the main job)
+#   make demo   create .venv, install inmem (with the langgraph and vectors extras), run the demo (the main job)
 #   make test   create .venv, install inmem with the test extra, run the whole suite
 # Both also try to build the optional C hot path (native/); without a compiler
 # the pure-Python path is used and nothing fails.
