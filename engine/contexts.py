@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import DatabaseClosed
 from .kernel import Kernel, LockedView
+from .keys import in_range
 from .primitives.events import Events
 from .primitives.kv import KV
 from .primitives.runs import Runs
@@ -81,7 +82,7 @@ class _Locked:
 
     def _overlay(self, items: list[tuple[bytes, Any]], lo: bytes, hi: bytes | None, own: Callable[[bytes], Any]
                  ) -> list[tuple[bytes, Any]]:
-        mine = [(k, v) for k, v in self.writes.items() if k >= lo and (hi is None or k < hi)]
+        mine = [(k, v) for k, v in self.writes.items() if in_range(k, lo, hi)]
         if not mine:
             return items
         merged = dict(items)
@@ -99,14 +100,14 @@ class _Locked:
         return self._overlay([(k, e[0]) for k, e in self._store.scan(lo, hi)], lo, hi, lambda v: self.version)
 
     def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
-        if any(k >= lo and (hi is None or k < hi) for k in self.writes):
+        if self.has_writes(lo, hi):
             items = self.scan(lo, hi)
             return items[-1] if items else None
         found = self._store.last(lo, hi)
         return None if found is None else (found[0], found[1][1])
 
     def count(self, lo: bytes, hi: bytes | None) -> int:
-        if any(k >= lo and (hi is None or k < hi) for k in self.writes):
+        if self.has_writes(lo, hi):
             return len(self.scan(lo, hi))
         return self._store.count(lo, hi)
 
@@ -120,7 +121,7 @@ class _Locked:
     at = None
 
     def has_writes(self, lo: bytes, hi: bytes | None) -> bool:
-        return any(k >= lo and (hi is None or k < hi) for k in self.writes)
+        return any(in_range(k, lo, hi) for k in self.writes)
 
 
 #: Read-only methods of each autocommit primitive: run on a snapshot, not under the commit lock.

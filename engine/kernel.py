@@ -237,13 +237,6 @@ class Kernel:
         :raises RunClosed: a run in ``runs`` has ended.
         :raises DatabasePoisoned: / :raises DatabaseReadOnly: / :raises DatabaseClosed: the write cannot happen.
         """
-        if validate is None and release is None and len(writes) == 1:  # an autocommit put or delete
-            with self._lock:
-                lsn = self._append_locked(writes, runs, after)
-                version = self._version
-            if self._must_wait:
-                self.wal.wait(lsn)
-            return version
         if len(writes) != 1:
             try:
                 _check_size(writes)
@@ -252,24 +245,29 @@ class Kernel:
                     self.close_read_point(release)
                 raise
         with self._lock:
-            try:
-                if validate is not None:
-                    self.check_can_write()
-                    try:
-                        validate(self)
-                    except TransactionConflict:
-                        self._conflicts += 1
-                        raise
-            finally:
-                # not needed past validation: releasing it first spares the apply from keeping
-                # versions only this read point could have read
-                if release is not None:
-                    self._release_locked(release.token)
+            if validate is not None or release is not None:  # a transaction (autocommits skip this)
+                self._validate_locked(validate, release)
             lsn = self._append_locked(writes, runs, after)
             version = self._version
         if self._must_wait:
             self.wal.wait(lsn)
         return version
+
+    def _validate_locked(self, validate: Callable[[Kernel], None] | None, release: ReadPoint | None) -> None:
+        """Run a transaction's OCC check and release its read point (whatever happens); lock held."""
+        try:
+            if validate is not None:
+                self.check_can_write()
+                try:
+                    validate(self)
+                except TransactionConflict:
+                    self._conflicts += 1
+                    raise
+        finally:
+            # not needed past validation: releasing it first spares the apply from keeping
+            # versions only this read point could have read
+            if release is not None:
+                self._release_locked(release.token)
 
     def _append_locked(self, writes: Writes, runs: Sequence[str] | set[str], after: After | None) -> int:
         """The critical section of every commit; the commit lock is held. Returns the LSN."""

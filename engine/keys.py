@@ -38,6 +38,7 @@ __all__ = [
     "TAG_TRACE",
     "TAG_VECTOR",
     "encode_user_key",
+    "in_range",
     "new_run_id",
     "prefix_end",
     "run_id_bytes",
@@ -108,6 +109,11 @@ def run_prefix(rid: bytes, tag: int | None = None) -> bytes:
 def run_id_of(key: bytes) -> bytes:
     """The 16-byte run id of a run-scoped store key (bytes 1..16). O(1)."""
     return key[1:RUN_PREFIX_LEN]
+
+
+def in_range(key: bytes, lo: bytes, hi: bytes | None) -> bool:
+    """Whether ``lo <= key < hi`` (``hi=None``: no upper bound): the ranges every scan uses."""
+    return key >= lo and (hi is None or key < hi)
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import TransactionClosed, TransactionConflict
-from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, run_prefix, split_key
+from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, in_range, run_prefix, split_key
 from .kernel import Kernel, ReadPoint
 from .registry import run_record_key
 
@@ -199,7 +199,7 @@ class Transaction:
             return items
         merged = dict(items)
         for key, value in self._writes.items():
-            if key >= lo and (hi is None or key < hi):
+            if in_range(key, lo, hi):
                 if value is None:
                     merged.pop(key, None)
                 else:
@@ -213,7 +213,7 @@ class Transaction:
         self._ranges.append((lo, hi))
         best = None if found is None else (found[0], found[1][1])
         for key, value in self._writes.items():
-            if key >= lo and (hi is None or key < hi):
+            if in_range(key, lo, hi):
                 if value is None:
                     if best is not None and best[0] == key:  # deleted by us: look again without it
                         items = self.scan(lo, hi)
@@ -232,7 +232,7 @@ class Transaction:
         found = dict((k, e[0]) for k, e in self._kernel.scan_at(lo, hi, self._begin, entries=True))
         self._ranges.append((lo, hi))
         for key, value in self._writes.items():
-            if key >= lo and (hi is None or key < hi):
+            if in_range(key, lo, hi):
                 if value is None:
                     found.pop(key, None)
                 else:
@@ -246,7 +246,7 @@ class Transaction:
 
     def has_writes(self, lo: bytes, hi: bytes | None) -> bool:
         """Whether this transaction has written any key in ``[lo, hi)``. O(writes)."""
-        return any(k >= lo and (hi is None or k < hi) for k in self._writes)
+        return any(in_range(k, lo, hi) for k in self._writes)
 
     def note_range(self, lo: bytes, hi: bytes | None) -> None:
         """Record ``[lo, hi)`` as scanned (validated at commit) without reading it."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..codec import decode_value, encode_value, now_us, utc_from_us
+from ..embeddings import embed
 from ..errors import InvalidArgument, InvalidValue
 from ..filters import compile_filter
 from ..keys import MAX_KEY_BYTES, TAG_VECTOR, prefix_end, run_prefix
@@ -181,12 +182,12 @@ class Vectors:
     def _base(self, run: str, collection: object, *, write: bool) -> bytes:
         if not isinstance(collection, str) or not collection or "\x00" in collection:
             raise InvalidArgument(f"a collection name is a non-empty str without NUL, got {collection!r:.80}")
-        if len(collection.encode("utf-8", "surrogatepass")) > MAX_COLLECTION_BYTES:
-            raise InvalidArgument(f"a collection name is at most {MAX_COLLECTION_BYTES} bytes of UTF-8")
         try:
-            collection.encode()
+            raw = collection.encode()
         except UnicodeEncodeError:
             raise InvalidArgument(f"collection name {collection!r:.80} is not valid UTF-8 text") from None
+        if len(raw) > MAX_COLLECTION_BYTES:
+            raise InvalidArgument(f"a collection name is at most {MAX_COLLECTION_BYTES} bytes of UTF-8")
         return collection_prefix(run_prefix(self._ctx.check_run(run, write=write), TAG_VECTOR), collection)
 
     @staticmethod
@@ -356,14 +357,12 @@ class Vectors:
             raise InvalidArgument(f"collection {collection!r} has no embedder in this process: pass "
                                   "vectors.create(..., embedder=) or Database.open(embedder=)")
         try:
-            out = embedder([text])
+            out = embed(embedder, [text], config["dim"])  # shape, numbers and finiteness checked there
+        except InvalidValue:
+            raise
         except Exception as exc:
             raise InvalidValue(f"the embedder failed: {exc}") from exc
-        np = _np()
-        arr = np.asarray(out, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape != (1, config["dim"]):
-            raise InvalidValue(f"the embedder returned shape {arr.shape}; expected (1, {config['dim']})")
-        return self._vector(arr[0], config["dim"], "the embedding")
+        return out[0].astype(_F32)  # embed() checked it; astype copies: never the embedder's own array
 
     def get(self, run: str, collection: str, id: str) -> VectorRecord | None:
         """Vector ``id``, or None. :raises InvalidArgument: no such collection or a bad id."""
