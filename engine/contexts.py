@@ -193,10 +193,10 @@ class _AutoPrimitive:
             raise AttributeError(name)
         make, kernel = self._make, self._kernel
         if name in self._direct:
-            ctx = self._autocommit
+            bound = getattr(make(self._autocommit), name)  # one object: the autocommit context is fixed
 
             def direct(*args: Any, **kwargs: Any) -> Any:
-                return method(make(ctx), *args, **kwargs)
+                return bound(*args, **kwargs)
 
             functools.update_wrapper(direct, method)
             setattr(self, name, direct)

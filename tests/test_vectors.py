@@ -69,6 +69,14 @@ BAD = [
     ("ragged", lambda db, r: db.vectors.upsert(r, "mem", "a", [1, [2, 3], 3, 4]), InvalidValue),
     ("huge int", lambda db, r: db.vectors.upsert(r, "mem", "a", [10**40, 0, 0, 1]), InvalidValue),
     ("zero cosine", lambda db, r: db.vectors.upsert(r, "mem", "a", [0, 0, 0, 0]), InvalidArgument),
+    # float32 arrays take the fast path (one float32 sum of squares): attack each way it can be fooled
+    ("f32 NaN", lambda db, r: db.vectors.upsert(r, "mem", "a", np.array([1, np.nan, 0, 0], "<f4")), InvalidValue),
+    ("f32 +inf -inf", lambda db, r: db.vectors.upsert(r, "mem", "a", np.array([np.inf, -np.inf, 1, 1], "<f4")),
+     InvalidValue),
+    ("f32 zero cosine", lambda db, r: db.vectors.upsert(r, "mem", "a", np.zeros(4, "<f4")), InvalidArgument),
+    ("f32 -0.0 cosine", lambda db, r: db.vectors.upsert(r, "mem", "a", np.full(4, -0.0, "<f4")), InvalidArgument),
+    ("f32 short", lambda db, r: db.vectors.upsert(r, "mem", "a", np.ones(3, "<f4")), InvalidValue),
+    ("f32 2-D", lambda db, r: db.vectors.upsert(r, "mem", "a", np.ones((1, 4), "<f4")), InvalidValue),
     ("empty id", lambda db, r: db.vectors.upsert(r, "mem", "", [1, 2, 3, 4]), InvalidArgument),
     ("int id", lambda db, r: db.vectors.upsert(r, "mem", 7, [1, 2, 3, 4]), InvalidArgument),
     ("metadata list", lambda db, r: db.vectors.upsert(r, "mem", "a", [1, 2, 3, 4], metadata=[1]), InvalidArgument),
@@ -90,6 +98,21 @@ def test_bad_input_is_refused_before_anything_is_written(db, run, dbdir, name, c
     db.vectors.upsert(run, "mem", "keep", [1, 0, 0, 0])
     assert_refused_unwritten(db, dbdir, lambda: call(db, run), error)
     assert ids(db.vectors.search(run, "mem", [1, 0, 0, 0])) == ["keep"]
+
+
+@pytest.mark.parametrize("vector", [
+    np.full(4, 3e38, "<f4"),  # the float32 sum of squares overflows; every component is finite
+    np.array([1e-30, 0, 0, 0], "<f4"),  # ... underflows to 0; the vector is not zero
+    np.array([1.0, 2.0, 3.0, 4.0], ">f4"),  # big-endian: not the fast path, converted
+    np.arange(1, 9, dtype="<f4")[::2],  # a strided view
+], ids=["f32-overflow", "f32-underflow", "big-endian", "strided"])
+def test_float32_arrays_the_fast_check_cannot_settle_are_stored_exactly(db, run, vector):
+    rec = db.vectors.upsert(run, "mem", "a", vector)
+    stored = db.vectors.get(run, "mem", "a")
+    assert stored is not None and stored.vector.dtype == np.dtype("<f4")
+    assert np.array_equal(stored.vector, vector.astype("<f4")) and np.array_equal(rec.vector, stored.vector)
+    vector[0] = 7  # the caller's array is never kept
+    assert not np.array_equal(db.vectors.get(run, "mem", "a").vector, vector)
 
 
 def test_calls_round_trip_and_survive_reopen(dbdir):

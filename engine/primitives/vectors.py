@@ -29,10 +29,10 @@ import datetime as _dt
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..codec import decode_value, encode_value, now_us, utc_from_us
+from ..codec import check_value, decode_value, encode_record, encode_value, now_us, utc_from_us
 from ..embeddings import embed
 from ..errors import InvalidArgument, InvalidValue
 from ..filters import compile_filter
@@ -53,13 +53,28 @@ MAX_COLLECTION_BYTES = 256
 
 
 _F32 = "<f4"  # stored components: float32, little-endian
+_INF = float("inf")
+
+# Caches of pure functions of their keys, so the hot path (one autocommit upsert) skips
+# re-validating a collection name and re-decoding its record: a collection name -> its key
+# suffix; a collection record's bytes -> the decoded record (records are never changed once
+# written). Both are bounded: cleared when they reach _CACHE_MAX entries.
+_CACHE_MAX = 4096
+_SUFFIXES: dict[str, bytes] = {}
+_CONFIGS: dict[bytes, dict[str, Any]] = {}
+
+
+_F32_DTYPE: Any = None  # numpy.dtype("<f4") once numpy is imported
 
 
 def _np() -> Any:
+    global _F32_DTYPE
     try:
         import numpy
     except ImportError:  # pragma: no cover - the vectors extra installs it
         raise ImportError("the vector store needs numpy: pip install 'inmem[vectors]'") from None
+    if _F32_DTYPE is None:
+        _F32_DTYPE = numpy.dtype(_F32)
     return numpy
 
 
@@ -75,15 +90,111 @@ def usearch_index() -> Any:
     return Index
 
 
-@dataclass(frozen=True)
-class VectorRecord:
-    """One stored vector: ``id``, ``vector`` (numpy float32, shape ``(dim,)``), ``metadata``, ``text``."""
+def _collection_suffix(collection: object) -> bytes:
+    """The key bytes after the run prefix for ``collection``: its UTF-8 and 0x00 (cached).
 
-    id: str
-    vector: Any = field(compare=False, repr=False)
-    metadata: dict[str, Any] | None
-    text: str | None
-    updated_at: _dt.datetime
+    :raises InvalidArgument: not a non-empty str, a NUL in it, not UTF-8
+        encodable, or longer than :data:`MAX_COLLECTION_BYTES` bytes.
+    """
+    if not isinstance(collection, str) or not collection or "\x00" in collection:
+        raise InvalidArgument(f"a collection name is a non-empty str without NUL, got {collection!r:.80}")
+    try:
+        raw = collection.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"collection name {collection!r:.80} is not valid UTF-8 text") from None
+    if len(raw) > MAX_COLLECTION_BYTES:
+        raise InvalidArgument(f"a collection name is at most {MAX_COLLECTION_BYTES} bytes of UTF-8")
+    if type(collection) is str:  # never cache a str subclass: its hash or equality may lie
+        if len(_SUFFIXES) >= _CACHE_MAX:
+            _SUFFIXES.clear()
+        _SUFFIXES[collection] = raw + b"\x00"
+    return raw + b"\x00"
+
+
+def checked_vector(value: Any, dim: int, what: str = "vector") -> tuple[Any, bool]:
+    """``(array, nonzero)``: ``value`` as a new C-contiguous float32 array of shape (dim,), and whether
+    any component is non-zero. One conversion and one reduction; the caller's array is never kept.
+
+    The common case (a float32 array) costs one float32 dot product: a finite,
+    positive sum of squares proves every component finite and one non-zero;
+    anything else (overflow, zero, NaN) is decided by a float64 reduction.
+
+    :raises InvalidValue: not a 1-D sequence or array of ``dim`` numbers
+        (bools, strings and objects are refused, not converted), or a NaN, an
+        infinity or a value beyond float32.
+    """
+    np = _np()
+    if type(value) is np.ndarray and value.dtype is _F32_DTYPE and value.shape == (dim,):
+        out = value.copy()  # the common case, inlined: a float32 array of the right shape
+        fast = float(np.vdot(out, out))
+        if 0.0 < fast < _INF:
+            return out, True
+        return out, _finite_nonzero(np, out, what)
+    if isinstance(value, (str, bytes)):
+        raise InvalidValue(f"{what} must be a sequence of numbers or a 1-D numpy array, got {type(value).__name__}")
+    try:
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue(f"{what} must be a sequence of numbers: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise InvalidValue(f"{what} must hold numbers, got {arr.dtype} values")
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise InvalidValue(f"{what} must have shape ({dim},), got {arr.shape}")
+    if arr.dtype == _F32:
+        out = arr.copy()  # never keep a reference to the caller's array; no cast, nothing to overflow
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = arr.astype(_F32)
+    # float32 (a dot product, not a ufunc: no floating-point warnings): NaN and infinities propagate;
+    # it may overflow or underflow, which the float64 reduction below then settles
+    fast = float(np.vdot(out, out))
+    if 0.0 < fast < _INF:
+        return out, True
+    return out, _finite_nonzero(np, out, what)
+
+
+def _finite_nonzero(np: Any, out: Any, what: str) -> bool:
+    """The slow check, after the float32 sum of squares overflowed, underflowed or was NaN: whether
+    any component of ``out`` is non-zero. :raises InvalidValue: a NaN or an infinity in ``out``."""
+    # float64 cannot overflow for finite float32 components (dim <= 65,536)
+    if not math.isfinite(np.einsum("i,i->", out, out, dtype=np.float64)):
+        raise InvalidValue(f"{what} holds NaN or an infinity, or a value beyond float32")
+    return bool(out.any())
+
+
+class VectorRecord:
+    """One stored vector: ``id``, ``vector`` (numpy float32, shape ``(dim,)``), ``metadata``, ``text``,
+    ``updated_at`` (UTC datetime of the write; ``updated_us``: the same in microseconds since the epoch).
+
+    A copy: changing it changes nothing stored. ``==`` compares everything but
+    ``vector`` (compare those with ``numpy.array_equal``).
+    """
+
+    __slots__ = ("id", "vector", "metadata", "text", "updated_us")
+
+    def __init__(self, id: str, vector: Any, metadata: dict[str, Any] | None, text: str | None, updated_us: int):
+        self.id = id
+        self.vector = vector
+        self.metadata = metadata
+        self.text = text
+        self.updated_us = updated_us
+
+    @property
+    def updated_at(self) -> _dt.datetime:
+        """When it was written (UTC), from ``updated_us``."""
+        return utc_from_us(self.updated_us)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VectorRecord):
+            return NotImplemented
+        return (self.id, self.metadata, self.text, self.updated_us) == (
+            other.id, other.metadata, other.text, other.updated_us)
+
+    __hash__ = None  # type: ignore[assignment]  # metadata is a dict: never hashable
+
+    def __repr__(self) -> str:
+        return (f"VectorRecord(id={self.id!r}, metadata={self.metadata!r}, text={self.text!r}, "
+                f"updated_at={self.updated_at!r})")
 
 
 @dataclass(frozen=True)
@@ -120,7 +231,7 @@ def vector_from_record(id: str, record: dict[str, Any]) -> VectorRecord:
     """The :class:`VectorRecord` of a decoded vector record."""
     np = _np()
     vec = np.frombuffer(record["vector"], dtype="<f4").copy()
-    return VectorRecord(id, vec, record.get("metadata"), record.get("text"), utc_from_us(record["updated_us"]))
+    return VectorRecord(id, vec, record.get("metadata"), record.get("text"), record["updated_us"])
 
 
 def row_norms(matrix: Any) -> Any:
@@ -173,22 +284,24 @@ def top_k(ids: Sequence[str], scores: Any, k: int, min_score: float | None,
 class Vectors:
     """Vector collections per run: ``db.vectors`` / ``tx.vectors``."""
 
+    __slots__ = ("_ctx", "_index", "_all", "_active")
+
     def __init__(self, ctx: Context, index: IndexSource | None = None):
         self._ctx = ctx
         self._index = index
+        self._all, self._active = ctx.prefix_maps(TAG_VECTOR)
 
     # --- keys and records --------------------------------------------------------------------
 
     def _base(self, run: str, collection: object, *, write: bool) -> bytes:
-        if not isinstance(collection, str) or not collection or "\x00" in collection:
-            raise InvalidArgument(f"a collection name is a non-empty str without NUL, got {collection!r:.80}")
-        try:
-            raw = collection.encode()
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"collection name {collection!r:.80} is not valid UTF-8 text") from None
-        if len(raw) > MAX_COLLECTION_BYTES:
-            raise InvalidArgument(f"a collection name is at most {MAX_COLLECTION_BYTES} bytes of UTF-8")
-        return collection_prefix(run_prefix(self._ctx.check_run(run, write=write), TAG_VECTOR), collection)
+        """The collection's key prefix (run prefix | tag | name | 0x00). :raises InvalidArgument: a bad name."""
+        prefix = (self._active if write else self._all).get(run)  # type: ignore[call-overload]
+        if prefix is None:
+            prefix = run_prefix(self._ctx.check_run(run, write=write), TAG_VECTOR)
+        suffix = _SUFFIXES.get(collection) if type(collection) is str else None
+        if suffix is None:
+            suffix = _collection_suffix(collection)
+        return prefix + suffix  # type: ignore[no-any-return]
 
     @staticmethod
     def _id_bytes(id: object) -> bytes:
@@ -203,38 +316,20 @@ class Vectors:
         return raw
 
     def _config(self, base: bytes, collection: str) -> dict[str, Any]:
+        """The collection record (shared: read it, never change it). :raises InvalidArgument: none."""
         entry = self._ctx.lookup(base + _CONFIG)
         if entry is None:
             raise InvalidArgument(f"no vector collection {collection!r} in this run; create it with vectors.create")
-        return decode_value(entry[1])  # type: ignore[no-any-return]
+        config = _CONFIGS.get(entry[1])
+        if config is None:
+            if len(_CONFIGS) >= _CACHE_MAX:
+                _CONFIGS.clear()
+            config = _CONFIGS[entry[1]] = decode_value(entry[1])
+        return config
 
     def _vector(self, value: Any, dim: int, what: str = "vector") -> Any:
-        """``value`` as a C-contiguous float32 array of shape (dim,). One conversion, one finiteness check.
-
-        :raises InvalidValue: not a 1-D sequence or array of ``dim`` numbers (bools, strings and
-            objects are refused, not converted), or a NaN, an infinity or a value beyond float32.
-        """
-        np = _np()
-        if isinstance(value, (str, bytes)):
-            raise InvalidValue(f"{what} must be a sequence of numbers or a 1-D numpy array, got {type(value).__name__}")
-        try:
-            arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-        except (TypeError, ValueError) as exc:
-            raise InvalidValue(f"{what} must be a sequence of numbers: {exc}") from None
-        if arr.dtype.kind not in "fiu":
-            raise InvalidValue(f"{what} must hold numbers, got {arr.dtype} values")
-        if arr.ndim != 1 or arr.shape[0] != dim:
-            raise InvalidValue(f"{what} must have shape ({dim},), got {arr.shape}")
-        if arr.dtype == _F32:
-            out = arr.copy()  # never keep a reference to the caller's array; no cast, nothing to overflow
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):
-                out = arr.astype(_F32)
-        # one float64 reduction: a NaN or an infinity (also from a cast beyond float32) makes it non-finite,
-        # and no finite float32 vector of at most 65,536 components can overflow it
-        if not math.isfinite(np.einsum("i,i->", out, out, dtype=np.float64)):
-            raise InvalidValue(f"{what} holds NaN or an infinity, or a value beyond float32")
-        return out
+        """``value`` as a new C-contiguous float32 array of shape (dim,). :raises InvalidValue: as :func:`checked_vector`."""
+        return checked_vector(value, dim, what)[0]
 
     # --- collections -------------------------------------------------------------------------
 
@@ -317,21 +412,22 @@ class Vectors:
         base = self._base(run, collection, write=True)
         raw_id = self._id_bytes(id)
         config = self._config(base, collection)
-        vec = self._vector(vector, config["dim"])
-        return self._put(run, base, raw_id, id, config, vec, metadata, text)
+        vec, nonzero = checked_vector(vector, config["dim"])
+        return self._put(run, base, raw_id, id, config, vec, nonzero, metadata, text)
 
     def _put(self, run: str, base: bytes, raw_id: bytes, id: str, config: dict[str, Any], vec: Any,
-             metadata: Any, text: Any) -> VectorRecord:
+             nonzero: bool, metadata: Any, text: Any) -> VectorRecord:
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidArgument(f"metadata must be a dict or None, got {type(metadata).__name__}")
         if text is not None and not isinstance(text, str):
             raise InvalidArgument(f"text must be a str or None, got {type(text).__name__}")
-        if config["metric"] == "cosine" and not vec.any():
+        if not nonzero and config["metric"] == "cosine":
             raise InvalidArgument("a cosine collection cannot hold the zero vector (it has no direction)")
         ts = now_us()
+        verify = check_value(metadata, nesting=1) | check_value(text, nesting=1)  # None: O(1)
         record = {"vector": vec.tobytes(), "metadata": metadata, "text": text, "updated_us": ts}
-        self._ctx.write(run, base + _VECTOR + raw_id, encode_value(record))
-        return VectorRecord(id, vec, metadata, text, utc_from_us(ts))
+        self._ctx.write(run, base + _VECTOR + raw_id, encode_record(record, verify))
+        return VectorRecord(id, vec, metadata, text, ts)
 
     def add_text(self, run: str, collection: str, text: str, *, metadata: dict[str, Any] | None = None,
                  id: str | None = None) -> VectorRecord:
@@ -349,7 +445,7 @@ class Vectors:
             id = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
         raw_id = self._id_bytes(id)
         vec = self._embed(run, collection, config, text)
-        return self._put(run, base, raw_id, id, config, vec, metadata, text)
+        return self._put(run, base, raw_id, id, config, vec, bool(vec.any()), metadata, text)
 
     def _embed(self, run: str, collection: str, config: dict[str, Any], text: str) -> Any:
         embedder = self._index.embedder(run, collection) if self._index is not None else None
