@@ -44,7 +44,7 @@ class _Locked:
     the commit lock is held, so it takes no lock itself.
     """
 
-    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version")
+    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version", "_merging")
 
     def __init__(self, view: LockedView, kernel: Kernel):
         #: The commit version this call's writes will get (nothing else commits meanwhile).
@@ -56,6 +56,8 @@ class _Locked:
         self.check_run = kernel.registry.check
         self.writes: dict[bytes, bytes | None] = {}
         self.runs: set[str] = set()
+        # key -> (state, ops, value written) of this call's merges; continued while that value stands
+        self._merging: dict[bytes, tuple[Any, list[Any], bytes | None]] = {}
 
     def commit(self, view: LockedView) -> None:
         """Commit what this call wrote (nothing if it wrote nothing) as one record."""
@@ -79,6 +81,22 @@ class _Locked:
             return False
         self.write(run, key, None)
         return True
+
+    def merge(self, run: str, key: bytes, operator: Any, op: Any) -> None:
+        """Apply ``op`` now: nothing else commits while the lock is held, so the latest value is the base."""
+        self.check_run(run, write=True)
+        pending = self._merging.get(key)
+        if pending is None or self.writes.get(key, b"") is not pending[2]:
+            entry = self.lookup(key)
+            state, ops = operator.start(None if entry is None else entry[1]), []
+        else:
+            state, ops = pending[0], pending[1]
+        state = operator.step(state, op)
+        ops = [*ops, op]
+        value = operator.finish(state, ops)
+        self.writes[key] = value
+        self.runs.add(run)
+        self._merging[key] = (state, ops, value)
 
     def _overlay(self, items: list[tuple[bytes, Any]], lo: bytes, hi: bytes | None, own: Callable[[bytes], Any]
                  ) -> list[tuple[bytes, Any]]:
@@ -131,6 +149,7 @@ READS = {
     "traces": frozenset({"get", "query", "children", "tree"}),
     "runs": frozenset({"get", "ids", "list", "children"}),
     "vectors": frozenset({"get", "count", "collections", "search"}),
+    "docs": frozenset({"get", "names", "definition", "get_model"}),
 }
 
 #: Writing methods that need no lock around their reads: they write one key, and what they read
@@ -255,3 +274,14 @@ class _Autocommit:
 
     def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
         return self._kernel.scan(lo, hi)
+
+    def merge(self, run: str, key: bytes, operator: Any, op: Any) -> None:
+        """One blind operation as its own commit, applied under the commit lock."""
+        kernel = self._kernel
+
+        def step(view: LockedView) -> None:
+            ctx = _Locked(view, kernel)
+            ctx.merge(run, key, operator, op)
+            ctx.commit(view)
+
+        kernel.atomic(step)

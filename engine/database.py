@@ -36,6 +36,7 @@ from .kernel import Kernel
 from . import replay as _replay
 from .replay import Commit, RunDiff, RunState
 from .snapshot import Progress
+from .primitives.docs import Docs
 from .primitives.events import Events
 from .primitives.kv import KV
 from .primitives.runs import Runs
@@ -77,6 +78,7 @@ class Database:
     traces: Traces
     runs: Runs
     vectors: Vectors
+    docs: Docs
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("use Database.open(path, ...) to open a database")
@@ -219,7 +221,9 @@ class Database:
         make_vectors = functools.partial(Vectors, index=indexes)
         self.vectors = _AutoPrimitive(kernel, Vectors, READS["vectors"], make_vectors,  # type: ignore[assignment]
                                       DIRECT["vectors"], self._autocommit)
-        self._primitives = {**PRIMITIVES, "vectors": make_vectors}
+        make_docs = functools.partial(Docs, models={})  # model classes by import path, shared by db and tx
+        self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
+        self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))

@@ -30,6 +30,7 @@ as it would anywhere else.
     │   ├── InvalidKey             (also TypeError) key is not a str / not encodable
     │   ├── InvalidValue           (also TypeError) value cbor2 cannot encode
     │   └── InvalidArgument        (also ValueError) an option or argument out of range
+    │       └── PatchTestFailed    a JSON Patch ``test`` did not match; the patch wrote nothing
     └── transactions
         ├── TransactionConflict    OCC validation failed; nothing was written; retry
         └── TransactionClosed      the transaction already committed or rolled back
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidTransition",
     "InvalidValue",
     "NotADatabase",
+    "PatchTestFailed",
     "RunClosed",
     "RunNotFound",
     "TraceNotFound",
@@ -132,6 +134,10 @@ class InvalidValue(InmemError, TypeError):
 
 class InvalidArgument(InmemError, ValueError):
     """An option or argument is outside its allowed range (e.g. an unknown durability mode)."""
+
+
+class PatchTestFailed(InvalidArgument):
+    """A JSON Patch ``test`` operation (RFC 6902 §4.6) did not match: the whole patch wrote nothing."""
 
 
 class NotADatabase(InvalidArgument):

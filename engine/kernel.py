@@ -15,6 +15,7 @@ call, transaction, fork, begin/end/archive run)::
 
     with commit lock:                         # serialises commits: version order = LSN order
         [validate(kernel)]                    # a transaction's OCC check; raises, nothing written
+        [writes += resolve(latest entry)]     # blind updates (merges) computed now; raise: nothing written
         check not closed; runs still active
         version = last version + 1
         frame = encode_*_frame(lsn, version, now, writes)
@@ -63,7 +64,7 @@ from .wal.format import commit_record_size, encode_commit_frame, encode_put_fram
 from .wal.readonly import ReadOnlyWal
 from .wal.writer import WalWriter
 
-__all__ = ["Kernel", "LockedView", "ReadPoint", "Watcher", "Writes"]
+__all__ = ["Kernel", "LockedView", "ReadPoint", "Resolver", "Watcher", "Writes"]
 
 T = TypeVar("T")
 
@@ -71,6 +72,9 @@ T = TypeVar("T")
 Writes = Sequence[tuple[bytes, "bytes | None"]]
 #: Called under the commit lock with the new commit version, right after the commit is applied.
 After = Callable[[int], None]
+#: ``resolve(latest entry or None) -> new value or None``: a blind update (merge) of one key,
+#: computed under the commit lock from the key's latest committed entry (see :meth:`Kernel.commit`).
+Resolver = Callable[["Entry | None"], "bytes | None"]
 #: ``watcher(commit version, store key, value or None for a delete)``: see :meth:`Kernel.watch`.
 Watcher = Callable[[int, bytes, "bytes | None"], None]
 #: Offset of the primitive tag byte in a run-scoped store key.
@@ -217,6 +221,7 @@ class Kernel:
         *,
         validate: Callable[[Kernel], None] | None = None,
         release: ReadPoint | None = None,
+        merges: Sequence[tuple[bytes, Resolver]] = (),
     ) -> int:
         """Commit ``writes`` atomically as one WAL record and return its commit version.
 
@@ -229,6 +234,13 @@ class Kernel:
             ``TransactionConflict`` to refuse the commit.
         :param release: a read point to release under the same lock, after
             validation and before the writes are applied (whatever happens).
+        :param merges: blind updates, ``(key, resolve)``: after validation,
+            under the lock, each key's value becomes ``resolve(its latest
+            entry or None)`` (None: delete), written in the same record as
+            ``writes`` (a key in both: the merge's value). ``resolve`` must be
+            CPU-only and deterministic; if it raises, nothing is written and
+            the exception propagates (the read point is released all the same).
+            The merge operator of RocksDB, resolved at commit instead of at read.
         Complexity: O(total bytes written) plus O(log n) per key.
 
         :raises InvalidArgument: the writes do not fit in one commit record
@@ -247,6 +259,8 @@ class Kernel:
         with self._lock:
             if validate is not None or release is not None:  # a transaction (autocommits skip this)
                 self._validate_locked(validate, release)
+            if merges:
+                writes = self._resolve_locked(writes, merges)
             lsn = self._append_locked(writes, runs, after)
             version = self._version
         if self._must_wait:
@@ -268,6 +282,17 @@ class Kernel:
             # versions only this read point could have read
             if release is not None:
                 self._release_locked(release.token)
+
+    def _resolve_locked(self, writes: Writes, merges: Sequence[tuple[bytes, Resolver]]) -> Writes:
+        """``writes`` plus each merge resolved against the latest committed entry; lock held."""
+        self.check_can_write()
+        get = self._store.get
+        resolved = {key: value for key, value in writes}
+        for key, resolve in merges:
+            resolved[key] = resolve(get(key))
+        out = list(resolved.items())
+        _check_size(out)
+        return out
 
     def _append_locked(self, writes: Writes, runs: Sequence[str] | set[str], after: After | None) -> int:
         """The critical section of every commit; the commit lock is held. Returns the LSN."""

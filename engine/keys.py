@@ -31,6 +31,7 @@ from .errors import InvalidKey, RunNotFound
 __all__ = [
     "MAX_KEY_BYTES",
     "NS_RUN",
+    "TAG_DOC",
     "TAG_EVENT",
     "TAG_KV",
     "TAG_RUN",
@@ -58,6 +59,7 @@ TAG_EVENT = 0x02  # event log
 TAG_STATE = 0x03  # state machines
 TAG_TRACE = 0x04  # trace store
 TAG_VECTOR = 0x05  # vector store (in-mem's tag for vectors too)
+TAG_DOC = 0x06  # JSON documents
 
 RUN_ID_BYTES = 16
 RUN_PREFIX_LEN = 1 + RUN_ID_BYTES  # NS_RUN + run id

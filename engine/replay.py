@@ -33,6 +33,7 @@ from .codec import decode_value, utc_from_us
 from .errors import CorruptionError, InvalidArgument
 from .kernel import Kernel, LockedView
 from .keys import (
+    TAG_DOC,
     TAG_EVENT,
     TAG_KV,
     TAG_RUN,
@@ -44,6 +45,8 @@ from .keys import (
     run_id_of,
     run_prefix,
 )
+from .jsondoc import MISSING
+from .primitives.docs import DOC_SUFFIX, copied_record, doc_from_record, doc_key_parts, path_changes
 from .primitives.events import Event, event_from_record
 from .primitives.state import State, state_from_record
 from .primitives.traces import Trace, trace_from_record
@@ -52,7 +55,7 @@ __all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState", "Stor
 
 #: Name of each primitive tag, as ``Op.primitive`` reports it.
 PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
-                   TAG_VECTOR: "vectors"}
+                   TAG_VECTOR: "vectors", TAG_DOC: "docs"}
 #: The parameters of a vector collection a :class:`RunState` shows (its record's fields but ``created_us``).
 COLLECTION_FIELDS = ("dim", "metric", "index", "embedder")
 _SEQ = struct.Struct(">Q")
@@ -79,6 +82,31 @@ class FrozenList(list):  # type: ignore[type-arg]
     __slots__ = ()
     __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _readonly  # type: ignore
     __iadd__ = __imul__ = _readonly  # type: ignore
+
+
+def deep_freeze(value: Any) -> Any:
+    """``value`` with every dict and list (at any depth) made a :class:`FrozenDict` / :class:`FrozenList`."""
+    if type(value) is not dict and type(value) is not list:
+        return value
+    # children first: post-order over an explicit stack (no recursion)
+    order: list[Any] = []
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(v for v in (node.values() if type(node) is dict else node)
+                     if type(v) is dict or type(v) is list)
+    frozen: dict[int, Any] = {}
+
+    def f(v: Any) -> Any:
+        return frozen[id(v)] if type(v) is dict or type(v) is list else v
+
+    for node in reversed(order):
+        if type(node) is dict:
+            frozen[id(node)] = FrozenDict({k: f(v) for k, v in node.items()})
+        else:
+            frozen[id(node)] = FrozenList(f(v) for v in node)
+    return frozen[id(value)]
 
 
 # --- views ---------------------------------------------------------------------------------
@@ -167,7 +195,8 @@ class RunState:
     ``kv``: key -> value; ``events``: the event log (list of
     :class:`~inmem.Event`, seq order, hashes included); ``states``: name ->
     :class:`~inmem.State`; ``traces``: list of :class:`~inmem.Trace` in
-    creation order; ``vectors``: collection name -> ``{"dim", "metric",
+    creation order; ``docs``: document name -> its JSON value (deeply
+    read-only); ``vectors``: collection name -> ``{"dim", "metric",
     "index", "embedder", "vectors"}`` with ``"vectors"``: vector id ->
     :class:`StoredVector` (collections and ids in name order; ``dim`` etc. are
     ``None`` only if the collection record is missing, which only damage
@@ -183,6 +212,7 @@ class RunState:
     states: dict[str, State]
     traces: list[Trace]
     vectors: dict[str, dict[str, Any]] = field(default_factory=lambda: FrozenDict())
+    docs: dict[str, Any] = field(default_factory=lambda: FrozenDict())
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -196,7 +226,7 @@ class RunState:
     def _data(self) -> bytes:
         return _canon([dict(self.kv), [_event_data(e) for e in self.events],
                        {k: _state_data(v) for k, v in self.states.items()}, [_trace_data(t) for t in self.traces],
-                       _collections_data(self.vectors)])
+                       _collections_data(self.vectors), dict(self.docs)])
 
 
 @dataclass(frozen=True)
@@ -205,7 +235,11 @@ class Op:
     ``"traces"``, ``"vectors"``), ``key`` (kv key / event seq / state name / trace id; for vectors the
     tuple ``(collection, id)``, ``(collection, None)`` for the collection record; ``None`` for the run
     record), ``kind`` (``"put"`` or ``"delete"``) and the decoded ``value`` written (``None`` for a
-    delete; a vector record's ``"vector"`` is its float32 bytes)."""
+    delete; a vector record's ``"vector"`` is its float32 bytes). For ``"docs"`` (key: the document
+    name) there is one op per document operation: ``kind`` is the operation (``"set"``,
+    ``"merge"``, ``"append"``, ``"increment"``, ``"toggle"``, ``"delete"``, ``"patch"``, or
+    ``"define"`` for a schema definition) and ``value`` its arguments (``{"path": [...], ...}``, as
+    SPEC.md §2 "Documents" records them); a whole document deleted is ``("delete", {"path": []})``."""
 
     primitive: str
     key: Any
@@ -260,7 +294,9 @@ class RunDiff:
 
     ``kv``, ``states``, ``traces`` and ``vectors`` are :class:`Changes`
     (states compared by value, traces by everything but their timestamp);
-    ``vectors`` is keyed by ``(collection, id)`` with :class:`StoredVector`
+    ``docs`` is keyed by ``(document name, dotted path)`` (path ``""``: the
+    whole document added or removed; objects are compared member by member,
+    arrays whole); ``vectors`` is keyed by ``(collection, id)`` with :class:`StoredVector`
     values (compared by components, metadata and text, not ``updated_at``),
     and by ``(collection, None)`` for a collection's parameters (a dict of
     ``dim``, ``metric``, ``index``, ``embedder``); ``events`` is an
@@ -276,10 +312,11 @@ class RunDiff:
     states: Changes
     traces: Changes
     vectors: Changes = field(default_factory=lambda: Changes({}, {}, {}))
+    docs: Changes = field(default_factory=lambda: Changes({}, {}, {}))
 
     def is_empty(self) -> bool:
         """True if the two states are the same in every primitive."""
-        return not (self.kv or self.events or self.states or self.traces or self.vectors)
+        return not (self.kv or self.events or self.states or self.traces or self.vectors or self.docs)
 
     def __str__(self) -> str:
         out = [f"--- run {self.a} @ version {self.version_a}", f"+++ run {self.b} @ version {self.version_b}"]
@@ -288,7 +325,8 @@ class RunDiff:
             return "\n".join(out)
         for name, changes, show, label in (("kv", self.kv, _short, str), ("state", self.states, _show_state, str),
                                            ("traces", self.traces, _show_trace, str),
-                                           ("vectors", self.vectors, _show_vector, vector_label)):
+                                           ("vectors", self.vectors, _show_vector, vector_label),
+                                           ("docs", self.docs, _short, _doc_label)):
             if not changes:
                 continue
             out.append(f"{name}: {len(changes.added)} added, {len(changes.removed)} removed, "
@@ -322,6 +360,11 @@ def _show_trace(trace: Trace) -> str:
     return f"{trace.kind} {_short(trace.content, 48)}{conf}"
 
 
+def _doc_label(key: tuple[str, str]) -> str:
+    name, path = key
+    return f"{name}" if not path else f"{name}:{path}"
+
+
 def vector_label(key: tuple[str, str | None]) -> str:
     """``collection/id`` for a vector, ``collection (collection)`` for its record: how a diff prints a key."""
     collection, id = key
@@ -347,11 +390,18 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
     states: dict[str, State] = {}
     traces: list[Trace] = []
     vectors: dict[str, dict[str, Any]] = {}
+    docs: dict[str, Any] = {}
     for key, value in items:
         tag = key[_RUN_RANGE]
         user = key[TAGGED_PREFIX_LEN:]
         if tag == TAG_VECTOR:
             _add_vector(run, vectors, user, value)
+        elif tag == TAG_DOC:
+            parts = doc_key_parts(user)
+            if parts is None:
+                raise CorruptionError(f"run {run}: malformed document key {user[:80]!r}")
+            if parts[1] == "doc":
+                docs[parts[0]] = deep_freeze(doc_from_record(value, f"run {run}: document {parts[0]!r}"))
         elif tag == TAG_KV:
             kv[user.decode("utf-8")] = decode_value(value)
         elif tag == TAG_EVENT:
@@ -363,7 +413,7 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
     for c in vectors.values():
         c["vectors"] = FrozenDict(c["vectors"])
     return RunState(run, version, FrozenDict(kv), FrozenList(events), FrozenDict(states), FrozenList(traces),
-                    FrozenDict({name: FrozenDict(c) for name, c in vectors.items()}))
+                    FrozenDict({name: FrozenDict(c) for name, c in vectors.items()}), FrozenDict(docs))
 
 
 def vector_key(user: bytes) -> tuple[str, str | None]:
@@ -409,6 +459,23 @@ def _add_vector(run: str, vectors: dict[str, dict[str, Any]], user: bytes, value
         c.update(_collection_params(run, collection, value))
     else:
         c["vectors"][id] = _vector_record(run, collection, id, value)
+
+
+def _doc_ops(user: bytes, value: bytes | None) -> list[Op]:
+    """A document record's operations, one :class:`Op` each (see :class:`Op`)."""
+    parts = doc_key_parts(user)
+    if parts is None:  # damage: shown as it is, `inmem verify` names it
+        return [Op("docs", user, "delete" if value is None else "put", None if value is None else decode_value(value))]
+    name, kind = parts
+    if value is None:
+        return [Op("docs", name, "delete", {"path": []})] if kind == "doc" else [Op("docs", name, "undefine", None)]
+    record = decode_value(value)
+    if kind == "schema":
+        return [Op("docs", name, "define", record)]
+    ops = record.get("ops") if isinstance(record, dict) else None
+    if not isinstance(ops, list) or not ops:
+        return [Op("docs", name, "put", record)]
+    return [Op("docs", name, op.get("op"), {k: v for k, v in op.items() if k != "op"}) for op in ops]
 
 
 def _op(key: bytes, value: bytes | None) -> Op:
@@ -462,7 +529,8 @@ def history(kernel: Kernel, run: str) -> list[Commit]:
     rid, lsns = _complete_lsns(kernel, run, None)
     out: list[Commit] = []
     for version, ts_us, writes in kernel.history.read(lsns, kernel.wal.write_through):
-        ops = tuple(_op(k, v) for k, v in writes if run_id_of(k) == rid)
+        ops = tuple(op for k, v in writes if run_id_of(k) == rid
+                    for op in (_doc_ops(k[TAGGED_PREFIX_LEN:], v) if k[_RUN_RANGE] == TAG_DOC else (_op(k, v),)))
         runs = tuple(dict.fromkeys(str(uuid.UUID(bytes=run_id_of(k))) for k, _ in writes))
         out.append(Commit(version, utc_from_us(ts_us), ops, runs))
     return out
@@ -531,7 +599,36 @@ def diff(kernel: Kernel, a: str, b: str, at_a: int | None = None, at_b: int | No
                         lambda u, v: trace_from_record(b, u, decode_value(v))),
         vectors=_changes(ta[TAG_VECTOR], tb[TAG_VECTOR], vector_key, lambda u, v: _vector_entry(a, u, v),
                          _vector_differs, lambda u, v: _vector_entry(b, u, v)),
+        docs=_docs_changes(a, b, ta[TAG_DOC], tb[TAG_DOC]),
     )
+
+
+def _docs_changes(a: str, b: str, da: dict[bytes, bytes], db: dict[bytes, bytes]) -> Changes:
+    """Documents compared per path: keys ``(name, dotted path)``, ``""`` for a whole document."""
+    def docs(run: str, table: dict[bytes, bytes]) -> dict[bytes, tuple[str, bytes]]:
+        out = {}
+        for u, v in table.items():
+            parts = doc_key_parts(u)
+            if parts is not None and parts[1] == "doc":
+                out[u] = (parts[0], v)
+        return out
+
+    xa, xb = docs(a, da), docs(b, db)
+    added = {(n, ""): doc_from_record(v) for u, (n, v) in xb.items() if u not in xa}
+    removed = {(n, ""): doc_from_record(v) for u, (n, v) in xa.items() if u not in xb}
+    changed: dict[Any, tuple[Any, Any]] = {}
+    for u, (n, v) in xa.items():
+        w = xb.get(u)
+        if w is None or w[1] == v:
+            continue
+        for path, (x, y) in path_changes(doc_from_record(v), doc_from_record(w[1])).items():
+            if x is MISSING:
+                added[(n, path)] = y
+            elif y is MISSING:
+                removed[(n, path)] = x
+            else:
+                changed[(n, path)] = (x, y)
+    return Changes(added=added, removed=removed, changed=changed)
 
 
 def _vector_entry(run: str, user: bytes, value: bytes) -> Any:
@@ -550,7 +647,8 @@ def _vector_differs(x: Any, y: Any) -> bool:
 
 def _by_tag(raw: dict[bytes, bytes]) -> dict[int, dict[bytes, bytes]]:
     """Split a run's ``store key -> bytes`` into ``tag -> {user key bytes: value bytes}`` (key order kept)."""
-    out: dict[int, dict[bytes, bytes]] = {TAG_KV: {}, TAG_EVENT: {}, TAG_STATE: {}, TAG_TRACE: {}, TAG_VECTOR: {}}
+    out: dict[int, dict[bytes, bytes]] = {TAG_KV: {}, TAG_EVENT: {}, TAG_STATE: {}, TAG_TRACE: {}, TAG_VECTOR: {},
+                                          TAG_DOC: {}}
     for key in sorted(raw):
         table = out.get(key[_RUN_RANGE])
         if table is not None:
@@ -617,7 +715,8 @@ def fork(kernel: Kernel, run: str, at_version: int | None, name: str | None, tag
             items = replayed.items()
             point = at_version
         skip = len(new_base)
-        writes = [(new_base + k[skip:], v) for k, v in items if k[_RUN_RANGE] != TAG_RUN]
+        writes = [(new_base + k[skip:], copied_record(v) if k[_RUN_RANGE] == TAG_DOC and k.endswith(DOC_SUFFIX) else v)
+                  for k, v in items if k[_RUN_RANGE] != TAG_RUN]
         record["metadata"] = {"forked_from": run, "fork_version": point}
         record["first_version"] = view.version + 1
         writes.insert(0, (record_key, registry.encode_record(record)))

@@ -18,6 +18,12 @@ Semantics (SPEC.md, "Transactions"):
   the snapshot: naming it raises ``TransactionConflict`` at once. Listing runs
   is a predicate read: validation also fails if a run was created or ended
   after ``B`` (no phantom runs).
+* **Blind updates** (:meth:`Transaction.merge`, a primitive's merge
+  operator): an operation on a key recorded without reading it — checked at
+  once against the snapshot plus own writes, applied again at commit to the
+  latest value in commit order. Such a key joins neither the read set nor the
+  write-write check unless the transaction also reads it (then the read is
+  validated as usual).
 * **Validation** (optimistic, backward, after Kung and Robinson 1981): at
   commit, if any key in the read set or the write set, or any key inside a
   scanned range (an insert or delete counts: no phantoms), was committed after
@@ -39,14 +45,32 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .errors import TransactionClosed, TransactionConflict
-from .keys import TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, in_range, run_prefix, split_key
-from .kernel import Kernel, ReadPoint
+from .errors import InvalidArgument, InvalidValue, TransactionClosed, TransactionConflict
+from .keys import TAG_DOC, TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, in_range, run_prefix, split_key
+from .kernel import Entry, Kernel, ReadPoint, Resolver
 from .registry import run_record_key
 
 __all__ = ["Transaction"]
 
-_PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces"}
+_PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
+              TAG_DOC: "docs"}
+_OWN = -1  # a merge's base is this transaction's own earlier write, not a committed entry
+
+
+class _Merge:
+    """One key's blind operations in a transaction: the operator, the version of the committed entry the
+    state was built on (``_OWN``: an own write), the state after every op, and the ops in order."""
+
+    __slots__ = ("operator", "base", "state", "ops")
+
+    def __init__(self, operator: Any, base: int, state: Any, ops: list[Any]):
+        self.operator = operator
+        self.base = base
+        self.state = state
+        self.ops = ops
+
+    def value(self) -> bytes | None:
+        return self.operator.finish(self.state, self.ops)  # type: ignore[no-any-return]
 
 
 def _abandoned(kernel: Kernel, point: ReadPoint) -> None:
@@ -82,6 +106,7 @@ class Transaction:
         self._reads: set[bytes] = set()
         self._ranges: list[tuple[bytes, bytes | None]] = []
         self._writes: dict[bytes, bytes | None] = {}
+        self._merges: dict[bytes, _Merge] = {}
         self._runs: set[str] = set()
         #: Set by a run listing: validation then also checks that no run was created or ended since.
         self._listed_runs = False
@@ -114,11 +139,11 @@ class Transaction:
     @property
     def read_only(self) -> bool:
         """True while nothing has been written (such a transaction never conflicts)."""
-        return not self._writes
+        return not self._writes and not self._merges
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else "active"
-        return f"<inmem.Transaction at version {self._begin}, {state}, {len(self._writes)} writes>"
+        return f"<inmem.Transaction at version {self._begin}, {state}, {len(self._writes) + len(self._merges)} writes>"
 
     # --- the primitive Context -------------------------------------------------------------
 
@@ -134,6 +159,9 @@ class Transaction:
             value = self._writes[key]
             return None if value is None else (0, value)
         self._reads.add(key)
+        if self._merges and key in self._merges:  # read after blind ops: now a validated read as well
+            value = self._merges[key].value()
+            return None if value is None else (0, value)
         return self._read_at(key, self._begin)
 
     def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -182,6 +210,39 @@ class Transaction:
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
         self._writing(run)
         self._writes[key] = value
+        if self._merges:
+            self._merges.pop(key, None)  # a plain write replaces the blind ops before it
+
+    def merge(self, run: str, key: bytes, operator: Any, op: Any) -> None:
+        """Record blind operation ``op`` on ``key`` (see :class:`~inmem.primitives.context.Context`).
+
+        Checked now on this transaction's view of the key (the snapshot entry,
+        read without joining the read set, or its own write); applied again at
+        commit to the latest entry if another commit changed the key after the
+        snapshot. :raises: whatever ``operator.step`` raises (nothing recorded).
+        """
+        self._writing(run)
+        m = self._merges.get(key)
+        if m is not None:
+            m.state = operator.step(m.state, op)
+            m.operator = operator
+            m.ops.append(op)
+            return
+        if key in self._writes:  # on top of an own write: no committed base to re-check
+            base, value = _OWN, self._writes[key]
+        else:
+            entry = self._read_at(key, self._begin)
+            base, value = (0, None) if entry is None else entry
+        state = operator.step(operator.start(value), op)
+        self._writes.pop(key, None)
+        self._merges[key] = _Merge(operator, base, state, [op])
+
+    def _own_items(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes | None]]:
+        """This transaction's writes and merged values in ``[lo, hi)`` (None: deleted). O(writes + merges)."""
+        mine = [(k, v) for k, v in self._writes.items() if in_range(k, lo, hi)]
+        if self._merges:
+            mine += [(k, m.value()) for k, m in self._merges.items() if in_range(k, lo, hi)]
+        return mine
 
     def delete(self, run: str, key: bytes) -> bool:
         self._writing(run)
@@ -195,15 +256,17 @@ class Transaction:
         self._check()
         items = self._kernel.scan_at(lo, hi, self._begin)
         self._ranges.append((lo, hi))
-        if not self._writes:
+        if not self._writes and not self._merges:
+            return items
+        mine = self._own_items(lo, hi)
+        if not mine:
             return items
         merged = dict(items)
-        for key, value in self._writes.items():
-            if in_range(key, lo, hi):
-                if value is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
+        for key, value in mine:
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
         return sorted(merged.items())
 
     def last(self, lo: bytes, hi: bytes | None) -> tuple[bytes, bytes] | None:
@@ -212,14 +275,13 @@ class Transaction:
         found = self._kernel.last_at(lo, hi, self._begin)
         self._ranges.append((lo, hi))
         best = None if found is None else (found[0], found[1][1])
-        for key, value in self._writes.items():
-            if in_range(key, lo, hi):
-                if value is None:
-                    if best is not None and best[0] == key:  # deleted by us: look again without it
-                        items = self.scan(lo, hi)
-                        return items[-1] if items else None
-                elif best is None or key > best[0]:
-                    best = (key, value)
+        for key, value in self._own_items(lo, hi):
+            if value is None:
+                if best is not None and best[0] == key:  # deleted by us: look again without it
+                    items = self.scan(lo, hi)
+                    return items[-1] if items else None
+            elif best is None or key >= best[0]:
+                best = (key, value)
         return best
 
     def count(self, lo: bytes, hi: bytes | None) -> int:
@@ -231,12 +293,11 @@ class Transaction:
         self._check()
         found = dict((k, e[0]) for k, e in self._kernel.scan_at(lo, hi, self._begin, entries=True))
         self._ranges.append((lo, hi))
-        for key, value in self._writes.items():
-            if in_range(key, lo, hi):
-                if value is None:
-                    found.pop(key, None)
-                else:
-                    found[key] = 0
+        for key, value in self._own_items(lo, hi):
+            if value is None:
+                found.pop(key, None)
+            else:
+                found[key] = 0
         return sorted(found.items())
 
     @property
@@ -245,8 +306,8 @@ class Transaction:
         return self._begin
 
     def has_writes(self, lo: bytes, hi: bytes | None) -> bool:
-        """Whether this transaction has written any key in ``[lo, hi)``. O(writes)."""
-        return any(in_range(k, lo, hi) for k in self._writes)
+        """Whether this transaction has written (or merged into) any key in ``[lo, hi)``. O(writes)."""
+        return any(in_range(k, lo, hi) for k in self._writes) or any(in_range(k, lo, hi) for k in self._merges)
 
     def note_range(self, lo: bytes, hi: bytes | None) -> None:
         """Record ``[lo, hi)`` as scanned (validated at commit) without reading it."""
@@ -285,11 +346,33 @@ class Transaction:
         self._finished = True
         # detach first: the finaliser and this call must not both release the read point
         point = self._point if self._finalizer.detach() is not None else None
-        if self._writes:
+        if self._writes or self._merges:
+            merges = [(key, self._resolver(m)) for key, m in self._merges.items()]
             self.commit_version = self._kernel.commit(list(self._writes.items()), self._runs,
-                                                      validate=self._validate, release=point)
+                                                      validate=self._validate, release=point, merges=merges)
         elif point is not None:
             self._kernel.close_read_point(point)
+
+    def _resolver(self, m: _Merge) -> Resolver:
+        """The value of merged key at commit: the state built at call time if the committed entry is the
+        one it was built on (or an own write), else every op again on the latest entry, in order."""
+        begin = self._begin
+
+        def resolve(entry: Entry | None) -> bytes | None:
+            if m.base == _OWN or (0 if entry is None else entry[0]) == m.base:
+                return m.value()
+            operator = m.operator
+            try:
+                state = operator.start(None if entry is None else entry[1])
+                for op in m.ops:
+                    state = operator.step(state, op)
+                return operator.finish(state, m.ops)  # type: ignore[no-any-return]
+            except (InvalidArgument, InvalidValue) as exc:
+                raise type(exc)(f"{exc} (applied at commit to version {entry[0] if entry else 0}: another "
+                                f"commit changed it after this transaction's snapshot at version {begin}; "
+                                "nothing was written)") from exc
+
+        return resolve
 
     def _validate(self, kernel: Kernel) -> None:
         """The OCC check, run under the commit lock.
@@ -305,6 +388,11 @@ class Transaction:
             version = last_write(key)
             if version > begin:
                 raise _conflict(self, key, version, "a write to a key this transaction writes")
+        for key, m in self._merges.items():  # blind: only a merge on top of an own write is checked
+            if m.base == _OWN:
+                version = last_write(key)
+                if version > begin:
+                    raise _conflict(self, key, version, "a write to a key this transaction writes")
         for key in self._reads:
             version = last_write(key)
             if version > begin:
@@ -327,6 +415,7 @@ class Transaction:
         self._check()
         self._finished = True
         self._writes.clear()
+        self._merges.clear()
         if self._finalizer.detach() is not None:
             self._kernel.close_read_point(self._point)
 

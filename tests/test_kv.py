@@ -37,7 +37,7 @@ def test_public_names_are_pinned():
     assert set(inmem.__all__) == {
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
-        "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "NotADatabase", "Op", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
+        "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
         "RunState", "SnapshotInfo", "State", "StoredVector", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "VectorRecord", "__version__",
     }

@@ -15,14 +15,15 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "engine"
 # lowest first; a module may import only modules of its own layer or below
 LAYERS = [
     {"errors"},
-    {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings"},
+    {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc"},
     {"fs", "wal.format", "wal.fast"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal"},
     {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
     {"recovery", "registry"},
     {"kernel"},
     {"txn", "checkpoint"},
-    {"primitives", "primitives.context", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs", "primitives.vectors"},
+    {"primitives", "primitives.context", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs", "primitives.vectors",
+     "primitives.docs"},
     {"contexts", "vectorindex"},
     {"replay"},
     {"database"},

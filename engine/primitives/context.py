@@ -9,9 +9,28 @@ primitive class serves both autocommit calls (``db.kv``) and transactions
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Context"]
+__all__ = ["Context", "MergeOperator"]
+
+
+class MergeOperator(Protocol):
+    """How a primitive folds blind operations on one key (:meth:`Context.merge`).
+
+    ``start(value)`` decodes the stored value (None: absent) into a working
+    state; ``step(state, op)`` applies one operation and returns the new state
+    — it may change ``state`` in place, but only once it cannot fail (it raises
+    to refuse the operation, changing nothing); ``finish(state, ops)`` encodes
+    the result (None: delete the key), given every operation of this commit on
+    the key in order. All three are deterministic and CPU-only: a transaction
+    runs them again under the commit lock when another commit changed the key.
+    """
+
+    def start(self, value: bytes | None) -> Any: ...
+
+    def step(self, state: Any, op: Any) -> Any: ...
+
+    def finish(self, state: Any, ops: list[Any]) -> bytes | None: ...
 
 
 class Context(Protocol):
@@ -32,6 +51,13 @@ class Context(Protocol):
 
     def delete(self, run: str, key: bytes) -> bool:
         """Delete ``key`` of active ``run`` if present; return whether it was."""
+
+    def merge(self, run: str, key: bytes, operator: MergeOperator, op: Any) -> None:
+        """Apply ``op`` to ``key`` of active ``run`` through ``operator`` — blindly: in a transaction the
+        key does not join the read set; ``op`` is checked at once against what the transaction sees
+        (``step`` raising refuses it, nothing recorded) and applied again at commit, in commit order,
+        to the latest value if another commit changed the key meanwhile (raising there fails the
+        commit, nothing written). Outside a transaction it is applied at once, under the commit lock."""
 
     def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, bytes]]:
         """``(key, encoded value)`` for ``lo <= key < hi``, in key order."""
