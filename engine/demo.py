@@ -10,8 +10,9 @@ through the public API only:
    run — ``state.cas`` open -> claimed, a tool call and its result in the
    agent's event log, a trace of the decision with confidence and
    alternatives, a KV scratchpad entry, a vector memory of what it learned
-   (``vectors.add_text``, embedded by feature hashing), then ``state.set``
-   claimed -> done.
+   (``vectors.add_text``, embedded by feature hashing), blind increments of
+   the board's shared progress document (``docs.increment``, validated by a
+   pydantic model; they never conflict), then ``state.set`` claimed -> done.
    Racing agents conflict and retry. The child prints each acknowledged
    (``strict``: fsynced) commit.
 3. Part-way through, the child is **SIGKILLed**. The demo reopens the
@@ -47,6 +48,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from pydantic import BaseModel
 from rich.table import Table
 
 from .database import Database
@@ -59,6 +61,16 @@ TRANSITIONS = {"open": ["claimed"], "claimed": ["done"]}
 #: Each agent's vector collection of what it learned (one memory per task, embedded by EMBEDDER).
 MEMORY = "memory"
 EMBED_DIM = 64
+#: The board's shared JSON document that every task's transaction updates with blind operations.
+PROGRESS = "progress"
+
+
+class BoardProgress(BaseModel):
+    """The schema of the board's progress document (``docs.define``): counts only, so it stays small."""
+
+    done: int = 0
+    by_tool: dict[str, int] = {}
+    by_agent: dict[str, int] = {}
 
 
 def _open(directory: str, **options: Any) -> Database:
@@ -88,6 +100,10 @@ def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) 
         # what the agent learned, as a vector memory in the same commit as the event that explains it
         tx.vectors.add_text(run, MEMORY, f"{key}: {tool} finished it with {tokens} tokens",
                             metadata={"task": key, "tool": tool, "tokens": tokens})
+        # the shared progress document: blind increments, so racing agents never conflict on it
+        tx.docs.increment(board, PROGRESS, "done")
+        tx.docs.increment(board, PROGRESS, ["by_tool", tool])
+        tx.docs.increment(board, PROGRESS, ["by_agent", run[-12:]])
         tx.state.set(board, key, "done")
         return True
 
@@ -186,6 +202,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                 for i in range(agents)]
         for run in runs:
             db.vectors.create(run, MEMORY, dim=EMBED_DIM)
+        db.docs.define(board, PROGRESS, BoardProgress)
         seeded_version = db.stats()["commit_version"]
 
     # 2. the agents work in a child process, which is SIGKILLed part-way
@@ -232,8 +249,12 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
             memory = db.vectors.search(ack["run"], MEMORY, ack["task"], k=1, filter={"task": ack["task"]})
             assert [m.metadata["task"] for m in memory] == [ack["task"]], f"acknowledged memory of {ack} lost"
         chains = sum(1 for r in [planner, *runs] if db.events.verify(r) >= 0)
+        progress = db.docs.get(board, PROGRESS) or {"done": 0}
+        done_now = sum(1 for i in range(tasks) if db.state.get(board, _task(i)).value == "done")
+        assert progress["done"] == done_now, f"progress document says {progress['done']}, board {done_now}"
         console.print(f"  [green]ok[/green] every one of {len(acked):,} acknowledged commits is there; "
-                      f"{chains} event hash chains verify")
+                      f"{chains} event hash chains verify; the shared progress document counts exactly "
+                      f"the {done_now:,} tasks done")
 
         remaining = [i for i in range(tasks) if db.state.get(board, _task(i)).value == "open"]
         with _progress(console) as bar:
@@ -264,6 +285,9 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
             f"tasks done once: {done_once} of {tasks}; lost: {lost}"
         memories = sum(db.vectors.count(r, MEMORY) for r in runs)
         assert memories == tasks, f"{memories} vector memories for {tasks} tasks"
+        progress = db.docs.get(board, PROGRESS)
+        assert progress["done"] == tasks and sum(progress["by_tool"].values()) == tasks, progress
+        assert sum(progress["by_agent"].values()) == tasks, progress
         chains = sum(1 for r in [planner, *runs] if db.events.verify(r) >= 0)
         console.print(f"  [green]ok[/green] all {tasks:,} tasks done exactly once, none lost "
                       f"({len(remaining):,} finished after the crash); {chains} event chains verify")
@@ -274,6 +298,9 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                       f"agent {recall_run[-12:]} recalls 'run_tests finished it':")
         for m in hits:
             console.print(f"    {m.score:.2f}  {m.text}", highlight=False)
+        console.print(f"  shared document '{PROGRESS}' on the board ({agents} agents, blind increments, "
+                      f"validated by a pydantic model): done {progress['done']:,}, by tool "
+                      f"{dict(sorted(progress['by_tool'].items()))}", highlight=False)
         for run in runs:
             db.end_run(run, "completed")
         db.end_run(board)
@@ -327,6 +354,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                  ("commits", f"{stats['commit_version']:,}"), ("conflicts retried", f"{conflicts:,}"),
                  ("recovery", f"{recovery_s * 1000:.0f} ms, {rec['records']:,} records"),
                  ("vector memories", f"{memories:,}, each in its task's commit"),
+                 ("shared document", f"{progress['done']:,} blind increments by {agents} agents, none lost"),
                  ("database size", f"{size / 1e6:.1f} MB"), ("wall time", f"{seconds:.1f} s")]:
         table.add_row(k, v)
     if langgraph is not None:
@@ -335,7 +363,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     console.print(table)
     console.print("explore it:")
     for cmd in (f"inmem info {directory}", f"inmem runs {directory}", f"inmem runs {directory} --tag langgraph",
-                f"inmem show {directory} {agent} --traces",
+                f"inmem show {directory} {agent} --traces", f"inmem show {directory} {board} --docs",
                 f"inmem history {directory} {fork}", f"inmem diff {directory} {agent} {fork}",
                 f"inmem verify {directory}"):
         console.print(f"  [bold]{cmd}[/bold]", highlight=False, soft_wrap=True)  # whole, to copy and paste
@@ -345,5 +373,5 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         "diff_empty": diff.is_empty(), "recovery": rec, "recovered_version": recovered_version,
         "seeded_version": seeded_version, "commit_version": stats["commit_version"],
         "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3), "langgraph": langgraph,
-        "memories": memories,
+        "memories": memories, "progress": progress,
     }

@@ -30,7 +30,7 @@ from typing import Any
 import cbor2
 
 from .codec import decode_value, utc_from_us
-from .errors import CorruptionError, InvalidArgument
+from .errors import CorruptionError, InvalidArgument, InvalidValue
 from .kernel import Kernel, LockedView
 from .keys import (
     TAG_DOC,
@@ -45,7 +45,7 @@ from .keys import (
     run_id_of,
     run_prefix,
 )
-from .jsondoc import MISSING
+from .jsondoc import MISSING, json_copy
 from .primitives.docs import DOC_SUFFIX, copied_record, doc_from_record, doc_key_parts, path_changes
 from .primitives.events import Event, event_from_record
 from .primitives.state import State, state_from_record
@@ -401,7 +401,12 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
             if parts is None:
                 raise CorruptionError(f"run {run}: malformed document key {user[:80]!r}")
             if parts[1] == "doc":
-                docs[parts[0]] = deep_freeze(doc_from_record(value, f"run {run}: document {parts[0]!r}"))
+                where = f"run {run}: document {parts[0]!r}"
+                try:  # checked JSON-like, as every write is: damage never passes for a document
+                    doc = json_copy(doc_from_record(value, where), where)
+                except InvalidValue as exc:
+                    raise CorruptionError(f"{exc}") from None
+                docs[parts[0]] = deep_freeze(doc)
         elif tag == TAG_KV:
             kv[user.decode("utf-8")] = decode_value(value)
         elif tag == TAG_EVENT:

@@ -47,7 +47,7 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
         "torn_tail": None | {"file", "offset", "bytes", "reason"}, "snapshots":
         [{"file", "ok", "error"}], "runs": int, "events": int,
         "chains_broken": [{"run", "seq"}], "collections": int, "vectors": int,
-        "vectors_bad": [{"run", "collection", "id", "problem"}], "problems": [str]}``;
+        "vectors_bad": [{"run", "collection", "id", "problem"}], "docs": int, "problems": [str]}``;
         ``ok`` is False if anything is damaged (a torn tail alone is not
         damage). ``vectors_bad``: ``id`` is None for a problem of the
         collection itself, ``collection`` too when the run's vector records
@@ -69,7 +69,7 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
     problems: list[str] = []
     report: dict[str, Any] = {"ok": True, "segments": [], "torn_tail": None, "snapshots": [], "runs": 0,
                               "events": 0, "chains_broken": [], "collections": 0, "vectors": 0, "vectors_bad": [],
-                              "problems": problems}
+                              "docs": 0, "problems": problems}
     try:
         db_id: bytes | None = read_identity(fs, path).db_id
     except CorruptionError as exc:
@@ -158,7 +158,8 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
 
 
 def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
-    """Check every vector record of ``run``: decodes, ``4 x dim`` bytes, finite, its collection exists."""
+    """Check every vector record of ``run`` (decodes, ``4 x dim`` bytes, finite, its collection exists) and,
+    through :meth:`run_state`, that every record of every primitive decodes (documents: JSON-like)."""
     bad: list[dict[str, Any]] = report["vectors_bad"]
 
     def problem(collection: str | None, id: str | None, what: str) -> None:
@@ -171,6 +172,7 @@ def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
     except CorruptionError as exc:  # a vector key or record that does not decode (or another primitive's)
         problem(None, None, f"its records do not decode: {exc}")
         return
+    report["docs"] += len(state.docs)
     for name, c in state.vectors.items():
         report["collections"] += 1
         dim = c["dim"]

@@ -586,6 +586,8 @@ def test_schema_defaults_validation_and_get_model(db, dbdir, run):
     with pytest.raises(InvalidValue) as info:
         db.docs.set(run, "me", "x", "visits")
     assert info.value.errors[0]["loc"] == ("visits",)  # pydantic's error list
+    # pydantic ignores unknown members by default: refused, never silently dropped
+    assert_refused_unwritten(db, dbdir, lambda: db.docs.append(run, "me", "log", "x"), InvalidValue)
     db.docs.append(run, "me", "tags", "admin")
     profile = db.docs.get_model(run, "me")
     assert isinstance(profile, Profile) and profile.visits == 1 and profile.tags == ["admin"]
@@ -677,3 +679,32 @@ def test_fork_copies_documents_and_diff_shows_changes_per_path(db, run):
     assert diff.docs.changed == {("ctx", "items"): ([1], [1, 2])}
     assert "~ docs ctx:items: [1] -> [1, 2]" in str(diff)
     assert db.diff_runs(run, fork, at_b=db.history(fork)[0].version).is_empty()
+
+
+# --- damage: never returned as data ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("record", [
+    {"doc": {"a": 1}},  # no ops: not a document record
+    {"doc": {"when": __import__("datetime").datetime(2026, 1, 1, tzinfo=__import__("datetime").timezone.utc)},
+     "ops": [], "updated_us": 0},  # storable, but not JSON-like
+    "just a string",
+], ids=["no-ops", "not-json", "not-a-map"])
+def test_a_damaged_document_record_is_reported_not_returned(dbdir, record):
+    from inmem import CorruptionError
+    from inmem.codec import encode_value
+    from inmem.keys import TAG_DOC, run_id_bytes, run_prefix
+    from inmem.testing import kernel
+    from inmem.verify import verify_directory
+
+    with Database.open(dbdir, durability="strict") as db:
+        run = db.begin_run("agent")
+        db.docs.set(run, "good", {"x": 1})
+        key = run_prefix(run_id_bytes(run), TAG_DOC) + b"bad\x00\x00"
+        kernel(db).commit([(key, encode_value(record))], (run,))
+        with pytest.raises(CorruptionError):
+            db.docs.get(run, "bad")
+        with pytest.raises(CorruptionError):
+            db.run_state(run)
+        assert db.docs.get(run, "good") == {"x": 1}
+    report = verify_directory(dbdir)
+    assert not report["ok"] and any("document 'bad'" in p for p in report["problems"])

@@ -438,3 +438,18 @@ def test_a_commit_does_not_retain_versions_for_its_own_snapshot(db, run):
             tx.kv.put(run, "k", tx.kv.get(run, "k") + 1)
         assert db.stats()["retained_versions"] == 0
     assert db.kv.get(run, "k") == 20
+
+
+def test_last_in_a_transaction_returns_its_own_overwrite_of_the_last_key(dbdir):
+    from inmem.codec import decode_value
+    from inmem.keys import TAG_KV, prefix_end, run_id_bytes, run_prefix
+
+    with Database.open(dbdir, durability="off") as db:
+        run = db.begin_run()
+        db.kv.put(run, "a", 1)
+        db.kv.put(run, "b", 1)
+        lo = run_prefix(run_id_bytes(run), TAG_KV)
+        with db.transaction() as tx:
+            tx.kv.put(run, "b", 2)  # the last key of the range, overwritten by the transaction itself
+            key, value = tx.last(lo, prefix_end(lo))
+            assert key == lo + b"b" and decode_value(value) == 2

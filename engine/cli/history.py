@@ -31,7 +31,8 @@ def history(directory: str, run: str, as_json: bool) -> None:
 
     READ-ONLY. Each row: commit version, UTC time, and the run's ops in it as
     `primitive key kind` (e.g. `kv plan put`, `vectors mem/doc-1 put`,
-    `vectors mem (collection) put`); a commit that also touched other runs (a
+    `vectors mem (collection) put`, `docs ctx increment metrics.count`: one
+    row per document operation, with its path); a commit that also touched other runs (a
     cross-run transaction) lists them. --json includes the values.
 
     \b
@@ -51,10 +52,18 @@ def history(directory: str, run: str, as_json: bool) -> None:
     table.add_column("ops (primitive key kind)", overflow="fold")
     table.add_column("other runs", overflow="fold", style="dim")
     for c in commits:
-        ops = "\n".join(f"{op.primitive} {_op_key(op)} {op.kind}".replace("  ", " ") for op in c.ops)
+        ops = "\n".join(_op_line(op) for op in c.ops)
         others = ", ".join(r for r in c.runs if r != run)
         table.add_row(str(c.version), _time(c.ts), Text(ops), others)
     out.print(table)
+
+
+def _op_line(op: Op) -> str:
+    """``primitive key kind`` (a document operation: ``docs name kind path``)."""
+    if op.primitive == "docs" and isinstance(op.value, dict) and isinstance(op.value.get("path"), list):
+        path = ".".join(str(seg) for seg in op.value["path"])
+        return f"docs {_short(op.key, 60)} {op.kind}" + (f" {_short(path, 60)}" if path else "")
+    return f"{op.primitive} {_op_key(op)} {op.kind}".replace("  ", " ")
 
 
 def _op_key(op: Op) -> str:
@@ -62,6 +71,7 @@ def _op_key(op: Op) -> str:
         return ""
     if op.primitive == "vectors" and isinstance(op.key, tuple):
         return _short(vector_label(op.key), 80)
+
     return _short(op.key, 80)
 
 
@@ -73,7 +83,7 @@ def _op_key(op: Op) -> str:
 @JSON
 @_guard
 def replay(directory: str, run: str, at: int | None, kv: bool, events: bool, state: bool, traces: bool,
-           vectors: bool, as_json: bool) -> None:
+           vectors: bool, docs: bool, as_json: bool) -> None:
     """Rebuild a run from its WAL history alone, optionally as it was at a past version.
 
     READ-ONLY. Prints the replayed state like `show` and whether it equals the
@@ -86,7 +96,7 @@ def replay(directory: str, run: str, at: int | None, kv: bool, events: bool, sta
       inmem replay ./state RUN --at 42 --kv
       inmem replay ./state RUN --at 42 --vectors
     """
-    sections = _sections(kv, events, state, traces, vectors)
+    sections = _sections(kv, events, state, traces, vectors, docs)
     with _open(directory, show_progress=not as_json) as db:
         info_ = db.runs.get(run)
         replayed = db.replay_run(run, at_version=at)

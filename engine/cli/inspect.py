@@ -166,12 +166,13 @@ def runs(directory: str, status: str | None, tag: str | None, parent: str | None
 @JSON
 @_guard
 def show(directory: str, run: str, kv: bool, events: bool, state: bool, traces: bool, vectors: bool,
-         as_json: bool) -> None:
-    """Show a run: its record and its current KV, events, states, traces and vectors.
+         docs: bool, as_json: bool) -> None:
+    """Show a run: its record and its current KV, events, states, traces, vectors and documents.
 
     READ-ONLY. With no section flag every section is shown; traces are drawn
     as a tree of parent and child steps; vectors as a table per collection
-    (id, first components, norm, metadata, text; --json: every component).
+    (id, first components, norm, metadata, text; --json: every component);
+    documents as indented JSON.
 
     \b
     Example:
@@ -179,8 +180,9 @@ def show(directory: str, run: str, kv: bool, events: bool, state: bool, traces: 
       inmem show ./state RUN --events --traces
       inmem show ./state RUN --kv --json
       inmem show ./state RUN --vectors
+      inmem show ./state RUN --docs --json
     """
-    sections = _sections(kv, events, state, traces, vectors)
+    sections = _sections(kv, events, state, traces, vectors, docs)
     with _open(directory, show_progress=not as_json) as db:
         info_ = db.runs.get(run)
         current = db.run_state(run)

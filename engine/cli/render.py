@@ -24,7 +24,9 @@ from rich.tree import Tree
 
 from ..replay import RunDiff, RunState, StoredVector, vector_label
 
-SECTIONS = ("kv", "events", "states", "traces", "vectors")
+SECTIONS = ("kv", "events", "states", "traces", "vectors", "docs")
+#: Characters of one document drawn in a terminal (``--json`` has it all).
+MAX_DOC_CHARS = 4000
 #: Rows of one vector collection drawn in a terminal (``--json`` has them all).
 MAX_VECTOR_ROWS = 50
 
@@ -229,6 +231,17 @@ def _render_state(out: Console, state: RunState, sections: tuple[str, ...]) -> N
         out.print(tree)
     if "vectors" in sections:
         _render_vectors(out, state.vectors)
+    if "docs" in sections:
+        _render_docs(out, state.docs)
+
+
+def _render_docs(out: Console, docs: Mapping[str, Any]) -> None:
+    out.print(Text(f"docs ({len(docs)})", style="italic"))
+    for name, doc in docs.items():
+        text = json.dumps(plain(doc), indent=2, ensure_ascii=False)
+        if len(text) > MAX_DOC_CHARS:
+            text = text[:MAX_DOC_CHARS] + f"\n… {len(text) - MAX_DOC_CHARS:,} more characters (--json has it all)"
+        out.print(Panel(Text(text), title=f"doc {name}", title_align="left", expand=False))
 
 
 def _run_header(info: Any, note: str) -> Panel:
@@ -250,6 +263,8 @@ def _diff_doc(d: RunDiff) -> dict[str, Any]:
     doc = plain(d)
     for part in ("added", "removed", "changed"):  # (collection, id) keys as "collection/id"
         doc["vectors"][part] = {vector_label(k): plain(v) for k, v in getattr(d.vectors, part).items()}
+        doc["docs"][part] = {(f"{k[0]}:{k[1]}" if k[1] else k[0]): plain(v)  # (name, path) as "name:path"
+                             for k, v in getattr(d.docs, part).items()}
     doc["empty"] = d.is_empty()
     return doc  # type: ignore[no-any-return]
 
@@ -284,6 +299,7 @@ def _render_verify(out: Console, directory: str, report: Mapping[str, Any]) -> N
     bad_vectors = report.get("vectors_bad", ())
     out.print(Text(f"vector records: {report.get('vectors', 0):,} vectors in {report.get('collections', 0):,} "
                    f"collections, {len(bad_vectors)} bad", style="red" if bad_vectors else ""))
+    out.print(Text(f"documents: {report.get('docs', 0):,} (every record decodes as JSON-like data)"))
     problems = report.get("problems", ())
     if report.get("ok"):
         out.print(Text(f"OK: {directory} is clean", style="bold green"))

@@ -219,13 +219,19 @@ class Docs:
         the transaction's own operations. O(document size).
 
         :raises InvalidArgument: a bad name or path. :raises RunNotFound: no such run.
+        :raises CorruptionError: the stored record is not a document of JSON-like data (damage).
         """
         segments = parse_path(path)
         entry = self._ctx.lookup(self._base(run, name, write=False) + DOC_SUFFIX)
         if entry is None:
             return None
         found = get_at(doc_from_record(entry[1], f"document {name!r}"), segments)
-        return None if found is MISSING else found
+        if found is MISSING:
+            return None
+        try:  # every write checked it; this keeps damage from ever passing for a document
+            return json_copy(found, f"document {name!r}")
+        except InvalidValue as exc:
+            raise CorruptionError(str(exc)) from None
 
     def names(self, run: str) -> list[str]:
         """Names of the run's documents, in name order. O(documents + definitions)."""
@@ -262,9 +268,10 @@ class Docs:
         (``model.model_json_schema()``). Every later operation is validated
         **after** it is applied and before it commits (an invalid result
         raises ``InvalidValue`` with pydantic's error list, nothing written);
-        the stored document is the model's JSON dump (``model_dump(mode="json")``:
-        defaults filled, values coerced as the model says; unknown members
-        are dropped unless the model forbids them). After a reopen the model
+        the stored document is the model's JSON dump (``model_dump(mode="json",
+        by_alias=True)``: defaults filled, values coerced as the model says);
+        a member the model would drop (pydantic ignores unknown members by
+        default) is refused with ``InvalidValue``, never silently lost. After a reopen the model
         is imported by its path; a class defined inside a function cannot be,
         so call ``define`` again in each process (as with embedders). Defining
         again replaces the definition.
@@ -386,4 +393,25 @@ def _validated(model: Any, name: str, doc: Any, *, instance: bool = False) -> An
         raise err from None
     if instance:
         return obj
-    return json_copy(obj.model_dump(mode="json"), f"model {model_path(model)}'s dump")
+    dump = json_copy(obj.model_dump(mode="json", by_alias=True), f"model {model_path(model)}'s dump")
+    dropped = _dropped(doc, dump)
+    if dropped:  # pydantic ignores unknown members by default: never lose data silently
+        raise InvalidValue(f"document {name!r}: model {model_path(model)} has no member "
+                           f"{', '.join(repr(p) for p in dropped[:5])}; add it to the model (or set "
+                           "model_config = ConfigDict(extra='allow')); nothing was written")
+    return dump
+
+
+def _dropped(doc: Any, dump: Any) -> list[str]:
+    """Dotted paths of object members in ``doc`` that the model's dump left out."""
+    out: list[str] = []
+    stack: list[tuple[tuple[Any, ...], Any, Any]] = [((), doc, dump)]
+    while stack:
+        path, x, y = stack.pop()
+        if type(x) is dict and type(y) is dict:
+            for k, v in x.items():
+                if k not in y:
+                    out.append(dotted((*path, k)))
+                else:
+                    stack.append(((*path, k), v, y[k]))
+    return sorted(out)
