@@ -192,7 +192,7 @@ def test_show_sections(base):
     # the child trace is drawn under its parent
     assert out.index("take task 7") < out.index("read the abstract")
     only = {"--kv": "kv (", "--events": "events (", "--state": "states (", "--traces": "traces (",
-            "--vectors": "vectors ("}
+            "--vectors": "vectors (", "--docs": "docs ("}
     for flag, title in only.items():
         out = run("show", path, ids["a"], flag).stdout
         for other_title in only.values():
@@ -601,3 +601,37 @@ def test_verify_names_a_bad_vector_record(vbase, tmp_path):
     assert doc["ok"] is False and doc["vectors"] == 7
     assert doc["vectors_bad"] == [{"run": ids["r"], "collection": "notes", "id": "broken",
                                    "problem": "8 bytes of components, expected 12 (dim 3 x float32)"}]
+
+
+# --- documents -------------------------------------------------------------------------------------
+
+
+def test_show_history_replay_and_diff_with_documents(tmp_path):
+    path = str(tmp_path / "db")
+    with Database.open(path, durability="strict") as db:
+        r = db.begin_run("hooks")
+        db.docs.set(r, "ctx", {"user": {"name": "Ada"}, "items": [1]})
+        db.docs.increment(r, "ctx", "metrics.count", 2)
+        mid = db.stats()["commit_version"]
+        fork = db.fork_run(r, name="alt")
+        db.docs.append(fork, "ctx", "items", 2)
+        db.docs.merge(fork, "ctx", {"user": {"name": None}})
+    out = run("show", path, r, "--docs").stdout
+    assert "docs (1)" in out and "doc ctx" in out and '"name": "Ada"' in out and "kv (" not in out
+    assert run_json("show", path, r, "--docs")["docs"] == {"ctx": {"user": {"name": "Ada"}, "items": [1],
+                                                                   "metrics": {"count": 2}}}
+    out = run("history", path, r).stdout
+    assert "docs ctx set" in out and "docs ctx increment metrics.count" in out
+    hist = run_json("history", path, r)
+    assert hist[2]["ops"][0] == {"primitive": "docs", "key": "ctx", "kind": "increment",
+                                 "value": {"path": ["metrics", "count"], "by": 2}}
+    doc = run_json("replay", path, fork, "--docs")
+    assert doc["equals_live"] is True and doc["docs"]["ctx"]["items"] == [1, 2]
+    assert run_json("replay", path, r, "--at", mid - 1, "--docs")["docs"]["ctx"] == {"user": {"name": "Ada"},
+                                                                                      "items": [1]}
+    out = run("diff", path, r, fork).stdout
+    assert "docs: 0 added, 1 removed, 1 changed" in out and "~ docs ctx:items: [1] -> [1, 2]" in out
+    d = run_json("diff", path, r, fork)
+    assert d["docs"]["removed"] == {"ctx:user.name": "Ada"} and d["docs"]["changed"] == {"ctx:items": [[1], [1, 2]]}
+    verify = run_json("verify", path)
+    assert verify["ok"] is True and verify["docs"] == 2
