@@ -88,6 +88,7 @@ def _define(db, c):
 
     class Doc(pydantic.BaseModel):
         n: int = 0
+        list: list[int] = []
 
     db.docs.define(c["agent"], "doc", Doc)
 
