@@ -39,7 +39,7 @@ def _setup(db: Database) -> dict[str, Any]:
     db.end_run(done, "completed")
     db.kv.put(agent, "k", 1)
     db.kv.put(agent, "p/1", 1)
-    db.docs.set(agent, "doc", {"n": 1, "list": [1]})
+    db.docs.set(agent, "doc", {"n": 1, "items": [1]})
     db.events.append(agent, "e", {"n": 1})
     db.state.define(agent, "s", transitions={"a": ["b"], "b": ["a"]}, initial="a")
     root = db.traces.record(agent, "step", "root")
@@ -76,7 +76,7 @@ READS: list[tuple[str, Callable[[Any, dict], Any], Callable[[Database, dict], An
     ("runs.children", lambda tx, c: tx.runs.children(c["board"]), lambda db, c: db.begin_run("kid", parent=c["board"])),
     ("docs.get", lambda tx, c: tx.docs.get(c["agent"], "doc", "n"), lambda db, c: db.docs.increment(c["agent"], "doc", "n")),
     ("docs.get absent", lambda tx, c: tx.docs.get(c["agent"], "new"), lambda db, c: db.docs.set(c["agent"], "new", 1)),
-    ("docs.get after own op", lambda tx, c: (tx.docs.append(c["agent"], "doc", "list", 2), tx.docs.get(c["agent"], "doc")),
+    ("docs.get after own op", lambda tx, c: (tx.docs.append(c["agent"], "doc", "items", 2), tx.docs.get(c["agent"], "doc")),
      lambda db, c: db.docs.set(c["agent"], "doc", 7, "n")),
     ("docs.names", lambda tx, c: tx.docs.names(c["agent"]), lambda db, c: db.docs.set(c["agent"], "new", 1)),
     ("docs.definition", lambda tx, c: tx.docs.definition(c["agent"], "doc"), lambda db, c: _define(db, c)),
@@ -88,7 +88,7 @@ def _define(db, c):
 
     class Doc(pydantic.BaseModel):
         n: int = 0
-        list: list[int] = []
+        items: list[int] = []
 
     db.docs.define(c["agent"], "doc", Doc)
 
