@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 
 import pytest
 
@@ -210,12 +211,13 @@ def test_enospc_is_clear_loses_nothing_and_reopens_once_space_is_back(tmp_path):
 
 
 def test_crash_points_are_numbered_and_named(tmp_path):
-    fs = FaultFS(str(tmp_path / "x" / "s" / "d"), record=True)
-    _workload(str(tmp_path / "x" / "s" / "d"), fs, "strict", [])
+    e = str(tmp_path / "x" / "d")
+    fs = FaultFS(e, record=True)
+    _workload(e, fs, "strict", [])
     assert fs.events[0].startswith("#1 makedirs")
     assert len(fs.events) == fs.calls
     k = next(i + 1 for i, e in enumerate(fs.events) if "rename snapshot-" in e)
-    e = str(tmp_path / "y" / "s" / "d")  # same base names: same event names
+    shutil.rmtree(tmp_path / "x")  # the same path again: the same event names
     fs2 = FaultFS(e, crash_at=k, record=True)
     with pytest.raises(CrashPoint, match="snapshot"):
         _workload(e, fs2, "strict", [])
