@@ -225,3 +225,78 @@ def test_crash_points_are_numbered_and_named(tmp_path):
     before = sorted(os.listdir(e))
     fs2.remove(os.path.join(e, "IDENTITY"))  # a dead process changes nothing
     assert sorted(os.listdir(e)) == before and fs2.calls == k
+
+
+@pytest.mark.parametrize("kind,where", [("create", ".snap"), ("write", ".snap"), ("sync", ".snap"),
+                                        ("rename", ".snap"), ("sync_dir", None), ("remove", ".snap"),
+                                        ("write", "hist-"), ("rename", "hist-"), ("write", ".log")])
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_any_failed_write_in_the_directory_poisons(tmp_path, kind, where, err):
+    """EIO or ENOSPC on any write, fsync, create, rename or remove of a snapshot, its directory fsync, a
+    history sidecar or the WAL: the call raises DatabasePoisoned, no later commit is acknowledged, and
+    a power cut then keeps every acknowledged commit."""
+    root = str(tmp_path / "d")
+    fs = FaultFS(root)
+    db = Database.open(root, fs=fs, durability="strict", snapshot_every_bytes=None)
+    run = db.begin_run("r")
+    model = {}
+    for i in range(3):  # two snapshots before: the third prunes the oldest (a remove)
+        db.kv.put(run, f"k{i}", i)
+        model[f"k{i}"] = i
+        db.snapshot()
+    fs.fail(kind, 1, err=err, path_contains=where)
+    with pytest.raises(DatabasePoisoned) as info:
+        db.kv.put(run, "k3", 3)
+        model["k3"] = 3
+        db.snapshot()
+    assert info.value.__cause__.errno == err
+    for call in (lambda: db.kv.put(run, "no", 1), db.snapshot, db.sync):
+        with pytest.raises(DatabasePoisoned):
+            call()
+    assert db.kv.get(run, "k0") == 0  # reads work
+    db.close()
+    fs.power_cut(root + ".cut", model="posix")
+    with Database.open(root + ".cut") as again:
+        got = dict(again.kv.scan(run))
+        assert got in (model, {**model, "k3": 3}) and "no" not in got
+        assert again.replay_run(run) == again.run_state(run)
+
+
+def _mount_tmpfs(path: str, size: str) -> bool:
+    import subprocess
+
+    if os.geteuid() != 0 or not os.path.exists("/bin/mount"):
+        return False
+    os.makedirs(path, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                          capture_output=True).returncode == 0
+
+
+def test_enospc_on_a_real_small_tmpfs(tmp_path):
+    """A real full disk (a 256 KiB tmpfs, root only): the failing commit raises DatabasePoisoned chained to
+    ENOSPC, every acknowledged commit survives, and the database reopens normally once space is back."""
+    import subprocess
+
+    mnt = str(tmp_path / "mnt")
+    if not _mount_tmpfs(mnt, "256k"):
+        pytest.skip("needs root and tmpfs")
+    try:
+        root = os.path.join(mnt, "db")
+        db = Database.open(root, durability="strict", segment_bytes=64 * 1024)
+        run = db.begin_run("r")
+        acked = {}
+        with pytest.raises(DatabasePoisoned) as info:
+            for i in range(10_000):
+                db.kv.put(run, f"k{i}", "x" * 200)
+                acked[f"k{i}"] = "x" * 200
+        assert info.value.__cause__.errno == errno.ENOSPC and len(acked) > 100
+        db.close()
+        subprocess.run(["mount", "-o", "remount,size=4m", mnt], check=True)  # space is back
+        with Database.open(root, durability="strict") as again:
+            assert dict(again.kv.scan(run)) == acked
+            again.kv.put(run, "after", 1)
+            again.snapshot()
+        with Database.open(root) as third:
+            assert third.kv.get(run, "after") == 1 and len(dict(third.kv.scan(run))) == len(acked) + 1
+    finally:
+        subprocess.run(["umount", "-l", mnt], capture_output=True)

@@ -392,7 +392,7 @@ class WalWriter:
 
     def poison_error(self) -> DatabasePoisoned:
         return DatabasePoisoned(
-            f"an earlier WAL write or an fsync in the database directory failed ({self._poisoned}); "
+            f"an earlier write or fsync in the database directory failed ({self._poisoned}); "
             "writes are refused. "
             "Close the database and reopen it: recovery keeps what is really on disk."
         )
