@@ -63,7 +63,9 @@ from inmem.verify import verify_directory  # noqa: E402
 from . import simcore, simworkload  # noqa: E402
 from .faultfs import CrashPoint, FaultFS, abandon  # noqa: E402
 
-KINDS = {"powercut-posix": 4, "powercut-ext4": 4, "powercut-recovery": 2, "sigkill-call": 2, "sigkill-timer": 1}
+#: crash kind -> share of the crash points
+KINDS = {"powercut-posix": 35, "powercut-ext4": 35, "powercut-recovery": 10, "sigkill-call": 12, "sigkill-timer": 8}
+MULTI = ("powercut-posix", "powercut-ext4")
 #: Steps after which the mode's promise makes everything before durable (besides every step under strict).
 DURABLE_STEPS = ("sync", "snapshot", "compact")
 SEGMENT_BYTES = 4096
@@ -74,10 +76,12 @@ def _open(path: str, mode: str, fs: Any = None) -> Database:
                          flush_interval_ms=2)
 
 
-def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ack: Any = None) -> list[int]:
-    """Run the workload; return the acknowledgements: step index + 1 per step that returned (negative for a
-    durability point). ``ack(i)`` is called for each too (the SIGKILL child writes them to a pipe)."""
-    acked: list[int] = []
+def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ack: Any = None,
+                 acked: list[int] | None = None) -> list[int]:
+    """Run the workload; return the acknowledgements (appended to ``acked`` as they come): step index + 1
+    per step that returned (negative for a durability point). ``ack(i)`` is called for each too (the
+    SIGKILL child writes them to a pipe)."""
+    acked = [] if acked is None else acked
     alive = fs.check_alive if isinstance(fs, FaultFS) else (lambda: None)
     db = None
     try:
@@ -147,7 +151,8 @@ def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) 
             return {"outcome": "lost", "detail": f"the directory is gone, {floor} steps were durable"}
         return {"outcome": "recovered", "detail": "nothing was durable, nothing there"}
     try:
-        db = Database.open(path, durability="strict")
+        # the real file system's calls, minus its fsyncs (they cost the disk's latency and prove nothing here)
+        db = Database.open(path, durability="strict", fs=FaultFS(path, real_sync=False))
     except InmemError as exc:
         return {"outcome": "detected", "detail": f"reopen after a crash raised {type(exc).__name__}: {exc}"}
     try:
@@ -173,6 +178,36 @@ def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) 
         return {"outcome": "detected", "detail": f"inmem verify: {rep['problems'][:3]}"}
     return {"outcome": "recovered", "detail": f"state of step {max(j for j in matches if floor <= j <= top)}, "
             f"floor {floor}"}
+
+
+def _powercuts(spec: dict[str, Any], d: str) -> list[dict[str, Any]]:
+    """Power cuts at several calls of one workload run: before each chosen call, the image a power loss
+    there would leave (what a crash point at that call gives, without running the workload again)."""
+    rng = random.Random(f"{spec['seed']}:{spec['id']}")
+    root = os.path.join(d, "db")
+    model = "ext4" if spec["kind"] == "powercut-ext4" else "posix"
+    points = set(spec["cuts"])
+    acked: list[int] = []
+    images: list[tuple[int, str, str, list[int]]] = []
+
+    def cut(fs: FaultFS, n: int, _kind: str) -> None:
+        if n in points:
+            tail = rng.choice(("none", "prefix", "zeros", "all", "random"))
+            dest = os.path.join(d, f"cut-{n}")
+            fs.image(dest, model=model, tail=tail, rng=rng)
+            images.append((n, dest, tail, list(acked)))
+
+    fs = FaultFS(root, real_sync=False, before_call=cut)
+    run_workload(root, spec["mode"], spec["wseed"], spec["steps"], fs, acked=acked)
+    out = []
+    for n, dest, tail, ack in images:
+        res = {"model": model, "tail": tail, "crash_at": n, **check(dest, spec["ref"], ack, spec["mode"], False)}
+        if res["outcome"] != "recovered":
+            res["kept"] = dest
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+        out.append(res)
+    return out
 
 
 def _powercut(spec: dict[str, Any], d: str) -> dict[str, Any]:
@@ -254,9 +289,16 @@ def _kill(pid: int) -> None:
         pass
 
 
-def trial(spec: dict[str, Any]) -> dict[str, Any]:
+def trial(spec: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
     d = os.path.join(spec["work"], f"trial-{spec['id']}")
     os.makedirs(d)
+    if spec["kind"] in ("powercut-posix", "powercut-ext4"):
+        out = _powercuts(spec, d)
+        for res in out:
+            res["kind"] = f"{spec['kind']} {spec['mode']}"
+        if all(r["outcome"] == "recovered" for r in out) and not spec.get("keep"):
+            shutil.rmtree(d, ignore_errors=True)
+        return out
     res = (_sigkill if spec["kind"].startswith("sigkill") else _powercut)(spec, d)
     res["kind"] = f"{spec['kind']} {spec['mode']}"
     res["crash_at"] = spec["crash_at"]
@@ -279,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=60.0, help="a trial silent this long is a hang")
     ap.add_argument("--kinds", default=None, help="comma-separated crash kinds (default: all)")
     ap.add_argument("--steps", type=int, default=60, help="workload steps per trial (default 60)")
+    ap.add_argument("--cuts-per-run", type=int, default=12,
+                    help="power-cut images taken from one workload run (default 12)")
     ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
     ap.add_argument("--only", type=int, default=None, help="run only trial ID (keeps its directory)")
     ap.add_argument("--json", default=None, metavar="PATH", help="write the table and every failing trial as JSON")
@@ -299,17 +343,26 @@ def main(argv: list[str] | None = None) -> int:
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
     refs = {s: reference(s, args.steps, work) for s in wseeds}
     calls = {(s, m): probe_calls(s, args.steps, m, work) for s in wseeds for m in modes}
-    ids = [args.only] if args.only is not None else list(range(args.points))
     specs_all = []
-    for i in range(max(ids) + 1):
+    points = 0
+    while points < args.points:  # a power-cut run gives up to --cuts-per-run crash points, the others one
+        i = len(specs_all)
         mode = modes[i % len(modes)]
         wseed = rng.choice(wseeds)
-        kind = rng.choices(kinds, [KINDS[k] for k in kinds])[0]
-        crash_at = rng.randint(1, calls[(wseed, mode)] + 2)
-        specs_all.append({"id": i, "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps,
-                          "crash_at": crash_at, "seed": args.seed, "ref": refs[wseed], "work": work,
-                          "timer_s": 0.4, "keep": args.only is not None})
-    specs = [specs_all[i] for i in ids]
+        kind = rng.choices(kinds, [KINDS[k] / (args.cuts_per_run if k in MULTI else 1) for k in kinds])[0]
+        n = calls[(wseed, mode)]
+        crash_at = rng.randint(1, n + 2)
+        spec = {"id": i, "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps, "crash_at": crash_at,
+                "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4, "keep": args.only is not None}
+        if kind in ("powercut-posix", "powercut-ext4"):
+            k = max(1, min(args.cuts_per_run, args.points - points, n))
+            spec["cuts"] = sorted(rng.sample(range(1, n + 1), k))
+            spec["crash_at"] = None
+            points += k
+        else:
+            points += 1
+        specs_all.append(spec)
+    specs = [specs_all[args.only]] if args.only is not None else specs_all
     results = list(simcore.run_trials(trial, specs, workers=max(1, args.workers), timeout_s=args.timeout_s,
                                       budget_s=args.budget_s))
     seconds = time.monotonic() - t0
@@ -319,11 +372,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r.get('detail', '')}; directory {r.get('kept')}")
     mode_arg = "" if args.mode == "all" else f" --mode {args.mode}"
     status = simcore.report(
-        "crashsim", results, seed=args.seed, seconds=seconds, skipped=len(specs) - len(results), json_path=args.json,
+        "crashsim", results, seed=args.seed, seconds=seconds, skipped=len(specs) - len({r["spec"] for r in results}),
+        json_path=args.json,
         failures=simcore.FAILURES + ("detected",), extra={"steps": args.steps, "workloads": wseeds,
                                                           "fs_calls": {f"{s} {m}": c for (s, m), c in calls.items()}},
         repro=lambda r: (f"python -m tools.crashsim --seed {args.seed}{mode_arg} --steps {args.steps} "
-                         f"--workloads {args.workloads} --points {args.points} --only {r['id']}"))
+                         f"--workloads {args.workloads} --points {args.points} --cuts-per-run {args.cuts_per_run}"
+                         f"{' --kinds ' + args.kinds if args.kinds else ''} --only {r['spec']}"))
     if status == 0 and args.workdir is None and args.only is None:
         shutil.rmtree(work, ignore_errors=True)
     else:

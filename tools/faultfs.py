@@ -88,6 +88,19 @@ class CrashPoint(BaseException):  # noqa: N818 - not an error: the simulated end
     """
 
 
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a mutating call under its FaultFS's mutex: the disk and the model change together."""
+
+    def wrapper(self: Any, *args: Any) -> Any:
+        fs = self if isinstance(self, FaultFS) else self._fs  # noqa: SLF001 - one module
+        with fs.mutex:
+            return method(self, *args)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
 def abandon(db: Any) -> None:
     """Drop a database handle whose process "died" at a crash point: close it, ignoring what that raises.
 
@@ -135,6 +148,9 @@ class FaultFS:
     :param record: keep :attr:`events` (names of every mutating call).
     :param real_sync: pass fsyncs on to the disk; ``False`` only models them
         (a simulator's power cut reads the model, not the disk: ~10x faster).
+    :param before_call: ``before_call(fs, n, kind)`` before mutating call ``n``
+        reaches the disk (e.g. :meth:`image` there: a power cut at every
+        chosen call of one run, without running the workload again).
 
     Existing files under ``root`` count as durable. Complexity: every write is
     mirrored in memory (O(bytes written)); a power cut is O(directory size).
@@ -142,7 +158,8 @@ class FaultFS:
 
     def __init__(self, root: str, *, crash_at: int | None = None, torn: int | None = None,
                  on_crash: Callable[[FaultFS], None] | None = None, space: int | None = None,
-                 record: bool = False, real_sync: bool = True, file_mode: int = OSFileSystem.file_mode):
+                 record: bool = False, real_sync: bool = True, file_mode: int = OSFileSystem.file_mode,
+                 before_call: Callable[[FaultFS, int, str], None] | None = None):
         self.root = os.path.abspath(root)
         self._os = OSFileSystem(file_mode)
         self.crash_at = crash_at
@@ -151,6 +168,9 @@ class FaultFS:
         self.space = space
         self.record = record
         self.real_sync = real_sync
+        self.before_call = before_call
+        #: held by every mutating call while it changes the disk and the model (and by :meth:`image`)
+        self.mutex = threading.RLock()
         #: names of the mutating calls so far ("#n kind file +bytes"), if ``record``
         self.events: list[str] = []
         #: mutating calls so far
@@ -202,6 +222,8 @@ class FaultFS:
             return "dead"
         self.calls += 1
         n = self.calls
+        if self.before_call is not None:
+            self.before_call(self, n, kind)
         if self.record:
             self.events.append(f"#{n} {kind} {os.path.basename(path)}" + (f" +{nbytes}" if nbytes is not None else ""))
         if self.crash_at is not None and n >= self.crash_at:
@@ -334,6 +356,7 @@ class FaultFS:
     def file_mode(self, mode: int) -> None:
         self._os.file_mode = mode
 
+    @_locked
     def makedirs(self, path: str) -> list[str]:
         if self._inject("makedirs", path):
             return []
@@ -345,6 +368,7 @@ class FaultFS:
             self._journal.append(("link", parent, name, self._entries(parent)[name]))
         return created
 
+    @_locked
     def create(self, path: str) -> _FaultFile:
         if self._inject("create", path):
             return _DeadFile(path)  # type: ignore[return-value]
@@ -355,12 +379,14 @@ class FaultFS:
         self._journal.append(("link", d, name, node))
         return _FaultFile(self, f, node)
 
+    @_locked
     def open_append(self, path: str) -> _FaultFile:
         if self._inject("open_append", path):
             return _DeadFile(path)  # type: ignore[return-value]
         f = self._os.open_append(path)
         return _FaultFile(self, f, self._node(path))
 
+    @_locked
     def rename(self, src: str, dst: str) -> None:
         if self._inject("rename", src):
             return
@@ -375,6 +401,7 @@ class FaultFS:
             self._used -= len(old.data)
         self._journal.append(("rename", sd, sn, dd, dn))
 
+    @_locked
     def remove(self, path: str) -> None:
         if self._inject("remove", path):
             return
@@ -385,6 +412,7 @@ class FaultFS:
             self._used -= len(node.data)
         self._journal.append(("unlink", d, name))
 
+    @_locked
     def sync_dir(self, path: str) -> None:
         if self._inject("sync_dir", path):
             return
@@ -398,7 +426,13 @@ class FaultFS:
 
     def power_cut(self, dest: str, *, model: str = "posix", tail: str = "none",
                   rng: random.Random | None = None) -> dict[str, Any]:
-        """Halt, then write into the new directory ``dest`` what the disk holds after power loss.
+        """Halt, then :meth:`image`: what the disk holds after a power loss now."""
+        self.halt()
+        return self.image(dest, model=model, tail=tail, rng=rng)
+
+    def image(self, dest: str, *, model: str = "posix", tail: str = "none",
+              rng: random.Random | None = None) -> dict[str, Any]:
+        """Write into the new directory ``dest`` what the disk would hold after a power loss now.
 
         ``dest`` must not exist; it is not created at all if ``root``'s own
         entry did not survive. Returns ``{"model", "tail", "files": {name:
@@ -409,7 +443,10 @@ class FaultFS:
         if model not in MODELS or tail not in TAILS:
             raise ValueError(f"model must be one of {MODELS} and tail one of {TAILS}; got {model!r}, {tail!r}")
         rng = rng or random.Random(0)
-        self.halt()
+        with self.mutex:
+            return self._image(dest, model, tail, rng)
+
+    def _image(self, dest: str, model: str, tail: str, rng: random.Random) -> dict[str, Any]:
         kept = 0
         if model == "posix":
             ns = self._durable
@@ -493,6 +530,7 @@ class _FaultFile:
         self._node = node
         self.path = inner.path
 
+    @_locked
     def write(self, data: bytes | bytearray | memoryview) -> None:
         fs = self._fs
         data = bytes(data)
@@ -518,6 +556,7 @@ class _FaultFile:
         if exc is not None:
             raise exc
 
+    @_locked
     def sync(self) -> None:
         if self._fs._inject("sync", self.path):  # noqa: SLF001
             return
@@ -528,6 +567,7 @@ class _FaultFile:
         node.frozen = None
         self._fs._commit_journal()  # noqa: SLF001 - an fsync commits the whole ext4 journal
 
+    @_locked
     def truncate(self, size: int) -> None:
         if self._fs._inject("truncate", self.path):  # noqa: SLF001
             return

@@ -37,23 +37,31 @@ TITLES = {"recovered": "recovered exactly", "detected": "detected loudly", "lost
 FAILURES = ("lost", "wrong", "hang", "error")
 
 
-def _worker(fn: Callable[[dict[str, Any]], dict[str, Any]], specs: list[dict[str, Any]], wfd: int) -> None:
-    """Child: run each spec, one JSON line per start and per result on ``wfd``; then ``os._exit``."""
+def _worker(fn: Callable[[dict[str, Any]], Any], specs: list[dict[str, Any]], wfd: int) -> None:
+    """Child: run each spec; write one JSON line when it starts, one per result, one when it ends; ``os._exit``."""
     code = 0
+
+    def send(msg: dict[str, Any]) -> None:
+        line = (json.dumps(msg, default=str) + "\n").encode()
+        while line:
+            n = os.write(wfd, line)
+            line = line[n:]
+
     try:
         for spec in specs:
-            os.write(wfd, (json.dumps({"start": spec["id"]}) + "\n").encode())
+            send({"start": spec["id"]})
             try:
-                res = fn(spec)
+                out = fn(spec)
             except BaseException as exc:  # noqa: BLE001 - reported as the trial's outcome
-                res = {"outcome": "error", "detail": f"{type(exc).__name__}: {exc}",
+                out = {"outcome": "error", "detail": f"{type(exc).__name__}: {exc}",
                        "trace": traceback.format_exc(limit=8)}
-            res.setdefault("kind", spec.get("kind", "?"))
-            res["id"] = spec["id"]
-            line = (json.dumps(res, default=str) + "\n").encode()
-            while line:
-                n = os.write(wfd, line)
-                line = line[n:]
+            many = isinstance(out, list)
+            for j, res in enumerate(out if many else [out]):
+                res.setdefault("kind", spec.get("kind", "?"))
+                res["id"] = f"{spec['id']}.{j}" if many else spec["id"]
+                res["spec"] = spec["id"]
+                send(res)
+            send({"end": spec["id"]})
     except BaseException:  # noqa: BLE001
         code = 1
     finally:
@@ -64,6 +72,8 @@ def run_trials(fn: Callable[[dict[str, Any]], dict[str, Any]], specs: list[dict[
                timeout_s: float, budget_s: float | None = None,
                progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
     """Run ``fn`` on every spec in ``workers`` forked children; yield each result as it arrives.
+
+    ``fn`` returns one result dict, or a list of them (ids ``"<spec id>.<j>"``).
 
     Specs need a unique ``"id"``. A child silent for ``timeout_s`` on one
     trial is killed (SIGKILL): that trial is a ``"hang"`` and a new child
@@ -106,13 +116,15 @@ def run_trials(fn: Callable[[dict[str, Any]], dict[str, Any]], specs: list[dict[
                     msg = json.loads(line)
                     if "start" in msg:
                         w["current"], w["since"] = msg["start"], now
-                        continue
-                    w["specs"].pop(msg["id"], None)
-                    w["current"] = None
-                    done += 1
-                    if progress:
-                        progress(done, len(specs))
-                    yield msg
+                    elif "end" in msg:
+                        w["specs"].pop(msg["end"], None)
+                        w["current"] = None
+                        done += 1
+                        if progress:
+                            progress(done, len(specs))
+                    else:
+                        w["since"] = now
+                        yield msg
                 continue
             os.close(r)  # EOF: the worker exited
             del live[r]
