@@ -42,3 +42,48 @@ def test_corruptsim_small_run_passes(tmp_path, capsys):
     assert report["trials"] == 48 and report["total"]["lost"] == report["total"]["wrong"] == 0
     assert report["total"]["recovered"] > 0 and report["total"]["detected"] > 0
     assert "PASS" in capsys.readouterr().out
+
+
+def test_corruptsim_catches_an_engine_that_calls_every_bad_last_frame_a_torn_tail(tmp_path, monkeypatch, capsys):
+    """The harness attacks itself: with recovery's look-ahead for valid frames switched off, flips in the last
+    segment silently drop intact commits, and corruptsim must say so (non-zero exit, "lost")."""
+    import inmem.recovery
+
+    monkeypatch.setattr(inmem.recovery, "find_valid_frame", lambda *a: -1)
+    out = str(tmp_path / "cs.json")
+    status = corruptsim.main(["--cases", "24", "--seed", "4", "--workers", "2", "--kinds", "bitflip-wal-last",
+                              "--json", out, "--workdir", str(tmp_path / "w")])
+    assert status == 1 and json.load(open(out))["total"]["lost"] > 0
+    assert "reproduce: python -m tools.corruptsim --seed 4 --only" in capsys.readouterr().out
+
+
+def test_crashsim_small_run_passes(tmp_path, capsys):
+    from tools import crashsim
+
+    out = str(tmp_path / "cr.json")
+    status = crashsim.main(["--points", "60", "--seed", "5", "--workers", "2", "--steps", "40", "--json", out,
+                            "--workdir", str(tmp_path / "w")])
+    report = json.load(open(out))
+    assert status == 0, capsys.readouterr().out
+    assert report["trials"] >= 55 and report["total"]["recovered"] == report["trials"]
+    kinds = {k.split()[0] for k in report["table"]}
+    assert {"powercut-posix", "powercut-ext4"} <= kinds
+
+
+def test_crashsim_catches_an_engine_whose_wal_fsync_does_nothing(tmp_path, monkeypatch, capsys):
+    """The harness attacks itself: a WAL fsync that makes nothing durable loses strict commits."""
+    from tools import crashsim, faultfs
+
+    real = faultfs._FaultFile.sync
+
+    def sync(self):
+        if not self.path.endswith(".log"):
+            real(self)
+
+    monkeypatch.setattr(faultfs._FaultFile, "sync", sync)
+    out = str(tmp_path / "cr.json")
+    status = crashsim.main(["--points", "36", "--seed", "4", "--workers", "2", "--steps", "30", "--mode", "strict",
+                            "--kinds", "powercut-posix", "--json", out, "--workdir", str(tmp_path / "w")])
+    report = json.load(open(out))
+    assert status == 1 and report["total"]["lost"] > 0
+    assert "reproduce: python -m tools.crashsim --seed 4 --mode strict" in capsys.readouterr().out

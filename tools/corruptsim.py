@@ -205,7 +205,7 @@ def classify(d: str, where: dict[str, Any], facts: dict[str, Any]) -> dict[str, 
         res = {"outcome": "recovered", "detail": "every commit"}
         if version < facts["final"]:
             dropped = [f for f in facts["frames"] if f[3] > version]
-            intact = [f for f in dropped if not _touched(f, where, d)]
+            intact = [f for f in dropped if not _touched(f, where)]
             if intact:
                 f = intact[0]
                 return {"outcome": "lost", "detail": f"opened at version {version} of {facts['final']}: dropped "
@@ -222,13 +222,13 @@ def classify(d: str, where: dict[str, Any], facts: dict[str, Any]) -> dict[str, 
         db.close()
 
 
-def _touched(frame: tuple[str, int, int, int], where: dict[str, Any], d: str) -> bool:
-    """Whether a frame is damaged or cut off (so recovery may treat it as a torn tail)."""
+def _touched(frame: tuple[str, int, int, int], where: dict[str, Any]) -> bool:
+    """Whether a frame is damaged or cut off by the damage (so recovery may treat it as a torn tail);
+    ``where["sizes"]``: the damaged files' sizes before recovery ran."""
     name, start, end, _v = frame
     if name not in where["file"].split(","):
         return False
-    size = os.path.getsize(os.path.join(d, name)) if os.path.exists(os.path.join(d, name)) else 0
-    return end > size or (start < where["hi"] and end > where["lo"])
+    return end > where["sizes"][name] or (start < where["hi"] and end > where["lo"])
 
 
 def trial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +237,8 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
     d = os.path.join(spec["work"], f"case-{spec['id']}")
     shutil.copytree(spec["base"], d)
     where = damage(d, spec["kind"], rng, spec["facts"], spec["foreign"])
+    where["sizes"] = {n: os.path.getsize(os.path.join(d, n)) if os.path.exists(os.path.join(d, n)) else 0
+                      for n in where["file"].split(",")}  # after the damage, before recovery cuts anything
     res = classify(d, where, spec["facts"])
     res["where"] = where
     if res["outcome"] in simcore.FAILURES or spec.get("keep"):
