@@ -197,7 +197,7 @@ def report(title: str, results: list[dict[str, Any]], *, seed: int, seconds: flo
                    + ", nothing lost, nothing silently wrong, no hang")
     if skipped:
         verdict += f" ({skipped} trials not run: budget spent)"
-    console.print(verdict, highlight=False)
+    console.print(verdict, highlight=False, soft_wrap=True)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"title": title, "seed": seed, "seconds": round(seconds, 3), "trials": len(results),
