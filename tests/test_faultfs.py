@@ -222,6 +222,11 @@ def test_crash_points_are_numbered_and_named(tmp_path):
     with pytest.raises(CrashPoint, match="snapshot"):
         _workload(e, fs2, "strict", [])
     assert fs2.events == fs.events[:k] and fs2.halted
+    shutil.rmtree(tmp_path / "x")
+    fs3 = FaultFS(e, crash_at=1, crash_on="rename snapshot-", record=True)  # the same point, by name
+    with pytest.raises(CrashPoint, match="snapshot"):
+        _workload(e, fs3, "strict", [])
+    assert fs3.events == fs.events[:k]
     before = sorted(os.listdir(e))
     fs2.remove(os.path.join(e, "IDENTITY"))  # a dead process changes nothing
     assert sorted(os.listdir(e)) == before and fs2.calls == k

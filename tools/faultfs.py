@@ -43,7 +43,8 @@ stops the workload at the n-th mutating call (:class:`CrashPoint`, or
 ``on_crash``, e.g. ``os._exit``/SIGKILL in a child), optionally landing only
 ``torn`` bytes of it first if it is a write. Every mutating call is numbered
 and named in :attr:`FaultFS.events` (``"#7 write wal-0000000000000001.log
-+412"``), like bbolt's failpoints, so a crash point can be chosen by name.
++412"``), like bbolt's failpoints, so a crash point can be chosen by name
+(``crash_on="rename snapshot-", crash_at=1``: the first snapshot rename).
 
 Invariant: the model describes exactly the calls that reached the real
 directory; after a crash (:attr:`FaultFS.halted`) nothing reaches it any more:
@@ -139,6 +140,8 @@ class FaultFS:
     :param root: the database directory (it may not exist yet; its parent is
         modelled as far as ``root``'s own entry goes).
     :param crash_at: stop at the n-th mutating call (1-based; ``None``: never).
+    :param crash_on: count only calls whose name (``"<kind> <file name>"``, e.g. ``"rename
+        snapshot-"``) contains this: ``crash_at=2, crash_on="sync wal-"`` stops at the second WAL fsync.
     :param torn: with ``crash_at`` on a write, land this many bytes of it
         first (clamped to its length).
     :param on_crash: called at the crash point instead of raising
@@ -156,13 +159,16 @@ class FaultFS:
     mirrored in memory (O(bytes written)); a power cut is O(directory size).
     """
 
-    def __init__(self, root: str, *, crash_at: int | None = None, torn: int | None = None,
+    def __init__(self, root: str, *, crash_at: int | None = None, crash_on: str | None = None,
+                 torn: int | None = None,
                  on_crash: Callable[[FaultFS], None] | None = None, space: int | None = None,
                  record: bool = False, real_sync: bool = True, file_mode: int = OSFileSystem.file_mode,
                  before_call: Callable[[FaultFS, int, str], None] | None = None):
         self.root = os.path.abspath(root)
         self._os = OSFileSystem(file_mode)
         self.crash_at = crash_at
+        self.crash_on = crash_on
+        self._named = 0
         self.torn = torn
         self.on_crash = on_crash
         self.space = space
@@ -226,8 +232,14 @@ class FaultFS:
             self.before_call(self, n, kind)
         if self.record:
             self.events.append(f"#{n} {kind} {os.path.basename(path)}" + (f" +{nbytes}" if nbytes is not None else ""))
-        if self.crash_at is not None and n >= self.crash_at:
-            return "crash"  # the caller lands `torn` bytes (writes) and calls _crash
+        if self.crash_at is not None:
+            if self.crash_on is None:
+                if n >= self.crash_at:
+                    return "crash"  # the caller lands `torn` bytes (writes) and calls _crash
+            elif self.crash_on in f"{kind} {os.path.basename(path)}":
+                self._named += 1
+                if self._named == self.crash_at:
+                    return "crash"
         for rule in self._rules:
             if rule["kind"] == kind and (rule["sub"] is None or rule["sub"] in path):
                 rule["seen"] += 1
