@@ -264,7 +264,7 @@ def _sigkill(spec: dict[str, Any], d: str) -> dict[str, Any]:
             def die(_fs: FaultFS) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-            fs = (FaultFS(root, crash_at=spec["crash_at"], on_crash=die, real_sync=True)
+            fs = (FaultFS(root, crash_at=spec["crash_at"], on_crash=die, real_sync=False)  # fsyncs: moot for SIGKILL
                   if spec["kind"] == "sigkill-call" else None)
             run_workload(root, spec["mode"], spec["wseed"], spec["steps"], fs,
                          ack=lambda a: os.write(w, f"{a}\n".encode()))
