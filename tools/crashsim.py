@@ -20,7 +20,13 @@ and is stopped by one of:
     written survives: a process crash, not a power cut);
 ``sigkill-timer``
     SIGKILL of a forked child after a random delay (threads included: the
-    batched flusher, group commit).
+    batched flusher, group commit);
+``eio`` / ``enospc``
+    EIO on the n-th write, fsync, directory fsync, rename, create or remove
+    (a failing write may land part of its bytes), or ENOSPC once a byte
+    budget is spent: the workload runs until a call raises, one more commit
+    must then raise ``DatabasePoisoned`` (SPEC §5), then a power cut; the
+    reopen has space again.
 
 After each crash the directory is reopened with the real file system and
 checked: its state equals the workload's state after some step ``j`` (the
@@ -41,6 +47,7 @@ complained: after a mere crash that is a failure too), *hang* or
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import random
@@ -64,7 +71,8 @@ from . import simcore, simworkload  # noqa: E402
 from .faultfs import CrashPoint, FaultFS, abandon  # noqa: E402
 
 #: crash kind -> share of the crash points
-KINDS = {"powercut-posix": 35, "powercut-ext4": 35, "powercut-recovery": 10, "sigkill-call": 12, "sigkill-timer": 8}
+KINDS = {"powercut-posix": 30, "powercut-ext4": 30, "powercut-recovery": 10, "sigkill-call": 10, "sigkill-timer": 8,
+         "eio": 8, "enospc": 4}
 MULTI = ("powercut-posix", "powercut-ext4")
 #: Steps after which the mode's promise makes everything before durable (besides every step under strict).
 DURABLE_STEPS = ("sync", "snapshot", "compact")
@@ -123,13 +131,73 @@ def reference(seed: int, steps: int, work: str) -> list[str]:
     return out
 
 
-def probe_calls(seed: int, steps: int, mode: str, work: str) -> int:
-    """How many file-system calls the workload makes (the range of crash points)."""
+def probe_calls(seed: int, steps: int, mode: str, work: str) -> dict[str, int]:
+    """How many file-system calls the workload makes (the range of crash points), ``"all"`` and per kind,
+    and ``"bytes"``: the most the directory held (the ENOSPC budgets' scale)."""
     path = tempfile.mkdtemp(dir=work, prefix="probe-")
-    fs = FaultFS(os.path.join(path, "db"), real_sync=False)
+    peak = [0]
+
+    def note(fs: FaultFS, _n: int, _kind: str) -> None:
+        peak[0] = max(peak[0], fs.used())
+
+    fs = FaultFS(os.path.join(path, "db"), real_sync=False, record=True, before_call=note)
     run_workload(os.path.join(path, "db"), mode, seed, steps, fs)
     shutil.rmtree(path, ignore_errors=True)
-    return fs.calls
+    counts = {"all": fs.calls, "bytes": peak[0]}
+    for e in fs.events:
+        kind = e.split()[1]
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+#: the calls an ``eio`` trial fails, and the errno of an ``enospc`` trial
+EIO_CALLS = ("write", "sync", "sync_dir", "rename", "create", "remove")
+
+
+def _faulted(spec: dict[str, Any], d: str) -> dict[str, Any]:
+    """EIO at the n-th call of one kind, or ENOSPC once a byte budget is spent; the workload goes on until
+    a call raises; then one more commit must raise DatabasePoisoned; then a power cut, and the usual checks
+    (every commit acknowledged before the failure is durable as promised; nothing after it was acknowledged)."""
+    rng = random.Random(f"{spec['seed']}:{spec['id']}")
+    root = os.path.join(d, "db")
+    fs = FaultFS(root, real_sync=False)
+    counts = spec["counts"]
+    if spec["kind"] == "eio":
+        kind = rng.choice([k for k in EIO_CALLS if counts.get(k)])
+        nth = rng.randint(1, counts[kind])
+        fs.fail(kind, nth, err=errno.EIO, land=rng.randrange(300) if kind == "write" else 0)
+        fault = f"EIO on {kind} #{nth}"
+    else:
+        fs.space = int(counts["bytes"] * rng.uniform(0.05, 1.0))
+        fault = f"ENOSPC after {fs.space} bytes"
+    acked: list[int] = []
+    db = w = None
+    failure: BaseException | None = None
+    try:
+        db = _open(root, spec["mode"], fs)
+        w = simworkload.Workload(db, spec["wseed"])
+        for i, name in enumerate(simworkload.plan(spec["wseed"], spec["steps"])):
+            simworkload.step(w, name)
+            acked.append(-(i + 1) if name in DURABLE_STEPS else i + 1)
+        db.close()
+        acked.append(-spec["steps"])
+    except (InmemError, OSError) as exc:
+        failure = exc
+    res: dict[str, Any] = {"fault": fault, "failed_with": None if failure is None else type(failure).__name__}
+    if failure is not None and db is not None and w is not None and w.runs and not db.closed:
+        try:
+            db.kv.put(next(iter(w.runs.values())), "after-the-failure", 1)
+        except InmemError:
+            pass  # DatabasePoisoned, or RunClosed for an ended run: nothing acknowledged
+        else:
+            abandon(db)
+            return {**res, "outcome": "wrong", "detail": f"{fault}: a commit was acknowledged after the failed call"}
+    abandon(db)
+    cut = os.path.join(d, "cut")
+    fs.power_cut(cut, model=rng.choice(("posix", "ext4")), tail=rng.choice(("none", "prefix", "zeros", "all")),
+                 rng=rng)
+    out = check(cut, spec["ref"], acked, spec["mode"], killed=False)  # space is back: no budget on reopen
+    return {**res, **out, "detail": f"{fault}: {out.get('detail', '')}"}
 
 
 def _floor(acked: list[int], mode: str, killed: bool) -> int:
@@ -303,7 +371,8 @@ def trial(spec: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         if all(r["outcome"] == "recovered" for r in out) and not spec.get("keep"):
             shutil.rmtree(d, ignore_errors=True)
         return out
-    res = (_sigkill if spec["kind"].startswith("sigkill") else _powercut)(spec, d)
+    run = _sigkill if spec["kind"].startswith("sigkill") else _faulted if spec["kind"] in ("eio", "enospc") else _powercut
+    res = run(spec, d)
     res["kind"] = f"{spec['kind']} {spec['mode']}"
     res["crash_at"] = spec["crash_at"]
     if res["outcome"] != "recovered" or spec.get("keep"):
@@ -346,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(f"crashsim:{args.seed}")
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
     refs = {s: reference(s, args.steps, work) for s in wseeds}
-    calls = {(s, m): probe_calls(s, args.steps, m, work) for s in wseeds for m in modes}
+    counts = {(s, m): probe_calls(s, args.steps, m, work) for s in wseeds for m in modes}
+    calls = {k: c["all"] for k, c in counts.items()}
     specs_all = []
     points = 0
     while points < args.points:  # a power-cut run gives up to --cuts-per-run crash points, the others one
@@ -357,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         n = calls[(wseed, mode)]
         crash_at = rng.randint(1, n + 2)
         spec = {"id": i, "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps, "crash_at": crash_at,
-                "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4, "keep": args.only is not None}
+                "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4, "keep": args.only is not None,
+                "counts": counts[(wseed, mode)]}
         if kind in ("powercut-posix", "powercut-ext4"):
             k = max(1, min(args.cuts_per_run, args.points - points, n))
             span = n if mode != "batched" else n + n // 2  # batched: the call count varies with timing
