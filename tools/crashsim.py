@@ -385,7 +385,8 @@ def trial(spec: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.crashsim", description=__doc__.splitlines()[0],
                                  epilog="Crash kinds: " + ", ".join(KINDS))
-    ap.add_argument("--points", type=int, default=300, help="crash trials (default 300)")
+    ap.add_argument("--points", type=int, default=300,
+                    help="crash points to try, about (default 300; a batched power-cut run may reach fewer)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the workloads and the crash points")
     ap.add_argument("--mode", default="all", choices=("strict", "batched", "off", "all"),
                     help="durability mode (default: all three in turn)")

@@ -2,9 +2,10 @@
 
 This module owns the outcome classes, running trials in forked children of
 a process that already imported inmem (``os.fork``, no fresh interpreter:
-thousands of trials a minute), and the report. A trial is a picklable-free
-plain ``dict`` spec; ``fn(spec) -> dict`` runs in a worker child and returns
-a JSON-able result with an ``"outcome"`` (one of :data:`OUTCOMES`) and a
+thousands of trials a minute), and the report. A trial is described by a
+plain ``dict`` (its spec, inherited by the forked worker: nothing is
+pickled); ``fn(spec)`` runs in a worker child and returns a JSON-able result
+(or a list of them) with an ``"outcome"`` (one of :data:`OUTCOMES`) and a
 ``"kind"`` (the fault kind, a table row).
 
 Invariant: every spec handed to :func:`run_trials` ends as exactly one result
