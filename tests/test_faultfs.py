@@ -77,7 +77,7 @@ def _durable_floor(acked: list[int], durability: str) -> int:
 
 @pytest.mark.parametrize("durability", ["strict", "batched", "off"])
 def test_power_cut_after_every_call(tmp_path, durability):
-    probe = FaultFS(str(tmp_path / "probe"), record=True)
+    probe = FaultFS(str(tmp_path / "probe"), record=True, real_sync=False)
     _workload(str(tmp_path / "probe"), probe, durability, [])
     total = probe.calls
     assert total >= 25 and any("snapshot" in e for e in probe.events)
@@ -87,7 +87,7 @@ def test_power_cut_after_every_call(tmp_path, durability):
         for model in ("posix", "ext4"):
             tail = ("none", "prefix", "zeros", "all", "random")[(k + (model == "ext4")) % 5]
             root = str(tmp_path / f"{durability}-{k}-{model}")
-            fs = FaultFS(root, crash_at=k, torn=rng.randint(0, 200))
+            fs = FaultFS(root, crash_at=k, torn=rng.randint(0, 200), real_sync=False)
             acked: list[int] = []
             with pytest.raises(CrashPoint):
                 _workload(root, fs, durability, acked)
@@ -160,7 +160,7 @@ def test_torn_wal_write_at_every_byte(tmp_path):
     size = int(probe.events[k - 1].rsplit("+", 1)[1])
     for torn in range(size):
         root = str(tmp_path / f"t{torn}")
-        fs = FaultFS(root, crash_at=k, torn=torn)
+        fs = FaultFS(root, crash_at=k, torn=torn, real_sync=False)
         acked: list[int] = []
         with pytest.raises(CrashPoint):
             _workload(root, fs, "strict", acked)

@@ -61,13 +61,13 @@ def test_crashsim_small_run_passes(tmp_path, capsys):
     from tools import crashsim
 
     out = str(tmp_path / "cr.json")
-    status = crashsim.main(["--points", "60", "--seed", "5", "--workers", "2", "--steps", "40", "--json", out,
+    status = crashsim.main(["--points", "48", "--seed", "5", "--workers", "2", "--steps", "30", "--json", out,
                             "--workdir", str(tmp_path / "w")])
     report = json.load(open(out))
     assert status == 0, capsys.readouterr().out
-    assert report["trials"] >= 55 and report["total"]["recovered"] == report["trials"]
+    assert report["trials"] >= 40 and report["total"]["recovered"] == report["trials"]
     kinds = {k.split()[0] for k in report["table"]}
-    assert {"powercut-posix", "powercut-ext4"} <= kinds
+    assert len(kinds) >= 3 and kinds & {"powercut-posix", "powercut-ext4"}
 
 
 def test_crashsim_catches_an_engine_whose_wal_fsync_does_nothing(tmp_path, monkeypatch, capsys):
