@@ -1,6 +1,7 @@
 # Two set-up commands for a fresh machine with python3 and make:
 #   make demo   create .venv, install inmem (with the langgraph and vectors extras), run the demo (the main job)
 #   make test   create .venv, install inmem with the test extra, run the whole suite
+#   make simulate  the crash and corruption simulators on a small budget (~60 s; CI runs it)
 # Both also try to build the optional C hot path (native/); without a compiler
 # the pure-Python path is used and nothing fails.
 
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench native clean
+.PHONY: demo test simulate bench native clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,13 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	INMEM_PURE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The crash and corruption simulation harness (README "Proving it: crashsim and corruptsim"),
+# bounded for CI: ~300 crash points and ~1,000 corruption cases, each tool stopped after 40 s.
+SIM_SEED ?= $(shell date +%j)
+simulate: $(VENV)/.installed-test
+	$(BIN)/python -m tools.crashsim --points 300 --seed $(SIM_SEED) --budget-s 40 --json .sim-crash.json
+	$(BIN)/python -m tools.corruptsim --cases 1000 --seed $(SIM_SEED) --budget-s 40 --json .sim-corrupt.json
+
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m pytest benches --benchmark-only --benchmark-columns=min,median,max,ops,rounds -p no:randomly
 
@@ -39,4 +47,4 @@ native: $(VENV)/.installed
 	$(BIN)/python native/build.py --strict
 
 clean:
-	rm -rf $(VENV) build *.egg-info engine/_native*.so .pytest_cache .benchmarks
+	rm -rf $(VENV) build *.egg-info engine/_native*.so .pytest_cache .benchmarks .sim-*.json

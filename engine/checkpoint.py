@@ -26,12 +26,13 @@ verified (:func:`~inmem.snapshot.verify_snapshot`); one that fails is set
 aside as ``<name>.corrupt-<ms>`` and never counted, so a damaged snapshot can
 never be the reason WAL is deleted.
 
-Failures. An ``OSError`` from an fsync (the snapshot file's, or the
-directory's after a rename or a deletion), or any ``OSError`` while deleting
-covered WAL segments or saving history sidecars, poisons the WAL writer
+Failures. Any ``OSError`` from a call that changes the directory — a
+write, fsync, create, rename or remove of the snapshot file, a directory
+fsync, deleting covered WAL segments or old snapshots, saving history
+sidecars — poisons the WAL writer
 (:meth:`~inmem.wal.writer.WalWriter.poison`): no later commit is
-acknowledged. A failed *write* of the ``.tmp`` file does not: it is removed
-and nothing refers to it. ``close()`` waits for a snapshot or compaction in
+acknowledged (SPEC.md §5, "Poisoning"; the ``.tmp`` of a failed write is
+removed, best effort). A failed *read* does not. ``close()`` waits for a snapshot or compaction in
 flight (a capture not yet finished stops at its next step with
 ``DatabaseClosed``) before the database releases its lock.
 
@@ -118,8 +119,9 @@ class Retention(Protocol):
 
 
 class _SyncGuard:
-    """The host's file system, except that a failed fsync (of a file it creates, or of a directory)
-    poisons the WAL writer before the ``OSError`` propagates."""
+    """The host's file system, except that a failed write, fsync, create, rename or remove (of a file
+    it creates, or of the directory) poisons the WAL writer before the ``OSError`` propagates.
+    Reads pass through unguarded: a failed read changes nothing on disk."""
 
     def __init__(self, fs: FileSystem, poison: Callable[[BaseException], None]):
         self._fs = fs
@@ -128,15 +130,24 @@ class _SyncGuard:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fs, name)
 
-    def create(self, path: str) -> WritableFile:
-        return _GuardedFile(self._fs.create(path), self._poison)
-
-    def sync_dir(self, path: str) -> None:
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            self._fs.sync_dir(path)
+            return fn(*args)
         except OSError as exc:
             self._poison(exc)
             raise
+
+    def create(self, path: str) -> WritableFile:
+        return _GuardedFile(self._guard(self._fs.create, path), self._poison)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._guard(self._fs.rename, src, dst)
+
+    def remove(self, path: str) -> None:
+        self._guard(self._fs.remove, path)
+
+    def sync_dir(self, path: str) -> None:
+        self._guard(self._fs.sync_dir, path)
 
 
 class _GuardedFile:
@@ -148,12 +159,21 @@ class _GuardedFile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def sync(self) -> None:
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            self._inner.sync()
+            return fn(*args)
         except OSError as exc:
             self._poison(exc)
             raise
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._guard(self._inner.write, data)
+
+    def sync(self) -> None:
+        self._guard(self._inner.sync)
+
+    def truncate(self, size: int) -> None:
+        self._guard(self._inner.truncate, size)
 
 
 class Checkpointer:
@@ -214,7 +234,9 @@ class Checkpointer:
             fsync of the snapshot or of the directory failed (the database is
             now poisoned).
         :raises CorruptionError: the written file failed verification (it is removed).
-        :raises OSError: the file could not be written (the ``.tmp`` is removed; not poisoned).
+        :raises DatabasePoisoned: also when the file could not be created, written or renamed
+            (ENOSPC, EIO; the ``.tmp`` is removed, best effort), or history sidecars not saved.
+        :raises OSError: a read failed (not poisoned).
         """
         with self._lock:
             self._check_open()
@@ -360,14 +382,11 @@ class Checkpointer:
         return dropped
 
     def _save_history(self) -> None:
-        """Save the history sidecars: a cache, never fsynced, rebuilt from the WAL on open if missing
-        or damaged, so a failure to write one is logged, not a reason to poison the database."""
-        if self.retention is None:
-            return
-        try:
-            self.retention.persist(self._kernel.wal.durable_lsn)
-        except OSError as exc:
-            log.warning("inmem: could not save the history index (%s); it is rebuilt on open", exc)
+        """Save the history sidecars. They are a cache (never fsynced, rebuilt from the WAL on open if
+        missing or damaged), but a failed write in the database directory poisons all the same: after
+        EIO the page cache of the directory cannot be trusted, and ENOSPC hits the WAL next."""
+        if self.retention is not None:
+            self._poisoning(self.retention.persist, self._kernel.wal.durable_lsn)
 
     def compact(self) -> dict[str, Any]:
         """Delete every WAL segment and snapshot that neither recovery nor history retention needs.

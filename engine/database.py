@@ -493,12 +493,13 @@ class Database:
 
         :raises DatabaseClosed: the database is closed, or was closed while
             the snapshot was being captured (nothing was written).
-        :raises DatabasePoisoned: the WAL could not be synced first, or an
-            fsync of the snapshot file or of the directory failed, or deleting
-            covered WAL segments failed: the database is now poisoned (SPEC.md §5).
+        :raises DatabasePoisoned: the WAL could not be synced first, or a
+            write, fsync, rename or removal in the directory failed (the
+            snapshot file, e.g. ENOSPC or EIO, the directory fsync, deleting
+            covered WAL segments, saving history sidecars): the database is
+            now poisoned (SPEC.md §5); reopen once the disk is healthy.
         :raises CorruptionError: the written file failed verification (it was removed).
-        :raises OSError: the ``.tmp`` file could not be written, e.g. ENOSPC
-            (it was removed; the database is unaffected and not poisoned).
+        :raises OSError: a read failed (the database is not poisoned).
         """
         self._kernel.check_can_write()
         return self._checkpointer.take()

@@ -392,7 +392,7 @@ class WalWriter:
 
     def poison_error(self) -> DatabasePoisoned:
         return DatabasePoisoned(
-            f"an earlier WAL write or an fsync in the database directory failed ({self._poisoned}); "
+            f"an earlier write or fsync in the database directory failed ({self._poisoned}); "
             "writes are refused. "
             "Close the database and reopen it: recovery keeps what is really on disk."
         )
@@ -462,18 +462,24 @@ class WalWriter:
 
         Idempotent. On a poisoned writer the pending bytes are discarded.
 
-        :raises DatabasePoisoned: the final write or fsync failed.
+        :raises DatabasePoisoned: the final write or fsync failed (this call's, or the ``batched``
+            flusher's last round, which it runs on close); not if the writer was poisoned before.
         """
         if self._closed:
             return
+        poisoned_before = self._poisoned is not None
         with self._wake:
             self._closed = True
             self._wake.notify()
         if self._flusher is not None:
-            self._flusher.join()
+            self._flusher.join()  # batched: the flusher's last round writes what is pending
         try:
             if self._poisoned is None:
                 self.sync()
+            elif not poisoned_before:
+                # the flusher's final write or fsync failed just now: acknowledged batched commits are
+                # not on disk, and the caller must hear it (found by crashsim, seed 41, kind eio)
+                raise self.poison_error() from self._poisoned
         finally:
             with self._io_cond:
                 while self._io_busy:

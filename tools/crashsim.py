@@ -1,0 +1,467 @@
+"""python -m tools.crashsim: crash a workload over every primitive at chosen points, reopen, prove nothing is lost.
+
+This module owns the crash trials and their checks. A workload
+(:mod:`tools.simworkload`: KV, events, state CAS, traces, vectors,
+multi-primitive transactions, runs begun, ended and forked, snapshots,
+compactions and syncs; 4 KiB segments, so it rotates) runs in a forked worker
+(forked from this process, which has imported inmem: no fresh interpreter)
+and is stopped by one of:
+
+``powercut-posix`` / ``powercut-ext4``
+    a :class:`tools.faultfs.FaultFS` crash point at the n-th file-system call
+    (a write there may land torn), then the directory as a disk holds it
+    after power loss in that model, with unsynced appends lost, torn,
+    zero-filled or kept at random;
+``powercut-recovery``
+    the same, then a second crash point *during the recovery* of that
+    directory, and a second power cut (recovery of a crash during recovery);
+``sigkill-call``
+    SIGKILL of a forked child at its n-th file-system call (what the OS has
+    written survives: a process crash, not a power cut);
+``sigkill-timer``
+    SIGKILL of a forked child after a random delay (threads included: the
+    batched flusher, group commit);
+``eio`` / ``enospc``
+    EIO on the n-th write, fsync, directory fsync, rename, create or remove
+    (a failing write may land part of its bytes), or ENOSPC once a byte
+    budget is spent: the workload runs until a call raises, one more commit
+    must then raise ``DatabasePoisoned`` (SPEC §5), then a power cut; the
+    reopen has space again.
+
+After each crash the directory is reopened with the real file system and
+checked: its state equals the workload's state after some step ``j`` (the
+digest, :func:`tools.simworkload.digest`, is computed once per workload on
+a clean database): ``j`` at least the last step durable by the mode's promise
+(``strict``: every acknowledged step; ``batched``/``off``: the last
+acknowledged ``sync``, snapshot or compaction — and, after SIGKILL, every
+acknowledged step in ``off``) and at most one step past the last
+acknowledged; every run's event chain verifies; ``replay_run(r) ==
+run_state(r)`` for every run; ``inmem verify`` finds nothing. A trial ends
+as *recovered exactly* (all checks pass), *lost* (the state is an earlier
+prefix than promised), *silently wrong* (no prefix, a broken chain, a replay
+that differs), *detected loudly* (the open or a check raised, or verify
+complained: after a mere crash that is a failure too), *hang* or
+*unexpected error*. Exit status 1 on any of those but the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from tests.checkout import use_checkout
+
+use_checkout()
+
+from inmem import Database  # noqa: E402
+from inmem.errors import InmemError  # noqa: E402
+from inmem.verify import verify_directory  # noqa: E402
+
+from . import simcore, simworkload  # noqa: E402
+from .faultfs import CrashPoint, FaultFS, abandon  # noqa: E402
+
+#: crash kind -> share of the crash points
+KINDS = {"powercut-posix": 30, "powercut-ext4": 30, "powercut-recovery": 10, "sigkill-call": 10, "sigkill-timer": 8,
+         "eio": 8, "enospc": 4}
+MULTI = ("powercut-posix", "powercut-ext4")
+#: Steps after which the mode's promise makes everything before durable (besides every step under strict).
+DURABLE_STEPS = ("sync", "snapshot", "compact")
+SEGMENT_BYTES = 4096
+
+
+def _open(path: str, mode: str, fs: Any = None) -> Database:
+    return Database.open(path, fs=fs, durability=mode, segment_bytes=SEGMENT_BYTES, snapshot_every_bytes=None,
+                         flush_interval_ms=2)
+
+
+def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ack: Any = None,
+                 acked: list[int] | None = None) -> list[int]:
+    """Run the workload; return the acknowledgements (appended to ``acked`` as they come): step index + 1
+    per step that returned (negative for a durability point). ``ack(i)`` is called for each too (the
+    SIGKILL child writes them to a pipe)."""
+    acked = [] if acked is None else acked
+    alive = fs.check_alive if isinstance(fs, FaultFS) else (lambda: None)
+    db = None
+    try:
+        db = _open(path, mode, fs)
+        alive()
+        w = simworkload.Workload(db, seed)
+        for i, name in enumerate(simworkload.plan(seed, steps)):
+            simworkload.step(w, name)
+            alive()
+            a = -(i + 1) if name in DURABLE_STEPS else i + 1
+            acked.append(a)
+            if ack is not None:
+                ack(a)
+        db.close()
+        alive()
+        acked.append(-steps)  # closed: every step durable
+        if ack is not None:
+            ack(-steps)
+    except CrashPoint:
+        abandon(db)
+    except Exception:
+        if not (isinstance(fs, FaultFS) and fs.halted):
+            raise
+        abandon(db)  # another thread (the batched flusher) hit the crash point; this one then saw the dead disk
+    return acked
+
+
+def reference(seed: int, steps: int, work: str) -> list[str]:
+    """The digest before any step and after each step of workload ``seed`` (a clean database)."""
+    path = tempfile.mkdtemp(dir=work, prefix="ref-")
+    db = _open(os.path.join(path, "db"), "off")
+    w = simworkload.Workload(db, seed)
+    out = [simworkload.digest(db)]
+    for name in simworkload.plan(seed, steps):
+        simworkload.step(w, name)
+        out.append(simworkload.digest(db))
+    db.close()
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def probe_calls(seed: int, steps: int, mode: str, work: str) -> dict[str, int]:
+    """How many file-system calls the workload makes (the range of crash points), ``"all"`` and per kind,
+    and ``"bytes"``: the most the directory held (the ENOSPC budgets' scale)."""
+    path = tempfile.mkdtemp(dir=work, prefix="probe-")
+    peak = [0]
+
+    def note(fs: FaultFS, _n: int, _kind: str) -> None:
+        peak[0] = max(peak[0], fs.used())
+
+    fs = FaultFS(os.path.join(path, "db"), real_sync=False, record=True, before_call=note)
+    run_workload(os.path.join(path, "db"), mode, seed, steps, fs)
+    shutil.rmtree(path, ignore_errors=True)
+    counts = {"all": fs.calls, "bytes": peak[0]}
+    for e in fs.events:
+        kind = e.split()[1]
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+#: the calls an ``eio`` trial fails, and the errno of an ``enospc`` trial
+EIO_CALLS = ("write", "sync", "sync_dir", "rename", "create", "remove")
+
+
+def _faulted(spec: dict[str, Any], d: str) -> dict[str, Any]:
+    """EIO at the n-th call of one kind, or ENOSPC once a byte budget is spent; the workload goes on until
+    a call raises; then one more commit must raise DatabasePoisoned; then a power cut, and the usual checks
+    (every commit acknowledged before the failure is durable as promised; nothing after it was acknowledged)."""
+    rng = random.Random(f"{spec['seed']}:{spec['id']}")
+    root = os.path.join(d, "db")
+    fs = FaultFS(root, real_sync=False)
+    counts = spec["counts"]
+    if spec["kind"] == "eio":
+        kind = rng.choice([k for k in EIO_CALLS if counts.get(k)])
+        nth = rng.randint(1, counts[kind])
+        fs.fail(kind, nth, err=errno.EIO, land=rng.randrange(300) if kind == "write" else 0)
+        fault = f"EIO on {kind} #{nth}"
+    else:
+        fs.space = int(counts["bytes"] * rng.uniform(0.05, 1.0))
+        fault = f"ENOSPC after {fs.space} bytes"
+    acked: list[int] = []
+    db = w = None
+    failure: BaseException | None = None
+    try:
+        db = _open(root, spec["mode"], fs)
+        w = simworkload.Workload(db, spec["wseed"])
+        for i, name in enumerate(simworkload.plan(spec["wseed"], spec["steps"])):
+            simworkload.step(w, name)
+            acked.append(-(i + 1) if name in DURABLE_STEPS else i + 1)
+        db.close()
+        acked.append(-spec["steps"])
+    except (InmemError, OSError) as exc:
+        failure = exc
+    res: dict[str, Any] = {"fault": fault, "failed_with": None if failure is None else type(failure).__name__}
+    if failure is not None and db is not None and w is not None and w.runs and not db.closed:
+        try:
+            db.kv.put(next(iter(w.runs.values())), "after-the-failure", 1)
+        except InmemError:
+            pass  # DatabasePoisoned, or RunClosed for an ended run: nothing acknowledged
+        else:
+            abandon(db)
+            return {**res, "outcome": "wrong", "detail": f"{fault}: a commit was acknowledged after the failed call"}
+    abandon(db)
+    cut = os.path.join(d, "cut")
+    fs.power_cut(cut, model=rng.choice(("posix", "ext4")), tail=rng.choice(("none", "prefix", "zeros", "all")),
+                 rng=rng)
+    out = check(cut, spec["ref"], acked, spec["mode"], killed=False)  # space is back: no budget on reopen
+    return {**res, **out, "detail": f"{fault}: {out.get('detail', '')}"}
+
+
+def _floor(acked: list[int], mode: str, killed: bool) -> int:
+    """Steps the mode promises durable given the acknowledgements."""
+    if not acked:
+        return 0
+    if mode == "strict" or (killed and mode == "off"):
+        return max(abs(a) for a in acked)
+    points = [-a for a in acked if a < 0]
+    return max(points) if points else 0
+
+
+def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) -> dict[str, Any]:
+    """Reopen ``path`` and check it (see the module docstring)."""
+    floor = _floor(acked, mode, killed)
+    top = min(len(ref) - 1, (max(abs(a) for a in acked) if acked else 0) + 1)
+    if not os.path.exists(path):
+        if floor > 0:
+            return {"outcome": "lost", "detail": f"the directory is gone, {floor} steps were durable"}
+        return {"outcome": "recovered", "detail": "nothing was durable, nothing there"}
+    try:
+        # the real file system's calls, minus its fsyncs (they cost the disk's latency and prove nothing here)
+        db = Database.open(path, durability="strict", fs=FaultFS(path, real_sync=False))
+    except InmemError as exc:
+        return {"outcome": "detected", "detail": f"reopen after a crash raised {type(exc).__name__}: {exc}"}
+    try:
+        got = simworkload.digest(db)
+        matches = [j for j in range(len(ref)) if ref[j] == got]
+        if not matches:
+            return {"outcome": "wrong", "detail": "the state is no prefix of the workload (a hole or a partial "
+                    f"transaction); durable floor {floor}, last acknowledged {top - 1}"}
+        if not any(floor <= j <= top for j in matches):
+            best = max(matches)
+            kind = "lost" if best < floor else "wrong"
+            return {"outcome": kind, "detail": f"state after step {best}, but steps {floor}..{top} promised"}
+        for info in db.runs.list():
+            db.events.verify(info.id)
+            if db.replay_run(info.id) != db.run_state(info.id):
+                return {"outcome": "wrong", "detail": f"replay_run({info.name}) differs from run_state"}
+    except InmemError as exc:
+        return {"outcome": "detected", "detail": f"{type(exc).__name__}: {exc}"}
+    finally:
+        db.close()
+    rep = verify_directory(path)
+    if not rep["ok"]:
+        return {"outcome": "detected", "detail": f"inmem verify: {rep['problems'][:3]}"}
+    return {"outcome": "recovered", "detail": f"state of step {max(j for j in matches if floor <= j <= top)}, "
+            f"floor {floor}"}
+
+
+def _powercuts(spec: dict[str, Any], d: str) -> list[dict[str, Any]]:
+    """Power cuts at several calls of one workload run: before each chosen call, the image a power loss
+    there would leave (what a crash point at that call gives, without running the workload again)."""
+    rng = random.Random(f"{spec['seed']}:{spec['id']}")
+    root = os.path.join(d, "db")
+    model = "ext4" if spec["kind"] == "powercut-ext4" else "posix"
+    points = set(spec["cuts"])
+    acked: list[int] = []
+    images: list[tuple[int, str, str, list[int]]] = []
+
+    def cut(fs: FaultFS, n: int, _kind: str) -> None:
+        if n in points:
+            tail = rng.choice(("none", "prefix", "zeros", "all", "random"))
+            dest = os.path.join(d, f"cut-{n}")
+            fs.image(dest, model=model, tail=tail, rng=rng)
+            images.append((n, dest, tail, list(acked)))
+
+    fs = FaultFS(root, real_sync=False, before_call=cut)
+    run_workload(root, spec["mode"], spec["wseed"], spec["steps"], fs, acked=acked)
+    if any(n > fs.calls for n in points):  # (batched: the flusher's timing varies the call count) after close
+        dest = os.path.join(d, "cut-end")
+        fs.power_cut(dest, model=model, tail=rng.choice(("none", "prefix", "zeros", "all", "random")), rng=rng)
+        images.append((fs.calls + 1, dest, "after close", list(acked)))
+    out = []
+    for n, dest, tail, ack in images:
+        res = {"model": model, "tail": tail, "crash_at": n, **check(dest, spec["ref"], ack, spec["mode"], False)}
+        if res["outcome"] != "recovered":
+            res["kept"] = dest
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+        out.append(res)
+    return out
+
+
+def _powercut(spec: dict[str, Any], d: str) -> dict[str, Any]:
+    rng = random.Random(f"{spec['seed']}:{spec['id']}")
+    root = os.path.join(d, "db")
+    fs = FaultFS(root, crash_at=spec["crash_at"], torn=rng.choice((None, rng.randrange(600))), real_sync=False)
+    acked = run_workload(root, spec["mode"], spec["wseed"], spec["steps"], fs)
+    model = "ext4" if spec["kind"] == "powercut-ext4" else ("posix" if spec["kind"] == "powercut-posix"
+                                                           else rng.choice(("posix", "ext4")))
+    tail = rng.choice(("none", "prefix", "zeros", "all", "random"))
+    cut = os.path.join(d, "cut")
+    if not fs.halted:
+        fs.halt()  # the crash point lay beyond the workload: cut power after close
+    fs.power_cut(cut, model=model, tail=tail, rng=rng)
+    res: dict[str, Any] = {"model": model, "tail": tail}
+    if spec["kind"] == "powercut-recovery" and os.path.exists(cut):
+        probe_dir = os.path.join(d, "probe")
+        shutil.copytree(cut, probe_dir)
+        pfs = FaultFS(probe_dir, real_sync=False)
+        try:
+            Database.open(probe_dir, fs=pfs).close()
+        except InmemError:
+            pass
+        k = rng.randint(1, max(1, pfs.calls))
+        rfs = FaultFS(cut, crash_at=k, torn=rng.choice((None, rng.randrange(200))), real_sync=False)
+        db = None
+        try:
+            db = Database.open(cut, fs=rfs)
+            db.close()
+        except CrashPoint:
+            abandon(db)
+        except InmemError as exc:
+            return {**res, "outcome": "detected", "detail": f"first reopen raised {type(exc).__name__}: {exc}"}
+        rfs.halt()
+        cut2 = os.path.join(d, "cut2")
+        rfs.power_cut(cut2, model=model, tail=tail, rng=rng)
+        res["recovery_crash_at"] = k
+        cut = cut2
+    return {**res, **check(cut, spec["ref"], acked, spec["mode"], killed=False)}
+
+
+def _sigkill(spec: dict[str, Any], d: str) -> dict[str, Any]:
+    rng = random.Random(f"{spec['seed']}:{spec['id']}")
+    root = os.path.join(d, "db")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: run the workload until killed
+        os.close(r)
+        try:
+            def die(_fs: FaultFS) -> None:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            fs = (FaultFS(root, crash_at=spec["crash_at"], on_crash=die, real_sync=False)  # fsyncs: moot for SIGKILL
+                  if spec["kind"] == "sigkill-call" else None)
+            run_workload(root, spec["mode"], spec["wseed"], spec["steps"], fs,
+                         ack=lambda a: os.write(w, f"{a}\n".encode()))
+        finally:
+            os._exit(0)
+    os.close(w)
+    if spec["kind"] == "sigkill-timer":
+        delay = rng.uniform(0, spec["timer_s"])
+        timer = threading.Timer(delay, lambda: _kill(pid))
+        timer.start()
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    if spec["kind"] == "sigkill-timer":
+        timer.cancel()
+    acked = [int(x) for x in data.split()]
+    return check(root, spec["ref"], acked, spec["mode"], killed=True)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def trial(spec: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+    d = os.path.join(spec["work"], f"trial-{spec['id']}")
+    os.makedirs(d)
+    if spec["kind"] in ("powercut-posix", "powercut-ext4"):
+        out = _powercuts(spec, d)
+        for res in out:
+            res["kind"] = f"{spec['kind']} {spec['mode']}"
+        if all(r["outcome"] == "recovered" for r in out) and not spec.get("keep"):
+            shutil.rmtree(d, ignore_errors=True)
+        return out
+    run = _sigkill if spec["kind"].startswith("sigkill") else _faulted if spec["kind"] in ("eio", "enospc") else _powercut
+    res = run(spec, d)
+    res["kind"] = f"{spec['kind']} {spec['mode']}"
+    res["crash_at"] = spec["crash_at"]
+    if res["outcome"] != "recovered" or spec.get("keep"):
+        res["kept"] = d
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.crashsim", description=__doc__.splitlines()[0],
+                                 epilog="Crash kinds: " + ", ".join(KINDS))
+    ap.add_argument("--points", type=int, default=300,
+                    help="crash points to try, about (default 300; a batched power-cut run may reach fewer)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the workloads and the crash points")
+    ap.add_argument("--mode", default="all", choices=("strict", "batched", "off", "all"),
+                    help="durability mode (default: all three in turn)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="forked worker processes")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop starting trials after this many seconds")
+    ap.add_argument("--timeout-s", type=float, default=60.0, help="a trial silent this long is a hang")
+    ap.add_argument("--kinds", default=None, help="comma-separated crash kinds (default: all)")
+    ap.add_argument("--steps", type=int, default=60, help="workload steps per trial (default 60)")
+    ap.add_argument("--cuts-per-run", type=int, default=12,
+                    help="power-cut images taken from one workload run (default 12)")
+    ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
+    ap.add_argument("--only", type=int, default=None, help="run only trial ID (keeps its directory)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the table and every failing trial as JSON")
+    ap.add_argument("--workdir", default=None, help="where trials run (default: a new temporary directory)")
+    ap.add_argument("--verbose", action="store_true", help="show the engine's log (recovery warnings)")
+    args = ap.parse_args(argv)
+    if not args.verbose:
+        logging.getLogger("inmem").setLevel(logging.CRITICAL)
+    kinds = args.kinds.split(",") if args.kinds else list(KINDS)
+    for k in kinds:
+        if k not in KINDS:
+            ap.error(f"unknown crash kind {k!r}; known: {', '.join(KINDS)}")
+    modes = ["strict", "batched", "off"] if args.mode == "all" else [args.mode]
+    work = args.workdir or tempfile.mkdtemp(prefix="inmem-crashsim-")
+    os.makedirs(work, exist_ok=True)
+    t0 = time.monotonic()
+    rng = random.Random(f"crashsim:{args.seed}")
+    wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
+    refs = {s: reference(s, args.steps, work) for s in wseeds}
+    counts = {(s, m): probe_calls(s, args.steps, m, work) for s in wseeds for m in modes}
+    calls = {k: c["all"] for k, c in counts.items()}
+    specs_all = []
+    points = 0
+    while points < args.points:  # a power-cut run gives up to --cuts-per-run crash points, the others one
+        i = len(specs_all)
+        mode = modes[i % len(modes)]
+        wseed = rng.choice(wseeds)
+        kind = rng.choices(kinds, [KINDS[k] / (args.cuts_per_run if k in MULTI else 1) for k in kinds])[0]
+        n = calls[(wseed, mode)]
+        crash_at = rng.randint(1, n + 2)
+        spec = {"id": i, "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps, "crash_at": crash_at,
+                "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4, "keep": args.only is not None,
+                "counts": counts[(wseed, mode)]}
+        if kind in ("powercut-posix", "powercut-ext4"):
+            k = max(1, min(args.cuts_per_run, args.points - points, n))
+            span = n if mode != "batched" else n + n // 2  # batched: the call count varies with timing
+            spec["cuts"] = sorted(rng.sample(range(1, span + 1), k))
+            spec["crash_at"] = None
+            points += k
+        else:
+            points += 1
+        specs_all.append(spec)
+    specs = [specs_all[args.only]] if args.only is not None else specs_all
+    results = list(simcore.run_trials(trial, specs, workers=max(1, args.workers), timeout_s=args.timeout_s,
+                                      budget_s=args.budget_s))
+    seconds = time.monotonic() - t0
+    if args.only is not None:
+        for r in results:
+            print(f"trial {r['id']} ({r['kind']}, crash at call {r.get('crash_at')}): {r['outcome']}: "
+                  f"{r.get('detail', '')}; directory {r.get('kept')}")
+    mode_arg = "" if args.mode == "all" else f" --mode {args.mode}"
+    status = simcore.report(
+        "crashsim", results, seed=args.seed, seconds=seconds, skipped=len(specs) - len({r["spec"] for r in results}),
+        json_path=args.json,
+        failures=simcore.FAILURES + ("detected",), extra={"steps": args.steps, "workloads": wseeds,
+                                                          "fs_calls": {f"{s} {m}": c for (s, m), c in calls.items()}},
+        repro=lambda r: (f"python -m tools.crashsim --seed {args.seed}{mode_arg} --steps {args.steps} "
+                         f"--workloads {args.workloads} --points {args.points} --cuts-per-run {args.cuts_per_run}"
+                         f"{' --kinds ' + args.kinds if args.kinds else ''} --only {r['spec']}"))
+    if status == 0 and args.workdir is None and args.only is None:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"directories kept under {work}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

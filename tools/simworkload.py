@@ -1,0 +1,215 @@
+"""The simulation workload: a deterministic mix of every primitive, and a canonical digest of a database's state.
+
+This module owns what :mod:`tools.crashsim` and :mod:`tools.corruptsim` write
+and how they compare what a database holds with what was written. A workload
+is a list of *steps* drawn from a seeded ``random.Random``; each step is one
+call of the public API that makes at most one commit (a primitive's write, a
+multi-primitive transaction, a run begun, ended or forked) or none (a
+snapshot, a compaction, a sync). :func:`digest` names each run by its name,
+never its random id, and leaves out wall-clock times and hashes that depend on
+them, so the same steps give the same digests in any database.
+
+Adding a primitive (documents, graph, workflows when they land) is one
+function ``op_<name>(w: Workload) -> None`` making one commit through ``w.db``
+plus its entry in :data:`OPS` and, if its state is not part of
+``RunState``, a line in :func:`digest`.
+
+Invariant: ``run_steps(db, seed, n)`` performs the same calls in the same order
+for the same ``seed`` and ``n`` whatever the database, as long as each call
+returns (the steps read state only through names the workload chose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+from tests.checkout import use_checkout
+
+use_checkout()
+
+from inmem import Database  # noqa: E402
+
+__all__ = ["OPS", "MAINTENANCE", "Workload", "digest", "plan"]
+
+
+class Workload:
+    """One workload's state on one database: its runs by name and the step rng."""
+
+    def __init__(self, db: Database, seed: int):
+        self.db = db
+        self.rng = random.Random(seed)
+        self.runs: dict[str, str] = {}  # name -> id, in creation order
+        self.active: list[str] = []  # names of runs still active
+        self.counter = 0
+        self.states: set[tuple[str, str]] = set()
+        self.collections: set[tuple[str, str]] = set()
+
+    def run(self) -> tuple[str, str]:
+        """An active run (name, id), beginning one if there is none."""
+        if not self.active:
+            op_begin(self)
+        name = self.rng.choice(self.active)
+        return name, self.runs[name]
+
+    def next(self) -> int:
+        self.counter += 1
+        return self.counter
+
+
+# --- one function per primitive: each makes at most one commit ----------------------------------------
+
+
+def op_begin(w: Workload) -> None:
+    name = f"run{len(w.runs)}"
+    w.runs[name] = w.db.begin_run(name, tags=("sim",))
+    w.active.append(name)
+
+
+def op_end(w: Workload) -> None:
+    if len(w.active) < 2:
+        return op_begin(w)
+    name = w.active.pop(w.rng.randrange(len(w.active)))
+    w.db.end_run(w.runs[name], w.rng.choice(("completed", "failed")))
+    return None
+
+
+def op_fork(w: Workload) -> None:
+    src, rid = w.run()
+    name = f"run{len(w.runs)}"
+    w.runs[name] = w.db.fork_run(rid, name=name)
+    w.active.append(name)
+    w.states |= {(name, s) for (r, s) in w.states if r == src}
+    w.collections |= {(name, c) for (r, c) in w.collections if r == src}
+
+
+def op_kv(w: Workload) -> None:
+    _, rid = w.run()
+    key = f"k{w.rng.randrange(12)}"
+    if w.rng.random() < 0.15:
+        w.db.kv.delete(rid, key)
+    else:
+        w.db.kv.put(rid, key, {"n": w.next(), "pad": "x" * w.rng.randrange(200)})
+
+
+def op_events(w: Workload) -> None:
+    _, rid = w.run()
+    w.db.events.append(rid, w.rng.choice(("tool_call", "observation", "thought")), {"n": w.next()})
+
+
+def op_state(w: Workload) -> None:
+    name, rid = w.run()
+    s = f"m{w.rng.randrange(2)}"
+    if (name, s) not in w.states:
+        w.states.add((name, s))
+        w.db.state.define(rid, s, transitions={"idle": ["busy"], "busy": ["idle", "done"], "done": []},
+                          initial="idle")
+        return
+    cur = w.db.state.get(rid, s).value
+    nxt = {"idle": "busy", "busy": w.rng.choice(("idle", "done")), "done": "done"}[cur]
+    if nxt != cur:
+        w.db.state.cas(rid, s, cur, nxt)
+
+
+def op_traces(w: Workload) -> None:
+    _, rid = w.run()
+    w.db.traces.record(rid, w.rng.choice(("decision", "plan")), {"n": w.next()}, confidence=0.5)
+
+
+def op_vectors(w: Workload) -> None:
+    name, rid = w.run()
+    c = "mem"
+    if (name, c) not in w.collections:
+        w.collections.add((name, c))
+        w.db.vectors.create(rid, c, dim=4)
+        return
+    vid = f"v{w.rng.randrange(8)}"
+    if w.rng.random() < 0.15:
+        w.db.vectors.delete(rid, c, vid)
+    else:
+        w.db.vectors.upsert(rid, c, vid, [w.rng.uniform(-1, 1) for _ in range(4)], metadata={"n": w.next()})
+
+
+def op_txn(w: Workload) -> None:
+    """One transaction over kv, events and traces: all or nothing after a crash."""
+    _, rid = w.run()
+    n = w.next()
+    with w.db.transaction() as tx:
+        tx.kv.put(rid, "txn", n)
+        tx.events.append(rid, "txn", {"n": n})
+        tx.traces.record(rid, "txn", {"n": n})
+
+
+#: Steps that commit, by name, with their weights in a workload.
+OPS: dict[str, tuple[Callable[[Workload], None], int]] = {
+    "begin": (op_begin, 1), "end": (op_end, 1), "fork": (op_fork, 1), "kv": (op_kv, 6), "events": (op_events, 4),
+    "state": (op_state, 3), "traces": (op_traces, 2), "vectors": (op_vectors, 3), "txn": (op_txn, 3),
+}
+
+
+def _snapshot(w: Workload) -> None:
+    w.db.snapshot()
+
+
+def _compact(w: Workload) -> None:
+    w.db.compact()
+
+
+def _sync(w: Workload) -> None:
+    w.db.sync()
+
+
+#: Steps that commit nothing: maintenance (sync is a durability point in every mode).
+MAINTENANCE: dict[str, tuple[Callable[[Workload], None], int]] = {
+    "snapshot": (_snapshot, 1), "compact": (_compact, 1), "sync": (_sync, 1),
+}
+
+
+def plan(seed: int, n: int) -> list[str]:
+    """The names of ``n`` steps for ``seed`` (commits about nine in ten)."""
+    rng = random.Random(f"plan:{seed}")
+    names = list(OPS) + list(MAINTENANCE)
+    weights = [w for _, w in OPS.values()] + [w for _, w in MAINTENANCE.values()]
+    out = ["begin"] + rng.choices(names, weights, k=n - 1)
+    return out
+
+
+def step(w: Workload, name: str) -> None:
+    fn = OPS[name][0] if name in OPS else MAINTENANCE[name][0]
+    fn(w)
+
+
+# --- the digest -------------------------------------------------------------------------------------
+
+
+def _event(e: Any) -> Any:
+    return (e.seq, e.type, e.payload)
+
+
+def _trace(t: Any) -> Any:
+    return (t.kind, t.content, t.confidence, t.tags)
+
+
+def _vectors(cols: Any) -> Any:
+    return {c: (v["dim"], v["metric"], {i: (sv.data, sv.metadata) for i, sv in v["vectors"].items()})
+            for c, v in cols.items()}
+
+
+def snapshot_of(db: Database) -> dict[str, Any]:
+    """Every run's state by name, without ids or wall-clock times."""
+    out: dict[str, Any] = {}
+    for info in db.runs.list():
+        st = db.run_state(info.id)
+        out[info.name or info.id] = (
+            info.status, sorted(st.kv.items()), [_event(e) for e in st.events],
+            sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
+            sorted(_vectors(st.vectors).items()),
+        )
+    return out
+
+
+def digest(db: Database) -> str:
+    """A hex digest of :func:`snapshot_of` (equal digests: equal states)."""
+    return hashlib.blake2b(repr(sorted(snapshot_of(db).items())).encode(), digest_size=16).hexdigest()
