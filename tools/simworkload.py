@@ -132,6 +132,26 @@ def op_vectors(w: Workload) -> None:
         w.db.vectors.upsert(rid, c, vid, [w.rng.uniform(-1, 1) for _ in range(4)], metadata={"n": w.next()})
 
 
+def op_docs(w: Workload) -> None:
+    """Document operations: autocommit ops, and a transaction of blind ops (resolved at commit)."""
+    _, rid = w.run()
+    n = w.next()
+    r = w.rng.random()
+    if r < 0.3:
+        w.db.docs.increment(rid, "ctx", "count")
+    elif r < 0.5:
+        w.db.docs.append(rid, "ctx", "log", n)
+    elif r < 0.65:
+        w.db.docs.merge(rid, "ctx", {"user": {"seen": n, "pad": "x" * w.rng.randrange(100)}})
+    elif r < 0.75:
+        w.db.docs.patch(rid, "ctx", [{"op": "add", "path": "/last", "value": n}])
+    else:
+        with w.db.transaction() as tx:
+            tx.docs.increment(rid, "ctx", "count")
+            tx.docs.append(rid, "ctx", "log", n)
+            tx.kv.put(rid, "doc-txn", n)
+
+
 def op_txn(w: Workload) -> None:
     """One transaction over kv, events and traces: all or nothing after a crash."""
     _, rid = w.run()
@@ -146,6 +166,7 @@ def op_txn(w: Workload) -> None:
 OPS: dict[str, tuple[Callable[[Workload], None], int]] = {
     "begin": (op_begin, 1), "end": (op_end, 1), "fork": (op_fork, 1), "kv": (op_kv, 6), "events": (op_events, 4),
     "state": (op_state, 3), "traces": (op_traces, 2), "vectors": (op_vectors, 3), "txn": (op_txn, 3),
+    "docs": (op_docs, 3),
 }
 
 
@@ -205,7 +226,7 @@ def snapshot_of(db: Database) -> dict[str, Any]:
         out[info.name or info.id] = (
             info.status, sorted(st.kv.items()), [_event(e) for e in st.events],
             sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
-            sorted(_vectors(st.vectors).items()),
+            sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
         )
     return out
 
