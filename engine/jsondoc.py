@@ -64,16 +64,6 @@ def json_copy(value: Any, what: str = "value") -> Any:
         datetime, ...), a non-``str`` object key, a NaN or an infinity, or
         nesting deeper than ``MAX_DEPTH`` (which a cycle always is).
     """
-    t = type(value)
-    if t is str or t is int or t is bool or value is None:
-        return value
-    if t is float:
-        if not math.isfinite(value):
-            raise InvalidValue(f"{what} holds {value!r}: JSON numbers are finite")
-        return value
-    if t is not dict and t is not list:
-        raise _not_json(what, value)
-    root: list[Any] = [None]
     # (source container, destination container, depth); destination already placed
     stack: list[tuple[Any, Any, int]] = []
 
@@ -93,7 +83,7 @@ def json_copy(value: Any, what: str = "value") -> Any:
             return dst
         raise _not_json(what, src)
 
-    root[0] = place(value, 0)
+    root = place(value, 0)
     while stack:
         src, dst, depth = stack.pop()
         if type(src) is dict:
@@ -104,7 +94,7 @@ def json_copy(value: Any, what: str = "value") -> Any:
                 dst[k] = place(v, depth)
         else:
             dst.extend(place(v, depth) for v in src)
-    return root[0]
+    return root
 
 
 def _not_json(what: str, value: Any) -> InvalidValue:

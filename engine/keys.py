@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 
-from .errors import InvalidKey, RunNotFound
+from .errors import InvalidArgument, InvalidKey, RunNotFound
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -40,6 +40,7 @@ __all__ = [
     "TAG_VECTOR",
     "encode_user_key",
     "in_range",
+    "name_bytes",
     "new_run_id",
     "prefix_end",
     "run_id_bytes",
@@ -85,6 +86,23 @@ def encode_user_key(key: object) -> bytes:
         raise InvalidKey(f"key is not valid UTF-8 text ({exc.reason}): {key!r:.80}") from None
     if len(raw) > MAX_KEY_BYTES:
         raise InvalidKey(f"key is {len(raw)} bytes; the limit is {MAX_KEY_BYTES}")
+    return raw
+
+
+def name_bytes(name: object, what: str, limit: int) -> bytes:
+    """The UTF-8 of a name that is followed by a 0x00 separator in a key (a vector collection, a document).
+
+    :raises InvalidArgument: not a non-empty ``str``, holding a NUL, not
+        UTF-8 encodable (a lone surrogate), or longer than ``limit`` bytes.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise InvalidArgument(f"a {what} name is a non-empty str without NUL, got {name!r:.80}")
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} name {name!r:.80} is not valid UTF-8 text") from None
+    if len(raw) > limit:
+        raise InvalidArgument(f"a {what} name is at most {limit} bytes of UTF-8")
     return raw
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from ..codec import decode_value, encode_record, encode_value, now_us
 from ..errors import CorruptionError, InvalidArgument, InvalidValue
 from ..jsondoc import MISSING, apply_op, clone_json, dotted, get_at, json_copy, json_equal, make_op, parse_path
-from ..keys import TAG_DOC, prefix_end, run_prefix
+from ..keys import TAG_DOC, name_bytes, prefix_end, run_prefix
 from .context import Context
 
 __all__ = ["DOC_SUFFIX", "SCHEMA_SUFFIX", "DocOperator", "Docs", "MAX_NAME_BYTES", "copied_record", "doc_from_record", "doc_key_parts",
@@ -199,15 +199,7 @@ class Docs:
         prefix = (self._active if write else self._all).get(run)  # type: ignore[call-overload]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=write), TAG_DOC)
-        if not isinstance(name, str) or not name or "\x00" in name:
-            raise InvalidArgument(f"a document name is a non-empty str without NUL, got {name!r:.80}")
-        try:
-            raw = name.encode()
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"document name {name!r:.80} is not valid UTF-8 text") from None
-        if len(raw) > MAX_NAME_BYTES:
-            raise InvalidArgument(f"a document name is at most {MAX_NAME_BYTES} bytes of UTF-8")
-        return prefix + raw  # type: ignore[no-any-return]
+        return prefix + name_bytes(name, "document", MAX_NAME_BYTES)  # type: ignore[no-any-return]
 
     # --- reads ------------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from ..codec import check_value, decode_value, encode_record, encode_value, now_
 from ..embeddings import embed
 from ..errors import InvalidArgument, InvalidValue
 from ..filters import compile_filter
-from ..keys import MAX_KEY_BYTES, TAG_VECTOR, prefix_end, run_prefix
+from ..keys import MAX_KEY_BYTES, TAG_VECTOR, name_bytes, prefix_end, run_prefix
 from .context import Context
 
 __all__ = ["INDEXES", "METRICS", "Match", "VectorRecord", "Vectors", "collection_prefix", "row_norms", "score_rows",
@@ -96,14 +96,7 @@ def _collection_suffix(collection: object) -> bytes:
     :raises InvalidArgument: not a non-empty str, a NUL in it, not UTF-8
         encodable, or longer than :data:`MAX_COLLECTION_BYTES` bytes.
     """
-    if not isinstance(collection, str) or not collection or "\x00" in collection:
-        raise InvalidArgument(f"a collection name is a non-empty str without NUL, got {collection!r:.80}")
-    try:
-        raw = collection.encode()
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"collection name {collection!r:.80} is not valid UTF-8 text") from None
-    if len(raw) > MAX_COLLECTION_BYTES:
-        raise InvalidArgument(f"a collection name is at most {MAX_COLLECTION_BYTES} bytes of UTF-8")
+    raw = name_bytes(collection, "collection", MAX_COLLECTION_BYTES)
     if type(collection) is str:  # never cache a str subclass: its hash or equality may lie
         if len(_SUFFIXES) >= _CACHE_MAX:
             _SUFFIXES.clear()
