@@ -143,8 +143,11 @@ def op_docs(w: Workload) -> None:
         w.db.docs.append(rid, "ctx", "log", n)
     elif r < 0.65:
         w.db.docs.merge(rid, "ctx", {"user": {"seen": n, "pad": "x" * w.rng.randrange(100)}})
-    elif r < 0.75:
-        w.db.docs.patch(rid, "ctx", [{"op": "add", "path": "/last", "value": n}])
+    elif r < 0.75:  # RFC 6902 needs a document to add a member to
+        if w.db.docs.get(rid, "ctx") is None:
+            w.db.docs.set(rid, "ctx", {"last": n})
+        else:
+            w.db.docs.patch(rid, "ctx", [{"op": "add", "path": "/last", "value": n}])
     else:
         with w.db.transaction() as tx:
             tx.docs.increment(rid, "ctx", "count")
