@@ -39,7 +39,9 @@ def make_ffibuilder():
 
     ffibuilder = FFI()
     ffibuilder.cdef(_read("cdef.h"))
-    ffibuilder.set_source(MODULE, _read("inmem_native.c"), extra_compile_args=["-O2"])
+    # inmem_replay.c uses the CPython API and is reached through ctypes (engine/wal/fast.py)
+    ffibuilder.set_source(MODULE, _read("inmem_native.c") + "\n" + _read("inmem_replay.c"),
+                          extra_compile_args=["-O2"])
     return ffibuilder
 
 

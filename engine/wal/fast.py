@@ -17,7 +17,10 @@ the C types' range fall back to them.
 
 from __future__ import annotations
 
+import ctypes
 import types
+from collections.abc import Callable
+from typing import Any
 
 from .. import native
 from . import format as _format
@@ -29,16 +32,23 @@ _SCAN_CHUNK = 1 << 14  # frame offsets returned per C call
 _U64_MAX = (1 << 64) - 1
 _installed = False
 
+#: The native replay of one segment (``native/inmem_replay.c``), or ``None`` on the pure path:
+#: ``replay(buf, pos, expected_lsn, skip_below, last_version, want, collect, state, keys)
+#: -> (stop, next_lsn, last_version, skipped, count, offsets)``. Used by
+#: :meth:`inmem.wal.reader.SegmentScan.replay`, which continues in Python from ``stop``.
+replay: Callable[..., tuple[int, int, int, int, int, bytes]] | None = None
+
 
 def install() -> bool:
     """Replace the format module's three frame checkers with the native ones; return whether it did.
 
     Idempotent: a second call finds the native functions already in place.
     """
-    global _installed
+    global _installed, replay
     if not native.ENABLED or _installed:
         return False
     _installed = True
+    replay = _load_replay()
     ffi, lib = native.ffi, native.lib
     c_check_frame = lib.inmem_check_frame
     c_scan_frames = lib.inmem_scan_frames
@@ -112,3 +122,20 @@ def install() -> bool:
     _format.find_valid_frame = find_valid_frame
     _format.scan_frames = scan_frames
     return True
+
+
+def _load_replay() -> Callable[..., Any] | None:
+    """The C replay through ctypes (cffi cannot pass Python objects); ``None`` if it cannot be loaded.
+
+    ``PyDLL`` holds the GIL during the call and raises a Python error the C function set.
+    """
+    from .. import _native  # type: ignore[attr-defined]
+
+    try:
+        fn = ctypes.PyDLL(_native.__file__).inmem_py_replay
+    except (OSError, AttributeError):  # an older build without it: the Python replay is used
+        return None
+    fn.restype = ctypes.py_object
+    fn.argtypes = [ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ulonglong, ctypes.c_ulonglong,
+                   ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+    return fn

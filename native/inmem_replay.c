@@ -1,0 +1,191 @@
+/*
+ * inmem native recovery replay: one WAL segment's valid frames applied to the state dict, in C.
+ *
+ * Appended to inmem_native.c by native/build.py (same compilation unit, so the
+ * frame check and CRC above are shared). Unlike the functions there, this one
+ * uses the CPython C API: it builds the bytes keys, bytes values and
+ * (version, value) tuples recovery stores, so that recovery does no Python
+ * work per record. cffi cannot pass PyObject*, so engine/wal/fast.py calls it
+ * through ctypes.PyDLL on this same library (the GIL is held throughout, and
+ * a Python error set here is raised there).
+ *
+ * Contract (engine/wal/reader.py, SegmentScan.replay, is the Python
+ * reference): starting at byte `pos` of the segment `buf`, for each frame in
+ * order: check it (header checksum before the length is used, payload
+ * checksum), check that its LSN is `expected` (then expected + 1, ...); a frame
+ * with LSN < `skip_below` is only counted; otherwise decode its commit record
+ * completely (every op inside the payload, op 1 put or 2 delete, ops ending
+ * exactly at the payload's end), check its version is above the previous one,
+ * and only then apply it: a put sets state[key] = (version, value), a delete
+ * removes key if present; if the LSN is >= `want` (and `collect`), append to
+ * `keys` the key (one-op record) or the list of (key, value-or-None) pairs.
+ *
+ * The first frame that fails ANY check is left untouched: the function stops
+ * at its offset and returns, and the Python reference continues from there,
+ * raising the exact FrameError the pure path raises. So this function never
+ * composes an error message, and a damaged frame costs nothing extra here.
+ *
+ * Returns (stop, next_lsn, last_version, skipped, count, offsets) where
+ * `offsets` is a bytes object of native uint32 frame offsets (array('I')); a `buf` that
+ * is not bytes is left wholly to the reference (stop = pos),
+ * or NULL with a Python exception set (MemoryError, a bad argument).
+ */
+
+#include <Python.h>
+
+PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long expected,
+                          unsigned long long skip_below, unsigned long long last_version,
+                          unsigned long long want, int collect, PyObject *state, PyObject *keys)
+{
+    char *data;
+    Py_ssize_t size;
+    const uint8_t *buf;
+    size_t len, cap = 0, nofs = 0;
+    uint32_t *ofs = NULL;
+    unsigned long long skipped = 0, count = 0;
+    PyObject *result = NULL, *ofs_bytes = NULL;
+
+    if (!PyDict_Check(state) || !PyList_Check(keys)) {
+        PyErr_SetString(PyExc_TypeError, "inmem_py_replay: state must be a dict and keys a list");
+        return NULL;
+    }
+    /* bytes only (the limited API cffi compiles against has no buffer protocol before 3.11);
+       anything else: stop at once and let the reference do it */
+    if (!PyBytes_Check(bufobj))
+        return Py_BuildValue("(nKKKKy#)", pos, expected, last_version, skipped, count, "", (Py_ssize_t)0);
+    if (PyBytes_AsStringAndSize(bufobj, &data, &size) != 0)
+        return NULL;
+    buf = (const uint8_t *)data;
+    len = (size_t)size;
+    if (pos < 0 || (size_t)pos > len || len > 0xFFFFFFFFu)
+        goto done; /* out of range, or offsets would not fit array('I'): the reference does it all */
+
+    while ((size_t)pos < len) {
+        uint64_t lsn, version;
+        uint32_t rtype, n_ops, i;
+        size_t pstart, end, p;
+        int ok;
+
+        if (inmem_check_frame(buf, len, (size_t)pos, &lsn, &rtype, &pstart, &end) != INMEM_OK)
+            break;
+        if (lsn != expected)
+            break;
+        if (lsn < skip_below) {
+            skipped++;
+        } else {
+            /* validate the whole record before touching the state */
+            if (end - pstart < 20)
+                break;
+            version = inmem_load64(buf + pstart);
+            n_ops = inmem_load32(buf + pstart + 16);
+            p = pstart + 20;
+            ok = 1;
+            for (i = 0; i < n_ops; i++) {
+                uint8_t op;
+                uint32_t klen;
+                if (end - p < 5) { ok = 0; break; }
+                op = buf[p];
+                klen = inmem_load32(buf + p + 1);
+                p += 5;
+                if ((size_t)klen > end - p) { ok = 0; break; }
+                p += klen;
+                if (op == 1) {
+                    uint32_t vlen;
+                    if (end - p < 4) { ok = 0; break; }
+                    vlen = inmem_load32(buf + p);
+                    p += 4;
+                    if ((size_t)vlen > end - p) { ok = 0; break; }
+                    p += vlen;
+                } else if (op != 2) {
+                    ok = 0;
+                    break;
+                }
+            }
+            if (!ok || p != end || version <= last_version)
+                break;
+            /* apply */
+            {
+                PyObject *pyver = PyLong_FromUnsignedLongLong(version);
+                PyObject *writes = NULL;
+                int keep = collect && lsn >= want;
+                if (pyver == NULL)
+                    goto fail;
+                if (keep && n_ops != 1) {
+                    writes = PyList_New(0);
+                    if (writes == NULL) { Py_DECREF(pyver); goto fail; }
+                }
+                p = pstart + 20;
+                for (i = 0; i < n_ops; i++) {
+                    uint8_t op = buf[p];
+                    uint32_t klen = inmem_load32(buf + p + 1);
+                    PyObject *key, *value = NULL;
+                    int rc;
+                    p += 5;
+                    key = PyBytes_FromStringAndSize((const char *)buf + p, klen);
+                    if (key == NULL) { Py_DECREF(pyver); Py_XDECREF(writes); goto fail; }
+                    p += klen;
+                    if (op == 1) {
+                        uint32_t vlen = inmem_load32(buf + p);
+                        PyObject *entry;
+                        p += 4;
+                        value = PyBytes_FromStringAndSize((const char *)buf + p, vlen);
+                        p += vlen;
+                        entry = value ? PyTuple_Pack(2, pyver, value) : NULL;
+                        /* an (int, bytes) tuple can be in no reference cycle: untrack it, as the
+                           collector itself would at its next pass, so that a million of them do
+                           not make every collection during recovery walk them all */
+                        if (entry != NULL)
+                            PyObject_GC_UnTrack(entry);
+                        rc = entry ? PyDict_SetItem(state, key, entry) : -1;
+                        Py_XDECREF(entry);
+                    } else {
+                        rc = PyDict_DelItem(state, key);
+                        if (rc != 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                            PyErr_Clear();
+                            rc = 0;
+                        }
+                    }
+                    if (rc == 0 && keep) {
+                        if (writes == NULL) {
+                            rc = PyList_Append(keys, key);
+                        } else {
+                            PyObject *pair = PyTuple_Pack(2, key, value ? value : Py_None);
+                            rc = pair ? PyList_Append(writes, pair) : -1;
+                            Py_XDECREF(pair);
+                        }
+                    }
+                    Py_DECREF(key);
+                    Py_XDECREF(value);
+                    if (rc != 0) { Py_DECREF(pyver); Py_XDECREF(writes); goto fail; }
+                }
+                Py_DECREF(pyver);
+                if (writes != NULL) {
+                    int rc = PyList_Append(keys, writes);
+                    Py_DECREF(writes);
+                    if (rc != 0)
+                        goto fail;
+                }
+            }
+            last_version = version;
+            count++;
+        }
+        if (nofs == cap) {
+            size_t ncap = cap ? cap * 2 : 4096;
+            uint32_t *grown = (uint32_t *)PyMem_Realloc(ofs, ncap * sizeof(uint32_t));
+            if (grown == NULL) { PyErr_NoMemory(); goto fail; }
+            ofs = grown;
+            cap = ncap;
+        }
+        ofs[nofs++] = (uint32_t)pos;
+        expected++;
+        pos = (Py_ssize_t)end;
+    }
+
+done:
+    ofs_bytes = PyBytes_FromStringAndSize((const char *)ofs, (Py_ssize_t)(nofs * sizeof(uint32_t)));
+    if (ofs_bytes != NULL)
+        result = Py_BuildValue("(nKKKKN)", pos, expected, last_version, skipped, count, ofs_bytes);
+fail:
+    PyMem_Free(ofs);
+    return result;
+}
