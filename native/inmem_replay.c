@@ -189,3 +189,128 @@ fail:
     PyMem_Free(ofs);
     return result;
 }
+
+/*
+ * One snapshot chunk (engine/snapshot.py) into the state dict: the payload is the CBOR array
+ * [keys: [bstr], versions: [uint], values: [bstr]], each of `count` items. Only that exact shape
+ * (definite lengths, nothing after it) is taken here: the whole payload is checked first, then
+ * state[key] = (version, value) for each entry, the tuples untracked as in inmem_py_replay.
+ * Returns the int count inserted, or -1 (nothing touched, no error) for any other payload: the
+ * caller then decodes it with cbor2 as before, which raises or accepts exactly as it always did.
+ */
+
+/* Read a CBOR item head at *p: major type and argument. 0 on success, -1 if malformed or indefinite. */
+static int inmem_cbor_head(const uint8_t **p, const uint8_t *end, int *major, uint64_t *arg)
+{
+    const uint8_t *q = *p;
+    uint8_t ai;
+    if (q >= end)
+        return -1;
+    *major = q[0] >> 5;
+    ai = q[0] & 0x1f;
+    q++;
+    if (ai < 24) {
+        *arg = ai;
+    } else if (ai == 24) {
+        if (end - q < 1) return -1;
+        *arg = q[0];
+        q += 1;
+    } else if (ai == 25) {
+        if (end - q < 2) return -1;
+        *arg = ((uint64_t)q[0] << 8) | q[1];
+        q += 2;
+    } else if (ai == 26) {
+        if (end - q < 4) return -1;
+        *arg = ((uint64_t)q[0] << 24) | ((uint64_t)q[1] << 16) | ((uint64_t)q[2] << 8) | q[3];
+        q += 4;
+    } else if (ai == 27) {
+        if (end - q < 8) return -1;
+        *arg = ((uint64_t)q[0] << 56) | ((uint64_t)q[1] << 48) | ((uint64_t)q[2] << 40) | ((uint64_t)q[3] << 32)
+             | ((uint64_t)q[4] << 24) | ((uint64_t)q[5] << 16) | ((uint64_t)q[6] << 8) | q[7];
+        q += 8;
+    } else {
+        return -1; /* reserved or indefinite length */
+    }
+    *p = q;
+    return 0;
+}
+
+/* Walk `count` items of major type `want` (2: bstr, 0: uint) from *p; -1 if any is not. */
+static int inmem_cbor_array(const uint8_t **p, const uint8_t *end, uint64_t count, int want)
+{
+    int major;
+    uint64_t arg, i;
+    if (inmem_cbor_head(p, end, &major, &arg) != 0 || major != 4 || arg != count)
+        return -1;
+    for (i = 0; i < count; i++) {
+        if (inmem_cbor_head(p, end, &major, &arg) != 0 || major != want)
+            return -1;
+        if (want == 2) {
+            if (arg > (uint64_t)(end - *p))
+                return -1;
+            *p += arg;
+        }
+    }
+    return 0;
+}
+
+static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const uint8_t *buf, *end, *p, *kp, *vp, *ip;
+    Py_ssize_t size, count;
+    uint64_t i, arg;
+    int major;
+    PyObject *state;
+    (void)self;
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1]) || !PyDict_Check(args[2]))
+        return PyLong_FromLong(-1);
+    count = PyLong_AsSsize_t(args[1]);
+    if (count < 0) {
+        PyErr_Clear();
+        return PyLong_FromLong(-1);
+    }
+    state = args[2];
+    buf = (const uint8_t *)PyBytes_AsString(args[0]);
+    size = PyBytes_Size(args[0]);
+    end = buf + size;
+    p = buf;
+    if (inmem_cbor_head(&p, end, &major, &arg) != 0 || major != 4 || arg != 3)
+        return PyLong_FromLong(-1);
+    kp = p;
+    if (inmem_cbor_array(&p, end, (uint64_t)count, 2) != 0)
+        return PyLong_FromLong(-1);
+    ip = p;
+    if (inmem_cbor_array(&p, end, (uint64_t)count, 0) != 0)
+        return PyLong_FromLong(-1);
+    vp = p;
+    if (inmem_cbor_array(&p, end, (uint64_t)count, 2) != 0 || p != end)
+        return PyLong_FromLong(-1);
+    /* checked: now insert, walking the three arrays side by side */
+    inmem_cbor_head(&kp, end, &major, &arg);
+    inmem_cbor_head(&ip, end, &major, &arg);
+    inmem_cbor_head(&vp, end, &major, &arg);
+    for (i = 0; i < (uint64_t)count; i++) {
+        uint64_t klen, version, vlen;
+        PyObject *key, *value, *pyver, *entry;
+        int rc;
+        inmem_cbor_head(&kp, end, &major, &klen);
+        inmem_cbor_head(&ip, end, &major, &version);
+        inmem_cbor_head(&vp, end, &major, &vlen);
+        key = PyBytes_FromStringAndSize((const char *)kp, (Py_ssize_t)klen);
+        value = PyBytes_FromStringAndSize((const char *)vp, (Py_ssize_t)vlen);
+        pyver = PyLong_FromUnsignedLongLong(version);
+        kp += klen;
+        vp += vlen;
+        entry = (value && pyver) ? PyTuple_Pack(2, pyver, value) : NULL;
+        if (entry != NULL)
+            PyObject_GC_UnTrack(entry);
+        rc = (key && entry) ? PyDict_SetItem(state, key, entry) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        Py_XDECREF(pyver);
+        Py_XDECREF(entry);
+        if (rc != 0)
+            return NULL;
+    }
+    return PyLong_FromSsize_t(count);
+}

@@ -86,7 +86,7 @@ def _framed_payload(lsn: int, payload: bytes) -> bytes:
     return encode_frame(lsn, RECORD_COMMIT, payload)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(segments(), st.data())
 def test_native_replay_matches_python(seg, data):
     buf, first_lsn, n = seg
@@ -161,3 +161,66 @@ def test_native_replay_tuples_are_untracked_and_state_survives_collection():
 
 def test_native_replay_is_used_when_built():
     assert native.ENABLED and fast.replay is not None
+
+
+# --- snapshot chunks ---------------------------------------------------------------------------
+
+import cbor2  # noqa: E402
+
+needs_chunk = pytest.mark.skipif(fast.load_snapshot_chunk is None, reason="native snapshot loader not built")
+
+
+@needs_chunk
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=20), st.integers(1, 2**64 - 1), st.binary(max_size=40)), max_size=30))
+def test_snapshot_chunk_loads_like_cbor2(entries):
+    keys, versions, values = [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
+    payload = cbor2.dumps([keys, versions, values])
+    state: dict = {b"old": (1, b"o")}
+    assert fast.load_snapshot_chunk(payload, len(entries), state) == len(entries)
+    expected: dict = {b"old": (1, b"o")}
+    expected.update(zip(keys, zip(versions, values)))
+    assert list(state.items()) == list(expected.items())
+    assert not any(gc.is_tracked(v) for v in state.values())
+
+
+@needs_chunk
+@pytest.mark.parametrize("payload,count", [
+    (cbor2.dumps([[b"k"], [1], [b"v"]]), 2),                     # count mismatch
+    (cbor2.dumps([[b"k"], [1], [b"v"]]) + b"\0", 1),             # trailing byte
+    (cbor2.dumps([[b"k"], [1]]), 1),                             # two arrays
+    (cbor2.dumps([["k"], [1], [b"v"]]), 1),                      # a text key
+    (cbor2.dumps([[b"k"], [-1], [b"v"]]), 1),                    # a negative version
+    (cbor2.dumps([[b"k"], [1.0], [b"v"]]), 1),                   # a float version
+    (cbor2.dumps([[b"k"], [1], [None]]), 1),                     # a null value
+    (b"\x83\x9f\x41k\xff\x81\x01\x81\x41v", 1),                  # an indefinite-length array
+    (cbor2.dumps([[b"k"], [1], [b"v"]])[:-1], 1),                # cut short
+    (b"", 0),
+])
+def test_snapshot_chunk_leaves_anything_else_to_cbor2(payload, count):
+    state: dict = {b"old": (1, b"o")}
+    assert fast.load_snapshot_chunk(payload, count, state) == -1
+    assert state == {b"old": (1, b"o")}
+
+
+@needs_chunk
+def test_snapshot_read_is_the_same_on_both_paths(tmp_path, monkeypatch):
+    from inmem import Database
+    from inmem.fs import OSFileSystem
+    from inmem.identity import read_identity
+    from inmem.snapshot import read_snapshot
+
+    with Database.open(str(tmp_path / "db"), snapshot_every_bytes=None) as db:
+        run = db.begin_run("r")
+        for i in range(5000):  # > one chunk (4,096 entries)
+            db.kv.put(run, f"k{i}", {"i": i})
+        db.kv.delete(run, "k7")
+        path = db.snapshot().path
+    fs = OSFileSystem()
+    db_id = read_identity(fs, str(tmp_path / "db")).db_id
+    native_header, native_state = read_snapshot(fs, path, db_id)
+    monkeypatch.setattr(fast, "load_snapshot_chunk", None)
+    pure_header, pure_state = read_snapshot(fs, path, db_id)
+    assert native_header == pure_header
+    assert list(native_state.items()) == list(pure_state.items())
+    assert len(native_state) == 5000  # 4,999 keys + the run record
