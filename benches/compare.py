@@ -438,7 +438,9 @@ def plot(results: dict, engines: list[str], path: str) -> bool:
     except ImportError:
         return False
     panels = [("W3 get", "ops", "get ops/s"), ("W4 scan-100", "ops", "scans/s"),
-              ("W8 put batched", "ops", "puts/s (batched)"), ("W5 reopen", "first_s", "reopen to first read (s)")]
+              ("W8 put batched", "ops", "puts/s (batched)"),
+              ("W5 reopen", "all_s", "reopen after SIGKILL + read every key (s)")]
+    colors = {e: f"C{i}" for i, e in enumerate(E.ADAPTERS)}  # one color per engine in every panel
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (prefix, key, label) in zip(axes.flat, panels):
         rows = sorted((int(w.split("N=")[1]), w) for w in results if w.startswith(prefix))
@@ -446,7 +448,8 @@ def plot(results: dict, engines: list[str], path: str) -> bool:
             xs = [n for n, w in rows if key in results[w].get(e, {})]
             ys = [results[w][e][key] for n, w in rows if key in results[w].get(e, {})]
             if xs:
-                ax.plot(xs, ys, marker="o", label=e, linewidth=2.5 if e.startswith("inmem") else 1.2)
+                ax.plot(xs, ys, marker="o", label=e, color=colors.get(e),
+                        linewidth=2.5 if e.startswith("inmem") else 1.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("keys in the database (N)")
@@ -470,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W8", help="comma-separated subset")
     ap.add_argument("--sizes", default=None, help="N for W3/W4/W5/W8, comma-separated (default 10k,100k,1M x scale)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
+    ap.add_argument("--replot", default=None, help="only redraw OUT/scaling.png and results.md from this results.json")
     # internal: the worker and the build / reopen children
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
@@ -488,6 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_reopen(args._reopen, args.dir, args.runs_file)))
         return 0
 
+    if args.replot:
+        with open(args.replot) as f:
+            data = json.load(f)
+        out_dir = args.out or os.path.dirname(args.replot)
+        with open(os.path.join(out_dir, "results.md"), "w") as f:
+            f.write(markdown(data["results"], data["engines"], data["header"], data["notes"]))
+        plot(data["results"], data["engines"], os.path.join(out_dir, "scaling.png"))
+        return 0
     scale = 0.01 if args.quick else args.scale
     if args.sizes:
         sizes = [int(float(s)) for s in args.sizes.split(",")]
