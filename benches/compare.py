@@ -25,6 +25,11 @@ for ``--scale 1``, each multiplied by the scale; ``--quick`` is scale 0.01):
   the first read, and to all keys read (each repetition in a fresh process);
   inmem's database is written as N single-put commits (N WAL records), the
   peers' in batches of 100 (one run per commit);
+* **W6** YCSB core workloads (Cooper et al., SoCC 2010) A (50 % read, 50 %
+  update), B (95/5), C (read only), D (95 % read of the latest keys, 5 %
+  insert) and F (50 % read, 50 % read-modify-write), zipfian with theta
+  0.99 (scrambled, as YCSB), over the N keys of the largest size (50,000 ops
+  per repetition; E, short scans, is left to W4);
 * **W8** scaling: W3, W4, put (``batched``, 20,000 new keys into the full
   database) and W5 at N = 10k, 100k and 1M (``--sizes`` to change; e.g.
   ``--sizes 10000,100000,1000000,4000000`` adds the issue's 4M point);
@@ -97,6 +102,42 @@ def _timed(fn, args: list) -> dict[str, float]:
     return _stats(lat, time.perf_counter() - t0)
 
 
+class Zipfian:
+    """YCSB's zipfian generator (Gray et al., SIGMOD 1994, as in YCSB's ``ZipfianGenerator``):
+    ranks 0..n-1, rank 0 the most popular, P(rank k) ~ 1 / (k + 1) ** theta."""
+
+    def __init__(self, n: int, theta: float = 0.99):
+        self.n, self.theta = n, theta
+        zeta2 = 1 + 0.5 ** theta
+        self.zetan = sum(1.0 / (i + 1) ** theta for i in range(n))
+        self.alpha = 1.0 / (1.0 - theta)
+        self.eta = (1 - (2.0 / n) ** (1 - theta)) / (1 - zeta2 / self.zetan)
+
+    def next(self, rng: random.Random) -> int:
+        u = rng.random()
+        uz = u * self.zetan
+        if uz < 1.0:
+            return 0
+        if uz < 1.0 + 0.5 ** self.theta:
+            return 1
+        return min(self.n - 1, int(self.n * (self.eta * u - self.eta + 1) ** self.alpha))
+
+
+def _scramble(rank: int, n: int) -> int:
+    """YCSB's scrambled zipfian: spread the popular ranks over the key space (FNV-1a 64 of the rank)."""
+    h = 0xCBF29CE484222325
+    for _ in range(8):
+        h = ((h ^ (rank & 0xFF)) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        rank >>= 8
+    return h % n
+
+
+#: YCSB core workloads (Cooper et al., SoCC 2010): (read, update, insert, read-modify-write) proportions
+#: and the request distribution. E (short scans) is left out: W4 covers scans.
+YCSB = {"A": (0.5, 0.5, 0, 0, "zipfian"), "B": (0.95, 0.05, 0, 0, "zipfian"), "C": (1.0, 0, 0, 0, "zipfian"),
+        "D": (0.95, 0, 0.05, 0, "latest"), "F": (0.5, 0, 0, 0.5, "zipfian")}
+
+
 class Worker:
     """Serves the parent's commands for one engine (JSON lines on stdin/stdout)."""
 
@@ -158,6 +199,47 @@ class Worker:
         base = RUN_KEYS + seed * n
         picks = [(puts[rng.randrange(len(puts))], E.key_for(base + i)) for i in range(n)]
         return _timed(lambda p: p[0](p[1], value), picks)
+
+    def ycsb(self, workload: str, n: int, seed: int) -> dict:
+        """YCSB core workload ``workload`` over the grid's N keys (item i = key i % 100 of run i // 100):
+        reads are gets, updates and inserts puts of a new value, read-modify-write a get then a put."""
+        read, update, insert, _rmw, dist = YCSB[workload]
+        rng = random.Random(seed)
+        size = len(self.runs) * RUN_KEYS
+        if getattr(self, "_zipf", None) is None or self._zipf.n != size:
+            self._zipf = Zipfian(size)
+        zipf = self._zipf
+        gets = [self.grid.get_fn(r) for r in self.runs]
+        puts = [self.grid.put_fn(r) for r in self.runs]
+        value = E.value_for(seed)
+        latest = size  # inserts go to new keys of the last run ("latest": reads favour them)
+        ops = []
+        for _ in range(n):
+            x = rng.random()
+            if x < insert + read + update + _rmw and x >= read + update + _rmw:
+                ops.append((2, len(self.runs) - 1, E.key_for(RUN_KEYS + seed * n + latest - size)))
+                latest += 1
+                continue
+            rank = zipf.next(rng)
+            item = max(0, latest - 1 - rank) if dist == "latest" else _scramble(rank, size)
+            if item >= size:  # a key inserted in this batch
+                run, key = len(self.runs) - 1, E.key_for(RUN_KEYS + seed * n + item - size)
+            else:
+                run, key = item // RUN_KEYS, E.key_for(item % RUN_KEYS)
+            kind = 0 if x < read else (1 if x < read + update else 3)
+            ops.append((kind, run, key))
+
+        def op(o):
+            kind, run, key = o
+            if kind == 0:
+                gets[run](key)
+            elif kind == 3:
+                gets[run](key)
+                puts[run](key, value)
+            else:
+                puts[run](key, value)
+
+        return _timed(op, ops)
 
     def serve(self) -> None:
         for line in sys.stdin:
@@ -311,7 +393,7 @@ class Suite:
             self._interleaved(wid, "put_fresh", {"tag": "warm", "n": max(10, n // 10)}, mode=mode, n=n,
                               tag=lambda rep: str(rep))
 
-    def grid(self, size: int, scale: float, scratch: str, w3: bool, w4: bool) -> None:
+    def grid(self, size: int, scale: float, scratch: str, workloads: set[str], ycsb: bool) -> None:
         """Build (SIGKILL), reopen (W5) and read/write (W3, W4, put) a database of ``size`` keys."""
         self.log(f"N = {size:,}: building ({size // RUN_KEYS:,} runs x {RUN_KEYS} keys), SIGKILL")
         paths: dict[str, tuple[str, str]] = {}
@@ -328,7 +410,7 @@ class Suite:
             paths[e] = (path, runs_file)
             self.log(f"  built {e} in {time.perf_counter() - t0:.1f} s")
         reopen: dict[str, list[dict]] = {e: [] for e in paths}
-        for _rep in range(self.reps):
+        for _rep in range(self.reps if workloads & {"W5", "W8"} else 0):
             for e, (path, runs_file) in paths.items():
                 code, out, err = self.clients[e].child("--_reopen", e, "--dir", path, "--runs-file", runs_file)
                 if code == 0:
@@ -340,7 +422,8 @@ class Suite:
             if rs:
                 w5[e] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                 w5[e]["all"] = rs
-        self.results[f"W5 reopen N={size}"] = w5
+        if w5:
+            self.results[f"W5 reopen N={size}"] = w5
         self.log("  W5 reopen: " + ", ".join(f"{e} {v['first_s']:.3f} s to first read, {v['all_s']:.2f} s to all"
                                              for e, v in w5.items()))
         for e, (path, runs_file) in paths.items():
@@ -350,15 +433,24 @@ class Suite:
         live = [e for e in self.engines if e in paths]
         saved, self.engines = self.engines, live
         try:
-            n_get = max(500, int(50_000 * scale))
-            self._interleaved(f"W3 get N={size}", "get", {"seed": 99, "n": max(100, n_get // 10)}, n=n_get,
-                              seed=lambda rep: rep)
-            n_scan = max(50, int(2_000 * scale))
-            self._interleaved(f"W4 scan-100 N={size}", "scan", {"seed": 99, "n": max(10, n_scan // 10)},
-                              n=n_scan, seed=lambda rep: 1000 + rep)
-            n_put = max(200, int(20_000 * scale))
-            self._interleaved(f"W8 put batched N={size}", "put_grid", {"seed": 99, "n": max(20, n_put // 10)},
-                              n=n_put, seed=lambda rep: rep)
+            if workloads & {"W3", "W8"}:
+                n_get = max(500, int(50_000 * scale))
+                self._interleaved(f"W3 get N={size}", "get", {"seed": 99, "n": max(100, n_get // 10)}, n=n_get,
+                                  seed=lambda rep: rep)
+            if workloads & {"W4", "W8"}:
+                n_scan = max(50, int(2_000 * scale))
+                self._interleaved(f"W4 scan-100 N={size}", "scan", {"seed": 99, "n": max(10, n_scan // 10)},
+                                  n=n_scan, seed=lambda rep: 1000 + rep)
+            if "W8" in workloads:
+                n_put = max(200, int(20_000 * scale))
+                self._interleaved(f"W8 put batched N={size}", "put_grid",
+                                  {"seed": 99, "n": max(20, n_put // 10)}, n=n_put, seed=lambda rep: rep)
+            if ycsb:
+                n_ops = max(500, int(50_000 * scale))
+                for w in YCSB:
+                    self._interleaved(f"W6 YCSB-{w} N={size}", "ycsb",
+                                      {"workload": w, "seed": 99, "n": max(100, n_ops // 10)},
+                                      workload=w, n=n_ops, seed=lambda rep: 1 + rep)
         finally:
             self.engines = saved
             for e in paths:
@@ -430,6 +522,8 @@ def markdown(results: dict, engines: list[str], header: list[str], notes: list[s
 
 
 def plot(results: dict, engines: list[str], path: str) -> bool:
+    if not any(w.startswith(("W3", "W4", "W5", "W8")) for w in results):
+        return False  # nothing scales in this run
     try:
         import matplotlib
 
@@ -470,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="directory for results.json, results.md, scaling.png")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per workload and engine (default 3)")
     ap.add_argument("--engines", default=None, help="comma-separated subset (default: all available)")
-    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W8", help="comma-separated subset")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W8", help="comma-separated subset")
     ap.add_argument("--sizes", default=None, help="N for W3/W4/W5/W8, comma-separated (default 10k,100k,1M x scale)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
     ap.add_argument("--replot", default=None, help="only redraw OUT/scaling.png and results.md from this results.json")
@@ -540,10 +634,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if workloads & {"W1", "W2"}:
             suite.puts(scale)
-        if workloads & {"W3", "W4", "W5", "W8"}:
+        if workloads & {"W3", "W4", "W5", "W6", "W8"}:
             grid_sizes = sizes if "W8" in workloads else sizes[-1:]
             for size in grid_sizes:
-                suite.grid(size, scale, scratch, "W3" in workloads, "W4" in workloads)
+                suite.grid(size, scale, scratch, workloads, "W6" in workloads and size == grid_sizes[-1])
     finally:
         suite.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -558,8 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(out_dir, "results.json"), "w") as f:
             json.dump({"header": header, "engines": engines, "scale": scale, "sizes": sizes,
                        "results": suite.results, "notes": notes}, f, indent=1)
-        if plot(suite.results, engines, os.path.join(out_dir, "scaling.png")):
-            print(f"wrote {out_dir}/results.md, results.json, scaling.png")
+        drawn = plot(suite.results, engines, os.path.join(out_dir, "scaling.png"))
+        print(f"wrote {out_dir}/results.md, results.json" + (", scaling.png" if drawn else ""))
     return 0
 
 
