@@ -186,13 +186,15 @@ static PyMethodDef inmem_py_method_table[] = {
      "Native encode_commit_frame(lsn, version, ts_us, writes) -> bytes (byte-identical)."},
     {"load_snapshot_chunk", (PyCFunction)(void (*)(void))inmem_load_snapshot_chunk, METH_FASTCALL,
      "load_snapshot_chunk(payload, count, state) -> entries inserted, or -1: not the plain shape (use cbor2)."},
+    {"group_runs", (PyCFunction)(void (*)(void))inmem_group_runs, METH_FASTCALL,
+     "group_runs(keys, first_lsn) -> {run id: [lsn, ...]}, or None: an item of another shape (use Python)."},
     {NULL, NULL, 0, NULL},
 };
 
 /* The method table (for PyCFunction_NewEx) and its length. */
 void *inmem_py_methods(int *count)
 {
-    *count = 3;
+    *count = 4;
     return inmem_py_method_table;
 }
 

@@ -314,3 +314,140 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
     }
     return PyLong_FromSsize_t(count);
 }
+
+/*
+ * The history collector's grouping (engine/history/collect.py, HistoryCollector.replayed): for each
+ * item of `keys` (the i-th holds LSN first_lsn + i), the run ids it touched (bytes 1..16 of each key)
+ * get that LSN appended: {run id: [lsn, ...]}. A bytes item is one key; a list item is a commit's
+ * writes [(key, value), ...], whose run ids are taken as a set, in the order Python's
+ * {key[1:17] for key, _ in writes} iterates. Returns the new dict, or None (nothing else done) if an
+ * item is neither, so the caller runs the Python loop instead. A small cache of recent run ids saves
+ * building a 16-byte object per key.
+ */
+
+#define INMEM_RID_CACHE 256
+
+static PyObject *inmem_rid_of(PyObject *key)
+{
+    Py_ssize_t n = PyBytes_Size(key);
+    const char *s = PyBytes_AsString(key);
+    Py_ssize_t end = n < 17 ? n : 17;
+    if (end <= 1)
+        return PyBytes_FromStringAndSize("", 0);
+    return PyBytes_FromStringAndSize(s + 1, end - 1);
+}
+
+static int inmem_runs_append(PyObject *runs, PyObject *rid, PyObject *lsn, PyObject **list_out)
+{
+    PyObject *list = PyDict_GetItemWithError(runs, rid);
+    if (list == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        list = PyList_New(0);
+        if (list == NULL)
+            return -1;
+        if (PyDict_SetItem(runs, rid, list) != 0) {
+            Py_DECREF(list);
+            return -1;
+        }
+        Py_DECREF(list); /* the dict holds it */
+    }
+    if (list_out != NULL)
+        *list_out = list;
+    return PyList_Append(list, lsn);
+}
+
+static PyObject *inmem_group_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *keys, *runs = NULL, *cache_rid[INMEM_RID_CACHE], *cache_list[INMEM_RID_CACHE];
+    Py_ssize_t n, i;
+    unsigned long long lsn;
+    (void)self;
+    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyLong_Check(args[1]))
+        Py_RETURN_NONE;
+    keys = args[0];
+    lsn = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    n = PyList_Size(keys);
+    for (i = 0; i < n; i++) { /* check every item's shape first: the fallback must start from nothing */
+        PyObject *item = PyList_GetItem(keys, i);
+        if (!PyBytes_CheckExact(item)) {
+            Py_ssize_t j, m;
+            if (!PyList_CheckExact(item))
+                Py_RETURN_NONE;
+            m = PyList_Size(item);
+            for (j = 0; j < m; j++) {
+                PyObject *w = PyList_GetItem(item, j);
+                if (!PyTuple_CheckExact(w) || PyTuple_Size(w) != 2 || !PyBytes_CheckExact(PyTuple_GetItem(w, 0)))
+                    Py_RETURN_NONE;
+            }
+        }
+    }
+    memset(cache_rid, 0, sizeof(cache_rid));
+    memset(cache_list, 0, sizeof(cache_list));
+    runs = PyDict_New();
+    if (runs == NULL)
+        return NULL;
+    for (i = 0; i < n; i++, lsn++) {
+        PyObject *item = PyList_GetItem(keys, i);
+        PyObject *pylsn = PyLong_FromUnsignedLongLong(lsn);
+        int rc = 0;
+        if (pylsn == NULL)
+            goto fail;
+        if (PyBytes_CheckExact(item)) {
+            Py_ssize_t klen = PyBytes_Size(item);
+            const uint8_t *k = (const uint8_t *)PyBytes_AsString(item);
+            Py_ssize_t rlen = klen < 17 ? (klen > 1 ? klen - 1 : 0) : 16;
+            unsigned slot = rlen == 16 ? (unsigned)(k[9] ^ (k[13] << 1) ^ k[16]) % INMEM_RID_CACHE : 0;
+            PyObject *crid = cache_rid[slot];
+            if (crid != NULL && PyBytes_Size(crid) == rlen
+                && memcmp(PyBytes_AsString(crid), k + (rlen ? 1 : 0), (size_t)rlen) == 0) {
+                rc = PyList_Append(cache_list[slot], pylsn);
+            } else {
+                PyObject *rid = inmem_rid_of(item), *list = NULL;
+                rc = rid ? inmem_runs_append(runs, rid, pylsn, &list) : -1;
+                if (rc == 0) {
+                    Py_XDECREF(cache_rid[slot]);
+                    cache_rid[slot] = rid; /* owns the reference; the list is owned by `runs` */
+                    cache_list[slot] = list;
+                } else {
+                    Py_XDECREF(rid);
+                }
+            }
+        } else {
+            PyObject *set = PySet_New(NULL), *it, *rid;
+            Py_ssize_t j, m = PyList_Size(item);
+            rc = set ? 0 : -1;
+            for (j = 0; rc == 0 && j < m; j++) {
+                PyObject *r = inmem_rid_of(PyTuple_GetItem(PyList_GetItem(item, j), 0));
+                rc = r ? PySet_Add(set, r) : -1;
+                Py_XDECREF(r);
+            }
+            it = rc == 0 ? PyObject_GetIter(set) : NULL;
+            if (rc == 0 && it == NULL)
+                rc = -1;
+            while (rc == 0 && (rid = PyIter_Next(it)) != NULL) {
+                rc = inmem_runs_append(runs, rid, pylsn, NULL);
+                Py_DECREF(rid);
+            }
+            if (rc == 0 && PyErr_Occurred())
+                rc = -1;
+            Py_XDECREF(it);
+            Py_XDECREF(set);
+        }
+        Py_DECREF(pylsn);
+        if (rc != 0)
+            goto fail;
+    }
+    for (i = 0; i < INMEM_RID_CACHE; i++)
+        Py_XDECREF(cache_rid[i]);
+    return runs;
+fail:
+    for (i = 0; i < INMEM_RID_CACHE; i++)
+        Py_XDECREF(cache_rid[i]);
+    Py_XDECREF(runs);
+    return NULL;
+}

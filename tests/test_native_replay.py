@@ -224,3 +224,32 @@ def test_snapshot_read_is_the_same_on_both_paths(tmp_path, monkeypatch):
     assert native_header == pure_header
     assert list(native_state.items()) == list(pure_state.items())
     assert len(native_state) == 5000  # 4,999 keys + the run record
+
+
+# --- the history collector's grouping by run -----------------------------------------------------
+
+from inmem.history.collect import HistoryCollector  # noqa: E402
+
+needs_group = pytest.mark.skipif(fast.group_runs is None, reason="native grouping not built")
+RIDS = [bytes([i]) * 16 for i in range(5)] + [bytes(range(16)), bytes(range(1, 17))]
+run_key = st.builds(lambda ns, rid, rest: bytes([ns]) + rid + rest, st.integers(0, 3), st.sampled_from(RIDS),
+                    st.binary(max_size=6))
+short_key = st.binary(max_size=16)
+any_key = st.one_of(run_key, run_key, short_key)
+
+
+@needs_group
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(any_key, st.lists(st.tuples(any_key, st.one_of(st.none(), st.binary(max_size=3))),
+                                            max_size=4)), max_size=40),
+       st.integers(1, 2**40))
+def test_group_runs_matches_python(keys, first_lsn):
+    got = fast.group_runs(keys, first_lsn)
+    want = HistoryCollector._group_runs(keys, first_lsn)  # noqa: SLF001 - the reference
+    assert got == want and list(got) == list(want)  # same lists, same run order
+
+
+@needs_group
+@pytest.mark.parametrize("keys", [[("k", None)], [[["k", None]]], [[(b"k",)]], [[("k", None)]], [1], "nope"])
+def test_group_runs_leaves_other_shapes_to_python(keys):
+    assert fast.group_runs(keys if isinstance(keys, list) else [keys], 1) is None

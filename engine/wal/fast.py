@@ -48,6 +48,10 @@ replay: Callable[..., tuple[int, int, int, int, int, bytes]] | None = None
 #: nothing when the payload is not the plain ``[[bstr]*count, [uint]*count, [bstr]*count]`` CBOR
 #: (then the caller decodes it with cbor2). Used by :func:`inmem.snapshot.read_snapshot`.
 load_snapshot_chunk: Callable[[bytes, int, dict[bytes, tuple[int, bytes]]], int] | None = None
+#: The native grouping of replayed keys by run, or ``None``: ``group_runs(keys, first_lsn)`` ->
+#: ``{run id: [lsn, ...]}`` as :meth:`inmem.history.collect.HistoryCollector.replayed` computes it,
+#: or ``None`` (nothing done) for an item of another shape.
+group_runs: Callable[[list[Any], int], dict[bytes, list[int]] | None] | None = None
 
 
 def install() -> bool:
@@ -55,7 +59,7 @@ def install() -> bool:
 
     Idempotent: a second call finds the native functions already in place.
     """
-    global _installed, replay, load_snapshot_chunk
+    global _installed, replay, load_snapshot_chunk, group_runs
     if not native.ENABLED or _installed:
         return False
     _installed = True
@@ -134,7 +138,7 @@ def install() -> bool:
     _format.scan_frames = scan_frames
     encoders = _load_encoders(_format.encode_put_frame, _format.encode_commit_frame)
     if encoders is not None:
-        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk = encoders
+        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, group_runs = encoders
     return True
 
 
@@ -160,7 +164,8 @@ class _MethodDef(ctypes.Structure):
                 ("doc", ctypes.c_char_p)]
 
 
-def _load_encoders(py_put: Callable[..., bytes], py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any] | None:
+def _load_encoders(py_put: Callable[..., bytes],
+                   py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any] | None:
     """The native commit-frame encoders and snapshot-chunk loader as builtin functions, or ``None``
     (an older build without them).
 
@@ -189,4 +194,6 @@ def _load_encoders(py_put: Callable[..., bytes], py_commit: Callable[..., bytes]
         addr = base + i * ctypes.sizeof(_MethodDef)
         table[_MethodDef.from_address(addr).name.decode()] = new_function(addr, None, __name__)
     set_fallbacks(py_put, py_commit)
-    return table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"]
+    if "group_runs" not in table:
+        return None
+    return table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"], table["group_runs"]
