@@ -30,6 +30,10 @@ for ``--scale 1``, each multiplied by the scale; ``--quick`` is scale 0.01):
   insert) and F (50 % read, 50 % read-modify-write), zipfian with theta
   0.99 (scrambled, as YCSB), over the N keys of the largest size (50,000 ops
   per repetition; E, short scans, is left to W4);
+* **W7** strict durability from 1, 4 and 16 threads (2,000 puts per
+  repetition split over the threads, each thread its own run; group commit
+  where the engine has it), beside the disk's raw rate of append-100-bytes +
+  fsync measured in the same worker;
 * **W8** scaling: W3, W4, put (``batched``, 20,000 new keys into the full
   database) and W5 at N = 10k, 100k and 1M (``--sizes`` to change; e.g.
   ``--sizes 10000,100000,1000000,4000000`` adds the issue's 4M point);
@@ -241,6 +245,52 @@ class Worker:
 
         return _timed(op, ops)
 
+    def threads(self, threads: int, n: int, tag: str) -> dict:
+        """W7: ``n`` strict puts split over ``threads`` threads (each its own run and keys), fresh
+        database; commits per wall second, and the raw fsync rate (append 100 B + fsync) beside it."""
+        import threading
+
+        path = os.path.join(self.scratch, f"threads-{threads}-{tag}")
+        shutil.rmtree(path, ignore_errors=True)
+        eng = self.cls(path, "strict")
+        try:
+            make = getattr(eng, "thread_put_fn", eng.put_fn)
+            puts = [make(eng.begin_run(f"t{t}")) for t in range(threads)]
+            per = n // threads
+            value = E.value_for(3)
+            barrier = threading.Barrier(threads + 1)
+            lat: list[list[int]] = [[] for _ in range(threads)]
+            errors: list[BaseException] = []
+
+            def worker(t: int) -> None:
+                put, out, clock = puts[t], lat[t], time.perf_counter_ns
+                keys = [E.key_for(i) for i in range(per)]
+                barrier.wait()
+                try:
+                    for k in keys:
+                        s = clock()
+                        put(k, value)
+                        out.append(clock() - s)
+                except BaseException as exc:  # noqa: BLE001 - reported
+                    errors.append(exc)
+
+            ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+            for t in ts:
+                t.start()
+            barrier.wait()
+            t0 = time.perf_counter()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            if errors:
+                return {"error": repr(errors[0])}
+            res = _stats([x for xs in lat for x in xs], wall)
+        finally:
+            eng.close()
+            shutil.rmtree(path, ignore_errors=True)
+        res["fsync_per_s"] = _raw_fsync_rate(self.scratch, 100)
+        return res
+
     def serve(self) -> None:
         for line in sys.stdin:
             cmd = json.loads(line)
@@ -252,6 +302,22 @@ class Worker:
             sys.stdout.write(json.dumps(out) + "\n")
             sys.stdout.flush()
         self.grid_close()
+
+
+def _raw_fsync_rate(scratch: str, n: int) -> float:
+    """The disk's raw rate of append-100-bytes-and-fsync (what one strict commit at least costs)."""
+    path = os.path.join(scratch, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        data = b"x" * 100
+        t0 = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, data)
+            os.fsync(fd)
+        return n / (time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        os.remove(path)
 
 
 def build_grid(engine: str, path: str, size: int, runs_file: str) -> None:
@@ -356,6 +422,7 @@ class Suite:
         self.clients = {e: Client(e, scratch) for e in engines}
         self.results: dict[str, dict[str, Any]] = {}  # workload id -> engine -> figures
         self.notes: list[str] = []
+        self._fsync_rates: list[float] = []
 
     def close(self) -> None:
         for c in self.clients.values():
@@ -364,6 +431,7 @@ class Suite:
     def _interleaved(self, wid: str, op: str, warmup: dict | None, **kw) -> None:
         """Run ``op`` reps times per engine, engines interleaved; pool the latencies."""
         runs: dict[str, list[dict]] = {e: [] for e in self.engines}
+        self._fsync_rates = []
         if warmup is not None:
             for e in self.engines:
                 self.clients[e].call(op, **{**kw, **warmup})
@@ -377,6 +445,7 @@ class Suite:
             if bad:
                 out[e] = {"skipped": bad[0].get("error") or bad[0].get("skipped")}
                 continue
+            self._fsync_rates.extend(r["fsync_per_s"] for r in rs if "fsync_per_s" in r)
             lat = sorted(x for r in rs for x in r["lat"])
             n = len(lat)
             out[e] = {"ops": statistics.median(r["ops"] for r in rs), "ops_all": [r["ops"] for r in rs],
@@ -393,6 +462,18 @@ class Suite:
             self.log(f"{wid}: {n:,} puts per repetition, fresh database")
             self._interleaved(wid, "put_fresh", {"tag": "warm", "n": max(10, n // 10)}, mode=mode, n=n,
                               tag=lambda rep: str(rep))
+
+    def thread_sweep(self, scale: float) -> None:
+        """W7: strict commits from 1, 4 and 16 threads (group commit), against the raw fsync rate."""
+        n = max(48, int(2_000 * scale)) // 48 * 48  # divisible by 1, 4 and 16
+        for threads in (1, 4, 16):
+            wid = f"W7 strict {threads} thread{'s' if threads > 1 else ''}"
+            self.log(f"{wid}: {n:,} puts per repetition over {threads} threads, fresh database")
+            self._interleaved(wid, "threads", {"threads": threads, "n": 48, "tag": "warm"}, threads=threads, n=n,
+                              tag=lambda rep: str(rep))
+            # the raw fsync rate measured beside each engine's repetitions (median over all of them)
+            rates = self._fsync_rates
+            self.results[wid]["_fsync_per_s"] = statistics.median(rates) if rates else 0.0
 
     def grid(self, size: int, scale: float, scratch: str, workloads: set[str], ycsb: bool) -> None:
         """Build (SIGKILL), reopen (W5) and read/write (W3, W4, put) a database of ``size`` keys."""
@@ -490,6 +571,15 @@ def markdown(results: dict, engines: list[str], header: list[str], notes: list[s
         ratio = (f"{figs['inmem']['ops'] / best[1]:.2f}x ({best[0]})"
                  if best and "ops" in figs.get("inmem", {}) else "—")
         lines.append(f"| {w} | " + " | ".join(cells) + f" | {ratio} |")
+    w7 = [w for w in results if w.startswith("W7")]
+    if w7:
+        lines += ["", "W7 (strict): raw append+fsync rate of the disk measured beside each row: " + ", ".join(
+            f"{w.split('strict ')[1]} {results[w].get('_fsync_per_s', 0):,.0f}/s" for w in w7) + "."]
+        one = results[w7[0]]
+        for e in engines:
+            if "ops" in one.get(e, {}) and "ops" in results[w7[-1]].get(e, {}):
+                lines.append(f"* {e}: {results[w7[-1]][e]['ops'] / one[e]['ops']:.1f}x the single-thread strict "
+                             f"rate with {w7[-1].split('strict ')[1]}")
     reopen_rows = [w for w in results if w.startswith("W5")]
     if reopen_rows:
         lines += ["", "### Reopen after SIGKILL (seconds, median; open / first read / all keys read)", "",
@@ -565,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="directory for results.json, results.md, scaling.png")
     ap.add_argument("--reps", type=int, default=3, help="repetitions per workload and engine (default 3)")
     ap.add_argument("--engines", default=None, help="comma-separated subset (default: all available)")
-    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W8", help="comma-separated subset")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8", help="comma-separated subset")
     ap.add_argument("--sizes", default=None, help="N for W3/W4/W5/W8, comma-separated (default 10k,100k,1M x scale)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir, removed after)")
     ap.add_argument("--replot", default=None, help="only redraw OUT/scaling.png and results.md from this results.json")
@@ -635,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if workloads & {"W1", "W2"}:
             suite.puts(scale)
+        if "W7" in workloads:
+            suite.thread_sweep(scale)
         if workloads & {"W3", "W4", "W5", "W6", "W8"}:
             grid_sizes = sizes if "W8" in workloads else sizes[-1:]
             for size in grid_sizes:

@@ -9,7 +9,9 @@ pairs, encodes values with ``cbor2.dumps`` and decodes them with
   (fsync in the background / at checkpoints: a crash loses a bounded window),
   ``"strict"`` (each commit is fsynced before it returns);
 * ``begin_run(name) -> run`` (a ``str``: kept in JSON between processes);
-* ``put_fn(run)`` -> ``put(key, value)``: one autocommitted write;
+* ``put_fn(run)`` -> ``put(key, value)``: one autocommitted write (safe to use from another
+  thread than the opener's, one thread per function; sqlite3 offers ``thread_put_fn``, a
+  connection of its own);
 * ``get_fn(run)`` -> ``get(key) -> value | None``;
 * ``scan(run) -> [(key, value)]`` in key order (``None`` if the engine has no ordered scan);
 * ``load(run, items)``: bulk fill (batches of 1,000 writes per commit; not timed);
@@ -131,11 +133,23 @@ class SqliteAdapter:
 
     def __init__(self, path: str, mode: str = "batched"):
         os.makedirs(path, exist_ok=True)
-        self.conn = sqlite3.connect(os.path.join(path, "kv.sqlite"), isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={_SQL_SYNC[mode]}")
+        self.path, self.mode = os.path.join(path, "kv.sqlite"), mode
+        self.conn = self._connect()
         self.conn.execute(_SQL_CREATE)
+        self._extra: list[sqlite3.Connection] = []
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={_SQL_SYNC[self.mode]}")
+        return conn
+
+    def thread_put_fn(self, run: str) -> Callable[[str, Any], None]:
+        """``put_fn`` for another thread: its own connection (one is not for concurrent use)."""
+        conn = self._connect()
+        self._extra.append(conn)
+        execute = conn.execute
+        return lambda key, value: execute(_SQL_PUT, (run, key, dumps(value)))
 
     def begin_run(self, name: str) -> str:
         return uuid.uuid4().hex
@@ -167,6 +181,8 @@ class SqliteAdapter:
         pass  # every commit is in the WAL file (written with write(2)) when it returns
 
     def close(self) -> None:
+        for conn in self._extra:
+            conn.close()
         self.conn.close()
 
 

@@ -36,7 +36,8 @@ def test_compare_runs_every_workload_at_a_tiny_scale(compare, tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     res = data["results"]
     for wid in ("W1 put off", "W2 put batched", "W1 put strict", "W3 get N=1000", "W4 scan-100 N=1000",
-                "W8 put batched N=1000", "W6 YCSB-A N=1000", "W6 YCSB-D N=1000", "W6 YCSB-F N=1000"):
+                "W8 put batched N=1000", "W6 YCSB-A N=1000", "W6 YCSB-D N=1000", "W6 YCSB-F N=1000",
+                "W7 strict 1 thread", "W7 strict 16 threads"):
         for engine in ("inmem", "sqlite3"):
             assert res[wid][engine]["ops"] > 0, (wid, engine, res[wid])
             assert res[wid][engine]["p99_us"] >= res[wid][engine]["p50_us"] > 0
@@ -46,6 +47,7 @@ def test_compare_runs_every_workload_at_a_tiny_scale(compare, tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "inmem / best peer" in md and "| W3 get N=1000 |" in md and "(sqlite3)" in md
     assert "W9 memory" in md and "| W6 YCSB-B N=1000 |" in md
+    assert res["W7 strict 4 threads"]["_fsync_per_s"] > 0 and "single-thread strict rate" in md
     # nothing failed; the unknown engine is simply not run
     assert not [n for n in data["notes"] if "failed" in n]
     assert data["engines"] == ["inmem", "sqlite3"]
