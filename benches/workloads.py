@@ -233,11 +233,20 @@ def engine_fingerprint() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     head = "unknown"
     try:
-        with open(os.path.join(root, ".git", "HEAD")) as f:
+        git = os.path.join(root, ".git")
+        common = git
+        if os.path.isfile(git):  # a worktree: ".git" names its git directory
+            with open(git) as f:
+                git = f.read().strip().removeprefix("gitdir: ")
+            common = os.path.join(git, "..", "..")  # <repo>/.git/worktrees/<name> -> <repo>/.git
+        with open(os.path.join(git, "HEAD")) as f:
             ref = f.read().strip()
         if ref.startswith("ref: "):
-            with open(os.path.join(root, ".git", ref[5:])) as f:
-                ref = f.read().strip()
+            for base in (git, common):
+                if os.path.exists(os.path.join(base, ref[5:])):
+                    with open(os.path.join(base, ref[5:])) as f:
+                        ref = f.read().strip()
+                    break
         head = ref[:12]
     except OSError:
         pass

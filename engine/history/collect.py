@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..keys import run_id_of
+from ..wal import fast as _fast
 
 __all__ = ["HistoryCollector", "RetainedSegment", "SegmentTail", "touched_runs"]
 
@@ -79,6 +80,16 @@ class HistoryCollector:
                  keys: list[bytes | Writes]) -> None:
         """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end;
         ``keys`` holds, for each record from LSN ``decoded_from`` on, its key (one-key commits) or writes."""
+        native = _fast.group_runs
+        runs = native(keys, decoded_from) if native is not None else None
+        if runs is None:
+            runs = self._group_runs(keys, decoded_from)
+        self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts), decoded_from, runs)
+
+    @staticmethod
+    def _group_runs(keys: list[bytes | Writes], decoded_from: int) -> dict[bytes, list[int]]:
+        """run id -> LSNs of the records in ``keys`` that touched it (the pure-Python reference of
+        ``native/inmem_replay.c``'s ``group_runs``)."""
         runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here
         get_run = runs.get
         lsn = decoded_from
@@ -98,7 +109,7 @@ class HistoryCollector:
                     else:
                         lsns.append(lsn)
             lsn += 1
-        self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts), decoded_from, runs)
+        return runs
 
     def tails(self, retained: list[RetainedSegment], next_lsn: int) -> tuple[list[SegmentTail], int]:
         """The tails of the ``retained`` segments (oldest first) and the history floor.

@@ -3,7 +3,10 @@
 This module owns the dispatch from the three frame-checking functions of
 :mod:`inmem.wal.format` (``check_frame``, ``find_valid_frame``,
 ``scan_frames``) to the cffi-compiled C in ``native/inmem_native.c``, loaded
-by :mod:`inmem.native`. :func:`install` runs once, when the package
+by :mod:`inmem.native`; from the two commit-frame encoders
+(``encode_put_frame``, ``encode_commit_frame``) to ``native/inmem_encode.c``;
+and it offers recovery's segment replay (``native/inmem_replay.c``) as
+:data:`replay`. :func:`install` runs once, when the package
 :mod:`inmem.wal` is imported (so before any module can bind one of those
 names with ``from .format import ...``), and does nothing when
 :data:`inmem.native.ENABLED` is false (``INMEM_PURE=1`` or not built).
@@ -12,12 +15,18 @@ Invariant: the native functions give the same results and raise the same
 :class:`~inmem.wal.format.FrameError` (same reason, same offset) as the
 pure-Python ones, which stay available as ``format._py_check_frame``,
 ``format._py_find_valid_frame`` and ``format._py_scan_frames``; inputs out of
-the C types' range fall back to them.
+the C types' range fall back to them. The native encoders return the same
+bytes as ``format._py_encode_put_frame`` / ``format._py_encode_commit_frame``
+and hand any input they do not take exactly as ``struct`` would (an int out
+of range, a key that is not ``bytes``, ...) to those, so errors are the same.
 """
 
 from __future__ import annotations
 
+import ctypes
 import types
+from collections.abc import Callable
+from typing import Any
 
 from .. import native
 from . import format as _format
@@ -29,16 +38,32 @@ _SCAN_CHUNK = 1 << 14  # frame offsets returned per C call
 _U64_MAX = (1 << 64) - 1
 _installed = False
 
+#: The native replay of one segment (``native/inmem_replay.c``), or ``None`` on the pure path:
+#: ``replay(buf, pos, expected_lsn, skip_below, last_version, want, collect, state, keys)
+#: -> (stop, next_lsn, last_version, skipped, count, offsets)``. Used by
+#: :meth:`inmem.wal.reader.SegmentScan.replay`, which continues in Python from ``stop``.
+replay: Callable[..., tuple[int, int, int, int, int, bytes]] | None = None
+#: The native loader of one snapshot chunk, or ``None``: ``load_snapshot_chunk(payload, count, state)``
+#: inserts the chunk's entries into ``state`` and returns ``count``, or returns -1 having touched
+#: nothing when the payload is not the plain ``[[bstr]*count, [uint]*count, [bstr]*count]`` CBOR
+#: (then the caller decodes it with cbor2). Used by :func:`inmem.snapshot.read_snapshot`.
+load_snapshot_chunk: Callable[[bytes, int, dict[bytes, tuple[int, bytes]]], int] | None = None
+#: The native grouping of replayed keys by run, or ``None``: ``group_runs(keys, first_lsn)`` ->
+#: ``{run id: [lsn, ...]}`` as :meth:`inmem.history.collect.HistoryCollector.replayed` computes it,
+#: or ``None`` (nothing done) for an item of another shape.
+group_runs: Callable[[list[Any], int], dict[bytes, list[int]] | None] | None = None
+
 
 def install() -> bool:
     """Replace the format module's three frame checkers with the native ones; return whether it did.
 
     Idempotent: a second call finds the native functions already in place.
     """
-    global _installed
+    global _installed, replay, load_snapshot_chunk, group_runs
     if not native.ENABLED or _installed:
         return False
     _installed = True
+    replay = _load_replay()
     ffi, lib = native.ffi, native.lib
     c_check_frame = lib.inmem_check_frame
     c_scan_frames = lib.inmem_scan_frames
@@ -111,4 +136,64 @@ def install() -> bool:
     _format.check_frame = check_frame
     _format.find_valid_frame = find_valid_frame
     _format.scan_frames = scan_frames
+    encoders = _load_encoders(_format.encode_put_frame, _format.encode_commit_frame)
+    if encoders is not None:
+        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, group_runs = encoders
     return True
+
+
+def _load_replay() -> Callable[..., Any] | None:
+    """The C replay through ctypes (cffi cannot pass Python objects); ``None`` if it cannot be loaded.
+
+    ``PyDLL`` holds the GIL during the call and raises a Python error the C function set.
+    """
+    from .. import _native  # type: ignore[attr-defined]
+
+    try:
+        fn = ctypes.PyDLL(_native.__file__).inmem_py_replay
+    except (OSError, AttributeError):  # an older build without it: the Python replay is used
+        return None
+    fn.restype = ctypes.py_object
+    fn.argtypes = [ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ulonglong, ctypes.c_ulonglong,
+                   ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+    return fn
+
+
+class _MethodDef(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("meth", ctypes.c_void_p), ("flags", ctypes.c_int),
+                ("doc", ctypes.c_char_p)]
+
+
+def _load_encoders(py_put: Callable[..., bytes],
+                   py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any] | None:
+    """The native commit-frame encoders and snapshot-chunk loader as builtin functions, or ``None``
+    (an older build without them).
+
+    The C file lists them in a ``PyMethodDef`` table; each entry becomes a builtin function object
+    here, once (``PyCFunction_NewEx``), so a call costs a builtin call. ``py_put``/``py_commit`` are
+    the Python references they defer to for inputs outside their fast path.
+    """
+    from .. import _native  # type: ignore[attr-defined]
+
+    try:
+        dll = ctypes.PyDLL(_native.__file__)
+        methods, set_fallbacks = dll.inmem_py_methods, dll.inmem_py_set_fallbacks
+    except (OSError, AttributeError):
+        return None
+    methods.restype = ctypes.c_void_p
+    methods.argtypes = [ctypes.POINTER(ctypes.c_int)]
+    set_fallbacks.restype = None
+    set_fallbacks.argtypes = [ctypes.py_object, ctypes.py_object]
+    new_function = ctypes.pythonapi.PyCFunction_NewEx
+    new_function.restype = ctypes.py_object
+    new_function.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
+    count = ctypes.c_int()
+    base = methods(ctypes.byref(count))
+    table = {}
+    for i in range(count.value):
+        addr = base + i * ctypes.sizeof(_MethodDef)
+        table[_MethodDef.from_address(addr).name.decode()] = new_function(addr, None, __name__)
+    set_fallbacks(py_put, py_commit)
+    if "group_runs" not in table:
+        return None
+    return table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"], table["group_runs"]

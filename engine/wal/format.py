@@ -23,8 +23,9 @@ Commit record payload (type 1): ``version u64 | ts_us i64 | count u32`` then
 ``count`` ops, each ``op u8 | klen u32 | key`` plus ``vlen u32 | value`` for a put.
 
 The optional C hot path (:mod:`inmem.wal.fast`) replaces ``check_frame``,
-``find_valid_frame`` and ``scan_frames`` with native versions giving the same
-answers; the pure-Python ones stay here as ``_py_*``.
+``find_valid_frame``, ``scan_frames``, ``encode_put_frame`` and
+``encode_commit_frame`` with native versions giving the same answers and
+bytes; the pure-Python ones stay here as ``_py_*``.
 
 Invariant: an LSN numbers frames 1, 2, 3 ... with no gaps across all segments
 of a database; a segment header names the LSN of its first frame.
@@ -397,3 +398,5 @@ def scan_frames(buf: bytes, pos: int) -> tuple[list[int], int, FrameError | None
 _py_check_frame = check_frame
 _py_find_valid_frame = find_valid_frame
 _py_scan_frames = scan_frames
+_py_encode_put_frame = encode_put_frame
+_py_encode_commit_frame = encode_commit_frame

@@ -9,8 +9,10 @@ and :mod:`inmem.recovery` decides what that means.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator
 
+from . import fast as _fast
 from . import format as _format
 from .format import (
     FRAME_HEADER_SIZE,
@@ -25,6 +27,8 @@ from .format import (
 __all__ = ["SegmentScan"]
 
 Record = tuple[int, int, int, list[tuple[bytes, bytes | None]]]  # lsn, version, ts_us, writes
+Writes = list[tuple[bytes, bytes | None]]
+_U64_MAX = (1 << 64) - 1
 
 
 class SegmentScan:
@@ -62,16 +66,75 @@ class SegmentScan:
         """Parse the segment header. :raises FrameError: as :func:`decode_segment_header`."""
         return decode_segment_header(buf)
 
-    def records(self) -> Iterator[Record]:
+    def replay(self, state: dict[bytes, tuple[int, bytes]], want: int, keys: list[bytes | Writes]) -> None:
+        """Apply every valid frame's writes to ``state``, in LSN order, stopping at the first bad frame.
+
+        A put sets ``state[key] = (version, value)``, a delete removes ``key``
+        (if present). For each record with LSN >= ``want``, ``keys`` gets its
+        key if it wrote one key, else its writes. Afterwards the scan's fields
+        are as after :meth:`records` (``starts`` is an ``array('I')``).
+
+        With the native path built, the valid prefix is checked, decoded and
+        applied in C (``native/inmem_replay.c``), which stops *before* the
+        first frame failing any check; :meth:`records` then continues from
+        there, so the same :class:`FrameError` (reason, offset) is recorded as
+        on the pure path, and the state is the same.
+
+        Complexity: O(segment bytes) checksums + O(records) dict updates (C or Python).
+        """
+        pos = SEGMENT_HEADER_SIZE
+        native = _fast.replay
+        if native is not None and type(self.buf) is bytes:
+            collect = want <= _U64_MAX
+            stop, nxt, last, skipped, count, offsets = native(
+                self.buf, pos, self.next_lsn, min(self.skip_below, _U64_MAX), self.last_version,
+                want if collect else _U64_MAX, collect, state, keys)
+            starts = array("I")
+            starts.frombytes(offsets)
+            self.starts = starts
+            self.skipped += skipped
+            self.count += count
+            self.last_version = last
+            self.next_lsn = nxt
+            self.end = stop
+            if stop >= len(self.buf):
+                return
+            pos = stop
+        pop = state.pop
+        keep = keys.append
+        for lsn, version, _ts, writes in self.records(pos):
+            if len(writes) == 1:
+                key, value = writes[0]
+                if value is None:
+                    pop(key, None)
+                else:
+                    state[key] = (version, value)
+                if lsn >= want:
+                    keep(key)
+                continue
+            for key, value in writes:
+                if value is None:
+                    pop(key, None)
+                else:
+                    state[key] = (version, value)
+            if lsn >= want:
+                keep(writes)
+
+    def records(self, pos: int = SEGMENT_HEADER_SIZE) -> Iterator[Record]:
         """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one.
 
         Checksums are checked for the whole segment first (in C when the native
         path is built: :func:`inmem.wal.format.scan_frames`), then LSN and
-        version order and the payloads, frame by frame.
+        version order and the payloads, frame by frame. ``pos`` > the header
+        size continues a scan whose frames before ``pos`` were already taken
+        (:meth:`replay`): their offsets stay in ``starts``.
         """
         buf = self.buf
-        starts, stop, error = _format.scan_frames(buf, SEGMENT_HEADER_SIZE)
-        self.starts = starts
+        starts, stop, error = _format.scan_frames(buf, pos)
+        if pos == SEGMENT_HEADER_SIZE:
+            self.starts = starts
+        else:
+            self.starts.extend(starts)
         expected = self.next_lsn
         unpack = FRAME_LENGTH_LSN.unpack_from
         try:
