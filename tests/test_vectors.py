@@ -338,3 +338,15 @@ def test_the_embedder_never_runs_inside_the_commit_lock(dbdir):
         db.vectors.create(run, "c", dim=4, embedder=embedder)
         db.vectors.add_text(run, "c", "hello")
         assert committed == [None] and db.kv.get(other, "k") == 1
+
+
+@pytest.mark.parametrize("n_bytes", [0, 4, 20, 24, 252, 256, 65_532, 65_536, 262_144])
+@pytest.mark.parametrize("ts", [0, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 1_764_000_000_000_000, 2**64 - 1])
+def test_bare_vector_record_is_byte_for_byte_what_cbor2_encodes(n_bytes, ts):
+    from inmem.codec import decode_value, encode_value
+    from inmem.primitives.vectors import bare_vector_record
+
+    data = bytes(range(256)) * (n_bytes // 256) + bytes(n_bytes % 256)
+    record = {"vector": data, "metadata": None, "text": None, "updated_us": ts}
+    assert bare_vector_record(data, ts) == encode_value(record)
+    assert decode_value(bare_vector_record(data, ts)) == record

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,8 +40,8 @@ from ..filters import compile_filter
 from ..keys import MAX_KEY_BYTES, TAG_VECTOR, name_bytes, prefix_end, run_prefix
 from .context import Context
 
-__all__ = ["INDEXES", "METRICS", "Match", "VectorRecord", "Vectors", "collection_prefix", "row_norms", "score_rows",
-           "top_k", "usearch_index", "vector_from_record"]
+__all__ = ["INDEXES", "METRICS", "Match", "VectorRecord", "Vectors", "bare_vector_record", "collection_prefix",
+           "row_norms", "score_rows", "top_k", "usearch_index", "vector_from_record"]
 
 METRICS = ("cosine", "dot", "l2")
 #: Index kinds: ``"exact"`` (numpy brute force, the reference) and ``"hnsw"`` (usearch, re-scored exactly).
@@ -102,6 +103,32 @@ def _collection_suffix(collection: object) -> bytes:
             _SUFFIXES.clear()
         _SUFFIXES[collection] = raw + b"\x00"
     return raw + b"\x00"
+
+
+_PACK_Q = struct.Struct(">Q").pack
+_PACK_I = struct.Struct(">I").pack
+_PACK_H = struct.Struct(">H").pack
+_NULLS_AND_TS = b"\x68metadata\xf6\x64text\xf6\x6aupdated_us"
+
+
+def _cbor_head(major: int, n: int) -> bytes:
+    """The head of a CBOR data item (RFC 8949 §3): major type and argument ``n``, shortest form."""
+    if n < 24:
+        return bytes((major << 5 | n,))
+    if n < 0x100:
+        return bytes((major << 5 | 24, n))
+    if n < 0x10000:
+        return bytes((major << 5 | 25,)) + _PACK_H(n)
+    if n < 0x100000000:
+        return bytes((major << 5 | 26,)) + _PACK_I(n)
+    return bytes((major << 5 | 27,)) + _PACK_Q(n)
+
+
+def bare_vector_record(data: bytes, updated_us: int) -> bytes:
+    """The CBOR of ``{"vector": data, "metadata": None, "text": None, "updated_us": updated_us}``, byte for
+    byte what cbor2 encodes (map of 4, shortest-form heads, keys in this order; a differential test pins
+    it), assembled without cbor2: the autocommit upsert's hot path. ``updated_us`` >= 0."""
+    return b"".join((b"\xa4\x66vector", _cbor_head(2, len(data)), data, _NULLS_AND_TS, _cbor_head(0, updated_us)))
 
 
 def checked_vector(value: Any, dim: int, what: str = "vector") -> tuple[Any, bool]:
@@ -417,9 +444,13 @@ class Vectors:
         if not nonzero and config["metric"] == "cosine":
             raise InvalidArgument("a cosine collection cannot hold the zero vector (it has no direction)")
         ts = now_us()
-        verify = check_value(metadata, nesting=1) | check_value(text, nesting=1)  # None: O(1)
-        record = {"vector": vec.tobytes(), "metadata": metadata, "text": text, "updated_us": ts}
-        self._ctx.write(run, base + _VECTOR + raw_id, encode_record(record, verify))
+        if metadata is None and text is None:  # the common case: the record's bytes assembled directly
+            value = bare_vector_record(vec.tobytes(), ts)
+        else:
+            verify = check_value(metadata, nesting=1) | check_value(text, nesting=1)
+            record = {"vector": vec.tobytes(), "metadata": metadata, "text": text, "updated_us": ts}
+            value = encode_record(record, verify)
+        self._ctx.write(run, base + _VECTOR + raw_id, value)
         return VectorRecord(id, vec, metadata, text, ts)
 
     def add_text(self, run: str, collection: str, text: str, *, metadata: dict[str, Any] | None = None,
