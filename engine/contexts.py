@@ -150,6 +150,7 @@ READS = {
     "runs": frozenset({"get", "ids", "list", "children"}),
     "vectors": frozenset({"get", "count", "collections", "search"}),
     "docs": frozenset({"get", "names", "definition", "get_model"}),
+    "graph": frozenset({"get_node", "nodes", "edges", "neighbors", "traverse", "shortest_path", "has_cycle"}),
 }
 
 #: Writing methods that need no lock around their reads: they write one key, and what they read
