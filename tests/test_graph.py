@@ -327,3 +327,13 @@ def test_traversal_matches_networkx(shared, edges, relation, start, end, depth):
     out = {(e.source, e.relation, e.target) for i in range(N) for e in db.graph.edges(run, str(i))}
     inn = {(e.source, e.relation, e.target) for i in range(N) for e in db.graph.edges(run, str(i), direction="in")}
     assert out == inn == {(str(s), r, str(t)) for s, r, t in edges}
+
+
+def test_fork_copies_the_graph(db, run):
+    _abc(db, run)
+    db.graph.add_edge(run, "a", "r", "b")
+    child = db.fork_run(run)
+    assert db.graph.nodes(child) == db.graph.nodes(run)
+    assert db.graph.edges(child, "b", direction="in") == db.graph.edges(run, "b", direction="in")
+    db.graph.delete_node(child, "a")  # the fork is independent
+    assert db.graph.get_node(run, "a") is not None and db.graph.edges(child, "b", direction="in") == []
