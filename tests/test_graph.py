@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inmem import Database, InvalidArgument, InvalidValue, RunClosed, RunNotFound, TransactionConflict
+from inmem import Database, DatabaseReadOnly, Edge, InvalidArgument, InvalidValue, Node, RunClosed, RunNotFound, TransactionConflict
 
 from .conftest import assert_refused_unwritten
 
@@ -270,6 +270,11 @@ def test_reopen_and_replay(dbdir):
         assert (db.graph.nodes(run), db.graph.edges(run, "b", direction="in")) == before
         assert db.replay_run(run) == db.run_state(run)
         assert [c.ops[0].primitive for c in db.history(run)][1:3] == ["graph", "graph"]
+    with Database.open(dbdir, read_only=True) as db:  # reads work on a read-only handle, writes are refused
+        assert isinstance(db.graph.get_node(run, "a"), Node)
+        assert isinstance(db.graph.edges(run, "a")[0], Edge) and db.graph.shortest_path(run, "a", "b") == ["a", "b"]
+        with pytest.raises(DatabaseReadOnly):
+            db.graph.add_node(run, "x")
 
 
 # --- against networkx on random graphs -----------------------------------------------------------------
