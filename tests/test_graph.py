@@ -342,3 +342,34 @@ def test_fork_copies_the_graph(db, run):
     assert db.graph.edges(child, "b", direction="in") == db.graph.edges(run, "b", direction="in")
     db.graph.delete_node(child, "a")  # the fork is independent
     assert db.graph.get_node(run, "a") is not None and db.graph.edges(child, "b", direction="in") == []
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("drop-in", "has no in-edge key"),
+    ("drop-out", "has no edge record"),
+    ("drop-node", "is not a node"),
+    ("bad-record", "does not decode"),
+    ("bad-key", "malformed graph key"),
+])
+def test_verify_checks_adjacency(dbdir, damage, message):
+    from inmem.codec import encode_value
+    from inmem.keys import TAG_GRAPH, run_id_bytes, run_prefix
+    from inmem.testing import kernel
+    from inmem.verify import verify_directory
+
+    with Database.open(dbdir) as db:
+        run = db.begin_run("agent")
+        _abc(db, run)
+        db.graph.add_edge(run, "a", "r", "b")
+        db.graph.add_edge(run, "b", "r", "c")
+        assert db.graph.check(run) == {"nodes": 3, "edges": 2, "problems": []}
+    report = verify_directory(dbdir)
+    assert report["ok"] and (report["graph_nodes"], report["graph_edges"]) == (3, 2)
+    with Database.open(dbdir) as db:
+        base = run_prefix(run_id_bytes(run), TAG_GRAPH)
+        key, value = {"drop-in": (b"i\x00b\x00r\x00a", None), "drop-out": (b"o\x00a\x00r\x00b", None),
+                      "drop-node": (b"n\x00c", None), "bad-record": (b"n\x00a", encode_value([1])),
+                      "bad-key": (b"x\x00y", encode_value(None))}[damage]
+        kernel(db).commit([(base + key, value)], (run,))
+    report = verify_directory(dbdir)
+    assert not report["ok"] and any(message in p for p in report["problems"]), report["problems"]

@@ -424,6 +424,45 @@ class Graph:
             return None
         return self._path(base, ra, rb, rel)
 
+    def check(self, run: str) -> dict[str, Any]:
+        """Check the run's graph records (``inmem verify``): ``{"nodes": int, "edges": int, "problems": [str]}``.
+
+        Problems: a key that is not a graph key, a record that does not decode,
+        an out-edge without its in-edge or back (adjacency not symmetric), an
+        edge whose end is not a node. One scan of the run's graph range: O(records).
+        """
+        base = self._base(run, write=False)
+        problems: list[str] = []
+        nodes: set[str] = set()
+        out: set[tuple[str, str, str]] = set()
+        inn: set[tuple[str, str, str]] = set()
+        for key, value in self._ctx.scan(base, prefix_end(base)):
+            parts = edge_key_parts(key[len(base):])
+            if parts is None:
+                problems.append(f"malformed graph key {key[len(base):][:80]!r}")
+                continue
+            what, a, r, b = parts
+            try:
+                if what == "n":
+                    node_from_record(a, value)
+                    nodes.add(a)
+                elif what == "o":
+                    _edge(a, r, b, value)
+                    out.add((a, r, b))
+                else:
+                    inn.add((b, r, a))
+            except (CorruptionError, ValueError, KeyError, TypeError) as exc:
+                problems.append(f"graph record {what} {a!r} does not decode: {exc}")
+        for s, r, t in sorted(out - inn):
+            problems.append(f"edge {s!r} -{r!r}-> {t!r} has no in-edge key")
+        for s, r, t in sorted(inn - out):
+            problems.append(f"in-edge key of {s!r} -{r!r}-> {t!r} has no edge record")
+        for s, r, t in sorted(out):
+            for end in (s, t):
+                if end not in nodes:
+                    problems.append(f"edge {s!r} -{r!r}-> {t!r}: {end!r} is not a node")
+        return {"nodes": len(nodes), "edges": len(out), "problems": problems}
+
     def has_cycle(self, run: str, relation: str | None = None) -> bool:
         """Whether the run's directed edges (of ``relation``, or all) contain a cycle (a self-loop
         counts). One range scan of the out-edges and an iterative depth-first search: O(edges)."""
