@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inmem import Database, DatabaseReadOnly, Edge, InvalidArgument, InvalidValue, Node, RunClosed, RunNotFound, TransactionConflict
+from inmem import (Database, DatabaseReadOnly, Edge, InvalidArgument, InvalidValue, Node, RunClosed, RunNotFound,
+                   TransactionConflict)
 
 from .conftest import assert_refused_unwritten
 
@@ -116,9 +117,11 @@ def test_traversal_calls(db, run, where):
     got = [(n.id, d, p) for n, d, p in call(db, where, "traverse", run, "a")]
     assert got == [("a", 0, ["a"]), ("b", 1, ["a", "b"]), ("e", 1, ["a", "e"]), ("c", 2, ["a", "b", "c"]),
                    ("d", 2, ["a", "e", "d"])]
-    assert [n.id for n, _, _ in call(db, where, "traverse", run, "a", relation="r", max_depth=2)] == ["a", "b", "e", "c"]
+    got = call(db, where, "traverse", run, "a", relation="r", max_depth=2)
+    assert [n.id for n, _, _ in got] == ["a", "b", "e", "c"]
     assert [n.id for n in call(db, where, "neighbors", run, "a")] == ["b", "e"]
-    assert [n.id for n in call(db, where, "neighbors", run, "d", direction="in", depth=2)] == ["e", "c", "a", "b"]  # relation order
+    # in-edges in key order: relation "other" before "r"
+    assert [n.id for n in call(db, where, "neighbors", run, "d", direction="in", depth=2)] == ["e", "c", "a", "b"]
     assert [n.id for n in call(db, where, "neighbors", run, "c", direction="both")] == ["d", "b"]
     assert call(db, where, "shortest_path", run, "a", "d") == ["a", "e", "d"]
     assert call(db, where, "shortest_path", run, "a", "d", relation="r") == ["a", "b", "c", "d"]
