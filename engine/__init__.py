@@ -22,6 +22,7 @@ version) → ``txn``, ``checkpoint`` → ``primitives`` → ``contexts`` →
 
 from .database import Database
 from .primitives.events import Event
+from .primitives.graph import Edge, Node
 from .primitives.runs import RunInfo
 from .primitives.state import State
 from .primitives.traces import Trace
@@ -63,6 +64,7 @@ __all__ = [
     "DatabaseLocked",
     "DatabasePoisoned",
     "DatabaseReadOnly",
+    "Edge",
     "Event",
     "EventsDiff",
     "HistoryUnavailable",
@@ -72,6 +74,7 @@ __all__ = [
     "InvalidTransition",
     "InvalidValue",
     "Match",
+    "Node",
     "NotADatabase",
     "Op",
     "PatchTestFailed",

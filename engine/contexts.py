@@ -150,6 +150,8 @@ READS = {
     "runs": frozenset({"get", "ids", "list", "children"}),
     "vectors": frozenset({"get", "count", "collections", "search"}),
     "docs": frozenset({"get", "names", "definition", "get_model"}),
+    "graph": frozenset({"get_node", "nodes", "edges", "neighbors", "traverse", "shortest_path", "has_cycle",
+                         "check"}),
 }
 
 #: Writing methods that need no lock around their reads: they write one key, and what they read

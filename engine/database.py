@@ -37,6 +37,7 @@ from . import replay as _replay
 from .replay import Commit, RunDiff, RunState
 from .snapshot import Progress
 from .primitives.docs import Docs
+from .primitives.graph import Graph
 from .primitives.events import Events
 from .primitives.kv import KV
 from .primitives.runs import Runs
@@ -79,6 +80,7 @@ class Database:
     runs: Runs
     vectors: Vectors
     docs: Docs
+    graph: Graph
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("use Database.open(path, ...) to open a database")
@@ -223,7 +225,8 @@ class Database:
                                       DIRECT["vectors"], self._autocommit)
         make_docs = functools.partial(Docs, models={})  # model classes by import path, shared by db and tx
         self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
-        self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs}
+        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"])  # type: ignore[assignment]
+        self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": Graph}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))

@@ -33,6 +33,7 @@ __all__ = [
     "NS_RUN",
     "TAG_DOC",
     "TAG_EVENT",
+    "TAG_GRAPH",
     "TAG_KV",
     "TAG_RUN",
     "TAG_STATE",
@@ -61,6 +62,7 @@ TAG_STATE = 0x03  # state machines
 TAG_TRACE = 0x04  # trace store
 TAG_VECTOR = 0x05  # vector store (in-mem's tag for vectors too)
 TAG_DOC = 0x06  # JSON documents
+TAG_GRAPH = 0x07  # memory graph: nodes and edges
 
 RUN_ID_BYTES = 16
 RUN_PREFIX_LEN = 1 + RUN_ID_BYTES  # NS_RUN + run id

@@ -35,6 +35,7 @@ from .kernel import Kernel, LockedView
 from .keys import (
     TAG_DOC,
     TAG_EVENT,
+    TAG_GRAPH,
     TAG_KV,
     TAG_RUN,
     TAG_STATE,
@@ -55,7 +56,7 @@ __all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState", "Stor
 
 #: Name of each primitive tag, as ``Op.primitive`` reports it.
 PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
-                   TAG_VECTOR: "vectors", TAG_DOC: "docs"}
+                   TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph"}
 #: The parameters of a vector collection a :class:`RunState` shows (its record's fields but ``created_us``).
 COLLECTION_FIELDS = ("dim", "metric", "index", "embedder")
 _SEQ = struct.Struct(">Q")

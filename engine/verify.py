@@ -47,7 +47,8 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
         "torn_tail": None | {"file", "offset", "bytes", "reason"}, "snapshots":
         [{"file", "ok", "error"}], "runs": int, "events": int,
         "chains_broken": [{"run", "seq"}], "collections": int, "vectors": int,
-        "vectors_bad": [{"run", "collection", "id", "problem"}], "docs": int, "problems": [str]}``;
+        "vectors_bad": [{"run", "collection", "id", "problem"}], "docs": int, "graph_nodes": int,
+        "graph_edges": int, "problems": [str]}``;
         ``ok`` is False if anything is damaged (a torn tail alone is not
         damage). ``vectors_bad``: ``id`` is None for a problem of the
         collection itself, ``collection`` too when the run's vector records
@@ -69,7 +70,7 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
     problems: list[str] = []
     report: dict[str, Any] = {"ok": True, "segments": [], "torn_tail": None, "snapshots": [], "runs": 0,
                               "events": 0, "chains_broken": [], "collections": 0, "vectors": 0, "vectors_bad": [],
-                              "docs": 0, "problems": problems}
+                              "docs": 0, "graph_nodes": 0, "graph_edges": 0, "problems": problems}
     try:
         db_id: bytes | None = read_identity(fs, path).db_id
     except CorruptionError as exc:
@@ -149,6 +150,10 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
                     report["chains_broken"].append({"run": exc.run, "seq": exc.seq})
                     problems.append(f"run {exc.run}: event hash chain broken at seq {exc.seq}")
                 _check_vectors(db, run, report)
+                graph = db.graph.check(run)  # adjacency symmetric, both ends of each edge are nodes
+                report["graph_nodes"] += graph["nodes"]
+                report["graph_edges"] += graph["edges"]
+                problems.extend(f"run {run}: {p}" for p in graph["problems"])
                 if progress is not None:
                     progress("chains", k, len(runs))
         finally:
