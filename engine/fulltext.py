@@ -18,6 +18,7 @@ Keys (SPEC.md §2 "Full-text index")::
     base | 't' | term (UTF-8) | 0x00 | doc id (UTF-8)   -> CBOR [tf, dl]   posting
     base | 'd' | doc id (UTF-8)                           -> CBOR {"len": dl, "tf": {term: tf}}
     base | 's'                                            -> CBOR [N, total length]  corpus stats
+    base | 'm'                                            -> CBOR {"stem": bool}     tokenizer setting
 
 A term never contains 0x00 (it is made of ``\\w`` characters) and a doc id
 may not, so one term's postings are the contiguous range
@@ -36,7 +37,9 @@ the stats key (one point read: N and avgdl in O(1)), so it is validated
 against concurrent indexing like any read. The alternative — deriving N and
 avgdl by scanning every document record — costs O(N) per query; a plain
 read-modify-write counter would make every pair of indexing transactions
-conflict.
+conflict. The tokenizer-setting record ``base | 'm'`` (``{"stem": bool}``)
+is written once, by the first indexing, and only read afterwards: at most
+the first two concurrent indexers of an empty index conflict on it.
 
 Tokenizer (:func:`tokenize`): NFKC normalisation, then ``str.casefold``
 (then NFKC again, approximating Unicode's NFKC_Casefold), then the maximal
@@ -295,8 +298,14 @@ def check_index(ctx: Context, base: bytes) -> list[str]:
     N = total = 0
     dlo = base + _DOC
     for key, value in ctx.scan(dlo, prefix_end(dlo)):
-        rec = decode_value(value)
         did = key[len(dlo):]
+        try:
+            rec = decode_value(value)
+        except CorruptionError:
+            rec = None
+        if not (isinstance(rec, dict) and type(rec.get("len")) is int and isinstance(rec.get("tf"), dict)):
+            problems.append(f"document {did!r}: record is not {{len, tf}}")
+            continue
         N += 1
         total += rec["len"]
         if sum(rec["tf"].values()) != rec["len"]:
@@ -304,16 +313,24 @@ def check_index(ctx: Context, base: bytes) -> list[str]:
         for term, n in rec["tf"].items():
             want[_posting_key(base, term, did)] = [n, rec["len"]]
     plo = base + _POST
-    have = {key: decode_value(value) for key, value in ctx.scan(plo, prefix_end(plo))}
+    have: dict[bytes, Any] = {}
+    for key, value in ctx.scan(plo, prefix_end(plo)):
+        try:
+            have[key] = list(decode_value(value))
+        except (CorruptionError, TypeError):
+            have[key] = None
     for key in sorted(want.keys() - have.keys()):
         problems.append(f"missing posting {key[len(plo):]!r}")
     for key in sorted(have.keys() - want.keys()):
         problems.append(f"stale posting {key[len(plo):]!r}")
     for key in sorted(want.keys() & have.keys()):
-        if list(have[key]) != want[key]:
+        if have[key] != want[key]:
             problems.append(f"posting {key[len(plo):]!r} holds {have[key]}, the document says {want[key]}")
     entry = ctx.lookup(base + _STATS)
-    stats = [0, 0] if entry is None else _STATS_OP.start(entry[1])
+    try:
+        stats = [0, 0] if entry is None else _STATS_OP.start(entry[1])
+    except CorruptionError:
+        stats = None  # type: ignore[assignment]
     if stats != [N, total]:
         problems.append(f"corpus stats say {stats}, the documents {[N, total]}")
     return problems

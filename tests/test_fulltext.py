@@ -216,8 +216,13 @@ def test_check_index_names_damage(db):
     with db.transaction() as tx:
         tx.write(run, base + b"tthree\x00a", inmem.codec.encode_value([1, 2]))
         tx.write(run, base + b"tone\x00a", None)
+        tx.write(run, base + b"ttwo\x00a", b"\xff")
+        tx.write(run, base + b"dbad", inmem.codec.encode_value("not a record"))
+        tx.write(run, base + b"s", inmem.codec.encode_value([5, 5]))
     problems = read(db, ft.check_index, base)
     assert any("stale posting" in p for p in problems) and any("missing posting" in p for p in problems)
+    assert any("'two" in p and "holds None" in p for p in problems)
+    assert any("b'bad'" in p for p in problems) and any("corpus stats say [5, 5]" in p for p in problems)
 
 
 ops = st.lists(st.tuples(st.sampled_from(["set", "del"]), st.sampled_from("abcde"),
