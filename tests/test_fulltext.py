@@ -341,3 +341,28 @@ def test_survives_reopen(dbdir):
     with Database.open(dbdir) as d:
         assert read(d, ft.search, base, "words persisted") == before
         assert read(d, ft.check_index, base) == []
+
+
+def test_forked_and_snapshotted_with_its_run(dbdir):
+    """Under a prefix a forking primitive copies (here the KV range, user keys ``fts/...``), the index forks with
+    the run: the fork searches the same, and re-indexing in the fork leaves the parent alone; a snapshot + reopen
+    keeps it."""
+    from inmem.keys import TAG_KV
+    with Database.open(dbdir) as d:
+        run = d.begin_run()
+        base = run_prefix(run_id_bytes(run), TAG_KV) + b"fts/"
+        with d.transaction() as tx:
+            for did, text in SMALL.items():
+                ft.index_doc(tx, run, base, did, text)
+        child = d.fork_run(run)
+        cbase = run_prefix(run_id_bytes(child), TAG_KV) + b"fts/"
+        assert read(d, ft.search, cbase, "cat dog") == read(d, ft.search, base, "cat dog")
+        with d.transaction() as tx:
+            ft.index_doc(tx, child, cbase, "a", "zebra")
+        assert [x for x, _ in read(d, ft.search, cbase, "zebra")] == ["a"]
+        assert read(d, ft.search, base, "zebra") == [] and read(d, ft.check_index, cbase) == []
+        d.snapshot()
+        want = read(d, ft.search, cbase, "cat zebra")
+    with Database.open(dbdir) as d:
+        assert read(d, ft.search, cbase, "cat zebra") == want
+        assert read(d, ft.check_index, base) == [] and read(d, ft.check_index, cbase) == []
