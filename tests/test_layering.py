@@ -23,7 +23,7 @@ LAYERS = [
     {"kernel"},
     {"txn", "checkpoint"},
     {"primitives", "primitives.context", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs", "primitives.vectors",
-     "primitives.docs", "primitives.graph"},
+     "primitives.docs", "primitives.graph", "fulltext"},
     {"contexts", "vectorindex"},
     {"replay"},
     {"database"},
