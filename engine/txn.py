@@ -46,14 +46,15 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import InvalidArgument, InvalidValue, TransactionClosed, TransactionConflict
-from .keys import TAG_DOC, TAG_EVENT, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, in_range, run_prefix, split_key
+from .keys import (TAG_DOC, TAG_EVENT, TAG_GRAPH, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAG_VECTOR, in_range,
+                   run_prefix, split_key)
 from .kernel import Entry, Kernel, ReadPoint, Resolver
 from .registry import run_record_key
 
 __all__ = ["Transaction"]
 
 _PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
-              TAG_DOC: "docs"}
+              TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph"}
 _OWN = -1  # a merge's base is this transaction's own earlier write, not a committed entry
 
 

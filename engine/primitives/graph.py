@@ -26,6 +26,7 @@ None, "created_us", "updated_us"}``.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import math
 from collections import deque
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec import decode_value, encode_value, now_us
+from ..codec import decode_value, encode_value, now_us, utc_from_us
 from ..errors import CorruptionError, InvalidArgument
 from ..filters import compile_filter
 from ..keys import TAG_GRAPH, name_bytes, new_run_id, prefix_end, run_prefix
@@ -54,7 +55,7 @@ _DIRECTIONS = ("out", "in", "both")
 @dataclass(frozen=True)
 class Node:
     """A memory: ``id``, ``kind`` (str | None), ``content`` (str), ``content_hash`` (SHA-256 hex of
-    the content's UTF-8), ``metadata`` (dict | None), ``created_us``/``updated_us`` (Unix µs)."""
+    the content's UTF-8), ``metadata`` (dict | None), ``created_us``/``updated_us`` (Unix µs; ``created_at``/``updated_at``: the same as UTC datetimes)."""
 
     id: str
     kind: str | None
@@ -65,6 +66,16 @@ class Node:
     updated_us: int
 
     __hash__ = None  # type: ignore[assignment]  # metadata is a dict
+
+    @property
+    def created_at(self) -> _dt.datetime:
+        """``created_us`` as a UTC datetime."""
+        return utc_from_us(self.created_us)
+
+    @property
+    def updated_at(self) -> _dt.datetime:
+        """``updated_us`` as a UTC datetime."""
+        return utc_from_us(self.updated_us)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,16 @@ class Edge:
     updated_us: int
 
     __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def created_at(self) -> _dt.datetime:
+        """``created_us`` as a UTC datetime."""
+        return utc_from_us(self.created_us)
+
+    @property
+    def updated_at(self) -> _dt.datetime:
+        """``updated_us`` as a UTC datetime."""
+        return utc_from_us(self.updated_us)
 
 
 def node_from_record(id: str, value: bytes) -> Node:
