@@ -52,8 +52,23 @@ _MARKER = encode_value(None)
 _DIRECTIONS = ("out", "in", "both")
 
 
+class _Times:
+    """``created_at`` / ``updated_at``: a record's ``created_us`` / ``updated_us`` as UTC datetimes."""
+
+    created_us: int
+    updated_us: int
+
+    @property
+    def created_at(self) -> _dt.datetime:
+        return utc_from_us(self.created_us)
+
+    @property
+    def updated_at(self) -> _dt.datetime:
+        return utc_from_us(self.updated_us)
+
+
 @dataclass(frozen=True)
-class Node:
+class Node(_Times):
     """A memory: ``id``, ``kind`` (str | None), ``content`` (str), ``content_hash`` (SHA-256 hex of
     the content's UTF-8), ``metadata`` (dict | None), ``created_us``/``updated_us`` (Unix µs; ``created_at``/``updated_at``: the same as UTC datetimes)."""
 
@@ -67,19 +82,9 @@ class Node:
 
     __hash__ = None  # type: ignore[assignment]  # metadata is a dict
 
-    @property
-    def created_at(self) -> _dt.datetime:
-        """``created_us`` as a UTC datetime."""
-        return utc_from_us(self.created_us)
-
-    @property
-    def updated_at(self) -> _dt.datetime:
-        """``updated_us`` as a UTC datetime."""
-        return utc_from_us(self.updated_us)
-
 
 @dataclass(frozen=True)
-class Edge:
+class Edge(_Times):
     """A typed, weighted edge ``source -relation-> target`` with ``metadata`` and Unix-µs times."""
 
     source: str
@@ -91,16 +96,6 @@ class Edge:
     updated_us: int
 
     __hash__ = None  # type: ignore[assignment]
-
-    @property
-    def created_at(self) -> _dt.datetime:
-        """``created_us`` as a UTC datetime."""
-        return utc_from_us(self.created_us)
-
-    @property
-    def updated_at(self) -> _dt.datetime:
-        """``updated_us`` as a UTC datetime."""
-        return utc_from_us(self.updated_us)
 
 
 def node_from_record(id: str, value: bytes) -> Node:
