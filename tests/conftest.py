@@ -4,7 +4,10 @@ pure-Python path with INMEM_PURE=1 (see the Makefile's ``test`` target)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
@@ -59,3 +62,31 @@ def run_interleaved(threads: list[threading.Thread]) -> None:
             t.join()
     finally:
         sys.setswitchinterval(interval)
+
+
+def acks_until_sigkill(child: str, dbdir: str, kill_after: int) -> list[list[bytes]]:
+    """Run ``python -c child dbdir`` (the installed inmem, from the checkout root), collect its
+    ``ack ...`` lines (split into words, without ``ack``) until ``kill_after`` of them or ``done``, then
+    SIGKILL it. The child must print ``done`` at the end and then block on stdin.
+
+    :raises AssertionError: the child stopped before ``kill_after`` acks (its stderr in the message).
+    """
+    acks: list[list[bytes]] = []
+    env = {**os.environ, "PYTHONPATH": ""}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-c", child, dbdir], stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.PIPE, cwd=ROOT, env=env)
+        try:
+            while len(acks) < kill_after:
+                line = proc.stdout.readline()
+                if not line or line == b"done\n":
+                    break
+                acks.append(line.split()[1:])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+            proc.stdin.close()
+        err.seek(0)
+        assert len(acks) >= kill_after, err.read().decode()
+    return acks

@@ -14,18 +14,13 @@ empty document gives exactly the stored document; replay equals the live state.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
 from inmem import Database
 from inmem.jsondoc import MISSING, apply_op
 
-from .conftest import ROOT
+from .conftest import acks_until_sigkill
 
 THREADS = 4
 PER_THREAD = 300
@@ -68,25 +63,7 @@ def test_documents_equal_the_acknowledged_ops_after_sigkill(dbdir, seed):
         run = db.begin_run("hooks")
         db.docs.set(run, "ctx", {"count": 0, "log": []})
     kill_after = 150 + 300 * seed
-    acks: list[str] = []
-    env = {**os.environ, "PYTHONPATH": ""}
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, dbdir], stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.PIPE, cwd=ROOT, env=env)
-        try:
-            while len(acks) < kill_after:
-                line = proc.stdout.readline()
-                if not line or line == b"done\n":
-                    break
-                _, t, i = line.split()
-                acks.append(f"{int(t)}-{int(i)}")
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            proc.stdout.close()
-            proc.stdin.close()
-        err.seek(0)
-        assert len(acks) >= kill_after, err.read().decode()
+    acks = [f"{int(t)}-{int(i)}" for t, i in acks_until_sigkill(CHILD, dbdir, kill_after)]
     with Database.open(dbdir) as db:
         doc = db.docs.get(run, "ctx")
         log = doc["log"]

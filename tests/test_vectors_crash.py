@@ -11,18 +11,13 @@ records (the index is never written to disk: nothing of it can be torn).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import pytest
 
 from inmem import Database
 
-from .conftest import ROOT
+from .conftest import acks_until_sigkill
 
 DIM = 8
 THREADS = 4
@@ -69,25 +64,7 @@ def test_acknowledged_upserts_survive_sigkill(dbdir, seed):
         run = db.begin_run("vec")
         db.vectors.create(run, "mem", dim=DIM)
     kill_after = 100 + 250 * seed
-    acks: list[tuple[int, int]] = []
-    env = {**os.environ, "PYTHONPATH": ""}
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, dbdir], stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.PIPE, cwd=ROOT, env=env)
-        try:
-            while len(acks) < kill_after:
-                line = proc.stdout.readline()
-                if not line or line == b"done\n":
-                    break
-                _, t, i = line.split()
-                acks.append((int(t), int(i)))
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            proc.stdout.close()
-            proc.stdin.close()
-        err.seek(0)
-        assert len(acks) >= kill_after, err.read().decode()
+    acks = [(int(t), int(i)) for t, i in acks_until_sigkill(CHILD, dbdir, kill_after)]
     with Database.open(dbdir) as db:
         stored = {}
         for t in range(THREADS):
