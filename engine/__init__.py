@@ -22,7 +22,7 @@ version) → ``txn``, ``checkpoint`` → ``primitives`` → ``contexts`` →
 
 from .database import Database
 from .primitives.events import Event
-from .primitives.graph import Edge, Node
+from .primitives.graph import Edge, Hit, Node
 from .primitives.runs import RunInfo
 from .primitives.state import State
 from .primitives.traces import Trace
@@ -68,6 +68,7 @@ __all__ = [
     "Event",
     "EventsDiff",
     "HistoryUnavailable",
+    "Hit",
     "InmemError",
     "InvalidArgument",
     "InvalidKey",

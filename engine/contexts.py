@@ -148,9 +148,9 @@ READS = {
     "state": frozenset({"get", "names"}),
     "traces": frozenset({"get", "query", "children", "tree"}),
     "runs": frozenset({"get", "ids", "list", "children"}),
-    "vectors": frozenset({"get", "count", "collections", "search"}),
+    "vectors": frozenset({"get", "count", "collections", "search", "info", "ids", "embed"}),
     "docs": frozenset({"get", "names", "definition", "get_model"}),
-    "graph": frozenset({"get_node", "nodes", "edges", "neighbors", "traverse", "shortest_path", "has_cycle",
+    "graph": frozenset({"get_node", "nodes", "edges", "neighbors", "traverse", "shortest_path", "has_cycle", "search",
                          "check"}),
 }
 

@@ -225,8 +225,9 @@ class Database:
                                       DIRECT["vectors"], self._autocommit)
         make_docs = functools.partial(Docs, models={})  # model classes by import path, shared by db and tx
         self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
-        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"])  # type: ignore[assignment]
-        self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": Graph}
+        make_graph = functools.partial(Graph, index=indexes)  # node vectors share the vector indexes
+        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"], make_graph)  # type: ignore[assignment]
+        self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": make_graph}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))

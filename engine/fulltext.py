@@ -77,7 +77,7 @@ from .keys import name_bytes, prefix_end
 from .primitives.context import Context
 
 __all__ = ["B", "K1", "MAX_DOC_ID_BYTES", "MAX_TERM_CHARS", "StatsOperator", "bm25", "check_index", "doc_terms",
-           "index_doc", "search", "stem_token", "term_frequencies", "tokenize", "unindex_doc"]
+           "configure", "index_doc", "index_stem", "search", "stem_token", "term_frequencies", "tokenize", "unindex_doc"]
 
 #: BM25 parameters (Robertson & Zaragoza 2009; Lucene's defaults).
 K1 = 1.2
@@ -177,6 +177,23 @@ def _check_stem(ctx: Context, run: str | None, base: bytes, stem: bool) -> None:
         return
     if decode_value(entry[1]).get("stem") != bool(stem):
         raise InvalidArgument(f"this full-text index was built with stem={not stem}; call with the same setting")
+
+
+def index_stem(ctx: Context, base: bytes) -> bool | None:
+    """The stemming choice the index under ``base`` was built with, or None if none was recorded yet. One point read."""
+    entry = ctx.lookup(_check_base(base) + _META)
+    return None if entry is None else bool(decode_value(entry[1]).get("stem"))
+
+
+def configure(ctx: Context, run: str, base: bytes, *, stem: bool) -> None:
+    """Record the stemming choice of the (empty or not) index under ``base``; idempotent.
+
+    :raises InvalidArgument: the index was built with the other choice (it cannot change: its
+        postings hold stemmed or unstemmed terms), or a bad ``base`` — before anything is written.
+    """
+    base = _check_base(base)
+    ctx.check_run(run, write=True)
+    _check_stem(ctx, run, base, bool(stem))
 
 
 def index_doc(ctx: Context, run: str, base: bytes, doc_id: str, text: str, *, stem: bool = False) -> bool:
@@ -294,6 +311,10 @@ def check_index(ctx: Context, base: bytes) -> list[str]:
     recomputed from the document records. O(size of the index). For ``inmem verify`` and tests."""
     base = _check_base(base)
     problems: list[str] = []
+    for key, _ in ctx.scan(base, prefix_end(base)):
+        rest = key[len(base):]
+        if not (rest[:1] in (_POST, _DOC) and len(rest) > 1 or rest in (_STATS, _META)):
+            problems.append(f"malformed full-text index key {rest[:80]!r}")
     want: dict[bytes, list[int]] = {}
     N = total = 0
     dlo = base + _DOC

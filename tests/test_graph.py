@@ -353,6 +353,8 @@ def test_fork_copies_the_graph(db, run):
     ("drop-node", "is not a node"),
     ("bad-record", "does not decode"),
     ("bad-key", "malformed graph key"),
+    ("bad-index-key", "malformed full-text index key"),
+    ("stale-posting", "stale posting"),
 ])
 def test_verify_checks_adjacency(dbdir, damage, message):
     from inmem.codec import encode_value
@@ -372,7 +374,9 @@ def test_verify_checks_adjacency(dbdir, damage, message):
         base = run_prefix(run_id_bytes(run), TAG_GRAPH)
         key, value = {"drop-in": (b"i\x00b\x00r\x00a", None), "drop-out": (b"o\x00a\x00r\x00b", None),
                       "drop-node": (b"n\x00c", None), "bad-record": (b"n\x00a", encode_value([1])),
-                      "bad-key": (b"x\x00y", encode_value(None))}[damage]
+                      "bad-key": (b"q\x00y", encode_value(None)),
+                      "bad-index-key": (b"x\x00zz", encode_value(None)),
+                      "stale-posting": (b"x\x00tcat\x00a", encode_value([1, 1]))}[damage]
         kernel(db).commit([(base + key, value)], (run,))
     report = verify_directory(dbdir)
     assert not report["ok"] and any(message in p for p in report["problems"]), report["problems"]

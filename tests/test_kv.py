@@ -36,7 +36,7 @@ def test_public_names_are_pinned():
     assert inmem.__all__ == sorted(inmem.__all__)
     assert set(inmem.__all__) == {
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
-        "DatabasePoisoned", "DatabaseReadOnly", "Edge", "Event", "EventsDiff", "HistoryUnavailable", "InmemError", "InvalidArgument",
+        "DatabasePoisoned", "DatabaseReadOnly", "Edge", "Event", "EventsDiff", "HistoryUnavailable", "Hit", "InmemError", "InvalidArgument",
         "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "Node", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
         "RunState", "SnapshotInfo", "State", "StoredVector", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "VectorRecord", "__version__",

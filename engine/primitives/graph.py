@@ -15,6 +15,11 @@ Keys (SPEC.md §2 "Memory graph")::
     run prefix | TAG_GRAPH | "n" 0x00 id                                -> node record
     run prefix | TAG_GRAPH | "o" 0x00 source 0x00 relation 0x00 target  -> edge record
     run prefix | TAG_GRAPH | "i" 0x00 target 0x00 relation 0x00 source  -> in-edge marker (CBOR null)
+    run prefix | TAG_GRAPH | "x" 0x00 ...                               -> the node text index (graphsearch.py)
+
+Node contents are indexed for full-text search and node vectors kept in
+the run's vector collection ``"graph.nodes"``, in the node's commit
+(:mod:`inmem.primitives.graphsearch`).
 
 Ids and relations are non-empty ``str`` without NUL, at most 256 bytes of
 UTF-8 (so 0x00 separates them and a prefix of the key is a range).
@@ -26,21 +31,21 @@ None, "created_us", "updated_us"}``.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import math
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from ..codec import decode_value, encode_value, now_us, utc_from_us
+from ..codec import decode_value, encode_value, now_us
 from ..errors import CorruptionError, InvalidArgument
 from ..filters import compile_filter
 from ..keys import TAG_GRAPH, name_bytes, new_run_id, prefix_end, run_prefix
 from .context import Context
+from .graphrecords import (Edge, Node, check_content, check_depth, check_direction, check_metadata,
+                           check_weight, edge_from_record, edge_key_parts, node_from_record)
+from .graphalgo import breadth_first, fewest_hops, has_directed_cycle
+from .graphsearch import MODES, Hit, NodeSearch, TEXT_PREFIX, fusion_depth, rrf
+from .vectors import IndexSource
 
-__all__ = ["Edge", "Graph", "MAX_ID_BYTES", "Node", "edge_key_parts", "node_from_record"]
+__all__ = ["Edge", "Graph", "Hit", "MAX_ID_BYTES", "Node", "edge_key_parts", "node_from_record"]
 
 #: Longest node id, relation or kind, in bytes of UTF-8.
 MAX_ID_BYTES = 256
@@ -49,120 +54,6 @@ _OUT = b"o\x00"
 _IN = b"i\x00"
 _SEP = b"\x00"
 _MARKER = encode_value(None)
-_DIRECTIONS = ("out", "in", "both")
-
-
-class _Times:
-    """``created_at`` / ``updated_at``: a record's ``created_us`` / ``updated_us`` as UTC datetimes."""
-
-    created_us: int
-    updated_us: int
-
-    @property
-    def created_at(self) -> _dt.datetime:
-        return utc_from_us(self.created_us)
-
-    @property
-    def updated_at(self) -> _dt.datetime:
-        return utc_from_us(self.updated_us)
-
-
-@dataclass(frozen=True)
-class Node(_Times):
-    """A memory: ``id``, ``kind`` (str | None), ``content`` (str), ``content_hash`` (SHA-256 hex of
-    the content's UTF-8), ``metadata`` (dict | None), ``created_us``/``updated_us`` (Unix µs; ``created_at``/``updated_at``: the same as UTC datetimes)."""
-
-    id: str
-    kind: str | None
-    content: str
-    content_hash: str
-    metadata: dict[str, Any] | None
-    created_us: int
-    updated_us: int
-
-    __hash__ = None  # type: ignore[assignment]  # metadata is a dict
-
-
-@dataclass(frozen=True)
-class Edge(_Times):
-    """A typed, weighted edge ``source -relation-> target`` with ``metadata`` and Unix-µs times."""
-
-    source: str
-    relation: str
-    target: str
-    weight: float
-    metadata: dict[str, Any] | None
-    created_us: int
-    updated_us: int
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-def node_from_record(id: str, value: bytes) -> Node:
-    """The :class:`Node` a stored record holds. :raises CorruptionError: not a node record."""
-    r = decode_value(value)
-    if not isinstance(r, dict) or not isinstance(r.get("content"), str) or "created_us" not in r:
-        raise CorruptionError(f"graph node {id!r} is not a node record")
-    return Node(id, r.get("kind"), r["content"], r["content_hash"], r.get("metadata"), r["created_us"],
-                r["updated_us"])
-
-
-def _edge(source: str, relation: str, target: str, value: bytes) -> Edge:
-    r = decode_value(value)
-    if not isinstance(r, dict) or "weight" not in r:
-        raise CorruptionError(f"graph edge {source!r} -{relation!r}-> {target!r} is not an edge record")
-    return Edge(source, relation, target, r["weight"], r.get("metadata"), r["created_us"], r["updated_us"])
-
-
-def edge_key_parts(user: bytes) -> tuple[str, str, str, str] | None:
-    """``("n", id, "", "")`` or ``("o" | "i", a, relation, b)`` of a graph user key (after the tag), or None."""
-    parts = user.split(_SEP)
-    try:
-        text = [p.decode() for p in parts]
-    except UnicodeDecodeError:
-        return None
-    if len(text) == 2 and text[0] == "n" and text[1]:
-        return ("n", text[1], "", "")
-    if len(text) == 4 and text[0] in ("o", "i") and all(text[1:]):
-        return (text[0], text[1], text[2], text[3])
-    return None
-
-
-def _content(content: object) -> tuple[str, str]:
-    """``(content, SHA-256 hex)``. :raises InvalidArgument: not a str or not UTF-8 encodable."""
-    if not isinstance(content, str):
-        raise InvalidArgument(f"node content is a str, got {type(content).__name__}")
-    try:
-        raw = content.encode()
-    except UnicodeEncodeError:
-        raise InvalidArgument("node content is not valid UTF-8 text (a lone surrogate)") from None
-    return content, hashlib.sha256(raw).hexdigest()
-
-
-def _metadata(metadata: object) -> dict[str, Any] | None:
-    if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidArgument(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    return metadata
-
-
-def _weight(weight: object) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-        raise InvalidArgument(f"an edge weight is a finite int or float, got {weight!r:.80}")
-    return float(weight)
-
-
-def _direction(direction: object) -> str:
-    if direction not in _DIRECTIONS:
-        raise InvalidArgument(f"direction is 'out', 'in' or 'both', got {direction!r:.80}")
-    return direction  # type: ignore[return-value]
-
-
-def _depth(depth: object, what: str, *, optional: bool) -> int | None:
-    if depth is None and optional:
-        return None
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise InvalidArgument(f"{what} is an int >= 0{' or None' if optional else ''}, got {depth!r:.80}")
-    return depth
 
 
 class Graph:
@@ -176,11 +67,12 @@ class Graph:
     ``None``); writes naming it raise ``InvalidArgument``.
     """
 
-    __slots__ = ("_ctx", "_all", "_active")
+    __slots__ = ("_ctx", "_all", "_active", "_search")
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, index: IndexSource | None = None):
         self._ctx = ctx
         self._all, self._active = ctx.prefix_maps(TAG_GRAPH)
+        self._search = NodeSearch(ctx, index)
 
     # --- keys -------------------------------------------------------------------------------------
 
@@ -216,27 +108,39 @@ class Graph:
     # --- nodes ------------------------------------------------------------------------------------
 
     def add_node(self, run: str, content: str, *, kind: str | None = None, metadata: dict[str, Any] | None = None,
-                 id: str | None = None) -> Node:
+                 id: str | None = None, vector: Any = None) -> Node:
         """Add a node holding ``content``; return it. ``id=None``: a fresh UUIDv7 (text).
 
+        In the same commit the content is indexed for full-text search (O(terms)) and the
+        node's vector stored in the run's ``"graph.nodes"`` vector collection: ``vector`` (a
+        1-D sequence or array of finite numbers; the first one fixes the collection's dim,
+        cosine metric, unless :meth:`configure` made it), else the content embedded when an
+        embedder is available for the run (:meth:`configure` or ``Database.open(embedder=)``),
+        else none. Outside a transaction the embedder runs under the commit lock: with a slow
+        model, pass ``vector=`` or write in a transaction.
+
         :raises InvalidArgument: a bad id/kind/content/metadata type, or a node ``id`` exists already
-            (change it with :meth:`update_node`). :raises InvalidValue: metadata cannot be stored.
-        :raises RunNotFound, RunClosed: the run. Nothing is written when it raises. O(log n).
+            (change it with :meth:`update_node`); a zero vector under cosine.
+        :raises InvalidValue: metadata cannot be stored; a vector of the wrong dim or not finite.
+        :raises RunNotFound, RunClosed: the run. Nothing is written when it raises. O(log n + terms).
         """
-        content, digest = _content(content)
+        content, digest = check_content(content)
         if kind is not None:
             name_bytes(kind, "node kind", MAX_ID_BYTES)
-        metadata = _metadata(metadata)
+        metadata = check_metadata(metadata)
         id = new_run_id() if id is None else id
         raw = self._id(id)
         base = self._base(run, write=True)
         key = base + _NODE + raw
         if self._ctx.lookup(key) is not None:
             raise InvalidArgument(f"node {id!r} exists already in run {run}; use update_node")
+        vec, create = self._search.node_vector(run, content, vector)
         ts = now_us()
         record = {"kind": kind, "content": content, "content_hash": digest, "metadata": metadata,
                   "created_us": ts, "updated_us": ts}
-        self._ctx.write(run, key, encode_value(record))
+        value = encode_value(record)
+        self._ctx.write(run, key, value)
+        self._search.put(run, base + TEXT_PREFIX, id, content, vec, create)
         return Node(id, kind, content, digest, metadata, ts, ts)
 
     def get_node(self, run: str, id: str) -> Node | None:
@@ -245,25 +149,36 @@ class Graph:
         return self._node(self._base(run, write=False), id)
 
     def update_node(self, run: str, id: str, content: str | None = None, *,
-                    metadata: dict[str, Any] | None = None) -> Node:
+                    metadata: dict[str, Any] | None = None, vector: Any = None) -> Node:
         """Replace the content (if given) and merge ``metadata`` into the node's (top-level keys; a
         key set to None stays None); return the node. Its id, kind and ``created_us`` are kept.
 
-        :raises InvalidArgument: no such node, or a bad argument. Nothing is written when it raises.
+        New content is re-indexed (only the terms that changed are rewritten) and, when an
+        embedder is available for the run, re-embedded; ``vector`` replaces the node's vector.
+        A vector given by the caller is theirs to update: new content without ``vector`` and
+        without an embedder leaves it as it was.
+
+        :raises InvalidArgument: no such node, or a bad argument. :raises InvalidValue: as
+            :meth:`add_node`. Nothing is written when it raises.
         """
         raw = self._id(id)
-        new_content = None if content is None else _content(content)
-        metadata = _metadata(metadata)
+        new_content = None if content is None else check_content(content)
+        metadata = check_metadata(metadata)
         base = self._base(run, write=True)
         old = self._node(base, id)
         if old is None:
             raise InvalidArgument(f"no node {id!r} in run {run}")
         text, digest = (old.content, old.content_hash) if new_content is None else new_content
         merged = old.metadata if metadata is None else {**(old.metadata or {}), **metadata}
+        vec, create = (None, None)
+        if vector is not None or (new_content is not None and text != old.content):
+            vec, create = self._search.node_vector(run, text, vector)
         ts = now_us()
         record = {"kind": old.kind, "content": text, "content_hash": digest, "metadata": merged,
                   "created_us": old.created_us, "updated_us": ts}
         self._ctx.write(run, base + _NODE + raw, encode_value(record))
+        if text != old.content or vec is not None:
+            self._search.put(run, base + TEXT_PREFIX, id, text, vec, create)
         return Node(id, old.kind, text, digest, merged, old.created_us, ts)
 
     def delete_node(self, run: str, id: str) -> bool:
@@ -277,6 +192,7 @@ class Graph:
         for s, r, t in self._scan_hop(base, raw, None, "both"):
             self._drop_edge(run, base, s.encode(), r.encode(), t.encode())
         self._ctx.write(run, key, None)
+        self._search.drop(run, base + TEXT_PREFIX, id)
         return True
 
     def nodes(self, run: str, kind: str | None = None, filter: dict[str, Any] | None = None) -> list[Node]:
@@ -296,6 +212,80 @@ class Graph:
                 out.append(node)
         return out
 
+    # --- search -----------------------------------------------------------------------------------
+
+    def configure(self, run: str, *, stem: bool | None = None, dim: int | None = None, metric: str = "cosine",
+                  index: str = "exact", embedder: Any = None) -> dict[str, Any]:
+        """Set the run's search options before its first nodes (idempotent); return them
+        (``{"stem": bool, "vectors": {"dim", "metric", "index", "embedder"} | None}``).
+
+        ``stem``: the text index's optional English suffix stripper (:mod:`inmem.fulltext`; off by
+        default; fixed once the run's first node is indexed). ``dim``/``metric``/``index``: create
+        the run's node-vector collection (``"graph.nodes"``, the vector store's parameters).
+        ``embedder``: a callable ``list[str] -> (n, dim) array`` that embeds node contents and string
+        queries in this process (``dim`` defaults to its ``.dim``); not stored — give it again
+        after reopening, or give ``Database.open(embedder=)``.
+
+        :raises InvalidArgument: a setting that contradicts the stored one; an embedder without a
+            known dim. Nothing is written when it raises.
+        """
+        base = self._base(run, write=True)
+        return self._search.configure(run, base + TEXT_PREFIX, stem=stem, dim=dim, metric=metric, index=index,
+                                      embedder=embedder)
+
+    def search(self, run: str, query: str, *, k: int = 10, kind: str | None = None,
+               filter: dict[str, Any] | None = None, mode: str = "text", vector: Any = None) -> list[Hit]:
+        """The ``k`` nodes that best match ``query``, best first, as :class:`Hit` ``(node, score)``;
+        only nodes of ``kind`` whose metadata matches ``filter`` (the vector store's filter language).
+
+        ``mode="text"``: Okapi BM25 over node contents (k1 = 1.2, b = 0.75; a node matches if
+        it holds any query term; ties by id; :mod:`inmem.fulltext` gives the tokenizer). Cost:
+        one posting-range scan per query term, O(their document frequencies + k log k), plus
+        point reads of candidate nodes in rank order. ``mode="vector"``: similarity of the node
+        vectors to ``vector`` (if given) or to ``query`` embedded; exact. ``mode="hybrid"``: the
+        text and vector rankings (each cut at ``max(4k, 50)`` candidates) fused by reciprocal
+        rank fusion, ``sum 1/(60 + rank)`` (Cormack et al. 2009); the score is that sum.
+
+        In a transaction every posting range, node and vector read joins the read set.
+
+        :raises InvalidArgument: ``k`` not in 1..10000, an unknown ``mode``, ``query`` not a str, a
+            bad filter; for vector and hybrid, no node vectors in the run or no embedder for a str query.
+        :raises InvalidValue: ``vector`` of the wrong shape.
+        """
+        if type(k) is not int or not 1 <= k <= 10_000:
+            raise InvalidArgument(f"k must be an int in 1..10000; got {k!r:.40}")
+        if mode not in MODES:
+            raise InvalidArgument(f"mode is 'text', 'vector' or 'hybrid', got {mode!r:.40}")
+        if not isinstance(query, str):
+            raise InvalidArgument(f"query is a str, got {type(query).__name__}")
+        if kind is not None:
+            name_bytes(kind, "node kind", MAX_ID_BYTES)
+        pred = compile_filter(filter)
+        base = self._base(run, write=False)
+
+        def keep(id: str) -> Node | None:
+            try:
+                node = self._node(base, id)
+            except (UnicodeEncodeError, ValueError):
+                return None
+            if node is None or (kind is not None and node.kind != kind) or not pred(node.metadata):
+                return None
+            return node
+
+        tbase = base + TEXT_PREFIX
+        if mode == "text":
+            return [Hit(n, s) for n, s in self._search.text_ranking(tbase, query, keep, k)]
+        q = query if vector is None else vector
+        if mode == "vector":
+            return [Hit(n, s) for n, s in self._search.vector_ranking(run, q, keep, k)]
+        depth = fusion_depth(k)
+        text = self._search.text_ranking(tbase, query, keep, depth)
+        vec = self._search.vector_ranking(run, q, keep, depth)
+        nodes = {n.id: n for n, _ in text}
+        nodes.update((n.id, n) for n, _ in vec)
+        fused = rrf([[n.id for n, _ in text], [n.id for n, _ in vec]])
+        return [Hit(nodes[id], score) for id, score in fused[:k]]
+
     # --- edges ------------------------------------------------------------------------------------
 
     def add_edge(self, run: str, source: str, relation: str, target: str, *, weight: float = 1.0,
@@ -310,8 +300,8 @@ class Graph:
         Nothing is written when it raises.
         """
         s, r, t = self._id(source), self._rel(relation), self._id(target)
-        weight = _weight(weight)
-        metadata = _metadata(metadata)
+        weight = check_weight(weight)
+        metadata = check_metadata(metadata)
         base = self._base(run, write=True)
         for end in (source, target):
             if self._ctx.lookup(base + _NODE + end.encode()) is None:
@@ -345,7 +335,7 @@ class Graph:
         """``node``'s edges (``"out"``, ``"in"`` or ``"both"``: out first), optionally of one ``relation``,
         in key order (relation, then the other end). O(log n + degree) for out; in-edges cost one
         point read more each."""
-        raw, direction = self._id(node), _direction(direction)
+        raw, direction = self._id(node), check_direction(direction)
         rel = None if relation is None else self._rel(relation)
         base = self._base(run, write=False)
         out = []
@@ -353,7 +343,7 @@ class Graph:
             entry = self._ctx.lookup(base + _OUT + s.encode() + _SEP + r.encode() + _SEP + t.encode())
             if entry is None:
                 raise CorruptionError(f"graph in-edge {s!r} -{r!r}-> {t!r} has no out-edge record")
-            out.append(_edge(s, r, t, entry[1]))
+            out.append(edge_from_record(s, r, t, entry[1]))
         return out
 
     # --- traversal ----------------------------------------------------------------------------------
@@ -362,41 +352,16 @@ class Graph:
              max_depth: int | None) -> list[tuple[str, int, list[str]]]:
         if self._ctx.lookup(base + _NODE + start.encode()) is None:
             return []
-        seen = {start}
-        order = [(start, 0, [start])]
-        queue = deque(order)
-        while queue:
-            node, depth, path = queue.popleft()
-            if max_depth is not None and depth >= max_depth:
-                continue
-            for s, _, t in self._scan_hop(base, node.encode(), rel, direction):
-                nxt = t if s == node else s
-                if nxt not in seen:
-                    seen.add(nxt)
-                    item = (nxt, depth + 1, [*path, nxt])
-                    order.append(item)
-                    queue.append(item)
-        return order
+
+        def hop(node: str) -> list[str]:
+            return [t if s == node else s for s, _, t in self._scan_hop(base, node.encode(), rel, direction)]
+
+        return breadth_first(start, hop, max_depth)
 
     def _path(self, base: bytes, a: bytes, b: bytes, rel: bytes | None) -> list[str] | None:
         """Fewest-hops path of out-edges from ``a`` to ``b`` (ids), or None; breadth-first."""
-        start, goal = a.decode(), b.decode()
-        if start == goal:
-            return [start]
-        parent: dict[str, str] = {start: start}
-        queue = deque([start])
-        while queue:
-            node = queue.popleft()
-            for _, _, t in self._scan_hop(base, node.encode(), rel, "out"):
-                if t not in parent:
-                    parent[t] = node
-                    if t == goal:
-                        path = [t]
-                        while path[-1] != start:
-                            path.append(parent[path[-1]])
-                        return path[::-1]
-                    queue.append(t)
-        return None
+        return fewest_hops(a.decode(), b.decode(),
+                           lambda node: [t for _, _, t in self._scan_hop(base, node.encode(), rel, "out")])
 
     def traverse(self, run: str, start: str, *, relation: str | None = None, max_depth: int | None = None,
                  direction: str = "out") -> Iterator[tuple[Node, int, list[str]]]:
@@ -409,8 +374,8 @@ class Graph:
         """
         self._id(start)
         rel = None if relation is None else self._rel(relation)
-        direction = _direction(direction)
-        limit = _depth(max_depth, "max_depth", optional=True)
+        direction = check_direction(direction)
+        limit = check_depth(max_depth, "max_depth", optional=True)
         base = self._base(run, write=False)
         found = self._bfs(base, start, rel, direction, limit)
         out = []
@@ -425,7 +390,7 @@ class Graph:
                   depth: int = 1) -> list[Node]:
         """Nodes within ``depth`` hops of ``node`` (not ``node`` itself), breadth-first order.
         O(log n + degree) for ``depth=1`` plus one point read per neighbour."""
-        _depth(depth, "depth", optional=False)
+        check_depth(depth, "depth", optional=False)
         return [n for n, d, _ in self.traverse(run, node, relation=relation, max_depth=depth,
                                                  direction=direction) if d > 0]
 
@@ -445,14 +410,19 @@ class Graph:
 
         Problems: a key that is not a graph key, a record that does not decode,
         an out-edge without its in-edge or back (adjacency not symmetric), an
-        edge whose end is not a node. One scan of the run's graph range: O(records).
+        edge whose end is not a node; the text index inconsistent with itself or
+        with the node contents (postings consistent with nodes); a node vector
+        without its node. One scan of the run's graph range: O(records).
         """
         base = self._base(run, write=False)
         problems: list[str] = []
         nodes: set[str] = set()
+        contents: dict[str, str] = {}
         out: set[tuple[str, str, str]] = set()
         inn: set[tuple[str, str, str]] = set()
         for key, value in self._ctx.scan(base, prefix_end(base)):
+            if key.startswith(TEXT_PREFIX, len(base)):
+                continue  # the text index: checked as a whole below
             parts = edge_key_parts(key[len(base):])
             if parts is None:
                 problems.append(f"malformed graph key {key[len(base):][:80]!r}")
@@ -460,10 +430,10 @@ class Graph:
             what, a, r, b = parts
             try:
                 if what == "n":
-                    node_from_record(a, value)
+                    contents[a] = node_from_record(a, value).content
                     nodes.add(a)
                 elif what == "o":
-                    _edge(a, r, b, value)
+                    edge_from_record(a, r, b, value)
                     out.add((a, r, b))
                 else:
                     inn.add((b, r, a))
@@ -477,6 +447,7 @@ class Graph:
             for end in (s, t):
                 if end not in nodes:
                     problems.append(f"edge {s!r} -{r!r}-> {t!r}: {end!r} is not a node")
+        problems.extend(self._search.check(run, base + TEXT_PREFIX, contents))
         return {"nodes": len(nodes), "edges": len(out), "problems": problems}
 
     def has_cycle(self, run: str, relation: str | None = None) -> bool:
@@ -492,23 +463,4 @@ class Graph:
             _, s, r, t = key[len(base):].split(_SEP)
             if rel is None or r.decode() == rel:
                 adj.setdefault(s.decode(), []).append(t.decode())
-        state: dict[str, int] = {}  # 1: on the stack, 2: done
-        for root in adj:
-            if root in state:
-                continue
-            state[root] = 1
-            stack = [(root, iter(adj[root]))]
-            while stack:
-                node, it = stack[-1]
-                for nxt in it:
-                    st = state.get(nxt)
-                    if st == 1:
-                        return True
-                    if st is None:
-                        state[nxt] = 1
-                        stack.append((nxt, iter(adj.get(nxt, ()))))
-                        break
-                else:
-                    state[node] = 2
-                    stack.pop()
-        return False
+        return has_directed_cycle(adj)

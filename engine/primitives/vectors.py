@@ -411,6 +411,34 @@ class Vectors:
                 names.append(user[:end].decode())
         return names
 
+    def info(self, run: str, collection: str) -> dict[str, Any] | None:
+        """The collection's parameters ``{"dim", "metric", "index", "embedder"}``, or None if it does not
+        exist. One point read. :raises InvalidArgument: a bad name."""
+        base = self._base(run, collection, write=False)
+        if self._ctx.lookup(base + _CONFIG) is None:
+            return None
+        config = self._config(base, collection)
+        return {k: config[k] for k in ("dim", "metric", "index", "embedder")}
+
+    def embed(self, run: str, collection: str, text: str) -> Any:
+        """``text`` embedded with the collection's embedder: a float32 array of shape (dim,).
+
+        :raises InvalidArgument: no such collection, no embedder for it in this process, ``text`` not a str.
+        :raises InvalidValue: the embedder returned a wrong shape, NaN or an infinity.
+        """
+        if not isinstance(text, str):
+            raise InvalidArgument(f"text must be a str, got {type(text).__name__}")
+        base = self._base(run, collection, write=False)
+        return self._embed(run, collection, self._config(base, collection), text)
+
+    def ids(self, run: str, collection: str) -> list[str]:
+        """Ids of the collection's vectors, in id order (UTF-8 byte order). O(n) key scan.
+        :raises InvalidArgument: no such collection."""
+        base = self._base(run, collection, write=False)
+        self._config(base, collection)
+        lo = base + _VECTOR
+        return [key[len(lo):].decode() for key, _ in self._ctx.scan(lo, prefix_end(lo))]
+
     def count(self, run: str, collection: str) -> int:
         """Vectors in the collection. O(n). :raises InvalidArgument: no such collection."""
         base = self._base(run, collection, write=False)
