@@ -12,14 +12,18 @@ through the public API only:
    alternatives, a KV scratchpad entry, a vector memory of what it learned
    (``vectors.add_text``, embedded by feature hashing), blind increments of
    the board's shared progress document (``docs.increment``, validated by a
-   pydantic model; they never conflict), then ``state.set`` claimed -> done.
+   pydantic model; they never conflict), a node in the board's shared
+   memory graph (``graph.add_node``: indexed for BM25 and embedded in the
+   same commit) with a ``did`` edge from the agent's node, then
+   ``state.set`` claimed -> done.
    Racing agents conflict and retry. The child prints each acknowledged
    (``strict``: fsynced) commit.
 3. Part-way through, the child is **SIGKILLed**. The demo reopens the
    directory, shows what recovery did, checks every acknowledged commit and
    every event hash chain, and lets the agents finish the remaining tasks:
    every task done exactly once, none lost, one vector memory per task; an
-   agent recalls its memories by semantic search with a metadata filter.
+   agent recalls its memories by semantic search with a metadata filter;
+   the board's memory graph is searched (text, vector, hybrid) and walked.
 4. It replays one agent's run from the WAL and compares it with the live
    state, forks that run at an earlier version, makes the fork diverge, and
    prints the diff.
@@ -82,6 +86,10 @@ def _task(i: int) -> str:
     return f"task/{i:05d}"
 
 
+def _agent_node(run: str) -> str:
+    return f"agent/{run[-12:]}"
+
+
 def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) -> bool:
     """Claim, work and finish one task in one transaction (retried on conflict); False if it was taken."""
     tool = rng.choice(TOOLS)
@@ -104,6 +112,11 @@ def _work_one(db: Database, board: str, run: str, key: str, rng: random.Random) 
         tx.docs.increment(board, PROGRESS, "done")
         tx.docs.increment(board, PROGRESS, ["by_tool", tool])
         tx.docs.increment(board, PROGRESS, ["by_agent", run[-12:]])
+        # the board's shared memory graph: the task as a node (full-text indexed and embedded in this
+        # commit), linked from the agent's node; indexing never makes racing agents conflict
+        tx.graph.add_node(board, f"{key} done with {tool}: {tokens} tokens", id=key, kind="task",
+                          metadata={"tool": tool, "tokens": tokens})
+        tx.graph.add_edge(board, _agent_node(run), "did", key)
         tx.state.set(board, key, "done")
         return True
 
@@ -203,6 +216,8 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         for run in runs:
             db.vectors.create(run, MEMORY, dim=EMBED_DIM)
         db.docs.define(board, PROGRESS, BoardProgress)
+        for i, run in enumerate(runs):
+            db.graph.add_node(board, f"agent {i} of the demo", id=_agent_node(run), kind="agent")
         seeded_version = db.stats()["commit_version"]
 
     # 2. the agents work in a child process, which is SIGKILLed part-way
@@ -248,6 +263,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
             assert db.kv.get(ack["run"], f"scratch/{ack['task']}") is not None, f"acknowledged {ack} lost"
             memory = db.vectors.search(ack["run"], MEMORY, ack["task"], k=1, filter={"task": ack["task"]})
             assert [m.metadata["task"] for m in memory] == [ack["task"]], f"acknowledged memory of {ack} lost"
+            assert db.graph.get_node(board, ack["task"]) is not None, f"acknowledged graph node of {ack} lost"
         chains = sum(1 for r in [planner, *runs] if db.events.verify(r) >= 0)
         progress = db.docs.get(board, PROGRESS) or {"done": 0}
         done_now = sum(1 for i in range(tasks) if db.state.get(board, _task(i)).value == "done")
@@ -301,6 +317,21 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         console.print(f"  shared document '{PROGRESS}' on the board ({agents} agents, blind increments, "
                       f"validated by a pydantic model): done {progress['done']:,}, by tool "
                       f"{dict(sorted(progress['by_tool'].items()))}", highlight=False)
+        # the board's memory graph: every task a node, linked from the agent that did it
+        graph = db.graph.check(board)
+        assert graph["problems"] == [] and graph["nodes"] == tasks + agents and graph["edges"] == tasks, graph
+        query = f"{_task(tasks // 2)} run_tests"
+        text = db.graph.search(board, query, k=3, kind="task")
+        hybrid = db.graph.search(board, query, k=3, mode="hybrid", kind="task")
+        busiest = max(runs, key=lambda r: len(db.graph.edges(board, _agent_node(r))))
+        walked = list(db.graph.traverse(board, _agent_node(busiest), max_depth=1))
+        console.print(f"  memory graph on the board: {graph['nodes']:,} nodes, {graph['edges']:,} 'did' edges, "
+                      "adjacency and text index consistent; BM25 search "
+                      f"'{query}' (kind task) and hybrid (BM25 + vectors, RRF):")
+        for label, hits in (("text", text), ("hybrid", hybrid)):
+            for h in hits:
+                console.print(f"    {label:6} {h.score:.3f}  {h.node.content}", highlight=False)
+        console.print(f"    agent {busiest[-12:]} did {len(walked) - 1:,} tasks (one hop from its node)")
         for run in runs:
             db.end_run(run, "completed")
         db.end_run(board)
@@ -355,6 +386,8 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                  ("recovery", f"{recovery_s * 1000:.0f} ms, {rec['records']:,} records"),
                  ("vector memories", f"{memories:,}, each in its task's commit"),
                  ("shared document", f"{progress['done']:,} blind increments by {agents} agents, none lost"),
+                 ("memory graph", f"{graph['nodes']:,} nodes, {graph['edges']:,} edges, BM25 + vector index "
+                                  "kept in each node's commit"),
                  ("database size", f"{size / 1e6:.1f} MB"), ("wall time", f"{seconds:.1f} s")]:
         table.add_row(k, v)
     if langgraph is not None:
@@ -364,6 +397,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     console.print("explore it:")
     for cmd in (f"inmem info {directory}", f"inmem runs {directory}", f"inmem runs {directory} --tag langgraph",
                 f"inmem show {directory} {agent} --traces", f"inmem show {directory} {board} --docs",
+                f"inmem show {directory} {board} --graph",
                 f"inmem history {directory} {fork}", f"inmem diff {directory} {agent} {fork}",
                 f"inmem verify {directory}"):
         console.print(f"  [bold]{cmd}[/bold]", highlight=False, soft_wrap=True)  # whole, to copy and paste
@@ -373,5 +407,6 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         "diff_empty": diff.is_empty(), "recovery": rec, "recovered_version": recovered_version,
         "seeded_version": seeded_version, "commit_version": stats["commit_version"],
         "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3), "langgraph": langgraph,
-        "memories": memories, "progress": progress,
+        "memories": memories, "progress": progress, "graph": graph,
+        "graph_search": [h.node.id for h in text],
     }

@@ -20,6 +20,9 @@ def test_demo_crashes_recovers_and_verifies(tmp_path):
     assert r["done_once"] == 60 and r["lost"] == 0 and r["chains"] == 4  # planner + 3 agents
     assert r["memories"] == 60  # one vector memory per task, each written in its task's commit
     assert r["replay_equals_live"] and not r["diff_empty"]
+    # the board's memory graph: one node per task and per agent, one 'did' edge per task, consistent index
+    assert (r["graph"]["nodes"], r["graph"]["edges"], r["graph"]["problems"]) == (63, 60, [])
+    assert r["graph_search"] and all(id.startswith("task/") for id in r["graph_search"])
     # the child committed at least what it acknowledged before the SIGKILL, and the rest came after
     assert r["seeded_version"] + 20 <= r["recovered_version"] < r["commit_version"]
     assert r["recovery"]["commit_version"] == r["recovered_version"]
