@@ -20,7 +20,7 @@ kernel's interface (:class:`~inmem.kernel.Kernel`, :class:`~inmem.kernel.LockedV
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import DatabaseClosed
@@ -33,7 +33,7 @@ from .primitives.state import StateMachines
 from .primitives.traces import Traces
 from .txn import Transaction
 
-__all__ = ["DIRECT", "PRIMITIVES", "READS"]
+__all__ = ["DIRECT", "PRIMITIVES", "READS", "atomic_call"]
 
 
 class _Locked:
@@ -44,9 +44,11 @@ class _Locked:
     the commit lock is held, so it takes no lock itself.
     """
 
-    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version", "_merging")
+    __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version", "_merging",
+                 "now_us")
 
     def __init__(self, view: LockedView, kernel: Kernel):
+        self.now_us = kernel.clock
         #: The commit version this call's writes will get (nothing else commits meanwhile).
         self.version = view.version + 1
         self._store = view
@@ -74,6 +76,10 @@ class _Locked:
         self.check_run(run, write=True)
         self.writes[key] = value
         self.runs.add(run)
+
+    def write_batch(self, run: str, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        for key, value in items:
+            self.write(run, key, value)
 
     def delete(self, run: str, key: bytes) -> bool:
         if self.lookup(key) is None:
@@ -168,8 +174,8 @@ PRIMITIVES: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _atomic(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
-    """Run one multi-step primitive call (read, then write) as one commit, under the commit lock."""
+def atomic_call(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+    """Run ``fn(ctx)``, one multi-step primitive call (read, then write), as one commit under the commit lock."""
 
     def step(view: LockedView) -> Any:
         ctx = _Locked(view, kernel)
@@ -178,6 +184,9 @@ def _atomic(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
         return result
 
     return kernel.atomic(step)
+
+
+_atomic = atomic_call
 
 
 def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
@@ -241,10 +250,11 @@ class _AutoPrimitive:
 class _Autocommit:
     """The :class:`~inmem.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit")
+    __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit", "now_us")
 
     def __init__(self, kernel: Kernel):
         self._kernel = kernel
+        self.now_us = kernel.clock
         self.lookup = kernel.get
         self.prefix_maps = kernel.registry.prefix_maps
         self.check_run = kernel.registry.check
@@ -261,6 +271,9 @@ class _Autocommit:
 
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
         self._commit(((key, value),), (run,))
+
+    def write_batch(self, run: str, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        self._commit(tuple(items), (run,))
 
     def delete(self, run: str, key: bytes) -> bool:
         check_run = self.check_run

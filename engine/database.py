@@ -44,6 +44,7 @@ from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
 from .primitives.vectors import Vectors
+from .sweeping import SweepThread, sweep_all
 from .vectorindex import VectorIndexes
 from .recovery import Recovered, check_new_directory, recover
 from .registry import RunRegistry
@@ -104,6 +105,8 @@ class Database:
         file_mode: int | None = None,
         embedder: Callable[[list[str]], Any] | None = None,
         fs: FileSystem | None = None,
+        clock: Callable[[], float] | None = None,
+        sweep_interval_s: float | None = 60.0,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
 
@@ -148,6 +151,12 @@ class Database:
             ``list[str] -> array (n, dim)``, e.g.
             ``inmem.embeddings.HashingEmbedder(dim=256)``. Not stored.
         :param fs: file-system seam (default: the real disk).
+        :param clock: ``clock() -> float``, now in seconds since the Unix epoch (default
+            ``time.time``): what a value's time to live (``kv.put(..., ttl=)``) is judged by. Tests
+            inject one to expire values without sleeping.
+        :param sweep_interval_s: the background sweeper deletes expired values every this many
+            seconds (default 60; ``None``: only :meth:`sweep` does). Expired values are invisible
+            to reads either way; sweeping frees their space and records when they went.
 
         A missing directory is created (with any missing parents), and each new
         name is fsynced into its parent before anything else happens. An empty
@@ -193,6 +202,12 @@ class Database:
             fs = OSFileSystem(file_mode if file_mode is not None else OSFileSystem.file_mode)
         elif file_mode is not None:
             fs.file_mode = file_mode  # type: ignore[attr-defined]
+        if clock is not None and not callable(clock):
+            raise InvalidArgument("clock is a callable returning seconds since the Unix epoch, or None")
+        if sweep_interval_s is not None and (isinstance(sweep_interval_s, bool)
+                                             or not isinstance(sweep_interval_s, (int, float))
+                                             or not 0 < sweep_interval_s < float("inf")):
+            raise InvalidArgument(f"sweep_interval_s is a number of seconds > 0, or None; got {sweep_interval_s!r:.40}")
         dirpath = os.fspath(path)
         index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
@@ -213,6 +228,8 @@ class Database:
         self._flush_interval_ms = flush_interval_ms
         self._segment_bytes = segment_bytes
         self._recovery = rec.report
+        if clock is not None:
+            kernel.clock = lambda: int(clock() * 1_000_000)
         self._autocommit = _Autocommit(kernel)
         self.kv = KV(self._autocommit)
         self.events = _AutoPrimitive(kernel, Events, READS["events"])  # type: ignore[assignment]
@@ -231,6 +248,7 @@ class Database:
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))
+        self._sweeper = None if read_only or sweep_interval_s is None else SweepThread(kernel, sweep_interval_s)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
         ref = weakref.ref(self)
@@ -255,6 +273,8 @@ class Database:
         self._autocommit.closed()
         atexit.unregister(self._atexit)
         try:
+            if self._sweeper is not None:
+                self._sweeper.close()
             self._checkpointer.close()
             kernel.wal.close()
             if not kernel.poisoned:
@@ -509,6 +529,23 @@ class Database:
         return self._checkpointer.take()
 
     # --- durability and figures --------------------------------------------------------------
+
+    def sweep(self, run: str | None = None) -> int:
+        """Delete the values whose time to live has passed, now; return how many.
+
+        Each run's due values go in ordinary commits (at most 10,000 per commit), so
+        ``history(run)`` shows when each was swept. ``run``: that run only (None: every active
+        run; ended runs are immutable and skipped — their expired values stay hidden).
+        O(runs · log n + expired).
+
+        :raises DatabaseReadOnly: a read-only handle. :raises RunNotFound: no such ``run``.
+        :raises RunClosed: ``run`` has ended.
+        """
+        kernel = self._kernel
+        kernel.check_can_write()
+        if run is not None:
+            kernel.registry.check(run, write=True)
+        return sweep_all(kernel, None if run is None else [run])
 
     def sync(self) -> None:
         """Make every commit so far durable (write + fsync), whatever the durability mode.

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from .codec import MAX_VALUE_BYTES
+from .codec import MAX_VALUE_BYTES, now_us
 from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
 from .fs import FileSystem
 from .history import HistoryIndex
@@ -142,6 +142,8 @@ class Kernel:
         self.wal = wal
         self.durability = durability
         self.read_only = read_only
+        #: ``clock() -> int``: now, Unix µs UTC (``Database.open(clock=)``); what time-to-live compares against.
+        self.clock: Callable[[], int] = now_us
         self._store = store
         self._versions = Versions(store)
         self._lock = CommitLock()  # never held across I/O: see engine/locks.py

@@ -33,6 +33,7 @@ __all__ = [
     "NS_RUN",
     "TAG_DOC",
     "TAG_EVENT",
+    "TAG_EXPIRY",
     "TAG_GRAPH",
     "TAG_KV",
     "TAG_RUN",
@@ -63,6 +64,7 @@ TAG_TRACE = 0x04  # trace store
 TAG_VECTOR = 0x05  # vector store (in-mem's tag for vectors too)
 TAG_DOC = 0x06  # JSON documents
 TAG_GRAPH = 0x07  # memory graph: nodes and edges
+TAG_EXPIRY = 0x08  # expiry index of values with a time to live (inmem.expiry)
 
 RUN_ID_BYTES = 16
 RUN_PREFIX_LEN = 1 + RUN_ID_BYTES  # NS_RUN + run id

@@ -42,19 +42,19 @@ from __future__ import annotations
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import InvalidArgument, InvalidValue, TransactionClosed, TransactionConflict
-from .keys import (TAG_DOC, TAG_EVENT, TAG_GRAPH, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAG_VECTOR, in_range,
-                   run_prefix, split_key)
+from .keys import (TAG_DOC, TAG_EVENT, TAG_EXPIRY, TAG_GRAPH, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAG_VECTOR,
+                   in_range, run_prefix, split_key)
 from .kernel import Entry, Kernel, ReadPoint, Resolver
 from .registry import run_record_key
 
 __all__ = ["Transaction"]
 
 _PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
-              TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph"}
+              TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph", TAG_EXPIRY: "expiry"}
 _OWN = -1  # a merge's base is this transaction's own earlier write, not a committed entry
 
 
@@ -96,6 +96,8 @@ class Transaction:
     def __init__(self, kernel: Kernel, primitives: dict[str, Callable[[Transaction], Any]] | None = None):
         point = kernel.open_read_point()
         self._kernel = kernel
+        #: ``now_us() -> int``: the database's clock (Unix µs); time to live is judged by it at each read.
+        self.now_us = kernel.clock
         self._read_at = kernel.read_at
         self._registry = kernel.registry
         self._begin = point.version
@@ -213,6 +215,11 @@ class Transaction:
         self._writes[key] = value
         if self._merges:
             self._merges.pop(key, None)  # a plain write replaces the blind ops before it
+
+    def write_batch(self, run: str, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """:meth:`write` each ``(key, value)`` of ``items`` (a transaction commits them all or none anyway)."""
+        for key, value in items:
+            self.write(run, key, value)
 
     def merge(self, run: str, key: bytes, operator: Any, op: Any) -> None:
         """Record blind operation ``op`` on ``key`` (see :class:`~inmem.primitives.context.Context`).

@@ -15,7 +15,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "engine"
 # lowest first; a module may import only modules of its own layer or below
 LAYERS = [
     {"errors"},
-    {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc"},
+    {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc", "expiry"},
     {"fs", "wal.format", "wal.fast"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal"},
     {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
@@ -24,8 +24,8 @@ LAYERS = [
     {"txn", "checkpoint"},
     {"primitives", "primitives.context", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs", "primitives.vectors",
      "primitives.docs", "primitives.graph", "primitives.graphalgo", "primitives.graphrecords",
-     "primitives.graphsearch", "fulltext"},
-    {"contexts", "vectorindex"},
+     "primitives.graphsearch", "primitives.expiry", "fulltext"},
+    {"contexts", "vectorindex", "sweeping"},
     {"replay"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},

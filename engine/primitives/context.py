@@ -8,7 +8,7 @@ primitive class serves both autocommit calls (``db.kv``) and transactions
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 __all__ = ["Context", "MergeOperator"]
@@ -49,6 +49,9 @@ class Context(Protocol):
     def write(self, run: str, key: bytes, value: bytes | None) -> None:
         """Put (``value`` bytes) or delete (``None``) ``key``, which belongs to active ``run``."""
 
+    def write_batch(self, run: str, items: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """:meth:`write` every ``(key, value)`` of ``items``, all in one commit (outside a transaction too)."""
+
     def delete(self, run: str, key: bytes) -> bool:
         """Delete ``key`` of active ``run`` if present; return whether it was."""
 
@@ -85,6 +88,10 @@ class Context(Protocol):
     def note_range(self, lo: bytes, hi: bytes | None) -> None:
         """Record ``[lo, hi)`` as read without scanning it: a transaction validates it at commit (a
         read served from derived state, e.g. a vector index, reads the whole range); others ignore it."""
+
+    #: ``now_us() -> int``: the database's clock, Unix µs UTC (``Database.open(clock=)``): what a
+    #: value's time to live is compared with, at each read.
+    now_us: Callable[[], int]
 
     #: The commit version this context reads at (a transaction's snapshot), or None: the latest.
     at: int | None

@@ -4,7 +4,13 @@ This module owns the mapping from ``(run, str key)`` to store keys for the KV
 tag, and nothing else: it validates arguments, encodes keys and values, and
 hands reads and writes to its :class:`Context`. Invariant: every argument
 check happens before the context is asked to write, so bad input never
-changes the database.
+changes the database; a value whose time to live has passed (by the
+context's clock) is never returned, counted or listed, swept or not.
+
+A ``put`` with ``ttl`` stores the value behind the expiring head of
+:mod:`inmem.expiry` and, in the same commit, its expiry index entry
+(``run prefix | TAG_EXPIRY | expires_us | TAG_KV | key``), which
+:class:`inmem.primitives.expiry.Sweeper` reads to delete it once due.
 """
 
 from __future__ import annotations
@@ -14,17 +20,24 @@ from typing import Any
 
 from ..codec import decode_value, encode_value
 from ..errors import InvalidKey
-from ..keys import MAX_KEY_BYTES, TAG_KV, TAGGED_PREFIX_LEN, encode_user_key, prefix_end, run_prefix
+from ..expiry import EXPIRING_HEAD, check_ttl, expiry_entry, unwrap, wrap
+from ..keys import MAX_KEY_BYTES, TAG_EXPIRY, TAG_KV, TAGGED_PREFIX_LEN, encode_user_key, prefix_end, run_prefix
 from .context import Context
 
 __all__ = ["KV", "Context"]
 
 
 _MAX_STORE_KEY = TAGGED_PREFIX_LEN + MAX_KEY_BYTES
+_EXPIRING = EXPIRING_HEAD[0]  # a plain value never starts with the expiring head's first byte and its tag
+_MARK = encode_value(None)    # the value of an expiry index entry
 
 
-def _decode_items(items: list[tuple[bytes, bytes]], skip: int) -> Iterator[tuple[str, Any]]:
+def _decode_items(items: list[tuple[bytes, bytes]], skip: int, now: int) -> Iterator[tuple[str, Any]]:
     for key, value in items:
+        if value[0] == _EXPIRING:
+            expires, _, value = unwrap(value)
+            if expires is not None and expires <= now:
+                continue
         yield key[skip:].decode("utf-8"), decode_value(value)
 
 
@@ -56,43 +69,93 @@ class KV:
             return k
         return prefix + encode_user_key(key)
 
-    def put(self, run: str, key: str, value: Any) -> None:
+    def put(self, run: str, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Set ``key`` of ``run`` to ``value``.
 
-        Complexity: O(log n) plus the size of the value.
+        ``ttl``: seconds (int or float, > 0) until the value expires, by the
+        database's clock (``Database.open(clock=)``); from that moment every
+        read treats the key as absent, and the sweeper (``db.sweep()``, or the
+        background one) deletes it in an ordinary commit. A later ``put``
+        replaces the value and its expiry (``ttl=None``: it no longer expires).
+        Complexity: O(log n) plus the size of the value (a ``ttl`` adds one
+        index key in the same commit).
 
         :raises RunNotFound: no such run.
         :raises RunClosed: the run has ended.
         :raises InvalidKey: (a ``TypeError``) ``key`` is not a str, or not encodable.
         :raises InvalidValue: (a ``TypeError``) ``value`` is not storable (see :mod:`inmem.codec`).
+        :raises InvalidArgument: ``ttl`` is not a number of seconds > 0 (at most ~100 years).
         :raises DatabasePoisoned: an earlier write or fsync failed.
         :raises DatabaseClosed: the database is closed.
         """
         prefix = self._active.get(run)  # type: ignore[arg-type]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=True), TAG_KV)
-        self._ctx.write(run, self._key(prefix, key), encode_value(value))
+        if ttl is None:
+            self._ctx.write(run, self._key(prefix, key), encode_value(value))
+            return
+        store_key = self._key(prefix, key)
+        ttl_us = check_ttl(ttl)
+        encoded = encode_value(value)
+        assert ttl_us is not None
+        self._put_expiring(run, prefix, store_key, encoded, self._ctx.now_us() + ttl_us, ttl_us)
 
-    def get(self, run: str, key: str, default: Any = None) -> Any:
-        """Return the value of ``key`` in ``run``, or ``default`` if absent.
+    def _put_expiring(self, run: str, prefix: bytes, store_key: bytes, encoded: bytes, expires: int,
+                      ttl_us: int) -> None:
+        index = prefix[:-1] + bytes([TAG_EXPIRY]) + expiry_entry(expires, TAG_KV, store_key[len(prefix):])
+        self._ctx.write_batch(run, ((store_key, wrap(encoded, expires, ttl_us)), (index, _MARK)))
+
+    def get(self, run: str, key: str, default: Any = None, *, refresh_ttl: bool = False) -> Any:
+        """Return the value of ``key`` in ``run``, or ``default`` if absent or expired.
 
         The value is decoded afresh on every call: mutating it never changes
-        the database. Complexity: O(1) lookup plus decoding.
+        the database. ``refresh_ttl=True``: if the value has a time to live,
+        extend its lease — it expires its original ``ttl`` from now (a write:
+        one commit outside a transaction; the run must be active).
+        Complexity: O(1) lookup plus decoding.
 
         :raises RunNotFound: no such run.
+        :raises RunClosed: ``refresh_ttl`` renewed a lease in an ended run.
         :raises InvalidKey: ``key`` is not a str, or not encodable.
         """
         prefix = self._all.get(run)  # type: ignore[arg-type]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=False), TAG_KV)
         if type(key) is str and key.isascii() and len(key) <= MAX_KEY_BYTES:
-            entry = self._ctx.lookup(prefix + key.encode())  # the common case, inlined
+            store_key = prefix + key.encode()  # the common case, inlined
         else:
-            entry = self._ctx.lookup(self._key(prefix, key))
-        return default if entry is None else decode_value(entry[1])
+            store_key = self._key(prefix, key)
+        entry = self._ctx.lookup(store_key)
+        if entry is None:
+            return default
+        stored = entry[1]
+        if stored[0] != _EXPIRING:
+            return decode_value(stored)
+        expires, ttl_us, value = unwrap(stored)
+        if expires is None:  # pragma: no cover - only expiring values start with the tag byte
+            return decode_value(stored)
+        now = self._ctx.now_us()
+        if expires <= now:
+            return default
+        if refresh_ttl:
+            assert ttl_us is not None
+            self._put_expiring(run, prefix, store_key, bytes(value), now + ttl_us, ttl_us)
+        return decode_value(value)
+
+    def expires_at(self, run: str, key: str) -> int | None:
+        """When ``key``'s value expires (Unix µs UTC), or None if it has no time to live or is absent/expired."""
+        prefix = self._all.get(run)  # type: ignore[arg-type]
+        if prefix is None:
+            prefix = run_prefix(self._ctx.check_run(run, write=False), TAG_KV)
+        entry = self._ctx.lookup(self._key(prefix, key))
+        if entry is None:
+            return None
+        expires = unwrap(entry[1])[0]
+        return None if expires is None or expires <= self._ctx.now_us() else expires
 
     def delete(self, run: str, key: str) -> bool:
-        """Delete ``key`` from ``run``; return whether it existed (nothing is written if not).
+        """Delete ``key`` from ``run``; return whether it existed (nothing is written if not). An
+        expired value is absent: False, though its record is deleted all the same.
 
         :raises RunNotFound: no such run.
         :raises RunClosed: the run has ended.
@@ -101,7 +164,14 @@ class KV:
         prefix = self._active.get(run)  # type: ignore[arg-type]
         if prefix is None:
             prefix = run_prefix(self._ctx.check_run(run, write=True), TAG_KV)
-        return self._ctx.delete(run, self._key(prefix, key))
+        store_key = self._key(prefix, key)
+        entry = self._ctx.lookup(store_key)
+        if entry is not None and entry[1][0] == _EXPIRING:
+            expires = unwrap(entry[1])[0]
+            if expires is not None and expires <= self._ctx.now_us():
+                self._ctx.write(run, store_key, None)
+                return False
+        return self._ctx.delete(run, store_key)
 
     def scan(self, run: str, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Iterate ``(key, value)`` for the keys of ``run`` starting with ``prefix``, in key order.
@@ -119,4 +189,4 @@ class KV:
             base = run_prefix(self._ctx.check_run(run, write=False), TAG_KV)
         lo = self._key(base, prefix)
         items = self._ctx.scan(lo, prefix_end(lo))
-        return _decode_items(items, len(base))
+        return _decode_items(items, len(base), self._ctx.now_us())
