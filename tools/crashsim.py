@@ -1,7 +1,8 @@
 """python -m tools.crashsim: crash a workload over every primitive at chosen points, reopen, prove nothing is lost.
 
 This module owns the crash trials and their checks. A workload
-(:mod:`tools.simworkload`: KV, events, state CAS, traces, vectors,
+(:mod:`tools.simworkload`: KV, events, state CAS, traces, vectors, documents,
+the memory graph (nodes, edges, cascading deletes; compared edge by edge),
 multi-primitive transactions, runs begun, ended and forked, snapshots,
 compactions and syncs; 4 KiB segments, so it rotates) runs in a forked worker
 (forked from this process, which has imported inmem: no fresh interpreter)

@@ -9,7 +9,8 @@ snapshot, a compaction, a sync). :func:`digest` names each run by its name,
 never its random id, and leaves out wall-clock times and hashes that depend on
 them, so the same steps give the same digests in any database.
 
-Adding a primitive (documents, graph, workflows when they land) is one
+The graph (:func:`op_graph`) is in :func:`digest` through :func:`graph_of`
+(``RunState`` does not hold it). Adding a primitive (workflows when it lands) is one
 function ``op_<name>(w: Workload) -> None`` making one commit through ``w.db``
 plus its entry in :data:`OPS` and, if its state is not part of
 ``RunState``, a line in :func:`digest`.
@@ -141,7 +142,7 @@ def op_docs(w: Workload) -> None:
         w.db.docs.increment(rid, "ctx", "count")
     elif r < 0.5:
         w.db.docs.append(rid, "ctx", "log", n)
-    elif r < 0.65:
+    elif r < 0.68:
         w.db.docs.merge(rid, "ctx", {"user": {"seen": n, "pad": "x" * w.rng.randrange(100)}})
     elif r < 0.75:  # RFC 6902 needs a document to add a member to
         if w.db.docs.get(rid, "ctx") is None:
@@ -153,6 +154,47 @@ def op_docs(w: Workload) -> None:
             tx.docs.increment(rid, "ctx", "count")
             tx.docs.append(rid, "ctx", "log", n)
             tx.kv.put(rid, "doc-txn", n)
+
+
+_RELATIONS = ("about", "part_of")
+
+
+def op_graph(w: Workload) -> None:
+    """Graph writes on ids the workload chooses (``g0`` .. ``g4``, and ``t<n>`` in transactions): add or update a node, add (or
+    re-weight) and remove an edge, delete a node (cascading to its edges), and a transaction adding a
+    node with edges to it and a kv write; every call makes one commit or none (a refused or no-op call)."""
+    _, rid = w.run()
+    g = w.db.graph
+    n = w.next()
+    a, b = f"g{w.rng.randrange(5)}", f"g{w.rng.randrange(5)}"
+    rel = w.rng.choice(_RELATIONS)
+    r = w.rng.random()
+    have_a, have_b = g.get_node(rid, a) is not None, g.get_node(rid, b) is not None
+    if r < 0.25 or not have_a:
+        if have_a:
+            g.update_node(rid, a, f"memory {n} " + "y" * w.rng.randrange(60), metadata={"n": n})
+        else:
+            g.add_node(rid, f"memory {n}", kind=w.rng.choice((None, "fact", "episode")), metadata={"n": n}, id=a)
+    elif r < 0.6:
+        if have_b:
+            g.add_edge(rid, a, rel, b, weight=w.rng.choice((0.5, 1.0, 2.0)), metadata={"n": n})
+        else:
+            g.add_node(rid, f"memory {n}", metadata={"n": n}, id=b)
+    elif r < 0.68:
+        if not g.remove_edge(rid, a, rel, b):
+            g.update_node(rid, a, metadata={"touched": n})
+    elif r < 0.75:
+        g.delete_node(rid, a)  # and every edge into or out of it, in the same commit
+    else:
+        with w.db.transaction() as tx:
+            fresh = f"t{n}"
+            tx.graph.add_node(rid, f"memory {n} in a transaction", kind="fact", id=fresh)
+            tx.graph.add_edge(rid, fresh, rel, a, weight=float(n % 3))
+            if have_b:
+                tx.graph.add_edge(rid, b, rel, fresh)
+            if w.rng.random() < 0.3:
+                tx.graph.delete_node(rid, a)  # cascades, including the edge just added
+            tx.kv.put(rid, "graph-txn", n)
 
 
 def op_txn(w: Workload) -> None:
@@ -169,7 +211,7 @@ def op_txn(w: Workload) -> None:
 OPS: dict[str, tuple[Callable[[Workload], None], int]] = {
     "begin": (op_begin, 1), "end": (op_end, 1), "fork": (op_fork, 1), "kv": (op_kv, 6), "events": (op_events, 4),
     "state": (op_state, 3), "traces": (op_traces, 2), "vectors": (op_vectors, 3), "txn": (op_txn, 3),
-    "docs": (op_docs, 3),
+    "docs": (op_docs, 3), "graph": (op_graph, 4),
 }
 
 
@@ -221,6 +263,21 @@ def _vectors(cols: Any) -> Any:
             for c, v in cols.items()}
 
 
+def graph_of(db: Database, run: str) -> tuple[Any, Any]:
+    """The run's graph without wall-clock times: nodes ``(id, kind, content, content_hash, metadata)`` in id
+    order, and out-edges ``(source, relation, target, weight, metadata)`` in key order (read through the
+    public API, so an out-edge without its in-edge key makes the in-edge lists differ: checked here too)."""
+    nodes = db.graph.nodes(run)
+    edges = []
+    for n in nodes:
+        out = db.graph.edges(run, n.id, direction="out")
+        edges += [(e.source, e.relation, e.target, e.weight, repr(e.metadata)) for e in out]
+    ins = sorted((e.source, e.relation, e.target) for n in nodes for e in db.graph.edges(run, n.id, direction="in"))
+    if ins != sorted(e[:3] for e in edges):
+        edges.append(("adjacency not symmetric", repr(ins)))
+    return [(n.id, n.kind, n.content, n.content_hash, repr(n.metadata)) for n in nodes], edges
+
+
 def snapshot_of(db: Database) -> dict[str, Any]:
     """Every run's state by name, without ids or wall-clock times."""
     out: dict[str, Any] = {}
@@ -230,6 +287,7 @@ def snapshot_of(db: Database) -> dict[str, Any]:
             info.status, sorted(st.kv.items()), [_event(e) for e in st.events],
             sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
             sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
+            graph_of(db, info.id),
         )
     return out
 
