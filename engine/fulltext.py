@@ -158,6 +158,13 @@ def _posting_key(base: bytes, term: str, did: bytes) -> bytes:
     return base + _POST + term.encode() + b"\x00" + did
 
 
+def _posting_value(tf: int, dl: int) -> bytes:
+    """CBOR ``[tf, dl]``: assembled directly when both fit a one-byte head (< 24), else by cbor2."""
+    if tf < 24 and dl < 24:
+        return bytes((0x82, tf, dl))
+    return encode_record([tf, dl], False)  # type: ignore[arg-type]
+
+
 def _load_doc(ctx: Context, key: bytes) -> dict[str, Any] | None:
     entry = ctx.lookup(key)
     if entry is None:
@@ -222,12 +229,12 @@ def index_doc(ctx: Context, run: str, base: bytes, doc_id: str, text: str, *, st
     old_dl = old["len"] if old else 0
     if old is not None and old_dl == dl and old_tf == tf:
         return False
-    for term in old_tf.keys() - tf.keys():
-        ctx.write(run, _posting_key(base, term, did), None)
+    writes: list[tuple[bytes, bytes | None]] = [(_posting_key(base, t, did), None) for t in old_tf.keys() - tf.keys()]
     for term, n in tf.items():
         if old_dl != dl or old_tf.get(term) != n:
-            ctx.write(run, _posting_key(base, term, did), encode_record([n, dl], False))  # type: ignore[arg-type]
-    ctx.write(run, dkey, encode_record({"len": dl, "tf": tf}, False))
+            writes.append((_posting_key(base, term, did), _posting_value(n, dl)))
+    writes.append((dkey, encode_record({"len": dl, "tf": tf}, False)))
+    ctx.write_batch(run, writes)
     ctx.merge(run, base + _STATS, _STATS_OP, (0 if old is not None else 1, dl - old_dl))
     return True
 
@@ -244,9 +251,7 @@ def unindex_doc(ctx: Context, run: str, base: bytes, doc_id: str) -> bool:
     old = _load_doc(ctx, dkey)
     if old is None:
         return False
-    for term in old["tf"]:
-        ctx.write(run, _posting_key(base, term, did), None)
-    ctx.write(run, dkey, None)
+    ctx.write_batch(run, [(_posting_key(base, term, did), None) for term in old["tf"]] + [(dkey, None)])
     ctx.merge(run, base + _STATS, _STATS_OP, (-1, -old["len"]))
     return True
 
