@@ -34,7 +34,7 @@ from .contexts import DIRECT, PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
 from .kernel import Kernel
 from . import replay as _replay
-from .replay import Commit, RunDiff, RunState
+from .replay import Commit, GraphChange, RunDiff, RunState
 from .snapshot import Progress
 from .primitives.docs import Docs
 from .primitives.graph import Graph
@@ -60,6 +60,42 @@ T = TypeVar("T")
 log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
+
+
+class GraphAPI(_AutoPrimitive):
+    """``db.graph``: the memory graph (:class:`~inmem.primitives.graph.Graph`, each call one atomic
+    step) plus :meth:`history`, its audit trail, read from the history index (the replay layer).
+
+    ``tx.graph`` has no ``history``: a transaction sees its own uncommitted writes, the audit trail
+    only committed ones — call ``db.graph.history`` (before or after the transaction).
+    """
+
+    def history(self, run: str, node: str) -> list[GraphChange]:
+        """Every committed change to ``node`` and to its edges (in and out), oldest first, with before/after.
+
+        Each :class:`~inmem.replay.GraphChange` has ``version``, ``ts`` (UTC
+        commit time), ``op`` (``"add_node"``, ``"update_node"``,
+        ``"delete_node"``, ``"add_edge"``, ``"update_edge"``,
+        ``"remove_edge"``), ``key`` (the node id, or ``(source, relation,
+        target)``) and ``before`` / ``after`` (:class:`~inmem.Node` or
+        :class:`~inmem.Edge`; ``None``: absent). ``delete_node``'s cascade
+        shows as its ``remove_edge`` changes at the same version. A node that
+        never existed has an empty history; a deleted node keeps its history.
+        Read from the same history index as :meth:`Database.history` (no
+        second log); a fork's history starts with its first commit (the copy,
+        as ``add_node``/``add_edge``).
+
+        Complexity: O(the run's commits and bytes), one positioned read per
+        commit of the run, independent of the database's total history.
+
+        :raises InvalidArgument: ``node`` is not a non-empty str.
+        :raises RunNotFound: no such run.
+        :raises HistoryUnavailable: part of the run's history was deleted by retention.
+        """
+        return _replay.graph_history(self._kernel, run, node)
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), "history"]
 
 
 class Database:
@@ -225,7 +261,7 @@ class Database:
                                       DIRECT["vectors"], self._autocommit)
         make_docs = functools.partial(Docs, models={})  # model classes by import path, shared by db and tx
         self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
-        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"])  # type: ignore[assignment]
+        self.graph = GraphAPI(kernel, Graph, READS["graph"])  # type: ignore[assignment]
         self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": Graph}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
