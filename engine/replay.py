@@ -2,8 +2,9 @@
 
 This module owns the read-side views of one run (:class:`RunState`,
 :class:`Commit`, :class:`RunDiff`) and the algorithms behind
-``db.history``, ``db.replay_run``, ``db.run_state``, ``db.diff_runs`` and
-``db.fork_run``. Positions of a run's commit records come from
+``db.history``, ``db.replay_run``, ``db.run_state``, ``db.diff_runs``,
+``db.fork_run`` and the memory graph's audit trail ``db.graph.history``
+(:class:`GraphState`, :class:`GraphDiff`, :class:`GraphChange`). Positions of a run's commit records come from
 :mod:`inmem.history`; commits go through the database's commit path.
 
 Invariant (determinism): a run's state is a pure function of its commit
