@@ -62,13 +62,22 @@ log = logging.getLogger("inmem")
 MiB = 1024 * 1024
 
 
-class GraphAPI(_AutoPrimitive):
+class GraphAPI:
     """``db.graph``: the memory graph (:class:`~inmem.primitives.graph.Graph`, each call one atomic
-    step) plus :meth:`history`, its audit trail, read from the history index (the replay layer).
+    step, delegated as it is) plus :meth:`history`, its audit trail, read from the history index by
+    the replay layer (the ``Graph`` primitive lives below it).
 
     ``tx.graph`` has no ``history``: a transaction sees its own uncommitted writes, the audit trail
     only committed ones — call ``db.graph.history`` (before or after the transaction).
     """
+
+    def __init__(self, kernel: Kernel, graph: Any):
+        self._kernel = kernel
+        self._graph = graph  # the autocommit wrapper of Graph
+        self.__doc__ = graph.__doc__
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
 
     def history(self, run: str, node: str) -> list[GraphChange]:
         """Every committed change to ``node`` and to its edges (in and out), oldest first, with before/after.
@@ -95,7 +104,10 @@ class GraphAPI(_AutoPrimitive):
         return _replay.graph_history(self._kernel, run, node)
 
     def __dir__(self) -> list[str]:
-        return [*super().__dir__(), "history"]
+        return sorted({*dir(self._graph), "history"})
+
+    def __repr__(self) -> str:
+        return repr(self._graph)
 
 
 class Database:
@@ -261,11 +273,12 @@ class Database:
                                       DIRECT["vectors"], self._autocommit)
         make_docs = functools.partial(Docs, models={})  # model classes by import path, shared by db and tx
         self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
-        self.graph = GraphAPI(kernel, Graph, READS["graph"])  # type: ignore[assignment]
+        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"])  # type: ignore[assignment]
         self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": Graph}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))
+        self.graph = GraphAPI(kernel, self.graph)  # type: ignore[assignment]  # + the audit trail (replay layer)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.
         ref = weakref.ref(self)
