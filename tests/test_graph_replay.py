@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from inmem import Database, Edge, InvalidArgument, Node, RunNotFound, fulltext
 from inmem.keys import TAG_GRAPH, run_prefix
+from inmem.primitives.graph import Graph
 from inmem.replay import GraphChange, GraphState
 from inmem.testing import kernel
 
@@ -297,3 +298,22 @@ def test_text_index_keys_are_not_nodes_but_are_forked(db, run):
     with db.transaction() as tx:
         assert [d for d, _ in fulltext.search(tx, fbase, "fox")] == ["a"]
         assert fulltext.check_index(tx, fbase) == []
+
+
+def test_search_works_in_a_fork_and_at_a_past_version(db, run):
+    if not hasattr(Graph, "search"):
+        pytest.skip("db.graph.search is not in this checkout yet")
+    db.graph.add_node(run, "the quick brown fox", id="fox")
+    db.graph.add_node(run, "a lazy dog", id="dog")
+    at = version(db)
+    db.graph.delete_node(run, "dog")
+    fork = db.fork_run(run, name="alt")
+    db.graph.add_node(fork, "the fox den", id="den")
+    assert {h.node.id for h in db.graph.search(fork, "fox")} == {"fox", "den"}
+    assert [h.node.id for h in db.graph.search(run, "fox")] == ["fox"]  # the parent is untouched
+    old = db.fork_run(run, at_version=at)  # the index as it was at `at`, copied with the nodes
+    assert [h.node.id for h in db.graph.search(old, "dog")] == ["dog"]
+    for r in (run, fork, old):
+        assert db.replay_run(r) == db.run_state(r) and db.graph.check(r)["problems"] == []  # postings too
+    assert db.diff_runs(run, old).graph.nodes.removed == {}
+    assert set(db.diff_runs(run, old).graph.nodes.added) == {"dog"}
