@@ -100,6 +100,8 @@ class GraphAPI:
         :raises InvalidArgument: ``node`` is not a non-empty str.
         :raises RunNotFound: no such run.
         :raises HistoryUnavailable: part of the run's history was deleted by retention.
+        :raises CorruptionError: a history record fails its checksum, or a record of the node or
+            its edges does not decode (``inmem verify`` names it).
         """
         return _replay.graph_history(self._kernel, run, node)
 

@@ -194,6 +194,7 @@ def _collections_data(vectors: dict[str, Any]) -> dict[str, Any]:
 
 #: User-key prefix (after the tag) of the graph's full-text index: derived state, not nodes or edges.
 GRAPH_INDEX_PREFIX = b"x\x00"
+_IN_MARKER = b"i\x00"  # user-key prefix of the in-edge markers
 
 
 @dataclass(frozen=True, eq=False)
@@ -540,16 +541,17 @@ def graph_entry(run: str, user: bytes, value: bytes) -> Node | Edge | None:
 
     :raises CorruptionError: a key or record not of the form SPEC.md §2 "Memory graph" gives.
     """
-    if user.startswith(GRAPH_INDEX_PREFIX):
+    head = user[:2]
+    if head == _IN_MARKER or head == GRAPH_INDEX_PREFIX:  # derived: checked by `inmem verify` (graph.check)
         return None
     parts = edge_key_parts(user)
     if parts is None:
         raise CorruptionError(f"run {run}: malformed graph key {user[:80]!r}")
     kind, a, relation, b = parts
-    if kind == "i":
-        return None
     if kind == "n":
         n = node_from_record(a, value)
+        if n.metadata is None:
+            return n
         return Node(n.id, n.kind, n.content, n.content_hash, deep_freeze(n.metadata), n.created_us, n.updated_us)
     r = decode_value(value)
     if (not isinstance(r, dict) or not isinstance(r.get("weight"), (int, float)) or type(r.get("created_us")) is not int

@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inmem import Database, Edge, InvalidArgument, Node, RunNotFound, fulltext
+from inmem import CorruptionError, Database, Edge, InvalidArgument, Node, RunNotFound, fulltext
+from inmem.codec import encode_value
 from inmem.keys import TAG_GRAPH, run_prefix
 from inmem.primitives.graph import Graph
 from inmem.replay import GraphChange, GraphState
-from inmem.testing import kernel
+from inmem.testing import kernel, overwrite_value
 
 
 @pytest.fixture
@@ -277,6 +278,21 @@ def test_graph_history_errors_fork_and_read_only(db, dbdir, run):
     db.close()
     with Database.open(dbdir, read_only=True) as ro:
         assert [c.op for c in ro.graph.history(fork, "a")] == ["add_node", "update_node"]
+
+
+def test_a_damaged_graph_record_is_corruption_not_a_wrong_state(db, run):
+    db.graph.add_node(run, "x", id="a")
+    db.graph.add_node(run, "y", id="b")
+    db.graph.add_edge(run, "a", "r", "b")
+    base = run_prefix(kernel(db).registry.check(run, write=False), TAG_GRAPH)
+    good = db.run_state(run)
+    overwrite_value(db, base + b"o\x00a\x00r\x00b", encode_value({"weight": "heavy"}))
+    with pytest.raises(CorruptionError, match="graph edge 'a' -'r'-> 'b' is not an edge record"):
+        db.run_state(run)
+    assert db.replay_run(run) == good  # the history is intact: replay rebuilds the right state
+    overwrite_value(db, base + b"o\x00a\x00r\x00b", encode_value({"weight": 1.0, "metadata": None,
+                                                                  "created_us": 1, "updated_us": 1}))
+    assert set(db.run_state(run).graph.edges) == {("a", "r", "b")}
 
 
 # --- the graph's full-text index: derived, not shown, but forked ----------------------------------------
