@@ -34,7 +34,7 @@ from .contexts import DIRECT, PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
 from .kernel import Kernel
 from . import replay as _replay
-from .replay import Commit, RunDiff, RunState
+from .replay import Commit, GraphChange, RunDiff, RunState
 from .snapshot import Progress
 from .primitives.docs import Docs
 from .primitives.graph import Graph
@@ -61,6 +61,56 @@ T = TypeVar("T")
 log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
+
+
+class GraphAPI:
+    """``db.graph``: the memory graph (:class:`~inmem.primitives.graph.Graph`, each call one atomic
+    step, delegated as it is) plus :meth:`history`, its audit trail, read from the history index by
+    the replay layer (the ``Graph`` primitive lives below it).
+
+    ``tx.graph`` has no ``history``: a transaction sees its own uncommitted writes, the audit trail
+    only committed ones — call ``db.graph.history`` (before or after the transaction).
+    """
+
+    def __init__(self, kernel: Kernel, graph: Any):
+        self._kernel = kernel
+        self._graph = graph  # the autocommit wrapper of Graph
+        self.__doc__ = graph.__doc__
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+    def history(self, run: str, node: str) -> list[GraphChange]:
+        """Every committed change to ``node`` and to its edges (in and out), oldest first, with before/after.
+
+        Each :class:`~inmem.replay.GraphChange` has ``version``, ``ts`` (UTC
+        commit time), ``op`` (``"add_node"``, ``"update_node"``,
+        ``"delete_node"``, ``"add_edge"``, ``"update_edge"``,
+        ``"remove_edge"``), ``key`` (the node id, or ``(source, relation,
+        target)``) and ``before`` / ``after`` (:class:`~inmem.Node` or
+        :class:`~inmem.Edge`; ``None``: absent). ``delete_node``'s cascade
+        shows as its ``remove_edge`` changes at the same version. A node that
+        never existed has an empty history; a deleted node keeps its history.
+        Read from the same history index as :meth:`Database.history` (no
+        second log); a fork's history starts with its first commit (the copy,
+        as ``add_node``/``add_edge``).
+
+        Complexity: O(the run's commits and bytes), one positioned read per
+        commit of the run, independent of the database's total history.
+
+        :raises InvalidArgument: ``node`` is not a non-empty str.
+        :raises RunNotFound: no such run.
+        :raises HistoryUnavailable: part of the run's history was deleted by retention.
+        :raises CorruptionError: a history record fails its checksum, or a record of the node or
+            its edges does not decode (``inmem verify`` names it).
+        """
+        return _replay.graph_history(self._kernel, run, node)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*dir(self._graph), "history"})
+
+    def __repr__(self) -> str:
+        return repr(self._graph)
 
 
 class Database:
@@ -248,6 +298,7 @@ class Database:
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
                                         progress=progress, retention=index, loaded=rec.report.get("snapshot"))
+        self.graph = GraphAPI(kernel, self.graph)  # type: ignore[assignment]  # + the audit trail (replay layer)
         self._sweeper = None if read_only or sweep_interval_s is None else SweepThread(kernel, sweep_interval_s)
         # A handle left open at interpreter exit is closed (flushed and fsynced), as
         # Python files are; the weak reference keeps atexit from holding it alive.

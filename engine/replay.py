@@ -2,8 +2,9 @@
 
 This module owns the read-side views of one run (:class:`RunState`,
 :class:`Commit`, :class:`RunDiff`) and the algorithms behind
-``db.history``, ``db.replay_run``, ``db.run_state``, ``db.diff_runs`` and
-``db.fork_run``. Positions of a run's commit records come from
+``db.history``, ``db.replay_run``, ``db.run_state``, ``db.diff_runs``,
+``db.fork_run`` and the memory graph's audit trail ``db.graph.history``
+(:class:`GraphState`, :class:`GraphDiff`, :class:`GraphChange`). Positions of a run's commit records come from
 :mod:`inmem.history`; commits go through the database's commit path.
 
 Invariant (determinism): a run's state is a pure function of its commit
@@ -49,10 +50,12 @@ from .keys import (
 from .jsondoc import MISSING, json_copy
 from .primitives.docs import DOC_SUFFIX, copied_record, doc_from_record, doc_key_parts, path_changes
 from .primitives.events import Event, event_from_record
+from .primitives.graph import Edge, Node, edge_key_parts, node_from_record
 from .primitives.state import State, state_from_record
 from .primitives.traces import Trace, trace_from_record
 
-__all__ = ["Changes", "Commit", "EventsDiff", "Op", "RunDiff", "RunState", "StoredVector", "vector_key"]
+__all__ = ["Changes", "Commit", "EventsDiff", "GraphChange", "GraphDiff", "GraphState", "Op", "RunDiff", "RunState",
+           "StoredVector", "vector_key"]
 
 #: Name of each primitive tag, as ``Op.primitive`` reports it.
 PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
@@ -189,6 +192,47 @@ def _collections_data(vectors: dict[str, Any]) -> dict[str, Any]:
             for name, c in vectors.items()}
 
 
+#: User-key prefix (after the tag) of the graph's full-text index: derived state, not nodes or edges.
+GRAPH_INDEX_PREFIX = b"x\x00"
+_IN_MARKER = b"i\x00"  # user-key prefix of the in-edge markers
+
+
+@dataclass(frozen=True, eq=False)
+class GraphState:
+    """A run's memory graph as plain read-only data: ``nodes``: id -> :class:`~inmem.Node`;
+    ``edges``: ``(source, relation, target)`` -> :class:`~inmem.Edge` (both in key order, metadata
+    deeply read-only). The in-edge markers and the full-text index are derived and not shown.
+    ``==`` compares every field (times included) as data; ``len()`` is the number of nodes."""
+
+    nodes: dict[str, Node] = field(default_factory=lambda: FrozenDict())
+    edges: dict[tuple[str, str, str], Edge] = field(default_factory=lambda: FrozenDict())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.edges)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GraphState):
+            return NotImplemented
+        return _canon(_graph_data(self)) == _canon(_graph_data(other))
+
+
+def _node_data(n: Node) -> tuple[Any, ...]:
+    return (n.id, n.kind, n.content, n.content_hash, n.metadata, n.created_us, n.updated_us)
+
+
+def _edge_data(e: Edge) -> tuple[Any, ...]:
+    return (e.source, e.relation, e.target, e.weight, e.metadata, e.created_us, e.updated_us)
+
+
+def _graph_data(g: GraphState) -> list[Any]:
+    return [[_node_data(n) for n in g.nodes.values()], [_edge_data(e) for e in g.edges.values()]]
+
+
 @dataclass(frozen=True, eq=False)
 class RunState:
     """One run's state at one point of its history: read-only and comparable with ``==``.
@@ -201,7 +245,8 @@ class RunState:
     "index", "embedder", "vectors"}`` with ``"vectors"``: vector id ->
     :class:`StoredVector` (collections and ids in name order; ``dim`` etc. are
     ``None`` only if the collection record is missing, which only damage
-    does: ``inmem verify`` reports it); ``version``: commit version of the
+    does: ``inmem verify`` reports it); ``graph``: the memory graph, a
+    :class:`GraphState` (``.nodes``, ``.edges``); ``version``: commit version of the
     last commit of the run the state includes (0: none). Two states are equal
     when all of these are. Everything is read-only.
     """
@@ -214,6 +259,7 @@ class RunState:
     traces: list[Trace]
     vectors: dict[str, dict[str, Any]] = field(default_factory=lambda: FrozenDict())
     docs: dict[str, Any] = field(default_factory=lambda: FrozenDict())
+    graph: GraphState = field(default_factory=GraphState)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -227,7 +273,7 @@ class RunState:
     def _data(self) -> bytes:
         return _canon([dict(self.kv), [_event_data(e) for e in self.events],
                        {k: _state_data(v) for k, v in self.states.items()}, [_trace_data(t) for t in self.traces],
-                       _collections_data(self.vectors), dict(self.docs)])
+                       _collections_data(self.vectors), dict(self.docs), _graph_data(self.graph)])
 
 
 @dataclass(frozen=True)
@@ -240,7 +286,12 @@ class Op:
     name) there is one op per document operation: ``kind`` is the operation (``"set"``,
     ``"merge"``, ``"append"``, ``"increment"``, ``"toggle"``, ``"delete"``, ``"patch"``, or
     ``"define"`` for a schema definition) and ``value`` its arguments (``{"path": [...], ...}``, as
-    SPEC.md §2 "Documents" records them); a whole document deleted is ``("delete", {"path": []})``."""
+    SPEC.md §2 "Documents" records them); a whole document deleted is ``("delete", {"path": []})``.
+    For ``"graph"`` there is one op per node or edge change (the in-edge markers and the full-text
+    index the same commit writes are not ops): ``kind`` is ``"add_node"``, ``"update_node"``,
+    ``"delete_node"`` (key: the node id), ``"add_edge"``, ``"update_edge"`` or ``"remove_edge"``
+    (key: ``(source, relation, target)``); ``value`` is the :class:`~inmem.Node` /
+    :class:`~inmem.Edge` written, ``None`` for a delete or remove."""
 
     primitive: str
     key: Any
@@ -290,6 +341,39 @@ class EventsDiff:
 
 
 @dataclass(frozen=True)
+class GraphDiff:
+    """Differences of the memory graph between run A and run B: ``nodes`` (:class:`Changes` keyed by
+    node id, :class:`~inmem.Node` values) and ``edges`` (keyed by ``(source, relation, target)``,
+    :class:`~inmem.Edge` values). Nodes are compared by kind, content and metadata, edges by weight
+    and metadata — not by their times (a fork copies them unchanged anyway)."""
+
+    nodes: Changes = field(default_factory=lambda: Changes({}, {}, {}))
+    edges: Changes = field(default_factory=lambda: Changes({}, {}, {}))
+
+    def __bool__(self) -> bool:
+        return bool(self.nodes or self.edges)
+
+
+@dataclass(frozen=True)
+class GraphChange:
+    """One change to a node or to one of its edges, as ``db.graph.history`` lists it.
+
+    ``version`` and ``ts`` (UTC) of the commit; ``op`` (``"add_node"``,
+    ``"update_node"``, ``"delete_node"``, ``"add_edge"``, ``"update_edge"``,
+    ``"remove_edge"``); ``key``: the node id, or ``(source, relation,
+    target)`` for an edge; ``before`` / ``after``: the :class:`~inmem.Node` or
+    :class:`~inmem.Edge` before and after the commit (``None``: absent).
+    """
+
+    version: int
+    ts: _dt.datetime
+    op: str
+    key: Any
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
 class RunDiff:
     """What differs between run ``a`` at ``version_a`` and run ``b`` at ``version_b``.
 
@@ -301,7 +385,8 @@ class RunDiff:
     values (compared by components, metadata and text, not ``updated_at``),
     and by ``(collection, None)`` for a collection's parameters (a dict of
     ``dim``, ``metric``, ``index``, ``embedder``); ``events`` is an
-    :class:`EventsDiff`. ``str(diff)`` is a git-like summary.
+    :class:`EventsDiff`; ``graph`` is a :class:`GraphDiff` (nodes and edges).
+    ``str(diff)`` is a git-like summary.
     """
 
     a: str
@@ -314,10 +399,12 @@ class RunDiff:
     traces: Changes
     vectors: Changes = field(default_factory=lambda: Changes({}, {}, {}))
     docs: Changes = field(default_factory=lambda: Changes({}, {}, {}))
+    graph: GraphDiff = field(default_factory=GraphDiff)
 
     def is_empty(self) -> bool:
         """True if the two states are the same in every primitive."""
-        return not (self.kv or self.events or self.states or self.traces or self.vectors or self.docs)
+        return not (self.kv or self.events or self.states or self.traces or self.vectors or self.docs
+                    or self.graph)
 
     def __str__(self) -> str:
         out = [f"--- run {self.a} @ version {self.version_a}", f"+++ run {self.b} @ version {self.version_b}"]
@@ -327,7 +414,9 @@ class RunDiff:
         for name, changes, show, label in (("kv", self.kv, _short, str), ("state", self.states, _show_state, str),
                                            ("traces", self.traces, _show_trace, str),
                                            ("vectors", self.vectors, _show_vector, vector_label),
-                                           ("docs", self.docs, _short, _doc_label)):
+                                           ("docs", self.docs, _short, _doc_label),
+                                           ("graph nodes", self.graph.nodes, show_graph, str),
+                                           ("graph edges", self.graph.edges, show_graph, edge_label)):
             if not changes:
                 continue
             out.append(f"{name}: {len(changes.added)} added, {len(changes.removed)} removed, "
@@ -372,6 +461,21 @@ def vector_label(key: tuple[str, str | None]) -> str:
     return f"{collection} (collection)" if id is None else f"{collection}/{id}"
 
 
+def edge_label(key: tuple[str, str, str]) -> str:
+    """``source -relation-> target``: how a diff or the history prints an edge key."""
+    source, relation, target = key
+    return f"{source} -{relation}-> {target}"
+
+
+def show_graph(value: Any) -> str:
+    """One node (``[kind] content {metadata}``) or edge (``weight w {metadata}``) on one line."""
+    meta = "" if value.metadata is None else f" {_short(dict(value.metadata), 40)}"
+    if isinstance(value, Node):
+        kind = "" if value.kind is None else f"[{value.kind}] "
+        return f"{kind}{_short(value.content, 48)}{meta}"
+    return f"weight {value.weight:g}{meta}"
+
+
 def _show_vector(value: Any) -> str:
     if not isinstance(value, StoredVector):  # a collection's parameters
         return ", ".join(f"{k}={value[k]!r}" for k in COLLECTION_FIELDS)
@@ -392,10 +496,18 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
     traces: list[Trace] = []
     vectors: dict[str, dict[str, Any]] = {}
     docs: dict[str, Any] = {}
+    nodes: dict[str, Node] = {}
+    edges: dict[tuple[str, str, str], Edge] = {}
     for key, value in items:
         tag = key[_RUN_RANGE]
         user = key[TAGGED_PREFIX_LEN:]
-        if tag == TAG_VECTOR:
+        if tag == TAG_GRAPH:
+            entry = graph_entry(run, user, value)
+            if isinstance(entry, Node):
+                nodes[entry.id] = entry
+            elif entry is not None:
+                edges[(entry.source, entry.relation, entry.target)] = entry
+        elif tag == TAG_VECTOR:
             _add_vector(run, vectors, user, value)
         elif tag == TAG_DOC:
             parts = doc_key_parts(user)
@@ -419,7 +531,33 @@ def build_state(run: str, version: int, items: Iterable[tuple[bytes, bytes]]) ->
     for c in vectors.values():
         c["vectors"] = FrozenDict(c["vectors"])
     return RunState(run, version, FrozenDict(kv), FrozenList(events), FrozenDict(states), FrozenList(traces),
-                    FrozenDict({name: FrozenDict(c) for name, c in vectors.items()}), FrozenDict(docs))
+                    FrozenDict({name: FrozenDict(c) for name, c in vectors.items()}), FrozenDict(docs),
+                    GraphState(FrozenDict(nodes), FrozenDict(edges)))
+
+
+def graph_entry(run: str, user: bytes, value: bytes) -> Node | Edge | None:
+    """The :class:`~inmem.Node` or :class:`~inmem.Edge` a graph record holds (metadata deeply read-only);
+    ``None`` for an in-edge marker or a key of the graph's full-text index (derived state).
+
+    :raises CorruptionError: a key or record not of the form SPEC.md §2 "Memory graph" gives.
+    """
+    head = user[:2]
+    if head == _IN_MARKER or head == GRAPH_INDEX_PREFIX:  # derived: checked by `inmem verify` (graph.check)
+        return None
+    parts = edge_key_parts(user)
+    if parts is None:
+        raise CorruptionError(f"run {run}: malformed graph key {user[:80]!r}")
+    kind, a, relation, b = parts
+    if kind == "n":
+        n = node_from_record(a, value)
+        if n.metadata is None:
+            return n
+        return Node(n.id, n.kind, n.content, n.content_hash, deep_freeze(n.metadata), n.created_us, n.updated_us)
+    r = decode_value(value)
+    if (not isinstance(r, dict) or not isinstance(r.get("weight"), (int, float)) or type(r.get("created_us")) is not int
+            or type(r.get("updated_us")) is not int):
+        raise CorruptionError(f"run {run}: graph edge {a!r} -{relation!r}-> {b!r} is not an edge record")
+    return Edge(a, relation, b, r["weight"], deep_freeze(r.get("metadata")), r["created_us"], r["updated_us"])
 
 
 def vector_key(user: bytes) -> tuple[str, str | None]:
@@ -534,11 +672,78 @@ def history(kernel: Kernel, run: str) -> list[Commit]:
     """See :meth:`inmem.database.Database.history`."""
     rid, lsns = _complete_lsns(kernel, run, None)
     out: list[Commit] = []
+    present: dict[bytes, Node | Edge] = {}  # the graph's nodes and edges so far: add or update, and before
     for version, ts_us, writes in kernel.history.read(lsns, kernel.wal.write_through):
-        ops = tuple(op for k, v in writes if run_id_of(k) == rid
-                    for op in (_doc_ops(k[TAGGED_PREFIX_LEN:], v) if k[_RUN_RANGE] == TAG_DOC else (_op(k, v),)))
+        ops: list[Op] = []
+        for k, v in writes:
+            if run_id_of(k) != rid:
+                continue
+            tag = k[_RUN_RANGE]
+            if tag == TAG_DOC:
+                ops += _doc_ops(k[TAGGED_PREFIX_LEN:], v)
+            elif tag == TAG_GRAPH:
+                ops += _graph_ops(run, present, k[TAGGED_PREFIX_LEN:], v)
+            else:
+                ops.append(_op(k, v))
         runs = tuple(dict.fromkeys(str(uuid.UUID(bytes=run_id_of(k))) for k, _ in writes))
-        out.append(Commit(version, utc_from_us(ts_us), ops, runs))
+        out.append(Commit(version, utc_from_us(ts_us), tuple(ops), runs))
+    return out
+
+
+_GRAPH_OP_NAMES = {"n": ("add_node", "update_node", "delete_node"), "o": ("add_edge", "update_edge", "remove_edge")}
+
+
+def _graph_change(run: str, present: dict[bytes, Node | Edge], user: bytes, parts: tuple[str, str, str, str],
+                  value: bytes | None) -> tuple[str, Any, Any, Any]:
+    """``(op, key, before, after)`` of one node or edge write; ``present`` (user key -> entry) is updated."""
+    kind = parts[0]
+    key: Any = parts[1] if kind == "n" else parts[1:]
+    add, update, delete = _GRAPH_OP_NAMES[kind]
+    before = present.get(user)
+    if value is None:
+        present.pop(user, None)
+        return delete, key, before, None
+    after = graph_entry(run, user, value)
+    assert after is not None  # an "n" or "o" key
+    present[user] = after
+    return (add if before is None else update), key, before, after
+
+
+def _graph_ops(run: str, present: dict[bytes, Node | Edge], user: bytes, value: bytes | None) -> list[Op]:
+    """One graph write as history ops (see :class:`Op`): none for an in-edge marker or the text index."""
+    if user.startswith(GRAPH_INDEX_PREFIX):
+        return []
+    parts = edge_key_parts(user)
+    if parts is not None and parts[0] == "i":
+        return []
+    try:
+        if parts is None:
+            raise CorruptionError(f"run {run}: malformed graph key {user[:80]!r}")
+        op, key, _before, after = _graph_change(run, present, user, parts, value)
+    except CorruptionError:  # damage: shown as it is, `inmem verify` names it
+        return [Op("graph", user, "delete" if value is None else "put", None if value is None else decode_value(value))]
+    return [Op("graph", key, op, after)]
+
+
+def graph_history(kernel: Kernel, run: str, node: str) -> list[GraphChange]:
+    """See :meth:`inmem.database.GraphAPI.history`: every change to ``node`` and its edges, oldest first."""
+    if not isinstance(node, str) or not node:
+        raise InvalidArgument(f"node must be a non-empty str id; got {node!r}")
+    rid, lsns = _complete_lsns(kernel, run, None)
+    present: dict[bytes, Node | Edge] = {}  # only the node's own record and its edges
+    out: list[GraphChange] = []
+    for version, ts_us, writes in kernel.history.read(lsns, kernel.wal.write_through):
+        for k, v in writes:
+            if k[_RUN_RANGE] != TAG_GRAPH or run_id_of(k) != rid:
+                continue
+            user = k[TAGGED_PREFIX_LEN:]
+            if user.startswith(GRAPH_INDEX_PREFIX):
+                continue
+            parts = edge_key_parts(user)
+            if parts is None or parts[0] == "i" or node not in (parts[1], parts[3]):
+                continue  # ("n", id, "", ""): parts[3] is never a node id
+            op, key, before, after = _graph_change(run, present, user, parts, v)
+            out.append(GraphChange(version, utc_from_us(ts_us), op, key, before, after))
     return out
 
 
@@ -606,7 +811,41 @@ def diff(kernel: Kernel, a: str, b: str, at_a: int | None = None, at_b: int | No
         vectors=_changes(ta[TAG_VECTOR], tb[TAG_VECTOR], vector_key, lambda u, v: _vector_entry(a, u, v),
                          _vector_differs, lambda u, v: _vector_entry(b, u, v)),
         docs=_docs_changes(a, b, ta[TAG_DOC], tb[TAG_DOC]),
+        graph=_graph_diff(a, b, ta[TAG_GRAPH], tb[TAG_GRAPH]),
     )
+
+
+def _graph_diff(a: str, b: str, ga: dict[bytes, bytes], gb: dict[bytes, bytes]) -> GraphDiff:
+    """Nodes and edges compared record by record; markers and the text index (derived) are skipped."""
+    def split(table: dict[bytes, bytes]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        nodes, edges = {}, {}
+        for u, v in table.items():
+            if u.startswith(b"n\x00"):
+                nodes[u] = v
+            elif u.startswith(b"o\x00"):
+                edges[u] = v
+        return nodes, edges
+
+    (na, ea), (nb, eb) = split(ga), split(gb)
+
+    def key(u: bytes) -> Any:
+        parts = edge_key_parts(u)
+        if parts is None:
+            raise CorruptionError(f"malformed graph key {u[:80]!r}")
+        return parts[1] if parts[0] == "n" else parts[1:]
+
+    return GraphDiff(
+        nodes=_changes(na, nb, key, lambda u, v: graph_entry(a, u, v), _graph_differs,
+                       lambda u, v: graph_entry(b, u, v)),
+        edges=_changes(ea, eb, key, lambda u, v: graph_entry(a, u, v), _graph_differs,
+                       lambda u, v: graph_entry(b, u, v)))
+
+
+def _graph_differs(x: Any, y: Any) -> bool:
+    """Kind, content and metadata of a node; weight and metadata of an edge (not the times)."""
+    if isinstance(x, Node):
+        return _canon(_node_data(x)[1:5]) != _canon(_node_data(y)[1:5])
+    return _canon(_edge_data(x)[3:5]) != _canon(_edge_data(y)[3:5])
 
 
 def _docs_changes(a: str, b: str, da: dict[bytes, bytes], db: dict[bytes, bytes]) -> Changes:
@@ -654,7 +893,7 @@ def _vector_differs(x: Any, y: Any) -> bool:
 def _by_tag(raw: dict[bytes, bytes]) -> dict[int, dict[bytes, bytes]]:
     """Split a run's ``store key -> bytes`` into ``tag -> {user key bytes: value bytes}`` (key order kept)."""
     out: dict[int, dict[bytes, bytes]] = {TAG_KV: {}, TAG_EVENT: {}, TAG_STATE: {}, TAG_TRACE: {}, TAG_VECTOR: {},
-                                          TAG_DOC: {}}
+                                          TAG_DOC: {}, TAG_GRAPH: {}}
     for key in sorted(raw):
         table = out.get(key[_RUN_RANGE])
         if table is not None:

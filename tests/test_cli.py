@@ -192,7 +192,7 @@ def test_show_sections(base):
     # the child trace is drawn under its parent
     assert out.index("take task 7") < out.index("read the abstract")
     only = {"--kv": "kv (", "--events": "events (", "--state": "states (", "--traces": "traces (",
-            "--vectors": "vectors (", "--docs": "docs ("}
+            "--vectors": "vectors (", "--docs": "docs (", "--graph": "graph ("}
     for flag, title in only.items():
         out = run("show", path, ids["a"], flag).stdout
         for other_title in only.values():
@@ -635,3 +635,49 @@ def test_show_history_replay_and_diff_with_documents(tmp_path):
     assert d["docs"]["removed"] == {"ctx:user.name": "Ada"} and d["docs"]["changed"] == {"ctx:items": [[1], [1, 2]]}
     verify = run_json("verify", path)
     assert verify["ok"] is True and verify["docs"] == 2
+
+
+# --- the memory graph ------------------------------------------------------------------------------
+
+
+def test_show_history_replay_and_diff_with_the_graph(tmp_path):
+    path = str(tmp_path / "db")
+    with Database.open(path, durability="strict") as db:
+        r = db.begin_run("memory")
+        db.graph.add_node(r, "Ada wrote the first program", id="ada", kind="person", metadata={"born": 1815})
+        db.graph.add_node(r, "the Analytical Engine", id="engine", kind="machine")
+        db.graph.add_edge(r, "ada", "wrote_for", "engine", weight=0.9)
+        mid = db.stats()["commit_version"]
+        fork = db.fork_run(r, name="alt")
+        db.graph.update_node(fork, "ada", metadata={"died": 1852})
+        db.graph.add_node(fork, "Babbage", id="babbage")
+        db.graph.add_edge(fork, "babbage", "designed", "engine")
+        db.graph.delete_node(fork, "ada")
+    out = run("show", path, r, "--graph").stdout
+    for word in ("graph (2 node(s), 1 edge(s))", "nodes (2)", "edges (1)", "Ada wrote the first program", "person",
+                 "wrote_for", "0.9", "{'born': 1815}"):
+        assert word in out, word
+    assert "kv (" not in out and "docs (" not in out
+    doc = run_json("show", path, r, "--graph")["graph"]
+    assert set(doc["nodes"]) == {"ada", "engine"} and doc["nodes"]["ada"]["metadata"] == {"born": 1815}
+    assert [(e["source"], e["relation"], e["target"], e["weight"]) for e in doc["edges"]] == [
+        ("ada", "wrote_for", "engine", 0.9)]
+    out = run("history", path, fork).stdout
+    for word in ("graph ada update_node", "graph babbage -designed-> engine add_edge",
+                 "graph ada -wrote_for-> engine remove_edge", "graph ada delete_node"):
+        assert word in out, word
+    hist = run_json("history", path, r)
+    assert [(o["key"], o["kind"]) for c in hist for o in c["ops"] if o["primitive"] == "graph"] == [
+        ("ada", "add_node"), ("engine", "add_node"), (["ada", "wrote_for", "engine"], "add_edge")]
+    assert hist[1]["ops"][0]["value"]["content"] == "Ada wrote the first program"
+    rep = run_json("replay", path, fork, "--graph")
+    assert rep["equals_live"] is True and set(rep["graph"]["nodes"]) == {"engine", "babbage"}
+    assert set(run_json("replay", path, r, "--at", mid - 1, "--graph")["graph"]["nodes"]) == {"ada", "engine"}
+    assert run_json("replay", path, r, "--at", mid - 1, "--graph")["graph"]["edges"] == []
+    out = run("diff", path, r, fork).stdout
+    assert "graph nodes: 1 added, 1 removed, 0 changed" in out and "graph edges: 1 added, 1 removed, 0 changed" in out
+    assert "+ graph edges babbage -designed-> engine: weight 1" in out and "- graph nodes ada: [person]" in out
+    d = run_json("diff", path, r, fork)
+    assert set(d["graph"]["nodes"]["added"]) == {"babbage"} and set(d["graph"]["nodes"]["removed"]) == {"ada"}
+    assert list(d["graph"]["edges"]["added"]) == ["babbage -designed-> engine"] and d["empty"] is False
+    assert run_json("diff", path, r, r, "--at-a", mid)["empty"] is True

@@ -61,9 +61,9 @@ def _version_option(name: str, help_text: str) -> Callable[[Any], Any]:
     return click.option(name, type=click.IntRange(min=0), default=None, metavar="VERSION", help=help_text)
 
 
-def _sections(kv: bool, events: bool, state: bool, traces: bool, vectors: bool, docs: bool = False
-              ) -> tuple[str, ...]:
-    chosen = tuple(name for name, on in zip(SECTIONS, (kv, events, state, traces, vectors, docs)) if on)
+def _sections(kv: bool, events: bool, state: bool, traces: bool, vectors: bool, docs: bool = False,
+              graph: bool = False) -> tuple[str, ...]:
+    chosen = tuple(name for name, on in zip(SECTIONS, (kv, events, state, traces, vectors, docs, graph)) if on)
     return chosen or SECTIONS
 
 
@@ -72,6 +72,7 @@ def _section_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                                       ("--state", "state", "the state machines"),
                                       ("--traces", "traces", "the traces (as a tree)"),
                                       ("--vectors", "vectors", "the vector collections (a table each)"),
-                                      ("--docs", "docs", "the JSON documents (with their paths' values)"))):
+                                      ("--docs", "docs", "the JSON documents (with their paths' values)"),
+                                      ("--graph", "graph", "the memory graph (a table of nodes, one of edges)"))):
         fn = click.option(flag, name, is_flag=True, help=f"Show {what}. No section flag: all sections.")(fn)
     return fn

@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from ..replay import Op, vector_label
+from ..replay import Op, edge_label, vector_label
 from .app import CONTEXT, DIR, JSON, RUN, _section_options, _sections, _version_option, cli
 from .guard import _guard
 from .open import _open
@@ -32,7 +32,8 @@ def history(directory: str, run: str, as_json: bool) -> None:
     READ-ONLY. Each row: commit version, UTC time, and the run's ops in it as
     `primitive key kind` (e.g. `kv plan put`, `vectors mem/doc-1 put`,
     `vectors mem (collection) put`, `docs ctx increment metrics.count`: one
-    row per document operation, with its path); a commit that also touched other runs (a
+    row per document operation, with its path; `graph n1 add_node`,
+    `graph n1 -cites-> n2 remove_edge`: one row per node or edge change); a commit that also touched other runs (a
     cross-run transaction) lists them. --json includes the values.
 
     \b
@@ -71,6 +72,8 @@ def _op_key(op: Op) -> str:
         return ""
     if op.primitive == "vectors" and isinstance(op.key, tuple):
         return _short(vector_label(op.key), 80)
+    if op.primitive == "graph" and isinstance(op.key, tuple):
+        return _short(edge_label(op.key), 120)
 
     return _short(op.key, 80)
 
@@ -83,7 +86,7 @@ def _op_key(op: Op) -> str:
 @JSON
 @_guard
 def replay(directory: str, run: str, at: int | None, kv: bool, events: bool, state: bool, traces: bool,
-           vectors: bool, docs: bool, as_json: bool) -> None:
+           vectors: bool, docs: bool, graph: bool, as_json: bool) -> None:
     """Rebuild a run from its WAL history alone, optionally as it was at a past version.
 
     READ-ONLY. Prints the replayed state like `show` and whether it equals the
@@ -95,8 +98,9 @@ def replay(directory: str, run: str, at: int | None, kv: bool, events: bool, sta
       inmem replay ./state RUN
       inmem replay ./state RUN --at 42 --kv
       inmem replay ./state RUN --at 42 --vectors
+      inmem replay ./state RUN --at 42 --graph
     """
-    sections = _sections(kv, events, state, traces, vectors, docs)
+    sections = _sections(kv, events, state, traces, vectors, docs, graph)
     with _open(directory, show_progress=not as_json) as db:
         info_ = db.runs.get(run)
         replayed = db.replay_run(run, at_version=at)
@@ -131,7 +135,8 @@ def diff(directory: str, a: str, b: str, at_a: int | None, at_b: int | None, as_
     """Compare two runs (or one run at two versions), git-style.
 
     READ-ONLY. `+` is in B only, `-` in A only, `~` changed; events show
-    where the two logs diverge. Exit status 0 whether or not they differ.
+    where the two logs diverge; graph nodes and edges (`a -rel-> b`) are
+    compared by content, kind, metadata and weight. Exit status 0 whether or not they differ.
 
     \b
     Example:

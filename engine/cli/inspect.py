@@ -166,13 +166,14 @@ def runs(directory: str, status: str | None, tag: str | None, parent: str | None
 @JSON
 @_guard
 def show(directory: str, run: str, kv: bool, events: bool, state: bool, traces: bool, vectors: bool,
-         docs: bool, as_json: bool) -> None:
-    """Show a run: its record and its current KV, events, states, traces, vectors and documents.
+         docs: bool, graph: bool, as_json: bool) -> None:
+    """Show a run: its record and its current KV, events, states, traces, vectors, documents and graph.
 
     READ-ONLY. With no section flag every section is shown; traces are drawn
     as a tree of parent and child steps; vectors as a table per collection
     (id, first components, norm, metadata, text; --json: every component);
-    documents as indented JSON.
+    documents as indented JSON; the memory graph as a table of nodes and
+    one of edges (--json: {"nodes": {id: node}, "edges": [edge, ...]}).
 
     \b
     Example:
@@ -181,8 +182,9 @@ def show(directory: str, run: str, kv: bool, events: bool, state: bool, traces: 
       inmem show ./state RUN --kv --json
       inmem show ./state RUN --vectors
       inmem show ./state RUN --docs --json
+      inmem show ./state RUN --graph
     """
-    sections = _sections(kv, events, state, traces, vectors, docs)
+    sections = _sections(kv, events, state, traces, vectors, docs, graph)
     with _open(directory, show_progress=not as_json) as db:
         info_ = db.runs.get(run)
         current = db.run_state(run)

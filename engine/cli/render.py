@@ -22,13 +22,15 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ..replay import RunDiff, RunState, StoredVector, vector_label
+from ..replay import GraphState, RunDiff, RunState, StoredVector, edge_label, vector_label
 
-SECTIONS = ("kv", "events", "states", "traces", "vectors", "docs")
+SECTIONS = ("kv", "events", "states", "traces", "vectors", "docs", "graph")
 #: Characters of one document drawn in a terminal (``--json`` has it all).
 MAX_DOC_CHARS = 4000
 #: Rows of one vector collection drawn in a terminal (``--json`` has them all).
 MAX_VECTOR_ROWS = 50
+#: Rows of the graph's node table and of its edge table drawn in a terminal (``--json`` has them all).
+MAX_GRAPH_ROWS = 100
 
 
 def _console() -> Console:
@@ -127,8 +129,13 @@ def _torn(torn: Any) -> str:
 def _state_doc(state: RunState, sections: tuple[str, ...]) -> dict[str, Any]:
     doc: dict[str, Any] = {"version": state.version}
     for name in sections:
-        doc[name] = getattr(state, name)
+        doc[name] = _graph_doc(state.graph) if name == "graph" else getattr(state, name)
     return doc
+
+
+def _graph_doc(graph: GraphState) -> dict[str, Any]:
+    """``{"nodes": {id: node}, "edges": [edge, ...]}``: edges as a list (their key is a triple)."""
+    return {"nodes": plain(graph.nodes), "edges": [plain(e) for e in graph.edges.values()]}
 
 
 def _vector_head(v: StoredVector, n: int = 4) -> str:
@@ -233,6 +240,34 @@ def _render_state(out: Console, state: RunState, sections: tuple[str, ...]) -> N
         _render_vectors(out, state.vectors)
     if "docs" in sections:
         _render_docs(out, state.docs)
+    if "graph" in sections:
+        _render_graph(out, state.graph)
+
+
+def _render_graph(out: Console, graph: GraphState) -> None:
+    out.print(Text(f"graph ({len(graph.nodes)} node(s), {len(graph.edges)} edge(s))", style="italic"))
+    table = Table(title=f"nodes ({len(graph.nodes)})", title_justify="left")
+    for name in ("id", "kind", "content", "metadata", "updated (UTC)"):
+        table.add_column(name, overflow="fold", no_wrap=name == "updated (UTC)")
+    for i, n in enumerate(graph.nodes.values()):
+        if i == MAX_GRAPH_ROWS:
+            table.add_row(Text(f"… {len(graph.nodes) - i} more (--json lists them all)", style="dim"), "", "", "", "")
+            break
+        table.add_row(Text(n.id), Text(n.kind or ""), Text(_short(n.content, 160)),
+                      Text("" if n.metadata is None else _short(dict(n.metadata), 120)), _time(n.updated_at))
+    out.print(table)
+    table = Table(title=f"edges ({len(graph.edges)})", title_justify="left")
+    for name in ("source", "relation", "target", "weight", "metadata", "updated (UTC)"):
+        table.add_column(name, overflow="fold", no_wrap=name == "updated (UTC)", justify="right" if name == "weight"
+                         else "left")
+    for i, e in enumerate(graph.edges.values()):
+        if i == MAX_GRAPH_ROWS:
+            table.add_row(Text(f"… {len(graph.edges) - i} more (--json lists them all)", style="dim"), "", "", "",
+                          "", "")
+            break
+        table.add_row(Text(e.source), Text(e.relation), Text(e.target), f"{e.weight:g}",
+                      Text("" if e.metadata is None else _short(dict(e.metadata), 120)), _time(e.updated_at))
+    out.print(table)
 
 
 def _render_docs(out: Console, docs: Mapping[str, Any]) -> None:
@@ -265,6 +300,8 @@ def _diff_doc(d: RunDiff) -> dict[str, Any]:
         doc["vectors"][part] = {vector_label(k): plain(v) for k, v in getattr(d.vectors, part).items()}
         doc["docs"][part] = {(f"{k[0]}:{k[1]}" if k[1] else k[0]): plain(v)  # (name, path) as "name:path"
                              for k, v in getattr(d.docs, part).items()}
+        # (source, relation, target) as "source -relation-> target"
+        doc["graph"]["edges"][part] = {edge_label(k): plain(v) for k, v in getattr(d.graph.edges, part).items()}
     doc["empty"] = d.is_empty()
     return doc  # type: ignore[no-any-return]
 
