@@ -202,8 +202,8 @@ class Database:
             ``inmem.embeddings.HashingEmbedder(dim=256)``. Not stored.
         :param fs: file-system seam (default: the real disk).
         :param clock: ``clock() -> float``, now in seconds since the Unix epoch (default
-            ``time.time``): what a value's time to live (``kv.put(..., ttl=)``) is judged by. Tests
-            inject one to expire values without sleeping.
+            ``time.time``): what a value's time to live (``kv.put(..., ttl=)``) is judged by, and the
+            time stamped on each commit. Tests inject one to expire values without sleeping.
         :param sweep_interval_s: the background sweeper deletes expired values every this many
             seconds (default 60; ``None``: only :meth:`sweep` does). Expired values are invisible
             to reads either way; sweeping frees their space and records when they went.

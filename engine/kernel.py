@@ -45,7 +45,6 @@ so in the docstrings (WAL, LSN, segment).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -309,7 +308,7 @@ class Kernel:
         wal = self.wal
         lsn = wal.next_lsn
         version = self._version + 1
-        ts_us = time.time_ns() // 1000
+        ts_us = self.clock()  # the database clock: commit times and times to live agree
         versions = self._versions
         if len(writes) == 1 and writes[0][1] is not None:  # one put: the kv.put hot path
             key, value = writes[0]

@@ -32,10 +32,12 @@ import cbor2
 
 from .codec import decode_value, utc_from_us
 from .errors import CorruptionError, InvalidArgument, InvalidValue
+from .expiry import EXPIRING_HEAD, unwrap
 from .kernel import Kernel, LockedView
 from .keys import (
     TAG_DOC,
     TAG_EVENT,
+    TAG_EXPIRY,
     TAG_GRAPH,
     TAG_KV,
     TAG_RUN,
@@ -58,6 +60,7 @@ __all__ = ["Changes", "Commit", "EventsDiff", "GraphChange", "GraphDiff", "Graph
            "StoredVector", "vector_key"]
 
 #: Name of each primitive tag, as ``Op.primitive`` reports it.
+_EXPIRING3 = EXPIRING_HEAD[:3]  # the first bytes of a KV value with a time to live
 PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
                    TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph"}
 #: The parameters of a vector collection a :class:`RunState` shows (its record's fields but ``created_us``).
@@ -638,6 +641,8 @@ def _op(key: bytes, value: bytes | None) -> Op:
             k = user  # damage: shown as it is, `inmem verify` names it
     else:
         k = None
+    if value is not None and tag == TAG_KV:
+        value = unwrap(value)[2]  # a value with a time to live shows as the value
     return Op(PRIMITIVE_NAMES.get(tag, str(tag)), k, "delete" if value is None else "put",
               None if value is None else decode_value(value))
 
@@ -683,7 +688,7 @@ def history(kernel: Kernel, run: str) -> list[Commit]:
                 ops += _doc_ops(k[TAGGED_PREFIX_LEN:], v)
             elif tag == TAG_GRAPH:
                 ops += _graph_ops(run, present, k[TAGGED_PREFIX_LEN:], v)
-            else:
+            elif tag != TAG_EXPIRY:  # the expiry index is bookkeeping: the kv op it serves shows
                 ops.append(_op(k, v))
         runs = tuple(dict.fromkeys(str(uuid.UUID(bytes=run_id_of(k))) for k, _ in writes))
         out.append(Commit(version, utc_from_us(ts_us), tuple(ops), runs))
@@ -747,12 +752,16 @@ def graph_history(kernel: Kernel, run: str, node: str) -> list[GraphChange]:
     return out
 
 
-def _raw_replay(kernel: Kernel, run: str, at_version: int | None) -> tuple[int, dict[bytes, bytes]]:
-    """The run's (last commit version, store key -> value bytes) rebuilt from its history up to ``at_version``."""
+def _raw_replay(kernel: Kernel, run: str, at_version: int | None, *,
+                raw: bool = False) -> tuple[int, dict[bytes, bytes]]:
+    """The run's (last commit version, store key -> value bytes) rebuilt from its history up to
+    ``at_version``, as :func:`visible` at that moment: values with a time to live judged by the
+    database clock now (``at_version=None``) or by that last commit's time (an earlier version);
+    ``raw``: the stored bytes as they are (what a fork copies)."""
     rid, lsns = _complete_lsns(kernel, run, at_version)
     state: dict[bytes, bytes] = {}
-    last = 0
-    for version, _ts, writes in kernel.history.read(lsns, kernel.wal.write_through):
+    last = last_ts = 0
+    for version, last_ts, writes in kernel.history.read(lsns, kernel.wal.write_through):
         for key, value in writes:
             if run_id_of(key) != rid:
                 continue
@@ -761,7 +770,26 @@ def _raw_replay(kernel: Kernel, run: str, at_version: int | None) -> tuple[int, 
             else:
                 state[key] = value
         last = version
-    return last, state
+    if raw:
+        return last, state
+    return last, visible(state, kernel.clock() if at_version is None else last_ts)
+
+
+def visible(raw: dict[bytes, bytes], now_us: int) -> dict[bytes, bytes]:
+    """``raw`` (store key -> bytes) as reads see it at ``now_us``: the expiry index left out, each KV
+    value with a time to live unwrapped to its value's bytes, or left out once expired (SPEC.md §2
+    "Time to live"). O(entries)."""
+    out: dict[bytes, bytes] = {}
+    for key, value in raw.items():
+        tag = key[_RUN_RANGE]
+        if tag == TAG_EXPIRY:
+            continue
+        if tag == TAG_KV and value[:3] == _EXPIRING3:
+            expires, _, value = unwrap(value)
+            if expires is not None and expires <= now_us:
+                continue
+        out[key] = value
+    return out
 
 
 def _raw_live(kernel: Kernel, run: str) -> tuple[int, dict[bytes, bytes]]:
@@ -772,7 +800,7 @@ def _raw_live(kernel: Kernel, run: str) -> tuple[int, dict[bytes, bytes]]:
     version = kernel.history.last_lsn(rid, at)
     if not version:  # history gone: the newest entry is the best lower bound there is
         version = max((e[0] for _, e in items), default=0)
-    return version, {k: e[1] for k, e in items}
+    return version, visible({k: e[1] for k, e in items}, kernel.clock())
 
 
 def replay(kernel: Kernel, run: str, at_version: int | None = None) -> RunState:
@@ -947,7 +975,7 @@ def fork(kernel: Kernel, run: str, at_version: int | None, name: str | None, tag
         name = parent["name"]
     replayed: dict[bytes, bytes] | None = None
     if at_version is not None:
-        _v, replayed = _raw_replay(kernel, run, at_version)
+        _v, replayed = _raw_replay(kernel, run, at_version, raw=True)  # times to live copied as they are
     new_run, record_key, record = registry.prepare_begin(name, run, tags, None)
     new_base = run_prefix(run_id_of(record_key))
 

@@ -238,3 +238,21 @@ def test_kv_with_expiry_matches_a_model(tmp_path_factory, ops):
                 assert db.sweep() == due
                 model = {k: v for k, v in model.items() if live(k)}
             assert dict(db.kv.scan(run)) == {k: v[0] for k, v in model.items() if live(k)}
+
+
+def test_replay_history_fork_and_diff_see_values_not_wrappers(db, run, clock):
+    db.kv.put(run, "k", {"a": 1}, ttl=10)
+    db.kv.put(run, "p", 2)
+    v_put = db.history(run)[-1].version
+    assert [(op.primitive, op.key, op.kind, op.value) for c in db.history(run) for op in c.ops
+            if op.primitive != "run"] == [
+        ("kv", "k", "put", {"a": 1}), ("kv", "p", "put", 2)]  # the expiry index entry is no op of its own
+    assert db.run_state(run).kv == {"k": {"a": 1}, "p": 2} and db.replay_run(run) == db.run_state(run)
+    fork = db.fork_run(run)
+    assert db.diff_runs(run, fork).is_empty()
+    clock.t += 20
+    assert db.run_state(run).kv == {"p": 2} and db.replay_run(run) == db.run_state(run)
+    assert db.replay_run(run, at_version=v_put).kv == {"k": {"a": 1}, "p": 2}  # as it was at that commit
+    assert db.run_state(fork).kv == {"p": 2}  # the fork copied the expiry as it was
+    assert db.sweep() == 2  # one in each run
+    assert [(op.primitive, op.key, op.kind) for op in db.history(fork)[-1].ops] == [("kv", "k", "delete")]
