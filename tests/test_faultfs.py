@@ -14,10 +14,12 @@ import errno
 import os
 import random
 import shutil
+import threading
 
 import pytest
 
 from inmem import Database, DatabasePoisoned
+from inmem.testing import kernel
 from tools.faultfs import CrashPoint, FaultFS, abandon
 
 N_PUTS = 6
@@ -326,3 +328,34 @@ def test_batched_close_whose_final_flush_fails_raises(tmp_path):
     with Database.open(root + ".cut") as again:  # the lock was released; a prefix survives
         got = dict(again.kv.scan(run))
         assert got == {f"k{i}": i for i in range(len(got))}
+
+
+def test_batched_close_after_an_unreported_background_failure_raises(tmp_path):
+    """Found by crashsim (seed 5, kind enospc): the flusher's write failed *between* the last commit and
+    close(), so no caller had heard of it, and close() — seeing the writer already poisoned — returned
+    as if all were on disk. A poisoning nobody was told of is raised by close(); once told, close is quiet."""
+    root = str(tmp_path / "d")
+    fs = FaultFS(root, real_sync=False)
+    db = Database.open(root, fs=fs, durability="batched", flush_interval_ms=1)
+    run = db.begin_run("r")
+    db.sync()
+    fs.fail("write", 1, path_contains=".log")
+    db.kv.put(run, "k", 1)  # acknowledged; the flusher's write of it fails in the background
+    deadline = threading.Event()
+    for _ in range(10_000):  # wait for the flusher's round, not for a fixed time
+        if kernel(db).poisoned:
+            break
+        deadline.wait(0.001)
+    assert kernel(db).poisoned
+    with pytest.raises(DatabasePoisoned):
+        db.close()
+    db.close()  # idempotent, quiet
+
+    told = str(tmp_path / "e")
+    fs2 = FaultFS(told, real_sync=False)
+    db2 = Database.open(told, fs=fs2, durability="strict")
+    run2 = db2.begin_run("r")
+    fs2.fail("sync", 1, path_contains=".log")
+    with pytest.raises(DatabasePoisoned):
+        db2.kv.put(run2, "k", 1)  # the caller is told here
+    db2.close()  # and close does not raise it again

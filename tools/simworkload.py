@@ -95,6 +95,27 @@ def op_kv(w: Workload) -> None:
         w.db.kv.put(rid, key, {"n": w.next(), "pad": "x" * w.rng.randrange(200)})
 
 
+def op_ttl(w: Workload) -> None:
+    """KV with a time to live (long enough never to expire during a simulation, so the digest does not
+    depend on the clock): a put with ``ttl``, a lease refresh (a commit), a plain put over an expiring
+    value, or a sweep (nothing is due: no commit)."""
+    _, rid = w.run()
+    key = f"t{w.rng.randrange(6)}"
+    r = w.rng.random()
+    if r < 0.55:
+        w.db.kv.put(rid, key, {"n": w.next()}, ttl=TTL_S)
+    elif r < 0.75:
+        w.db.kv.get(rid, key, refresh_ttl=True)
+    elif r < 0.9:
+        w.db.kv.put(rid, key, {"plain": w.next()})
+    else:
+        w.db.sweep()
+
+
+#: The time to live of the simulation's expiring values, in seconds (11.6 days: none expires during a run).
+TTL_S = 1_000_000
+
+
 def op_events(w: Workload) -> None:
     _, rid = w.run()
     w.db.events.append(rid, w.rng.choice(("tool_call", "observation", "thought")), {"n": w.next()})
@@ -211,7 +232,7 @@ def op_txn(w: Workload) -> None:
 OPS: dict[str, tuple[Callable[[Workload], None], int]] = {
     "begin": (op_begin, 1), "end": (op_end, 1), "fork": (op_fork, 1), "kv": (op_kv, 6), "events": (op_events, 4),
     "state": (op_state, 3), "traces": (op_traces, 2), "vectors": (op_vectors, 3), "txn": (op_txn, 3),
-    "docs": (op_docs, 3), "graph": (op_graph, 4),
+    "docs": (op_docs, 3), "graph": (op_graph, 4), "ttl": (op_ttl, 2),
 }
 
 

@@ -143,6 +143,7 @@ class WalWriter:
         self._sync_wanted = 0  # highest LSN a waiting thread needs fsynced: the next leader fsyncs too
         self._wake = threading.Condition(threading.Lock())
         self._poisoned: BaseException | None = None
+        self._poison_reported = False  # a caller has been raised DatabasePoisoned (see poison_error)
         self._closed = False
 
         #: LSN the next appended frame must carry. Read and advanced under the commit lock.
@@ -391,6 +392,10 @@ class WalWriter:
                       exc)
 
     def poison_error(self) -> DatabasePoisoned:
+        """The error to raise for the poisoning; raised in a caller's thread (not one of inmem's
+        background ``inmem-*`` threads), it counts as reported: :meth:`close` then does not raise it again."""
+        if not threading.current_thread().name.startswith("inmem-"):
+            self._poison_reported = True
         return DatabasePoisoned(
             f"an earlier write or fsync in the database directory failed ({self._poisoned}); "
             "writes are refused. "
@@ -462,12 +467,13 @@ class WalWriter:
 
         Idempotent. On a poisoned writer the pending bytes are discarded.
 
-        :raises DatabasePoisoned: the final write or fsync failed (this call's, or the ``batched``
-            flusher's last round, which it runs on close); not if the writer was poisoned before.
+        :raises DatabasePoisoned: the writer is poisoned and no caller has been told yet (this call's
+            final write or fsync failed, or a background one did: the ``batched`` flusher's, a
+            background snapshot's); not again once a call raised it.
         """
         if self._closed:
             return
-        poisoned_before = self._poisoned is not None
+        reported_before = self._poison_reported
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -476,9 +482,11 @@ class WalWriter:
         try:
             if self._poisoned is None:
                 self.sync()
-            elif not poisoned_before:
-                # the flusher's final write or fsync failed just now: acknowledged batched commits are
-                # not on disk, and the caller must hear it (found by crashsim, seed 41, kind eio)
+            elif not reported_before:
+                # a background write or fsync failed (the flusher's final round, or an earlier one
+                # nobody has heard of yet): acknowledged batched commits are not on disk, and the
+                # caller must hear it (found by crashsim: seed 41 kind eio; seed 5 kind enospc, where
+                # the flusher failed between the last commit and close)
                 raise self.poison_error() from self._poisoned
         finally:
             with self._io_cond:
