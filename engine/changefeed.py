@@ -171,6 +171,7 @@ class Watch:
         self._reader = kernel.commit_reader()
         self._read_lock = threading.Lock()  # held while the reader is in use; close() takes it to close it
         self.overflows = 0
+        self._run_names: dict[bytes, str] = {}  # run id bytes -> its text form, decoded once
         try:
             if from_version is not None:
                 start = max(from_version, 1)
@@ -219,11 +220,13 @@ class Watch:
         self._next = version + 1
         rid, tag, prefix = self._rid, self._tag, self._prefix
         ts: _dt.datetime | None = None
-        runs: dict[bytes, str] = {}
+        names = self._run_names
+        append = self._pending.append
         for key, value in writes:
             if len(key) < TAGGED_PREFIX_LEN or key[0] != NS_RUN:
                 continue
-            if rid is not None and key[1:TAGGED_PREFIX_LEN - 1] != rid:
+            r = key[1:_TAG]
+            if rid is not None and r != rid:
                 continue
             if tag is not None and key[_TAG] != tag:
                 continue
@@ -231,11 +234,12 @@ class Watch:
                 continue
             if ts is None:
                 ts = utc_from_us(ts_us)
-            r = key[1:TAGGED_PREFIX_LEN - 1]
-            run = runs.get(r)
+            run = names.get(r)
             if run is None:
-                run = runs[r] = str(uuid.UUID(bytes=r))
-            self._pending.append(_decode(key, value, run, ts, version))
+                if len(names) > 4096:
+                    names.clear()
+                run = names[r] = str(uuid.UUID(bytes=r))
+            append(_decode(key, value, run, ts, version))
 
     def _step(self) -> bool:
         """Move the cursor over at least one commit if one is available; False if none is yet."""
@@ -245,7 +249,12 @@ class Watch:
             buf.popleft()  # a duplicate of what the WAL already gave
         if buf and buf[0][0] == nxt:
             self._settle(buf[-1][0])
-            self._deliver(*buf.popleft())
+            for _ in range(len(buf)):  # every contiguous buffered commit, in one step
+                item = buf[0]
+                if item[0] != self._next:
+                    break
+                buf.popleft()
+                self._deliver(*item)
             return True
         with self._read_lock:
             if self._closed:
