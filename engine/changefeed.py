@@ -20,6 +20,12 @@ no gap and no duplicate, at the seam between WAL replay and live commits
 included, and a full buffer only costs a WAL read (never a lost change, never a
 blocked committer). Decoding and filtering happen in the consumer's thread.
 
+Sources: the resumable feed is the shape of MongoDB change streams (resume
+after the last token seen) and of PostgreSQL logical decoding (the WAL is the
+feed, decoded per table/primitive); the listener-plus-log-fallback is the
+usual answer to a slow subscriber in log-structured systems (Kafka consumers
+read the log at their own offset; nothing is pushed that can be lost).
+
 Durability: a commit is delivered only once it survives what the durability
 mode promises (``strict``: fsynced; ``off`` / ``batched``: written to the OS,
 so it survives a process crash) — the consumer waits for that itself, joining
@@ -144,7 +150,9 @@ class Watch:
     commit may still be pending). ``overflows``: commits that did not fit the
     buffer and were (or will be) read back from the WAL.
 
-    One consumer thread at a time; ``close()`` from any thread.
+    One consumer thread at a time; ``close()`` from any thread. Close a watch
+    you no longer read (or use ``with``): until then the database keeps
+    offering it every commit (O(1) each) and it holds up to ``buffer`` of them.
     """
 
     def __init__(self, kernel: Kernel, *, run: object = None, primitive: object = None, prefix: object = None,

@@ -22,6 +22,7 @@ call, transaction, fork, begin/end/archive run)::
         wal.append(frame)                     # may raise DatabasePoisoned / DatabaseReadOnly: nothing applied
         history.add(lsn, segment, offset, writes)
         store / version chains apply(version, writes)    # now visible to readers
+        watchers / listeners(version, ...)    # derived state, the change feed: append, never block
     wal.wait(lsn)                             # strict: group fsync; off: write; batched: no wait
 
 Invariants: each commit is exactly one WAL record; commit versions rise by
