@@ -185,16 +185,19 @@ def test_the_seam_between_wal_replay_and_live_commits(dbdir):
 
 
 def test_overflow_never_blocks_committers_and_loses_nothing(dbdir):
-    with Database.open(dbdir, durability="off") as db:
+    with Database.open(dbdir, durability="off", segment_bytes=4096) as db:
         run = db.begin_run("slow")
         w = db.watch(buffer=4)
         v0 = db.stats()["commit_version"]
         for i in range(300):  # the consumer does not read: committers go on (same thread: a block would hang)
-            db.kv.put(run, f"k{i}", i)
-        assert w.overflows >= 290
-        got = _drain(w)
-        assert [c.version for c in got] == list(range(v0 + 1, v0 + 301))
-        assert [c.key for c in got] == [f"k{i}" for i in range(300)]
+            db.kv.put(run, f"k{i}", "v" * 40)
+        assert w.overflows >= 290 and db.stats()["wal_segments"] > 3  # the gap spans several segments
+        got = [w.next(timeout=0) for _ in range(150)]
+        for i in range(300, 400):  # more commits while it catches up: buffered again, then gaps again
+            db.kv.put(run, f"k{i}", "v" * 40)
+        got += _drain(w)
+        assert [c.version for c in got] == list(range(v0 + 1, v0 + 401))
+        assert [c.key for c in got] == [f"k{i}" for i in range(400)]
 
 
 def test_overflow_past_a_deleted_wal_segment_fails_loudly_with_the_version_to_resume(dbdir):
