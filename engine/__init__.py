@@ -20,6 +20,8 @@ version) → ``txn``, ``checkpoint`` → ``primitives`` → ``contexts`` →
 ``replay`` → ``database``. SPEC.md holds the formats and guarantees.
 """
 
+from .changefeed import Change, Watch
+from .channels import Subscription
 from .database import Database
 from .primitives.events import Event
 from .primitives.graph import Edge, Hit, Node
@@ -56,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChainBroken",
+    "Change",
     "Changes",
     "Commit",
     "CorruptionError",
@@ -87,11 +90,13 @@ __all__ = [
     "SnapshotInfo",
     "State",
     "StoredVector",
+    "Subscription",
     "Trace",
     "TraceNotFound",
     "Transaction",
     "TransactionClosed",
     "TransactionConflict",
     "VectorRecord",
+    "Watch",
     "__version__",
 ]

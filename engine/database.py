@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from . import native
 from .errors import InvalidArgument, TransactionConflict
 from .fs import FileLock, FileSystem, OSFileSystem, check_file_mode, open_error
+from .changefeed import DEFAULT_BUFFER, Watch
+from .channels import DEFAULT_QUEUE, Hub, Subscription
 from .checkpoint import SnapshotInfo, Checkpointer
 from .contexts import DIRECT, PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
@@ -294,6 +296,8 @@ class Database:
         self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
         make_graph = functools.partial(Graph, index=indexes)  # node vectors share the vector indexes
         self.graph = _AutoPrimitive(kernel, Graph, READS["graph"], make_graph)  # type: ignore[assignment]
+        self._hub = Hub()
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
         self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": make_graph}
         self._checkpointer = Checkpointer(kernel, every_bytes=None if read_only else snapshot_every_bytes,
                                         every_s=None if read_only else snapshot_every_s,
@@ -323,6 +327,9 @@ class Database:
             return
         self._autocommit.closed()
         atexit.unregister(self._atexit)
+        for watch in list(self._watches):
+            watch.close()
+        self._hub.close()
         try:
             if self._sweeper is not None:
                 self._sweeper.close()
@@ -578,6 +585,62 @@ class Database:
         """
         self._kernel.check_can_write()
         return self._checkpointer.take()
+
+    # --- change feed and channels --------------------------------------------------------------
+
+    def watch(self, *, run: str | None = None, primitive: str | None = None, prefix: str | bytes | None = None,
+              from_version: int | None = None, buffer: int = DEFAULT_BUFFER) -> Watch:
+        """Every committed write that matches, in commit order, each exactly once: a :class:`~inmem.Watch`
+        of :class:`~inmem.Change` ``(version, ts, run, primitive, key, op, value)`` (SPEC.md "Change feed").
+
+        :param run: only writes to this run (a run id; it need not exist yet).
+        :param primitive: only this primitive: ``"run"``, ``"kv"``, ``"events"``,
+            ``"state"``, ``"traces"``, ``"vectors"``, ``"docs"``, ``"graph"``.
+        :param prefix: only writes whose user key (the primitive's key bytes:
+            the kv key, state or document name, vector collection, ... in
+            UTF-8) starts with it.
+        :param from_version: replay from the WAL every commit with version
+            ``>= from_version`` (inclusive: to resume after the last change
+            seen, pass ``last.version + 1``), then follow live commits with no
+            gap and no duplicate. None: only commits after this call.
+        :param buffer: commits held for a slow consumer; when full, committers
+            go on unblocked and the watch reads what it missed back from the WAL.
+
+        On a read-only handle the watch follows the writer process's WAL files.
+        Differs from :meth:`subscribe`: durable, resumable, every write; a
+        channel is ephemeral and carries only what is published.
+        Cost: O(1) per commit under the commit lock per watch; decoding in the
+        consumer's thread.
+
+        :raises InvalidArgument: a bad filter, ``from_version`` not an int >= 0
+            or after the next commit, ``buffer`` not an int >= 1.
+        :raises HistoryUnavailable: ``from_version`` is older than the oldest
+            version the WAL still holds (the message names it).
+        :raises DatabaseClosed: the database is closed.
+        """
+        watch = Watch(self._kernel, run=run, primitive=primitive, prefix=prefix, from_version=from_version,
+                      buffer=buffer)
+        self._watches.add(watch)
+        return watch
+
+    def publish(self, channel: str, message: Any) -> int:
+        """Send ``message`` (any object, not copied, not stored) to the subscriptions of ``channel`` open now,
+        in this process; return how many it reached. Ephemeral: nobody listening, nobody gets it
+        (use :meth:`watch` for durable changes). O(subscribers); never blocks on a slow subscriber.
+
+        :raises InvalidArgument: ``channel`` is not a non-empty str. :raises DatabaseClosed: closed.
+        """
+        return self._hub.publish(channel, message)
+
+    def subscribe(self, *channels: str, maxsize: int = DEFAULT_QUEUE) -> Subscription:
+        """A :class:`~inmem.Subscription` to ``channels``: iterate ``(channel, message)``, ``get(timeout=)``,
+        ``close()``. Holds at most ``maxsize`` messages: when full the oldest is dropped and
+        ``subscription.dropped`` counts it.
+
+        :raises InvalidArgument: no channel or a bad one, a bad ``maxsize``. :raises DatabaseClosed: closed.
+        """
+        self._kernel.check_open()
+        return self._hub.subscribe(channels, maxsize)
 
     # --- durability and figures --------------------------------------------------------------
 

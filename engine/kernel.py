@@ -22,6 +22,7 @@ call, transaction, fork, begin/end/archive run)::
         wal.append(frame)                     # may raise DatabasePoisoned / DatabaseReadOnly: nothing applied
         history.add(lsn, segment, offset, writes)
         store / version chains apply(version, writes)    # now visible to readers
+        watchers / listeners(version, ...)    # derived state, the change feed: append, never block
     wal.wait(lsn)                             # strict: group fsync; off: write; batched: no wait
 
 Invariants: each commit is exactly one WAL record; commit versions rise by
@@ -60,10 +61,11 @@ from .registry import RunRegistry
 from .store import Entry, UnifiedStore
 from .wal import format as wal_format
 from .wal.format import commit_record_size, encode_commit_frame, encode_put_frame
+from .wal.follow import WalFollower
 from .wal.readonly import ReadOnlyWal
 from .wal.writer import WalWriter
 
-__all__ = ["Kernel", "LockedView", "ReadPoint", "Resolver", "Watcher", "Writes"]
+__all__ = ["Kernel", "Listener", "LockedView", "ReadPoint", "Resolver", "Watcher", "Writes"]
 
 T = TypeVar("T")
 
@@ -76,6 +78,8 @@ After = Callable[[int], None]
 Resolver = Callable[["Entry | None"], "bytes | None"]
 #: ``watcher(commit version, store key, value or None for a delete)``: see :meth:`Kernel.watch`.
 Watcher = Callable[[int, bytes, "bytes | None"], None]
+#: ``listener(commit version, ts_us, writes)``: see :meth:`Kernel.listen`.
+Listener = Callable[[int, int, Writes], None]
 #: Offset of the primitive tag byte in a run-scoped store key.
 TAG_OFFSET = TAGGED_PREFIX_LEN - 1
 
@@ -156,6 +160,8 @@ class Kernel:
         #: primitive tag -> ``watcher(version, key, value)``, called under the commit lock for each
         #: applied write of that tag (derived state, e.g. vector indexes, follows commits through it)
         self._watchers: dict[int, Watcher] = {}
+        #: ``listener(version, ts_us, writes)`` for every commit (the change feed): see :meth:`listen`
+        self._listeners: tuple[Listener, ...] = ()
         self._put_entry = store.put_entry  # the one-put fast path writes the sorted map directly
         # The hottest reads are attributes bound to the layer below (one call, not two):
         #: ``get(key)``: the latest committed entry of a key, ``(version, value)`` or None. Lock-free.
@@ -333,6 +339,9 @@ class Kernel:
                 watcher = watchers.get(key[TAG_OFFSET]) if len(key) > TAG_OFFSET else None
                 if watcher is not None:
                     watcher(version, key, value)
+        if self._listeners:
+            for listener in self._listeners:
+                listener(version, ts_us, writes)
         if after is not None:
             after(version)
         return lsn
@@ -409,6 +418,36 @@ class Kernel:
                 raise InvalidArgument(f"primitive tag {tag} is already watched")
             self._watchers[tag] = watcher
             return self._version
+
+    def listen(self, listener: Listener) -> int:
+        """Call ``listener(version, ts_us, writes)`` once per commit from now on, with all its writes.
+
+        Like :meth:`watch` it runs under the commit lock, in commit order,
+        after the commit is applied: CPU-only, short, never blocking, never
+        raising. Any number of listeners; costs one attribute test per commit
+        when there is none. Returns the last commit version before the first
+        call it will get. Stop with :meth:`unlisten`.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+            return self._version
+
+    def unlisten(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (no call starts after this returns). A listener not listening: no-op."""
+        with self._lock:
+            self._listeners = tuple(f for f in self._listeners if f is not listener)
+
+    def commit_reader(self) -> WalFollower:
+        """A reader of commit records by version from the WAL files: ``read(from_version, upto=, limit=)
+        -> [(version, ts_us, writes)]`` and ``oldest()`` (see :class:`~inmem.wal.follow.WalFollower`).
+
+        On a writer handle it hands buffered frames to the OS before reading
+        (pass ``upto=kernel.version``); on a read-only handle it follows the
+        writer's files as they grow. One per consumer thread; ``close()`` it.
+        """
+        wal = self.wal
+        ensure = (lambda _lsn: None) if isinstance(wal, ReadOnlyWal) else wal.write_through
+        return WalFollower(self.fs, self.path, self.identity.db_id, ensure)
 
     # --- reads at the latest version ---------------------------------------------------------
 

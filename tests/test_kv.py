@@ -35,11 +35,11 @@ MODES = ("strict", "batched", "off")
 def test_public_names_are_pinned():
     assert inmem.__all__ == sorted(inmem.__all__)
     assert set(inmem.__all__) == {
-        "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
+        "ChainBroken", "Change", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Edge", "Event", "EventsDiff", "HistoryUnavailable", "Hit", "InmemError", "InvalidArgument",
         "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "Node", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
-        "RunState", "SnapshotInfo", "State", "StoredVector", "Trace", "TraceNotFound", "Transaction",
-        "TransactionClosed", "TransactionConflict", "VectorRecord", "__version__",
+        "RunState", "SnapshotInfo", "State", "StoredVector", "Subscription", "Trace", "TraceNotFound", "Transaction",
+        "TransactionClosed", "TransactionConflict", "VectorRecord", "Watch", "__version__",
     }
     for name in inmem.__all__:
         obj = getattr(inmem, name)

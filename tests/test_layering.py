@@ -15,9 +15,9 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "engine"
 # lowest first; a module may import only modules of its own layer or below
 LAYERS = [
     {"errors"},
-    {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc", "expiry"},
+    {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc", "expiry", "channels"},
     {"fs", "wal.format", "wal.fast"},
-    {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal"},
+    {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal.follow", "wal"},
     {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
     {"recovery", "registry"},
     {"kernel"},
@@ -26,7 +26,7 @@ LAYERS = [
      "primitives.docs", "primitives.graph", "primitives.graphalgo", "primitives.graphrecords",
      "primitives.graphsearch", "primitives.expiry", "fulltext"},
     {"contexts", "vectorindex", "sweeping"},
-    {"replay"},
+    {"replay", "changefeed"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
