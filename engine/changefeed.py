@@ -46,9 +46,10 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from .codec import decode_value, utc_from_us
+from .expiry import unwrap
 from .errors import HistoryUnavailable, InvalidArgument, RunNotFound
 from .kernel import Kernel, Writes
-from .keys import NS_RUN, TAG_DOC, TAG_EVENT, TAG_GRAPH, TAG_KV, TAG_STATE, TAG_TRACE, TAG_VECTOR, \
+from .keys import NS_RUN, TAG_DOC, TAG_EVENT, TAG_EXPIRY, TAG_GRAPH, TAG_KV, TAG_STATE, TAG_TRACE, TAG_VECTOR, \
     TAGGED_PREFIX_LEN, run_id_bytes
 from .primitives.docs import doc_from_record, doc_key_parts
 from .primitives.events import event_from_record
@@ -78,8 +79,10 @@ class Change(NamedTuple):
     kv key / state name (str), event seq (int), trace id (str), ``(collection,
     id)`` for a vector (``id`` None: the collection record), document name,
     for the graph the user key split at NUL bytes (``("n", node id)``, ``("o",
-    source, relation, target)``, ``("i", target, relation, source)``), None for
-    the run record; ``op``: ``"put"`` or ``"delete"`` (``"define"`` /
+    source, relation, target)``; the in-edge markers and the full-text index
+    are bookkeeping and never delivered), None for the run record (a KV value
+    with a time to live arrives as its value; the expiry index is never
+    delivered); ``op``: ``"put"`` or ``"delete"`` (``"define"`` /
     ``"undefine"`` for a document schema); ``value``: the decoded value written
     — an :class:`~inmem.Event`, :class:`~inmem.State`, :class:`~inmem.Trace`,
     the JSON document, else the stored record as decoded CBOR — ``None`` for a
@@ -95,6 +98,15 @@ class Change(NamedTuple):
     value: Any
 
 
+def _internal(key: bytes) -> bool:
+    """Bookkeeping a primitive keeps beside its records, never delivered: the expiry index (its KV write
+    is the change), the graph's in-edge markers (the out-edge is the change) and its full-text index."""
+    tag = key[_TAG]
+    if tag == TAG_EXPIRY:
+        return True
+    return tag == TAG_GRAPH and key[TAGGED_PREFIX_LEN:TAGGED_PREFIX_LEN + 2] in (b"i\x00", b"x\x00")
+
+
 def _decode(key: bytes, value: bytes | None, run: str, ts: _dt.datetime, version: int) -> Change:
     """The :class:`Change` of one store write (damage is shown as raw bytes, never raised)."""
     tag = key[_TAG]
@@ -104,6 +116,8 @@ def _decode(key: bytes, value: bytes | None, run: str, ts: _dt.datetime, version
     k: Any = user
     v: Any = None
     try:
+        if value is not None and tag == TAG_KV:
+            value = unwrap(value)[2]  # a value with a time to live is delivered as the value
         raw = None if value is None else decode_value(value)
         v = raw
         if tag == TAG_KV:
@@ -239,6 +253,8 @@ class Watch:
             if tag is not None and key[_TAG] != tag:
                 continue
             if prefix is not None and not key.startswith(prefix, TAGGED_PREFIX_LEN):
+                continue
+            if _internal(key):
                 continue
             if ts is None:
                 ts = utc_from_us(ts_us)

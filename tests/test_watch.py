@@ -347,3 +347,23 @@ def test_bad_arguments_raise_invalid_argument_before_anything(dbdir, kwargs):
         db.kv.put(run, "k", 1)  # nothing registered: the commit path is as before
         assert db.stats()["commit_version"] == before["commit_version"] + 1
         assert isinstance(db.watch(), Watch)
+
+
+def test_values_with_a_ttl_and_derived_keys_arrive_as_their_changes(tmp_path):
+    """A KV value with a time to live arrives as the value; the expiry index, the graph's in-edge
+    markers and its full-text index are bookkeeping, never changes of their own."""
+    from inmem import Database
+
+    with Database.open(str(tmp_path / "d"), durability="off", sweep_interval_s=None) as db:
+        run = db.begin_run("r")
+        with db.watch(run=run) as w:
+            db.kv.put(run, "lease", {"holder": "a"}, ttl=60)
+            db.graph.add_node(run, "alpha beta", id="a")
+            db.graph.add_node(run, "gamma", id="b")
+            db.graph.add_edge(run, "a", "knows", "b")
+            got = [w.next(timeout=10) for _ in range(4)]
+            assert w.next(timeout=0.05) is None
+    assert [(c.primitive, c.key, c.op) for c in got] == [
+        ("kv", "lease", "put"), ("graph", ("n", "a"), "put"), ("graph", ("n", "b"), "put"),
+        ("graph", ("o", "a", "knows", "b"), "put")]
+    assert got[0].value == {"holder": "a"}
