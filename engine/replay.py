@@ -50,7 +50,7 @@ from .keys import (
     run_prefix,
 )
 from .jsondoc import MISSING, json_copy
-from .primitives.docs import DOC_SUFFIX, copied_record, doc_from_record, doc_key_parts, path_changes
+from .primitives.docs import DOC_SUFFIX, copied_record, doc_expires_us, doc_from_record, doc_key_parts, path_changes
 from .primitives.events import Event, event_from_record
 from .primitives.graph import Edge, Node, edge_key_parts, node_from_record
 from .primitives.state import State, state_from_record
@@ -777,8 +777,8 @@ def _raw_replay(kernel: Kernel, run: str, at_version: int | None, *,
 
 def visible(raw: dict[bytes, bytes], now_us: int) -> dict[bytes, bytes]:
     """``raw`` (store key -> bytes) as reads see it at ``now_us``: the expiry index left out, each KV
-    value with a time to live unwrapped to its value's bytes, or left out once expired (SPEC.md §2
-    "Time to live"). O(entries)."""
+    value with a time to live unwrapped to its value's bytes, or left out once expired, and expired
+    documents left out (SPEC.md §2 "Time to live"). O(entries)."""
     out: dict[bytes, bytes] = {}
     for key, value in raw.items():
         tag = key[_RUN_RANGE]
@@ -786,6 +786,10 @@ def visible(raw: dict[bytes, bytes], now_us: int) -> dict[bytes, bytes]:
             continue
         if tag == TAG_KV and value[:3] == _EXPIRING3:
             expires, _, value = unwrap(value)
+            if expires is not None and expires <= now_us:
+                continue
+        elif tag == TAG_DOC and key.endswith(DOC_SUFFIX):
+            expires = doc_expires_us(value)
             if expires is not None and expires <= now_us:
                 continue
         out[key] = value

@@ -256,3 +256,69 @@ def test_replay_history_fork_and_diff_see_values_not_wrappers(db, run, clock):
     assert db.run_state(fork).kv == {"p": 2}  # the fork copied the expiry as it was
     assert db.sweep() == 2  # one in each run
     assert [(op.primitive, op.key, op.kind) for op in db.history(fork)[-1].ops] == [("kv", "k", "delete")]
+
+
+# --- documents ---------------------------------------------------------------------------------------
+
+
+def test_document_with_a_ttl_expires_whole(db, run, clock):
+    db.docs.set(run, "session", {"user": "ada", "turns": 0}, ttl=30)
+    db.docs.increment(run, "session", "turns")  # other operations keep the expiry
+    db.docs.set(run, "keep", {"x": 1})
+    assert db.docs.get(run, "session") == {"user": "ada", "turns": 1}
+    assert db.docs.names(run) == ["keep", "session"]
+    clock.t += 30
+    assert db.docs.get(run, "session") is None and db.docs.get(run, "session", "user") is None
+    assert db.docs.names(run) == ["keep"]
+    assert "session" not in db.run_state(run).docs and db.replay_run(run) == db.run_state(run)
+    db.docs.increment(run, "session", "turns")  # on an expired document: it starts afresh, without expiry
+    assert db.docs.get(run, "session") == {"turns": 1}
+    clock.t += 1000
+    assert db.docs.get(run, "session") == {"turns": 1}
+    assert db.sweep() == 0  # the index entry is stale: the record no longer carries that expiry
+
+
+def test_document_set_without_ttl_removes_the_expiry_and_sweep_deletes(db, run, clock):
+    db.docs.set(run, "a", {"v": 1}, ttl=10)
+    db.docs.set(run, "b", {"v": 2}, ttl=10)
+    db.docs.set(run, "a", {"v": 3})  # whole-document set without ttl: no expiry any more
+    clock.t += 11
+    assert db.docs.get(run, "a") == {"v": 3} and db.docs.get(run, "b") is None
+    assert db.sweep() == 1
+    last = db.history(run)[-1]
+    assert [(op.primitive, op.key) for op in last.ops] == [("docs", "b")]
+
+
+def test_document_ttl_in_a_transaction_and_conflict_free_ops(db, run, clock):
+    with db.transaction() as tx:
+        tx.docs.set(run, "d", {"n": 0}, ttl=5)
+        tx.docs.increment(run, "d", "n")
+        assert tx.docs.get(run, "d") == {"n": 1}
+    t1, t2 = db.transaction(), db.transaction()
+    t1.docs.increment(run, "d", "n")
+    t2.docs.increment(run, "d", "n")
+    t1.commit()
+    t2.commit()  # blind: no conflict, the expiry kept by both
+    assert db.docs.get(run, "d") == {"n": 3}
+    clock.t += 5
+    assert db.docs.get(run, "d") is None
+
+
+def test_document_ttl_refused_before_writing(db, dbdir, run):
+    refuse = lambda fn, err: assert_refused_unwritten(db, dbdir, fn, err)  # noqa: E731
+    refuse(lambda: db.docs.set(run, "d", {"a": 1}, ttl=0), InvalidArgument)
+    refuse(lambda: db.docs.set(run, "d", {"a": 1}, ttl=-5), InvalidArgument)
+    refuse(lambda: db.docs.set(run, "d", 1, path="a.b", ttl=5), InvalidArgument)  # whole documents only
+
+
+def test_document_ttl_survives_reopen_and_fork(dbdir, clock):
+    with Database.open(dbdir, clock=clock, sweep_interval_s=None) as db:
+        run = db.begin_run("r")
+        db.docs.set(run, "d", {"a": 1}, ttl=100)
+        fork = db.fork_run(run)
+    clock.t += 50
+    with Database.open(dbdir, clock=clock, sweep_interval_s=None) as db:
+        assert db.docs.get(run, "d") == {"a": 1} and db.docs.get(fork, "d") == {"a": 1}
+        clock.t += 50
+        assert db.docs.get(fork, "d") is None
+        assert db.sweep() == 2

@@ -23,7 +23,8 @@ Keys (SPEC.md §2)::
     run prefix | TAG_DOC | name (UTF-8) | 0x00 | 0x01   -> schema definition
 
 Values (CBOR maps): document ``{"doc": JSON value, "ops": [operation, ...],
-"updated_us": int}``; definition ``{"model": "module:QualName", "schema":
+"updated_us": int}`` plus ``"expires_us"``, ``"ttl_us"`` when it has a time to
+live (``set(..., ttl=)`` of the whole document; SPEC.md §2 "Time to live"); definition ``{"model": "module:QualName", "schema":
 JSON Schema (pydantic's), "defined_us": int}``. pydantic v2 is imported on
 first use of a schema.
 """
@@ -38,11 +39,12 @@ from typing import Any
 from ..codec import decode_value, encode_record, encode_value, now_us
 from ..errors import CorruptionError, InvalidArgument, InvalidValue
 from ..jsondoc import MISSING, apply_op, clone_json, dotted, get_at, json_copy, json_equal, make_op, parse_path
-from ..keys import TAG_DOC, name_bytes, prefix_end, run_prefix
+from ..expiry import check_ttl, expiry_entry
+from ..keys import TAG_DOC, TAG_EXPIRY, name_bytes, prefix_end, run_prefix
 from .context import Context
 
-__all__ = ["DOC_SUFFIX", "SCHEMA_SUFFIX", "DocOperator", "Docs", "MAX_NAME_BYTES", "copied_record", "doc_from_record", "doc_key_parts",
-           "model_path", "path_changes"]
+__all__ = ["DOC_SUFFIX", "SCHEMA_SUFFIX", "DocOperator", "Docs", "MAX_NAME_BYTES", "copied_record", "doc_expires_us",
+           "doc_from_record", "doc_key_parts", "model_path", "path_changes"]
 
 #: Longest document name, in bytes of UTF-8.
 MAX_NAME_BYTES = 256
@@ -64,10 +66,32 @@ def doc_key_parts(user: bytes) -> tuple[str, str] | None:
 
 def doc_from_record(value: bytes, where: str = "a document") -> Any:
     """The document a stored record holds. :raises CorruptionError: not a document record."""
+    return _record(value, where)["doc"]
+
+
+def _record(value: bytes, where: str) -> dict[str, Any]:
     record = decode_value(value)
     if not isinstance(record, dict) or "doc" not in record or not isinstance(record.get("ops"), list):
         raise CorruptionError(f"{where} is not a document record")
-    return record["doc"]
+    return record
+
+
+_EXPIRES = b"expires_us"
+
+
+def doc_expires_us(value: bytes) -> int | None:
+    """When a stored document record expires (Unix µs), or None if it has no time to live. Decodes the
+    record only if its bytes could hold the member (a substring test first): O(1) for most records."""
+    if _EXPIRES not in value:
+        return None
+    record = decode_value(value)
+    expires = record.get("expires_us") if isinstance(record, dict) else None
+    return expires if type(expires) is int else None
+
+
+def _live(value: bytes, now: Callable[[], int]) -> bool:
+    expires = doc_expires_us(value)
+    return expires is None or expires > now()
 
 
 def copied_record(value: bytes) -> bytes:
@@ -155,25 +179,49 @@ class DocOperator:
     to a copy (O(document)), so a result the model refuses changes nothing.
     """
 
-    __slots__ = ("_validate",)
+    __slots__ = ("_validate", "_now")
 
-    def __init__(self, validate: Callable[[Any], Any] | None):
+    def __init__(self, validate: Callable[[Any], Any] | None, now: Callable[[], int] = now_us):
         self._validate = validate
+        self._now = now
 
-    def start(self, value: bytes | None) -> Any:
-        return MISSING if value is None else doc_from_record(value)
+    # The state is ``(document or MISSING, (expires_us, ttl_us) or None)``: the expiry travels with the
+    # document through every operation, whichever operator instance applies the next one.
 
-    def step(self, state: Any, op: dict[str, Any]) -> Any:
+    def start(self, value: bytes | None) -> tuple[Any, tuple[int, int] | None]:
+        if value is None:
+            return MISSING, None
+        record = _record(value, "a document")
+        expires = record.get("expires_us")
+        if type(expires) is int:
+            if expires <= self._now():
+                return MISSING, None  # expired: absent, as to every read
+            return record["doc"], (expires, record.get("ttl_us", 0))
+        return record["doc"], None
+
+    def step(self, state: tuple[Any, Any], op: dict[str, Any]) -> tuple[Any, Any]:
+        doc, expiry = state
         if self._validate is None:
-            return apply_op(state, op)
-        new = apply_op(clone_json(state) if state is not MISSING else MISSING, op)
-        return new if new is MISSING else self._validate(new)
+            new = apply_op(doc, op)
+        else:
+            new = apply_op(clone_json(doc) if doc is not MISSING else MISSING, op)
+            new = new if new is MISSING else self._validate(new)
+        if op["op"] == "set" and not op["path"]:  # a whole-document set: its expiry (or none) replaces
+            expires = op.get("expires_us")
+            expiry = None if expires is None else (expires, op["ttl_us"])
+        elif new is MISSING:
+            expiry = None
+        return new, expiry
 
-    def finish(self, state: Any, ops: list[dict[str, Any]]) -> bytes | None:
-        if state is MISSING:
+    def finish(self, state: tuple[Any, Any], ops: list[dict[str, Any]]) -> bytes | None:
+        doc, expiry = state
+        if doc is MISSING:
             return None
         # every part was checked JSON-like when it came in (json_copy, make_op): no second walk
-        return encode_record({"doc": state, "ops": ops, "updated_us": now_us()}, False)
+        record = {"doc": doc, "ops": ops, "updated_us": now_us()}
+        if expiry is not None:
+            record["expires_us"], record["ttl_us"] = expiry
+        return encode_record(record, False)
 
 
 class Docs:
@@ -215,7 +263,7 @@ class Docs:
         """
         segments = parse_path(path)
         entry = self._ctx.lookup(self._base(run, name, write=False) + DOC_SUFFIX)
-        if entry is None:
+        if entry is None or not _live(entry[1], self._ctx.now_us):
             return None
         found = get_at(doc_from_record(entry[1], f"document {name!r}"), segments)
         if found is MISSING:
@@ -229,8 +277,9 @@ class Docs:
         """Names of the run's documents, in name order. O(documents + definitions)."""
         base = run_prefix(self._ctx.check_run(run, write=False), TAG_DOC)
         skip = len(base)
-        return [key[skip:-2].decode() for key, _ in self._ctx.scan(base, prefix_end(base))
-                if key.endswith(DOC_SUFFIX)]
+        now = self._ctx.now_us
+        return [key[skip:-2].decode() for key, value in self._ctx.scan(base, prefix_end(base))
+                if key.endswith(DOC_SUFFIX) and _live(value, now)]
 
     def definition(self, run: str, name: str) -> dict[str, Any] | None:
         """``{"model": "module:QualName", "schema": JSON Schema, "defined_us"}`` of a defined document, or None."""
@@ -247,7 +296,7 @@ class Docs:
         base = self._base(run, name, write=False)
         model = self._model(base, name, required=True)
         entry = self._ctx.lookup(base + DOC_SUFFIX)
-        if entry is None:
+        if entry is None or not _live(entry[1], self._ctx.now_us):
             return None
         return _validated(model, name, doc_from_record(entry[1], f"document {name!r}"), instance=True)
 
@@ -276,7 +325,7 @@ class Docs:
             raise InvalidArgument(f"model must be a pydantic v2 BaseModel subclass, got {model!r:.80}")
         base = self._base(run, name, write=True)
         entry = self._ctx.lookup(base + DOC_SUFFIX)
-        if entry is not None:
+        if entry is not None and _live(entry[1], self._ctx.now_us):
             _validated(model, name, doc_from_record(entry[1], f"document {name!r}"))
         path = model_path(model)
         definition = {"model": path, "schema": _json_schema(model), "defined_us": now_us()}
@@ -316,19 +365,39 @@ class Docs:
 
     # --- operations ----------------------------------------------------------------------------------
 
-    def _apply(self, run: str, name: str, op: dict[str, Any]) -> None:
+    def _apply(self, run: str, name: str, op: dict[str, Any], index: bytes | None = None) -> None:
         base = self._base(run, name, write=True)
         model = self._model(base, name, required=False)
         validate = None if model is None else (lambda doc: _validated(model, name, doc))
-        self._ctx.merge(run, base + DOC_SUFFIX, DocOperator(validate), op)
+        self._ctx.merge(run, base + DOC_SUFFIX, DocOperator(validate, self._ctx.now_us), op)
+        if index is not None:  # the expiry index entry of a set with a time to live, in the same commit
+            self._ctx.write(run, base[:len(base) - len(name.encode()) - 1] + bytes([TAG_EXPIRY]) + index,
+                            encode_value(None))
 
-    def set(self, run: str, name: str, value: Any, path: Any = None) -> None:
+    def set(self, run: str, name: str, value: Any, path: Any = None, *, ttl: float | None = None) -> None:
         """Replace the document (``path=None``) or the value at ``path``, creating missing objects on the way.
 
+        ``ttl`` (whole document only): seconds until the document expires, by the database clock;
+        from then it is absent to every read and operation, and the sweeper deletes it (SPEC.md §2
+        "Time to live"). A whole-document ``set`` without ``ttl`` removes an expiry; every other
+        operation keeps it.
+
         :raises InvalidValue: ``value`` is not JSON-like, or the result fails the model.
-        :raises InvalidArgument: the path runs through a scalar, or indexes past an array's end.
+        :raises InvalidArgument: the path runs through a scalar, or indexes past an array's end; a
+            ``ttl`` that is not seconds > 0, or given with a ``path``.
         """
-        self._apply(run, name, make_op("set", path, value=value))
+        op = make_op("set", path, value=value)
+        if ttl is None:
+            return self._apply(run, name, op)
+        if op["path"]:
+            raise InvalidArgument("ttl applies to a whole document: give it with path=None")
+        ttl_us = check_ttl(ttl)
+        assert ttl_us is not None
+        op["expires_us"] = expires = self._ctx.now_us() + ttl_us
+        op["ttl_us"] = ttl_us
+        key = name_bytes(name, "document", MAX_NAME_BYTES) + DOC_SUFFIX
+        self._apply(run, name, op, expiry_entry(expires, TAG_DOC, key))
+        return None
 
     def merge(self, run: str, name: str, patch: Any, path: Any = None) -> None:
         """RFC 7396 JSON Merge Patch at ``path``: objects merge recursively, a None member deletes,

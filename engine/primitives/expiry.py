@@ -6,15 +6,17 @@ the record it finds still carries the expiry its index entry names and that
 expiry has passed by the context's clock — a key rewritten since (a new
 value, a new ttl, no ttl) is left alone and only the stale index entry goes.
 Every deletion is a commit like any other, so ``db.history(run)`` shows when
-each value was swept.
+each value was swept. Expiring records: KV values (the expiring head of
+:mod:`inmem.expiry`) and document records (their ``expires_us`` member).
 """
 
 from __future__ import annotations
 
 from ..errors import CorruptionError
 from ..expiry import parse_expiry_entry, unwrap
-from ..keys import TAG_EXPIRY, prefix_end, run_prefix
+from ..keys import TAG_DOC, TAG_EXPIRY, prefix_end, run_prefix
 from .context import Context
+from .docs import doc_expires_us
 
 __all__ = ["Sweeper"]
 
@@ -47,8 +49,8 @@ class Sweeper:
             entry = self._ctx.lookup(target)
             if entry is not None:
                 try:
-                    found = unwrap(entry[1])[0]
-                except CorruptionError:
+                    found = doc_expires_us(entry[1]) if tag == TAG_DOC else unwrap(entry[1])[0]
+                except (CorruptionError, ValueError):
                     found = None
                 if found == expires:
                     writes.append((target, None))
