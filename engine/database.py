@@ -159,6 +159,7 @@ class Database:
         fs: FileSystem | None = None,
         clock: Callable[[], float] | None = None,
         sweep_interval_s: float | None = 60.0,
+        follow: bool = False,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
 
@@ -190,6 +191,12 @@ class Database:
             tail is reported in ``stats()["recovery"]["torn_tail"]`` but not
             cut, no snapshot is taken, and every write raises
             ``DatabaseReadOnly``. The directory must already be a database.
+        :param follow: with ``read_only``: take **no** lock, so the handle can sit beside a
+            writer in another process — a follower. It recovers the state as of the open (a frame
+            the writer is still writing is a torn tail: not yet there), and :meth:`watch` follows
+            the writer's WAL as it grows. The writer may compact away WAL segments the follower has
+            not read yet: a watch then raises ``HistoryUnavailable`` naming the version to resume
+            from, never skips. Reads other than ``watch`` see the state as of the open.
         :param file_mode: permission bits of the files inmem creates (segments,
             snapshots, IDENTITY, LOCK, sidecars, salvage copies); default
             ``0o600`` (owner only, as agent state is private). A database
@@ -264,7 +271,11 @@ class Database:
         index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
-        lock = _lock_directory(fs, dirpath, read_only)                        # 1. lock
+        if follow and not read_only:
+            raise InvalidArgument("follow=True follows another handle's writes: it needs read_only=True")
+        if follow and not fs.exists(dirpath):
+            raise InvalidArgument(f"{dirpath} does not exist; follow=True opens an existing database")
+        lock = _NoLock() if follow else _lock_directory(fs, dirpath, read_only)  # 1. lock
         try:                                                                  # 2. recover
             rec, store, registry, wal = _recover(fs, dirpath, index, salvage=salvage, progress=progress,
                                                  read_only=read_only, durability=durability,
@@ -714,6 +725,13 @@ class Database:
             "history": kernel.history.stats(),
             "recovery": dict(self._recovery),
         }
+
+
+class _NoLock:
+    """The lock of a follower (``read_only=True, follow=True``): none, so a writer may hold its own."""
+
+    def release(self) -> None:
+        pass
 
 
 def _lock_directory(fs: FileSystem, dirpath: str, read_only: bool) -> FileLock:

@@ -219,19 +219,10 @@ def test_overflow_past_a_deleted_wal_segment_fails_loudly_with_the_version_to_re
 
 
 def test_read_only_follower_sees_the_writers_later_commits(dbdir):
-    class SharedFS(OSFileSystem):
-        """The reader takes no directory lock, so it can sit beside the writer (locks exclude that)."""
-
-        def lock(self, dirpath, *, shared=False):
-            class _Nothing:
-                def release(self):
-                    pass
-            return _Nothing()
-
     with Database.open(dbdir, durability="off", segment_bytes=4096) as db:
         run = db.begin_run("follow")
         db.kv.put(run, "before", 0)
-        ro = Database.open(dbdir, read_only=True, fs=SharedFS())
+        ro = Database.open(dbdir, read_only=True, follow=True)  # no lock: beside the writer
         try:
             live = ro.watch()
             past = ro.watch(from_version=1, primitive="kv")
@@ -367,3 +358,51 @@ def test_values_with_a_ttl_and_derived_keys_arrive_as_their_changes(tmp_path):
         ("kv", "lease", "put"), ("graph", ("n", "a"), "put"), ("graph", ("n", "b"), "put"),
         ("graph", ("o", "a", "knows", "b"), "put")]
     assert got[0].value == {"holder": "a"}
+
+
+WRITER = r'''
+import sys
+from tests.checkout import use_checkout
+use_checkout()
+from inmem import Database
+
+db = Database.open(sys.argv[1], durability="strict", segment_bytes=4096)
+(run,) = [r.id for r in db.runs.list(name="feed")]
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(300):
+    db.kv.put(run, "k%03d" % i, "v" * 40)
+print("done", flush=True)
+sys.stdin.read()
+'''
+
+
+def test_a_follower_in_another_process_watches_a_live_writer(dbdir):
+    """``read_only=True, follow=True`` takes no lock: it opens beside a writer in another process and
+    its watch follows the writer's WAL (over segment rotations) with nothing missed or repeated."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    with Database.open(dbdir) as db:
+        db.begin_run("feed")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, dbdir], stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ""})
+    try:
+        assert proc.stdout.readline() == b"ready\n"  # the writer holds its exclusive lock now
+        with pytest.raises(Exception):
+            Database.open(dbdir, read_only=True)  # a plain read-only handle is locked out ...
+        with Database.open(dbdir, read_only=True, follow=True) as ro:  # ... a follower is not
+            watch = ro.watch(primitive="kv")
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            got = [watch.next(timeout=30) for _ in range(300)]
+            assert [c.key for c in got] == [f"k{i:03d}" for i in range(300)]
+            assert watch.poll() is None
+        assert proc.stdout.readline() == b"done\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(InvalidArgument):
+        Database.open(dbdir, follow=True)  # a follower is read-only
