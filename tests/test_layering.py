@@ -26,6 +26,7 @@ LAYERS = [
      "primitives.docs", "primitives.graph", "primitives.graphalgo", "primitives.graphrecords",
      "primitives.graphsearch", "primitives.expiry", "fulltext"},
     {"contexts", "vectorindex", "sweeping"},
+    {"runviews"},
     {"replay", "changefeed"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
