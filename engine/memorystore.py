@@ -31,6 +31,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ TAG = "inmem.memory"
 _DEDUP = "memory/hash/"
 _RETRIES = 100
 MAX_SCOPE_CHARS = 256
+_BEGIN = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -221,10 +223,12 @@ class Memory:
             raise InvalidArgument("no embedding dimension: pass Memory(db, embedder=...) or dim= "
                                   "(the database's embedder is used, and its width is not known)")
         if run is None:
-            self._db.begin_run(self._run_name, tags=[TAG])
-            self._run = None
-            run = self._find_run()  # the oldest: another process may have begun one first
-            assert run is not None
+            with _BEGIN:  # threads of this process begin one run; another process may race: the oldest wins
+                run = self._find_run()
+                if run is None:
+                    self._db.begin_run(self._run_name, tags=[TAG])
+                    run = self._find_run()
+                    assert run is not None
         self._db.vectors.create(run, COLLECTION, dim=dim, metric="cosine", embedder=self._embedder)
         self._ready = True
         return run
