@@ -263,6 +263,7 @@ def test_working_memory_ttl_with_injected_clock(db, run, clock):
     clock.t += 59
     assert wm.get("goal") == {"step": 1}
     assert db.sweep() == 1  # scratch is deleted in an ordinary commit
+    assert ("kv", "wm/scratch", "delete") in {(op.primitive, op.key, op.kind) for op in db.history(run)[-1].ops}
     assert wm.delete("goal") is True and wm.delete("goal") is False and wm.all() == {}
     forever = WorkingMemory(db, run, default_ttl=None)
     forever.set("k", 1)
