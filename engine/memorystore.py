@@ -306,8 +306,8 @@ class Memory:
         :mod:`inmem.filters` language over the metadata map, see the module docstring), scoring at
         least ``threshold``. Complexity: one embedding plus the vector search, O(n x dim) exact.
 
-        :raises InvalidArgument: ``query`` empty or not a str, a bad scope id, ``top_k`` not in
-            1..10000, ``threshold`` not a number, ``filters`` malformed (naming the part).
+        :raises InvalidArgument: ``query`` empty, not a str or embedded as the zero vector, a bad scope
+            id, ``top_k`` not in 1..10000, ``threshold`` not a number, ``filters`` malformed (naming the part).
         """
         query = _check_text(query, "query")
         scope = _scope(user_id, agent_id, run_id, required=False)
