@@ -29,7 +29,7 @@ LAYERS = [
     {"runviews"},
     {"replay", "changefeed"},
     {"database"},
-    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
+    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo", "memory", "memorystore"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
      "cli.maintain", "cli.demo", "__main__", "__init__", "testing"},
 ]
