@@ -322,3 +322,26 @@ def test_document_ttl_survives_reopen_and_fork(dbdir, clock):
         clock.t += 50
         assert db.docs.get(fork, "d") is None
         assert db.sweep() == 2
+
+
+def test_re_putting_and_refreshing_a_lease_keeps_one_index_entry(db, run, clock):
+    """A session renewed every second for a day must not leave 86,400 index entries behind."""
+    exp = run_prefix(run_id_bytes(run), TAG_EXPIRY)
+
+    def entries():
+        return len(kernel(db).scan(exp, exp + b"\xff" * 9))
+
+    for _ in range(50):
+        db.kv.put(run, "session", "s", ttl=3600)
+        clock.t += 1
+    assert entries() == 1
+    for _ in range(50):
+        db.kv.get(run, "session", refresh_ttl=True)
+        clock.t += 1
+    assert entries() == 1
+    with db.transaction() as tx:
+        tx.kv.put(run, "session", "t", ttl=10)
+        tx.kv.put(run, "session", "u", ttl=20)  # its own earlier write: that entry is dropped too
+    assert entries() == 1
+    clock.t += 20
+    assert db.sweep() == 1 and entries() == 0

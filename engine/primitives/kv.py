@@ -101,9 +101,23 @@ class KV:
         self._put_expiring(run, prefix, store_key, encoded, self._ctx.now_us() + ttl_us, ttl_us)
 
     def _put_expiring(self, run: str, prefix: bytes, store_key: bytes, encoded: bytes, expires: int,
-                      ttl_us: int) -> None:
-        index = prefix[:-1] + bytes([TAG_EXPIRY]) + expiry_entry(expires, TAG_KV, store_key[len(prefix):])
-        self._ctx.write_batch(run, ((store_key, wrap(encoded, expires, ttl_us)), (index, _MARK)))
+                      ttl_us: int, old: bytes | None = None) -> None:
+        """Write the expiring value and its index entry, and drop the index entry of the expiring value it
+        replaces (``old``: that value, else it is looked up), so re-putting or refreshing a lease leaves
+        one entry per key, not one per write. Plain puts skip that read (the hot path): the entry of an
+        expiring value they replace stays, stale, until the sweep that finds it due."""
+        user = store_key[len(prefix):]
+        exp_base = prefix[:-1] + bytes([TAG_EXPIRY])
+        writes: list[tuple[bytes, bytes | None]] = [(store_key, wrap(encoded, expires, ttl_us)),
+                                                    (exp_base + expiry_entry(expires, TAG_KV, user), _MARK)]
+        if old is None:
+            entry = self._ctx.lookup(store_key)
+            old = None if entry is None else entry[1]
+        if old is not None and old[0] == _EXPIRING:
+            before = unwrap(old)[0]
+            if before is not None and before != expires:
+                writes.append((exp_base + expiry_entry(before, TAG_KV, user), None))
+        self._ctx.write_batch(run, writes)
 
     def get(self, run: str, key: str, default: Any = None, *, refresh_ttl: bool = False) -> Any:
         """Return the value of ``key`` in ``run``, or ``default`` if absent or expired.
@@ -139,7 +153,7 @@ class KV:
             return default
         if refresh_ttl:
             assert ttl_us is not None
-            self._put_expiring(run, prefix, store_key, bytes(value), now + ttl_us, ttl_us)
+            self._put_expiring(run, prefix, store_key, bytes(value), now + ttl_us, ttl_us, stored)
         return decode_value(value)
 
     def expires_at(self, run: str, key: str) -> int | None:
