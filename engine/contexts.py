@@ -23,7 +23,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import DatabaseClosed
+from .errors import DatabaseClosed, TransactionConflict
 from .kernel import Kernel, LockedView
 from .keys import in_range
 from .primitives.events import Events
@@ -33,7 +33,7 @@ from .primitives.state import StateMachines
 from .primitives.traces import Traces
 from .txn import Transaction
 
-__all__ = ["DIRECT", "PRIMITIVES", "READS", "atomic_call"]
+__all__ = ["DIRECT", "OPTIMISTIC", "PRIMITIVES", "READS", "atomic_call"]
 
 
 class _Locked:
@@ -168,6 +168,12 @@ DIRECT = {
     "vectors": frozenset({"upsert", "add_text"}),
 }
 
+#: Writing methods that may call an embedder (a model) on the way: each runs as an optimistic
+#: transaction of its own, retried on conflict, so the embedder never runs inside the commit lock.
+OPTIMISTIC = {
+    "graph": frozenset({"add_node", "update_node"}),
+}
+
 #: Primitives a transaction offers, made on first use (``tx.kv``, ``tx.events``, ...).
 PRIMITIVES: dict[str, Callable[[Any], Any]] = {
     "kv": KV, "events": Events, "state": StateMachines, "traces": Traces, "runs": Runs,
@@ -189,6 +195,29 @@ def atomic_call(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
 _atomic = atomic_call
 
 
+#: Attempts of an optimistic autocommit call before its last conflict is raised.
+OPTIMISTIC_ATTEMPTS = 100
+
+
+def _optimistic(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+    """Run one primitive call as an optimistic transaction of its own, retried on conflict: for calls
+    that may run slow code of the caller's (an embedder) — it runs outside the commit lock, and only
+    the validation and the commit take it. ``fn`` must be safe to run again (primitive calls are)."""
+    for attempt in range(OPTIMISTIC_ATTEMPTS):
+        tx = Transaction(kernel, PRIMITIVES)
+        try:
+            result = fn(tx)
+            tx.commit()
+            return result
+        except TransactionConflict:
+            if attempt == OPTIMISTIC_ATTEMPTS - 1:
+                raise
+        finally:
+            if not tx.finished:
+                tx.rollback()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
     """Run a read-only primitive call on a snapshot: consistent, and never blocks writers."""
     tx = Transaction(kernel, PRIMITIVES)
@@ -208,8 +237,9 @@ class _AutoPrimitive:
 
     def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str],
                  factory: Callable[[Any], Any] | None = None, direct: frozenset[str] = frozenset(),
-                 autocommit: Any = None):
+                 autocommit: Any = None, optimistic: frozenset[str] = frozenset()):
         self._kernel = kernel
+        self._optimistic = optimistic  # methods run as a retried transaction (they may call an embedder)
         self._direct = direct  # methods that write one key after reads that cannot change: no lock held
         self._autocommit = autocommit
         self._cls = cls
@@ -231,7 +261,7 @@ class _AutoPrimitive:
             functools.update_wrapper(direct, method)
             setattr(self, name, direct)
             return direct
-        run_in = _snapshot_read if name in self._reads else _atomic
+        run_in = _snapshot_read if name in self._reads else _optimistic if name in self._optimistic else _atomic
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return run_in(kernel, lambda ctx: method(make(ctx), *args, **kwargs))

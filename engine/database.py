@@ -32,7 +32,7 @@ from .fs import FileLock, FileSystem, OSFileSystem, check_file_mode, open_error
 from .changefeed import DEFAULT_BUFFER, Watch
 from .channels import DEFAULT_QUEUE, Hub, Subscription
 from .checkpoint import SnapshotInfo, Checkpointer
-from .contexts import DIRECT, PRIMITIVES, READS, _AutoPrimitive, _Autocommit
+from .contexts import DIRECT, OPTIMISTIC, PRIMITIVES, READS, _AutoPrimitive, _Autocommit
 from .history import HistoryIndex
 from .kernel import Kernel
 from . import replay as _replay
@@ -306,7 +306,8 @@ class Database:
         make_docs = functools.partial(Docs, models={})  # model classes by import path, shared by db and tx
         self.docs = _AutoPrimitive(kernel, Docs, READS["docs"], make_docs)  # type: ignore[assignment]
         make_graph = functools.partial(Graph, index=indexes)  # node vectors share the vector indexes
-        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"], make_graph)  # type: ignore[assignment]
+        self.graph = _AutoPrimitive(kernel, Graph, READS["graph"], make_graph,  # type: ignore[assignment]
+                                    optimistic=OPTIMISTIC["graph"])
         self._hub = Hub()
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
         self._primitives = {**PRIMITIVES, "vectors": make_vectors, "docs": make_docs, "graph": make_graph}

@@ -317,3 +317,28 @@ def test_verify_finds_a_vector_without_its_node(db, run):
     db.vectors.upsert(run, NODE_COLLECTION, "ghost", [0.0, 1.0])
     assert any("ghost" in p for p in db.graph.check(run)["problems"])
     assert [h.node.id for h in db.graph.search(run, "x", mode="vector", vector=[0.0, 1.0])] == ["a"]
+
+
+def test_a_slow_embedder_never_holds_the_commit_lock(db, run):
+    """Autocommit add_node runs as an optimistic transaction: while its embedder works (here: blocks until
+    told), other commits go through; then the node commits with its vector."""
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+
+    def embedder(texts):
+        inside.set()
+        assert release.wait(30)
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    embedder.dim = 4
+    db.graph.configure(run, embedder=embedder)
+    t = threading.Thread(target=lambda: db.graph.add_node(run, "slow thought", id="s"))
+    t.start()
+    assert inside.wait(30)
+    db.kv.put(run, "meanwhile", 1)  # would wait for the lock if the embedder ran under it
+    db.graph.add_node(run, "quick", id="q", vector=[1.0, 0.0, 0.0, 0.0])
+    release.set()
+    t.join()
+    assert db.kv.get(run, "meanwhile") == 1 and db.graph.get_node(run, "s").content == "slow thought"
+    assert db.graph.check(run)["problems"] == []

@@ -116,8 +116,8 @@ class Graph:
         1-D sequence or array of finite numbers; the first one fixes the collection's dim,
         cosine metric, unless :meth:`configure` made it), else the content embedded when an
         embedder is available for the run (:meth:`configure` or ``Database.open(embedder=)``),
-        else none. Outside a transaction the embedder runs under the commit lock: with a slow
-        model, pass ``vector=`` or write in a transaction.
+        else none. Outside a transaction the call runs as an optimistic transaction of its own
+        (retried on conflict), so the embedder never runs inside the commit lock.
 
         :raises InvalidArgument: a bad id/kind/content/metadata type, or a node ``id`` exists already
             (change it with :meth:`update_node`); a zero vector under cosine.
