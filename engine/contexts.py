@@ -31,6 +31,7 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
+from .registry import RunRegistry, TenantScope
 from .txn import Transaction
 
 __all__ = ["DIRECT", "PRIMITIVES", "READS", "atomic_call"]
@@ -47,15 +48,17 @@ class _Locked:
     __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version", "_merging",
                  "now_us")
 
-    def __init__(self, view: LockedView, kernel: Kernel):
+    def __init__(self, view: LockedView, kernel: Kernel, registry: RunRegistry | TenantScope | None = None):
+        if registry is None:
+            registry = kernel.registry
         self.now_us = kernel.clock
         #: The commit version this call's writes will get (nothing else commits meanwhile).
         self.version = view.version + 1
         self._store = view
         self._get = view.get
-        self._registry = kernel.registry
-        self.prefix_maps = kernel.registry.prefix_maps
-        self.check_run = kernel.registry.check
+        self._registry = registry
+        self.prefix_maps = registry.prefix_maps
+        self.check_run = registry.check
         self.writes: dict[bytes, bytes | None] = {}
         self.runs: set[str] = set()
         # key -> (state, ops, value written) of this call's merges; continued while that value stands
@@ -174,11 +177,13 @@ PRIMITIVES: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def atomic_call(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
-    """Run ``fn(ctx)``, one multi-step primitive call (read, then write), as one commit under the commit lock."""
+def atomic_call(kernel: Kernel, fn: Callable[[Any], Any], registry: RunRegistry | TenantScope | None = None) -> Any:
+    """Run ``fn(ctx)``, one multi-step primitive call (read, then write), as one commit under the commit lock.
+
+    ``registry``: the runs the call may name (a tenant's scope; default every run)."""
 
     def step(view: LockedView) -> Any:
-        ctx = _Locked(view, kernel)
+        ctx = _Locked(view, kernel, registry)
         result = fn(ctx)
         ctx.commit(view)
         return result
@@ -189,9 +194,9 @@ def atomic_call(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
 _atomic = atomic_call
 
 
-def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any], registry: RunRegistry | TenantScope | None = None) -> Any:
     """Run a read-only primitive call on a snapshot: consistent, and never blocks writers."""
-    tx = Transaction(kernel, PRIMITIVES)
+    tx = Transaction(kernel, PRIMITIVES, registry)
     try:
         return fn(tx)
     finally:
@@ -208,8 +213,9 @@ class _AutoPrimitive:
 
     def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str],
                  factory: Callable[[Any], Any] | None = None, direct: frozenset[str] = frozenset(),
-                 autocommit: Any = None):
+                 autocommit: Any = None, registry: RunRegistry | TenantScope | None = None):
         self._kernel = kernel
+        self._registry = registry  # the runs its calls may name (a tenant's scope; None: every run)
         self._direct = direct  # methods that write one key after reads that cannot change: no lock held
         self._autocommit = autocommit
         self._cls = cls
@@ -221,7 +227,7 @@ class _AutoPrimitive:
         method = getattr(self._cls, name)
         if name.startswith("_") or not callable(method):
             raise AttributeError(name)
-        make, kernel = self._make, self._kernel
+        make, kernel, registry = self._make, self._kernel, self._registry
         if name in self._direct:
             bound = getattr(make(self._autocommit), name)  # one object: the autocommit context is fixed
 
@@ -234,7 +240,7 @@ class _AutoPrimitive:
         run_in = _snapshot_read if name in self._reads else _atomic
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run_in(kernel, lambda ctx: method(make(ctx), *args, **kwargs))
+            return run_in(kernel, lambda ctx: method(make(ctx), *args, **kwargs), registry)
 
         functools.update_wrapper(call, method)
         setattr(self, name, call)  # cached: later calls skip __getattr__
@@ -250,14 +256,17 @@ class _AutoPrimitive:
 class _Autocommit:
     """The :class:`~inmem.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit", "now_us")
+    __slots__ = ("_kernel", "_registry", "lookup", "prefix_maps", "check_run", "_commit", "now_us")
 
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, registry: RunRegistry | TenantScope | None = None):
+        if registry is None:  # else a tenant's scope: only its runs exist
+            registry = kernel.registry
         self._kernel = kernel
+        self._registry = registry
         self.now_us = kernel.clock
         self.lookup = kernel.get
-        self.prefix_maps = kernel.registry.prefix_maps
-        self.check_run = kernel.registry.check
+        self.prefix_maps = registry.prefix_maps
+        self.check_run = registry.check
         self._commit = kernel.commit
 
     def closed(self) -> None:
@@ -292,10 +301,10 @@ class _Autocommit:
 
     def merge(self, run: str, key: bytes, operator: Any, op: Any) -> None:
         """One blind operation as its own commit, applied under the commit lock."""
-        kernel = self._kernel
+        kernel, registry = self._kernel, self._registry
 
         def step(view: LockedView) -> None:
-            ctx = _Locked(view, kernel)
+            ctx = _Locked(view, kernel, registry)
             ctx.merge(run, key, operator, op)
             ctx.commit(view)
 

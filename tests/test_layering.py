@@ -27,6 +27,7 @@ LAYERS = [
      "primitives.graphsearch", "primitives.expiry", "fulltext"},
     {"contexts", "vectorindex", "sweeping"},
     {"replay"},
+    {"tenants"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
