@@ -28,6 +28,7 @@ from .primitives.state import State
 from .primitives.traces import Trace
 from .primitives.vectors import Match, VectorRecord
 from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState, StoredVector
+from .tenants import Tenant
 from .txn import Transaction
 from .checkpoint import SnapshotInfo
 from .errors import (
@@ -87,6 +88,7 @@ __all__ = [
     "SnapshotInfo",
     "State",
     "StoredVector",
+    "Tenant",
     "Trace",
     "TraceNotFound",
     "Transaction",

@@ -38,7 +38,7 @@ def test_public_names_are_pinned():
         "ChainBroken", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Edge", "Event", "EventsDiff", "HistoryUnavailable", "Hit", "InmemError", "InvalidArgument",
         "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "Node", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
-        "RunState", "SnapshotInfo", "State", "StoredVector", "Trace", "TraceNotFound", "Transaction",
+        "RunState", "SnapshotInfo", "State", "StoredVector", "Tenant", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "VectorRecord", "__version__",
     }
     for name in inmem.__all__:

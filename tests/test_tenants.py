@@ -308,3 +308,23 @@ def test_delete_tenant_with_history_none_compaction_drops_the_bytes(dbdir):
     assert leftovers == []
     with Database.open(dbdir) as db:
         assert db.tenant("bob").kv.get(keep, "k") == "bob" and db.tenant("alice").runs.ids() == []
+
+
+def test_delete_tenant_with_history_active_counts_its_runs_as_archived(dbdir):
+    """Under history="active" a deleted run's segments go like an archived run's, after a reopen too."""
+    secret = b"alice-secret-" + uuid.uuid4().hex.encode()
+    opts = dict(history="active", segment_bytes=4096, sweep_interval_s=None)
+    with Database.open(dbdir, **opts) as db:
+        alice = db.tenant("alice")
+        run = alice.begin_run()
+        alice.kv.put(run, "k", secret.decode())
+        for i in range(3):
+            alice.kv.put(run, f"pad{i}", "x" * 3000)
+        db.delete_tenant("alice")
+    with Database.open(dbdir, **opts) as db:  # the deleted runs are unknown to this handle
+        keep = db.tenant("bob").begin_run()
+        for i in range(3):
+            db.tenant("bob").kv.put(keep, f"pad{i}", "y" * 3000)
+        db.compact()
+        assert [p.name for p in pathlib.Path(dbdir).iterdir() if p.is_file() and secret in p.read_bytes()] == []
+        assert db.history(keep)[0].version == db.runs.get(keep).first_version
