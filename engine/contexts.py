@@ -256,7 +256,7 @@ class _AutoPrimitive:
 class _Autocommit:
     """The :class:`~inmem.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_kernel", "_registry", "lookup", "prefix_maps", "check_run", "_commit", "now_us")
+    __slots__ = ("_kernel", "_registry", "lookup", "prefix_maps", "check_run", "_commit", "now_us", "__weakref__")
 
     def __init__(self, kernel: Kernel, registry: RunRegistry | TenantScope | None = None):
         if registry is None:  # else a tenant's scope: only its runs exist

@@ -282,6 +282,8 @@ class Database:
         if clock is not None:
             kernel.clock = lambda: int(clock() * 1_000_000)
         self._autocommit = _Autocommit(kernel)
+        #: Tenant views handed out and still referenced (``tenant()``), closed with the handle.
+        self._tenants: weakref.WeakValueDictionary[str, Tenant] = weakref.WeakValueDictionary()
         self.kv = KV(self._autocommit)
         self.events = _AutoPrimitive(kernel, Events, READS["events"])  # type: ignore[assignment]
         self.state = _AutoPrimitive(kernel, StateMachines, READS["state"])  # type: ignore[assignment]
@@ -323,6 +325,8 @@ class Database:
         if not kernel.close():
             return
         self._autocommit.closed()
+        for view in list(self._tenants.values()):
+            view.closed()
         atexit.unregister(self._atexit)
         try:
             if self._sweeper is not None:
@@ -425,7 +429,11 @@ class Database:
         :raises InvalidArgument: ``tenant_id`` is not a non-empty str of at most 256 UTF-8 bytes without NUL.
         """
         check_tenant_id(tenant_id)
-        return Tenant(self._kernel, self._kernel.registry.scope(tenant_id), self._primitives)
+        view = self._tenants.get(tenant_id)
+        if view is None:  # one view per tenant while it is in use: its method wrappers are made once
+            view = Tenant(self._kernel, self._kernel.registry.scope(tenant_id), self._primitives)
+            view = self._tenants.setdefault(tenant_id, view)
+        return view
 
     def delete_tenant(self, tenant_id: str) -> int:
         """Delete all of tenant ``tenant_id``'s data in one commit; return how many runs were deleted.

@@ -85,7 +85,9 @@ class Tenant:
         self._kernel = kernel
         self._scope = scope
         self._primitives = primitives
-        autocommit = _Autocommit(kernel, scope)
+        self._autocommit = autocommit = _Autocommit(kernel, scope)
+        if kernel.closed:
+            autocommit.closed()
         self.kv = KV(autocommit)
         for name, cls in _CLASSES.items():
             make = primitives[name]
@@ -93,6 +95,10 @@ class Tenant:
                                      registry=scope)
             setattr(self, name, wrapper)
         self.graph: Any = _TenantGraph(kernel, scope, self.graph)
+
+    def closed(self) -> None:
+        """The database closed: point reads raise ``DatabaseClosed`` from now on (``Database.close`` calls it)."""
+        self._autocommit.closed()
 
     @property
     def tenant_id(self) -> str:

@@ -23,7 +23,7 @@ import pytest
 
 from inmem import Database
 from inmem.embeddings import HashingEmbedder
-from inmem.errors import InmemError, InvalidArgument, RunNotFound, TransactionConflict
+from inmem.errors import DatabaseClosed, InmemError, InvalidArgument, RunNotFound, TransactionConflict
 
 PRIMITIVES = ("kv", "events", "state", "traces", "runs", "vectors", "docs", "graph")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -328,3 +328,18 @@ def test_delete_tenant_with_history_active_counts_its_runs_as_archived(dbdir):
         db.compact()
         assert [p.name for p in pathlib.Path(dbdir).iterdir() if p.is_file() and secret in p.read_bytes()] == []
         assert db.history(keep)[0].version == db.runs.get(keep).first_version
+
+
+def test_a_tenant_view_is_reused_and_closes_with_the_database(dbdir):
+    db = Database.open(dbdir, sweep_interval_s=None)
+    alice = db.tenant("alice")
+    assert db.tenant("alice") is alice and db.tenant("bob") is not alice and alice.tenant_id == "alice"
+    run = alice.begin_run()
+    alice.kv.put(run, "k", 1)
+    db.close()
+    with pytest.raises(DatabaseClosed):
+        alice.kv.get(run, "k")
+    with pytest.raises(DatabaseClosed):
+        db.tenant("carol").transaction()
+    with pytest.raises(DatabaseClosed):
+        alice.kv.put(run, "k", 2)
