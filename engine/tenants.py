@@ -81,6 +81,15 @@ class Tenant:
     of a tenant, which is O(runs)); any number may be used from any threads.
     """
 
+    kv: KV
+    events: Events
+    state: StateMachines
+    traces: Traces
+    runs: Runs
+    vectors: Vectors
+    docs: Docs
+    graph: Any  # Graph, plus ``history``
+
     def __init__(self, kernel: Kernel, scope: TenantScope, primitives: dict[str, Callable[[Any], Any]]):
         self._kernel = kernel
         self._scope = scope
@@ -94,7 +103,7 @@ class Tenant:
             wrapper = _AutoPrimitive(kernel, cls, READS[name], make, DIRECT.get(name, frozenset()), autocommit,
                                      registry=scope)
             setattr(self, name, wrapper)
-        self.graph: Any = _TenantGraph(kernel, scope, self.graph)
+        self.graph = _TenantGraph(kernel, scope, self.graph)
 
     def closed(self) -> None:
         """The database closed: point reads raise ``DatabaseClosed`` from now on (``Database.close`` calls it)."""

@@ -343,3 +343,34 @@ def test_a_tenant_view_is_reused_and_closes_with_the_database(dbdir):
         db.tenant("carol").transaction()
     with pytest.raises(DatabaseClosed):
         alice.kv.put(run, "k", 2)
+
+
+def test_writers_racing_delete_tenant_never_resurrect_its_data(db):
+    base = db.stats()["keys"]
+    alice = db.tenant("alice")
+    runs = [alice.begin_run() for _ in range(3)]
+    started = threading.Barrier(4)
+    outcomes = []
+
+    def writer(i):
+        run, n = runs[i], 0
+        writes = (lambda: alice.kv.put(run, f"k{n}", n), lambda: alice.events.append(run, "t", n),
+                  lambda: alice.transact(lambda tx: tx.kv.put(run, f"t{n}", n)))[i]
+        try:
+            while True:
+                writes()
+                n += 1
+                if n == 20:
+                    started.wait()
+        except RunNotFound:
+            outcomes.append(n)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    started.wait()
+    assert db.delete_tenant("alice") == 3
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 3 and min(outcomes) >= 20
+    assert db.stats()["keys"] == base and db.stats()["runs"] == 0
