@@ -13,6 +13,10 @@ the other side):
 * :class:`_AutoPrimitive` — the proxy that routes each such call to
   ``Kernel.atomic`` (writes) or to a snapshot transaction (reads).
 
+Each may be built with a tenant's :class:`~inmem.registry.TenantScope` in
+place of the run registry (``db.tenant(id)``): its run checks, run -> key
+prefix maps and run listings then see only that tenant's runs.
+
 Invariant: a context's reads and writes reach storage only through the
 kernel's interface (:class:`~inmem.kernel.Kernel`, :class:`~inmem.kernel.LockedView`).
 """
