@@ -30,6 +30,7 @@ from .primitives.state import State
 from .primitives.traces import Trace
 from .primitives.vectors import Match, VectorRecord
 from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState, StoredVector
+from .tenants import Tenant
 from .txn import Transaction
 from .checkpoint import SnapshotInfo
 from .errors import (
@@ -91,6 +92,7 @@ __all__ = [
     "State",
     "StoredVector",
     "Subscription",
+    "Tenant",
     "Trace",
     "TraceNotFound",
     "Transaction",

@@ -13,6 +13,10 @@ the other side):
 * :class:`_AutoPrimitive` — the proxy that routes each such call to
   ``Kernel.atomic`` (writes) or to a snapshot transaction (reads).
 
+Each may be built with a tenant's :class:`~inmem.registry.TenantScope` in
+place of the run registry (``db.tenant(id)``): its run checks, run -> key
+prefix maps and run listings then see only that tenant's runs.
+
 Invariant: a context's reads and writes reach storage only through the
 kernel's interface (:class:`~inmem.kernel.Kernel`, :class:`~inmem.kernel.LockedView`).
 """
@@ -31,6 +35,7 @@ from .primitives.kv import KV
 from .primitives.runs import Runs
 from .primitives.state import StateMachines
 from .primitives.traces import Traces
+from .registry import RunRegistry, TenantScope
 from .txn import Transaction
 
 __all__ = ["DIRECT", "OPTIMISTIC", "PRIMITIVES", "READS", "atomic_call"]
@@ -47,15 +52,17 @@ class _Locked:
     __slots__ = ("_store", "_get", "prefix_maps", "check_run", "_registry", "writes", "runs", "version", "_merging",
                  "now_us")
 
-    def __init__(self, view: LockedView, kernel: Kernel):
+    def __init__(self, view: LockedView, kernel: Kernel, registry: RunRegistry | TenantScope | None = None):
+        if registry is None:
+            registry = kernel.registry
         self.now_us = kernel.clock
         #: The commit version this call's writes will get (nothing else commits meanwhile).
         self.version = view.version + 1
         self._store = view
         self._get = view.get
-        self._registry = kernel.registry
-        self.prefix_maps = kernel.registry.prefix_maps
-        self.check_run = kernel.registry.check
+        self._registry = registry
+        self.prefix_maps = registry.prefix_maps
+        self.check_run = registry.check
         self.writes: dict[bytes, bytes | None] = {}
         self.runs: set[str] = set()
         # key -> (state, ops, value written) of this call's merges; continued while that value stands
@@ -180,11 +187,13 @@ PRIMITIVES: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def atomic_call(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
-    """Run ``fn(ctx)``, one multi-step primitive call (read, then write), as one commit under the commit lock."""
+def atomic_call(kernel: Kernel, fn: Callable[[Any], Any], registry: RunRegistry | TenantScope | None = None) -> Any:
+    """Run ``fn(ctx)``, one multi-step primitive call (read, then write), as one commit under the commit lock.
+
+    ``registry``: the runs the call may name (a tenant's scope; default every run)."""
 
     def step(view: LockedView) -> Any:
-        ctx = _Locked(view, kernel)
+        ctx = _Locked(view, kernel, registry)
         result = fn(ctx)
         ctx.commit(view)
         return result
@@ -199,12 +208,12 @@ _atomic = atomic_call
 OPTIMISTIC_ATTEMPTS = 100
 
 
-def _optimistic(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+def _optimistic(kernel: Kernel, fn: Callable[[Any], Any], registry: RunRegistry | TenantScope | None = None) -> Any:
     """Run one primitive call as an optimistic transaction of its own, retried on conflict: for calls
     that may run slow code of the caller's (an embedder) — it runs outside the commit lock, and only
     the validation and the commit take it. ``fn`` must be safe to run again (primitive calls are)."""
     for attempt in range(OPTIMISTIC_ATTEMPTS):
-        tx = Transaction(kernel, PRIMITIVES)
+        tx = Transaction(kernel, PRIMITIVES, registry)
         try:
             result = fn(tx)
             tx.commit()
@@ -218,9 +227,9 @@ def _optimistic(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any]) -> Any:
+def _snapshot_read(kernel: Kernel, fn: Callable[[Any], Any], registry: RunRegistry | TenantScope | None = None) -> Any:
     """Run a read-only primitive call on a snapshot: consistent, and never blocks writers."""
-    tx = Transaction(kernel, PRIMITIVES)
+    tx = Transaction(kernel, PRIMITIVES, registry)
     try:
         return fn(tx)
     finally:
@@ -237,8 +246,10 @@ class _AutoPrimitive:
 
     def __init__(self, kernel: Kernel, cls: type, reads: frozenset[str],
                  factory: Callable[[Any], Any] | None = None, direct: frozenset[str] = frozenset(),
-                 autocommit: Any = None, optimistic: frozenset[str] = frozenset()):
+                 autocommit: Any = None, registry: RunRegistry | TenantScope | None = None,
+                 optimistic: frozenset[str] = frozenset()):
         self._kernel = kernel
+        self._registry = registry  # the runs its calls may name (a tenant's scope; None: every run)
         self._optimistic = optimistic  # methods run as a retried transaction (they may call an embedder)
         self._direct = direct  # methods that write one key after reads that cannot change: no lock held
         self._autocommit = autocommit
@@ -251,7 +262,7 @@ class _AutoPrimitive:
         method = getattr(self._cls, name)
         if name.startswith("_") or not callable(method):
             raise AttributeError(name)
-        make, kernel = self._make, self._kernel
+        make, kernel, registry = self._make, self._kernel, self._registry
         if name in self._direct:
             bound = getattr(make(self._autocommit), name)  # one object: the autocommit context is fixed
 
@@ -264,7 +275,7 @@ class _AutoPrimitive:
         run_in = _snapshot_read if name in self._reads else _optimistic if name in self._optimistic else _atomic
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return run_in(kernel, lambda ctx: method(make(ctx), *args, **kwargs))
+            return run_in(kernel, lambda ctx: method(make(ctx), *args, **kwargs), registry)
 
         functools.update_wrapper(call, method)
         setattr(self, name, call)  # cached: later calls skip __getattr__
@@ -280,14 +291,17 @@ class _AutoPrimitive:
 class _Autocommit:
     """The :class:`~inmem.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_kernel", "lookup", "prefix_maps", "check_run", "_commit", "now_us")
+    __slots__ = ("_kernel", "_registry", "lookup", "prefix_maps", "check_run", "_commit", "now_us", "__weakref__")
 
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, registry: RunRegistry | TenantScope | None = None):
+        if registry is None:  # else a tenant's scope: only its runs exist
+            registry = kernel.registry
         self._kernel = kernel
+        self._registry = registry
         self.now_us = kernel.clock
         self.lookup = kernel.get
-        self.prefix_maps = kernel.registry.prefix_maps
-        self.check_run = kernel.registry.check
+        self.prefix_maps = registry.prefix_maps
+        self.check_run = registry.check
         self._commit = kernel.commit
 
     def closed(self) -> None:
@@ -322,10 +336,10 @@ class _Autocommit:
 
     def merge(self, run: str, key: bytes, operator: Any, op: Any) -> None:
         """One blind operation as its own commit, applied under the commit lock."""
-        kernel = self._kernel
+        kernel, registry = self._kernel, self._registry
 
         def step(view: LockedView) -> None:
-            ctx = _Locked(view, kernel)
+            ctx = _Locked(view, kernel, registry)
             ctx.merge(run, key, operator, op)
             ctx.commit(view)
 

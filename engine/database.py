@@ -47,9 +47,10 @@ from .primitives.state import StateMachines
 from .primitives.traces import Traces
 from .primitives.vectors import Vectors
 from .sweeping import SweepThread, sweep_all
+from .tenants import Tenant, delete_tenant
 from .vectorindex import VectorIndexes
 from .recovery import Recovered, check_new_directory, recover
-from .registry import RunRegistry
+from .registry import RunRegistry, check_tenant_id
 from .store import UnifiedStore
 from .txn import Transaction
 from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES
@@ -294,6 +295,8 @@ class Database:
         if clock is not None:
             kernel.clock = lambda: int(clock() * 1_000_000)
         self._autocommit = _Autocommit(kernel)
+        #: Tenant views handed out and still referenced (``tenant()``), closed with the handle.
+        self._tenants: weakref.WeakValueDictionary[str, Tenant] = weakref.WeakValueDictionary()
         self.kv = KV(self._autocommit)
         self.events = _AutoPrimitive(kernel, Events, READS["events"])  # type: ignore[assignment]
         self.state = _AutoPrimitive(kernel, StateMachines, READS["state"])  # type: ignore[assignment]
@@ -338,6 +341,8 @@ class Database:
         if not kernel.close():
             return
         self._autocommit.closed()
+        for view in list(self._tenants.values()):
+            view.closed()
         atexit.unregister(self._atexit)
         for watch in list(self._watches):
             watch.close()
@@ -410,6 +415,73 @@ class Database:
         :raises RunClosed: the run has already ended.
         """
         self._kernel.end_run(run, status)
+
+    # --- tenants: per-user isolation ------------------------------------------------------------
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        """The database as tenant ``tenant_id`` sees it: a :class:`~inmem.tenants.Tenant` view.
+
+        >>> import tempfile
+        >>> with Database.open(tempfile.mkdtemp()) as db:
+        ...     alice, bob = db.tenant("alice"), db.tenant("bob")
+        ...     run = alice.begin_run("chat")
+        ...     alice.kv.put(run, "k", 1)
+        ...     try:
+        ...         bob.kv.get(run, "k")
+        ...     except Exception as exc:
+        ...         type(exc).__name__
+        'RunNotFound'
+
+        The view has ``kv``, ``events``, ``state``, ``traces``, ``runs``,
+        ``vectors``, ``docs``, ``graph``, ``begin_run``, ``end_run``,
+        ``transaction``, ``transact``, ``history``, ``replay_run``,
+        ``run_state``, ``diff_runs``, ``fork_run``, with this class's
+        signatures. Runs it begins (and forks of them) belong to the tenant;
+        any other run — another tenant's, or one of no tenant — raises
+        ``RunNotFound`` with the message of an id no run has, and is never
+        listed. Enforced below the primitives: the view's contexts and
+        transactions check runs and look up key prefixes in the tenant's
+        scope of the run registry (SPEC.md "Tenants"). This handle (the admin)
+        sees every run; ``RunInfo.tenant`` says whose it is. O(runs) for a
+        tenant's first view in this handle, O(1) after.
+
+        :raises InvalidArgument: ``tenant_id`` is not a non-empty str of at most 256 UTF-8 bytes without NUL.
+        """
+        check_tenant_id(tenant_id)
+        view = self._tenants.get(tenant_id)
+        if view is None:  # one view per tenant while it is in use: its method wrappers are made once
+            view = Tenant(self._kernel, self._kernel.registry.scope(tenant_id), self._primitives)
+            view = self._tenants.setdefault(tenant_id, view)
+        return view
+
+    def delete_tenant(self, tenant_id: str) -> int:
+        """Delete all of tenant ``tenant_id``'s data in one commit; return how many runs were deleted.
+
+        Every key of every run of the tenant — KV, events, states, traces,
+        vectors, documents, graph, expiry index, and the run records — is
+        deleted by one commit (no commit if it has none), after which the
+        runs are gone for every handle and view: any call naming one raises
+        ``RunNotFound`` (here: "deleted by delete_tenant"), including
+        :meth:`history` and :meth:`replay_run`. A transaction that read or
+        wrote one of them conflicts at commit; one that listed runs too.
+
+        What remains: the WAL segments and history sidecars written before
+        still hold the old records until history retention lets them go
+        (SPEC.md "History"): with ``history="none"`` the next snapshot or
+        :meth:`compact` deletes every segment it covers — call
+        ``db.compact()`` to force it now; with ``"active"`` a deleted run
+        counts as archived, so :meth:`compact` drops segments once all their
+        runs are archived or deleted; with ``"keep"`` the WAL is kept for
+        ever (then the bytes stay on disk). Snapshots taken before the
+        deletion hold the data until :meth:`compact` (or two more snapshots)
+        replaces them. O(keys of the tenant).
+
+        :raises InvalidArgument: bad ``tenant_id`` (as :meth:`tenant`), before anything is written.
+        :raises DatabaseReadOnly: / :raises DatabaseClosed: / :raises DatabasePoisoned: as for any write.
+        """
+        check_tenant_id(tenant_id)
+        self._kernel.check_can_write()
+        return delete_tenant(self._kernel, tenant_id)
 
     # --- history: runs like commits ------------------------------------------------------------
 

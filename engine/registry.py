@@ -11,12 +11,21 @@ Run record value (CBOR map)::
     {"name": str | None, "parent": str | None, "tags": [str], "metadata": {...},
      "status": "active" | "completed" | "failed" | "cancelled",
      "started_at": datetime (UTC), "ended_at": datetime (UTC) | None,
-     "first_version": int (the commit that created it), "archived": bool (absent: False)}
+     "first_version": int (the commit that created it), "archived": bool (absent: False),
+     "tenant": str (absent: the run belongs to no tenant)}
+
+Tenants (``db.tenant(id)``): a :class:`TenantScope` is the registry as one
+tenant sees it — the same ``check`` / ``prefix_maps`` / ``ids`` a context
+calls, restricted to the tenant's runs (a foreign run raises the very
+``RunNotFound`` a missing one does). The registry keeps each scope's live
+maps up to date on begin, end and delete, under the same commit lock.
+Runs are deleted only by ``delete_tenant`` (:meth:`RunRegistry.applied_delete`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -26,11 +35,47 @@ from .errors import InvalidArgument, InvalidValue, RunClosed, RunNotFound
 from .keys import NS_RUN, TAG_RUN, new_run_id, prefix_end, run_id_bytes, run_id_of, run_prefix
 from .store import UnifiedStore
 
-__all__ = ["END_STATUSES", "RunRegistry"]
+__all__ = ["END_STATUSES", "RunRegistry", "TenantScope", "check_tenant_id"]
 
 ACTIVE = "active"
 #: Statuses ``end_run`` accepts.
 END_STATUSES = ("completed", "failed", "cancelled")
+
+
+#: Longest tenant id, in UTF-8 bytes.
+MAX_TENANT_BYTES = 256
+
+
+def check_tenant_id(tenant: object) -> str:
+    """Return ``tenant`` if it is a valid tenant id: a non-empty str of at most 256 UTF-8 bytes, no NUL.
+
+    :raises InvalidArgument: it is not.
+    """
+    if not isinstance(tenant, str):
+        raise InvalidArgument(f"tenant id must be a str, got {type(tenant).__name__}")
+    if not tenant:
+        raise InvalidArgument("tenant id must be a non-empty str")
+    if "\x00" in tenant:
+        raise InvalidArgument("tenant id must not contain NUL")
+    try:
+        size = len(tenant.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"tenant id must be valid Unicode text: {exc}") from None
+    if size > MAX_TENANT_BYTES:
+        raise InvalidArgument(f"tenant id is {size} bytes in UTF-8; at most {MAX_TENANT_BYTES}")
+    return tenant
+
+
+class _Archived(set):  # type: ignore[type-arg]
+    """The archived run ids (16 bytes), as history retention asks: a run the registry no longer knows
+    (deleted by ``delete_tenant``, in this process or before it opened) counts as archived."""
+
+    def __init__(self, known: dict[bytes, str]):
+        super().__init__()
+        self._known = known
+
+    def __contains__(self, rid: object) -> bool:
+        return set.__contains__(self, rid) or rid not in self._known
 
 
 def run_record_key(rid: bytes) -> bytes:
@@ -57,8 +102,21 @@ class RunRegistry:
         # Primitives hold these dicts and look prefixes up on their fast paths.
         self._all: dict[int, dict[str, bytes]] = {}
         self._active: dict[int, dict[str, bytes]] = {}
-        #: 16-byte ids of archived runs (their history is no longer retained under history="active").
-        self.archived: set[bytes] = set()
+        #: 16-byte id -> run id text of every run (what "known" means for :class:`_Archived`).
+        self._known: dict[bytes, str] = {}
+        #: 16-byte ids of archived runs (their history is no longer retained under history="active");
+        #: a deleted run counts as archived.
+        self.archived: set[bytes] = _Archived(self._known)
+        #: run id -> tenant id, for runs that belong to a tenant.
+        self._tenant: dict[str, str] = {}
+        #: tenant of a run between ``prepare_begin`` and ``applied_begin``.
+        self._pending: dict[str, str] = {}
+        #: tenant id -> its scope (made on first use, kept up to date from then on).
+        self._scopes: dict[str, TenantScope] = {}
+        #: run id -> commit version that deleted it (this handle only: a clearer RunNotFound).
+        self._deleted: dict[str, int] = {}
+        # guards _tenant and _scopes between scope creation (any thread) and the commit path
+        self._lock = threading.Lock()
 
     # --- loading ---------------------------------------------------------------
 
@@ -74,15 +132,22 @@ class RunRegistry:
             entry = store.get(run_record_key(rid))
             if entry is not None:
                 record = decode_value(entry[1])
-                self._add(str(uuid.UUID(bytes=rid)), rid, record["status"])
+                self._add(str(uuid.UUID(bytes=rid)), rid, record["status"], record.get("tenant"))
                 if record.get("archived"):
                     self.archived.add(rid)
             end = prefix_end(run_prefix(rid))
             key = store.ceiling_key(end) if end is not None else None
 
-    def _add(self, run: str, rid: bytes, status: str) -> None:
+    def _add(self, run: str, rid: bytes, status: str, tenant: str | None = None) -> None:
         self._status[run] = status
         self._rid[run] = rid
+        self._known[rid] = run
+        if tenant is not None:
+            with self._lock:
+                self._tenant[run] = tenant
+                scope = self._scopes.get(tenant)
+                if scope is not None:
+                    scope._add(run, rid, status == ACTIVE)  # noqa: SLF001 - the scope's owner
         for tag, table in self._all.items():
             table[run] = run_prefix(rid, tag)
         if status == ACTIVE:
@@ -110,6 +175,9 @@ class RunRegistry:
         status = self._status.get(run) if isinstance(run, str) else None
         if status is None:
             run_id_bytes(run)  # raises RunNotFound with a precise message for malformed ids
+            if run in self._deleted:
+                raise RunNotFound(f"no run {run!r} in this database: it was deleted by delete_tenant "
+                                  f"at commit version {self._deleted[run]}")  # type: ignore[index]
             raise RunNotFound(f"no run {run!r} in this database")
         if write and status != ACTIVE:
             raise RunClosed(f"run {run} has ended ({status}); its data is read-only")
@@ -162,6 +230,30 @@ class RunRegistry:
         newest = max(self._last_begin_version, self._last_end_version)
         return newest if newest > snapshot else 0
 
+    def tenant_of(self, run: str) -> str | None:
+        """The tenant ``run`` belongs to, or None (no tenant, or no such run). O(1)."""
+        return self._tenant.get(run)
+
+    def tenant_runs(self, tenant: str) -> list[str]:
+        """Ids of ``tenant``'s runs, in start order. O(runs)."""
+        with self._lock:
+            return sorted(r for r, t in self._tenant.items() if t == tenant)
+
+    def scope(self, tenant: str) -> TenantScope:
+        """The registry as ``tenant`` sees it (made once, then kept up to date). O(runs) the first time."""
+        scope = self._scopes.get(tenant)
+        if scope is not None:
+            return scope
+        with self._lock:
+            scope = self._scopes.get(tenant)
+            if scope is None:
+                scope = TenantScope(self, tenant)
+                for run, t in self._tenant.items():
+                    if t == tenant:
+                        scope._add(run, self._rid[run], self._status[run] == ACTIVE)  # noqa: SLF001
+                self._scopes[tenant] = scope
+            return scope
+
     def count_by_status(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for s in self._status.values():
@@ -171,9 +263,13 @@ class RunRegistry:
     # --- changes (prepared outside the commit lock, applied under it) ----------------
 
     def prepare_begin(
-        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any
+        self, name: str | None, parent: str | None, tags: Iterable[str], metadata: Any, tenant: str | None = None
     ) -> tuple[str, bytes, dict[str, Any]]:
         """Validate a new run and return ``(run id, record key, record)``.
+
+        The run belongs to ``tenant`` if given, else to its ``parent``'s tenant
+        (so a fork of a tenant's run is the tenant's), else to none; the record
+        then has ``"tenant"``, and :meth:`applied_begin` files the run under it.
 
         The caller sets ``record["first_version"]`` and encodes it under the
         commit lock (:meth:`encode_record` raises ``InvalidValue`` for
@@ -195,8 +291,12 @@ class RunRegistry:
             self.check(parent, write=False)
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidValue(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        if tenant is None and parent is not None:
+            tenant = self._tenant.get(parent)
         run = new_run_id()
         rid = run_id_bytes(run)
+        if tenant is not None:
+            self._pending[run] = tenant
         record = {
             "name": name,
             "parent": parent,
@@ -206,6 +306,8 @@ class RunRegistry:
             "started_at": _dt.datetime.now(_dt.timezone.utc),
             "ended_at": None,
         }
+        if tenant is not None:
+            record["tenant"] = tenant
         return run, run_record_key(rid), record
 
     @staticmethod
@@ -259,10 +361,10 @@ class RunRegistry:
 
     def applied_begin(self, run: str, version: int = 0) -> None:
         """The begin commit (at ``version``) is applied: the run exists and is active."""
-        self._add(run, run_id_bytes(run), ACTIVE)
         if version:
             self._created_at_version[run] = version
             self._last_begin_version = max(self._last_begin_version, version)
+        self._add(run, run_id_bytes(run), ACTIVE, self._pending.pop(run, None))
 
     def applied_end(self, run: str, status: str, version: int = 0) -> None:
         """The end commit (at ``version``) is applied: the run is read-only from now on."""
@@ -272,3 +374,139 @@ class RunRegistry:
         self.active.discard(run)
         for table in self._active.values():
             table.pop(run, None)
+        tenant = self._tenant.get(run)
+        if tenant is not None:
+            with self._lock:
+                scope = self._scopes.get(tenant)
+                if scope is not None:
+                    scope._end(run, version)  # noqa: SLF001 - the scope's owner
+
+    def applied_delete(self, runs: Iterable[str], version: int) -> None:
+        """The commit (at ``version``) that deleted every key of ``runs`` is applied: they no longer exist.
+
+        Each is dropped from every table and scope; a transaction that had
+        checked one fails at commit (its run record changed) or gets
+        ``RunNotFound``; one that listed runs conflicts (:meth:`changed_after`).
+        """
+        for run in runs:
+            rid = self._rid.pop(run)
+            self._status.pop(run, None)
+            self._known.pop(rid, None)
+            set.discard(self.archived, rid)
+            self.active.discard(run)
+            self._created_at_version.pop(run, None)
+            self._ended_at_version.pop(run, None)
+            for table in (*self._all.values(), *self._active.values()):
+                table.pop(run, None)
+            self._deleted[run] = version
+            with self._lock:
+                tenant = self._tenant.pop(run, None)
+                scope = None if tenant is None else self._scopes.get(tenant)
+                if scope is not None:
+                    scope._remove(run, version)  # noqa: SLF001 - the scope's owner
+        self._last_end_version = max(self._last_end_version, version)
+
+
+class TenantScope:
+    """The run registry as one tenant sees it: only its runs exist.
+
+    Offers what the contexts and transactions call on a registry
+    (:meth:`check`, :meth:`prefix_maps`, :meth:`ids`, :meth:`visible_at`,
+    :meth:`created_version`, :meth:`changed_after`), so every primitive
+    built on a context holding a scope is isolated without knowing of
+    tenants. A foreign run id raises exactly the ``RunNotFound`` of an id no
+    run has. Made by :meth:`RunRegistry.scope`; its tables change only
+    through the registry, under the registry's lock, on the commit path.
+    """
+
+    def __init__(self, registry: RunRegistry, tenant: str):
+        self._registry = registry
+        #: The tenant id.
+        self.tenant = tenant
+        self._rid: dict[str, bytes] = {}
+        self._active: set[str] = set()
+        self._all_maps: dict[int, dict[str, bytes]] = {}
+        self._active_maps: dict[int, dict[str, bytes]] = {}
+        self._last_change = 0
+
+    # --- kept up to date by the registry (its lock held) ---------------------------------
+
+    def _add(self, run: str, rid: bytes, active: bool) -> None:
+        self._rid[run] = rid
+        for tag, table in self._all_maps.items():
+            table[run] = run_prefix(rid, tag)
+        if active:
+            self._active.add(run)
+            for tag, table in self._active_maps.items():
+                table[run] = run_prefix(rid, tag)
+        self._last_change = max(self._last_change, self._registry.created_version(run))
+
+    def _end(self, run: str, version: int) -> None:
+        self._active.discard(run)
+        for table in self._active_maps.values():
+            table.pop(run, None)
+        self._last_change = max(self._last_change, version)
+
+    def _remove(self, run: str, version: int) -> None:
+        self._end(run, version)
+        self._rid.pop(run, None)
+        for table in self._all_maps.values():
+            table.pop(run, None)
+
+    # --- what a context calls -----------------------------------------------------------
+
+    def check(self, run: object, *, write: bool) -> bytes:
+        """As :meth:`RunRegistry.check`, and a run of another tenant (or of none) does not exist.
+
+        :raises RunNotFound: no such run of this tenant (the same message as for any missing id).
+        :raises RunClosed: ``write`` and the run has ended.
+        """
+        if not isinstance(run, str) or run not in self._rid:
+            run_id_bytes(run)  # a malformed id: the registry's precise message
+            raise RunNotFound(f"no run {run!r} in this database")
+        return self._registry.check(run, write=write)
+
+    def prefix_maps(self, tag: int) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Live ``(all runs, active runs)`` maps of this tenant's runs to the key prefix of ``tag``."""
+        if tag not in self._all_maps:
+            with self._registry._lock:  # noqa: SLF001 - the registry's own lock, same module
+                if tag not in self._all_maps:
+                    self._active_maps[tag] = {r: run_prefix(self._rid[r], tag) for r in self._active}
+                    self._all_maps[tag] = {r: run_prefix(rid, tag) for r, rid in self._rid.items()}
+        return self._all_maps[tag], self._active_maps[tag]
+
+    def ids(self, status: str | None = None, snapshot: int | None = None) -> list[str]:
+        """As :meth:`RunRegistry.ids`, this tenant's runs only. O(runs)."""
+        mine = self._rid
+        return [r for r in self._registry.ids(status, snapshot) if r in mine]
+
+    def visible_at(self, run: str, snapshot: int) -> bool:
+        return self._registry.visible_at(run, snapshot)
+
+    def created_version(self, run: str) -> int:
+        return self._registry.created_version(run)
+
+    def changed_after(self, snapshot: int) -> int:
+        """The newest commit version after ``snapshot`` that created, ended or deleted one of this
+        tenant's runs, else 0. O(1)."""
+        return self._last_change if self._last_change > snapshot else 0
+
+    def status(self, run: str) -> str:
+        """The run's status. :raises RunNotFound: no such run of this tenant."""
+        self.check(run, write=False)
+        return self._registry.status(run)
+
+    def record(self, store: UnifiedStore, run: str) -> dict[str, Any]:
+        """The decoded run record. :raises RunNotFound: no such run of this tenant."""
+        self.check(run, write=False)
+        return self._registry.record(store, run)
+
+    def runs(self) -> list[str]:
+        """This tenant's run ids, in start order."""
+        return sorted(self._rid)
+
+    def __len__(self) -> int:
+        return len(self._rid)
+
+    def __contains__(self, run: object) -> bool:
+        return run in self._rid

@@ -49,7 +49,7 @@ from .errors import InvalidArgument, InvalidValue, TransactionClosed, Transactio
 from .keys import (TAG_DOC, TAG_EVENT, TAG_EXPIRY, TAG_GRAPH, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAG_VECTOR,
                    in_range, run_prefix, split_key)
 from .kernel import Entry, Kernel, ReadPoint, Resolver
-from .registry import run_record_key
+from .registry import RunRegistry, TenantScope, run_record_key
 
 __all__ = ["Transaction"]
 
@@ -93,13 +93,15 @@ class Transaction:
     Primitives hang on it as on the database: ``tx.kv``.
     """
 
-    def __init__(self, kernel: Kernel, primitives: dict[str, Callable[[Transaction], Any]] | None = None):
+    def __init__(self, kernel: Kernel, primitives: dict[str, Callable[[Transaction], Any]] | None = None,
+                 registry: RunRegistry | TenantScope | None = None):
+        # ``registry``: the runs this transaction may name (a tenant's scope; default every run)
         point = kernel.open_read_point()
         self._kernel = kernel
         #: ``now_us() -> int``: the database's clock (Unix µs); time to live is judged by it at each read.
         self.now_us = kernel.clock
         self._read_at = kernel.read_at
-        self._registry = kernel.registry
+        self._registry = kernel.registry if registry is None else registry
         self._begin = point.version
         self._point = point
         # A transaction dropped without commit or rollback must not pin old versions for ever.

@@ -38,7 +38,7 @@ def test_public_names_are_pinned():
         "ChainBroken", "Change", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Edge", "Event", "EventsDiff", "HistoryUnavailable", "Hit", "InmemError", "InvalidArgument",
         "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "Node", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
-        "RunState", "SnapshotInfo", "State", "StoredVector", "Subscription", "Trace", "TraceNotFound", "Transaction",
+        "RunState", "SnapshotInfo", "State", "StoredVector", "Subscription", "Tenant", "Trace", "TraceNotFound", "Transaction",
         "TransactionClosed", "TransactionConflict", "VectorRecord", "Watch", "__version__",
     }
     for name in inmem.__all__:

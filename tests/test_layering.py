@@ -28,6 +28,7 @@ LAYERS = [
     {"contexts", "vectorindex", "sweeping"},
     {"runviews"},
     {"replay", "changefeed"},
+    {"tenants"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo", "memory", "memorystore"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import decode_value, encode_value
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, RunNotFound
 from ..keys import TAG_EVENT, TAG_KV, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
 from ..registry import END_STATUSES, run_record_key
 from .context import Context
@@ -48,6 +48,8 @@ class RunInfo:
     counts: dict[str, int] = field(compare=False)
     #: ``db.archive_run`` was called: its history is no longer retained under ``history="active"``.
     archived: bool = False
+    #: The tenant the run belongs to (``db.tenant(id).begin_run``, or a fork of its run); None: no tenant.
+    tenant: str | None = None
 
 
 class Runs:
@@ -58,6 +60,17 @@ class Runs:
 
     def _record(self, run: str, *, write: bool = False) -> tuple[bytes, bytes, dict[str, Any]] | None:
         rid = self._ctx.check_run(run, write=write)
+        return self._read(rid)
+
+    def _listed(self, run: str) -> tuple[bytes, bytes, dict[str, Any]] | None:
+        """:meth:`_record` of a run a listing named, None if it is gone meanwhile (``delete_tenant``)."""
+        try:
+            rid = self._ctx.check_run(run, write=False)
+        except RunNotFound:
+            return None
+        return self._read(rid)
+
+    def _read(self, rid: bytes) -> tuple[bytes, bytes, dict[str, Any]] | None:
         key = run_record_key(rid)
         entry = self._ctx.lookup(key)
         return None if entry is None else (rid, key, decode_value(entry[1]))
@@ -72,15 +85,13 @@ class Runs:
             id=run, name=record["name"], parent=record["parent"], status=record["status"],
             tags=tuple(record["tags"]), metadata=record["metadata"], started_at=record["started_at"],
             ended_at=record["ended_at"], first_version=record.get("first_version", 0), last_version=last,
-            counts=counts, archived=bool(record.get("archived", False)),
+            counts=counts, archived=bool(record.get("archived", False)), tenant=record.get("tenant"),
         )
 
     def get(self, run: str) -> RunInfo:
         """The run's :class:`RunInfo`. Complexity: O(run size). :raises RunNotFound: no such run."""
         found = self._record(run)
         if found is None:  # created after this transaction's snapshot
-            from ..errors import RunNotFound
-
             raise RunNotFound(f"no run {run!r} in this transaction's snapshot")
         rid, _, record = found
         return self._info(run, rid, record)
@@ -91,8 +102,8 @@ class Runs:
         if status is not None and status not in STATUSES:
             raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
         if status is None:
-            return [r for r in self._ctx.run_ids() if self._record(r) is not None]
-        return [r for r in self._ctx.run_ids(status) if (f := self._record(r)) is not None and f[2]["status"] == status]
+            return [r for r in self._ctx.run_ids() if self._listed(r) is not None]
+        return [r for r in self._ctx.run_ids(status) if (f := self._listed(r)) is not None and f[2]["status"] == status]
 
     def list(self, *, status: str | None = None, tag: str | None = None, parent: str | None = None,
              name: str | None = None, started_after: _dt.datetime | None = None,
@@ -115,7 +126,7 @@ class Runs:
         for run in self._ctx.run_ids(status):
             if limit is not None and len(out) >= limit:
                 break
-            found = self._record(run)
+            found = self._listed(run)
             if found is None:
                 continue
             rid, _, r = found
