@@ -28,7 +28,8 @@ LAYERS = [
     {"contexts", "vectorindex", "sweeping"},
     {"replay"},
     {"database"},
-    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
+    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo",
+     "integrations.langgraph_store"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
      "cli.maintain", "cli.demo", "__main__", "__init__", "testing"},
 ]
