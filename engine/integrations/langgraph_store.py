@@ -197,6 +197,27 @@ def _search_item(encoded: str, record: dict[str, Any], score: float | None) -> S
                       updated_at=_us(record["updated_us"]), score=score)
 
 
+_EXPIRING_TAG = 26990  # SPEC.md §2 "Time to live": tag 26990 [expires_us, ttl_us, value]
+
+
+def _history_value(value: Any) -> Any:
+    """A KV value as ``db.history`` reports it, made plain: some paths report a value written with a
+    time to live as its raw ``tag 26990 [expires_us, ttl_us, value]`` with frozen maps; unwrap and thaw."""
+    if getattr(value, "tag", None) == _EXPIRING_TAG:
+        value = value.value[2]
+    return _thaw(value)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
 def _matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
     path = tuple(condition.path)
     if len(namespace) < len(path):
@@ -724,7 +745,7 @@ class InmemStore(BaseStore):
         for commit in self._db.history(run):
             for op in commit.ops:
                 if op.primitive == "kv" and op.key == encoded:
-                    item = None if op.kind == "delete" else _item(encoded, op.value)
+                    item = None if op.kind == "delete" else _item(encoded, _history_value(op.value))
                     out.append((commit.version, commit.ts, item))
         return out
 
