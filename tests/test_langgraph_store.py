@@ -372,6 +372,40 @@ def test_semantic_search_fields_paths_index_false_and_max_pooling(db):
     assert not [vid for vid in db.vectors.ids(s.run, "store") if vid.endswith("code")]
 
 
+def test_semantic_scores_and_order_match_inmemorystore(db, monkeypatch):
+    import inmem.integrations.langgraph_store as mod
+
+    index = {"dims": DIM, "embed": embed, "fields": ["text", "tags[*]"]}
+    ref, s = InMemoryStore(index=index), InmemStore(db, index=index)
+    words = "tea coffee green black python code graph memory agent tool plan user".split()
+    for i in range(40):
+        value = {"text": " ".join(words[(i * j) % len(words)] for j in range(1, 4)), "n": i,
+                 "tags": [words[i % len(words)], words[(i + 5) % len(words)]]}
+        ref.put(("d", f"u{i % 3}"), f"k{i:02}", value)
+        s.put(("d", f"u{i % 3}"), f"k{i:02}", value)
+
+    def ranked(store, **kw):
+        return [(i.key, round(i.score, 5)) for i in store.search(("d",), query="green tea agent", **kw)]
+
+    def same(kw):  # equal scores, and the same items wherever there is no tie at the cut
+        mine, theirs = ranked(s, **kw), ranked(ref, **kw)
+        assert [x for _, x in mine] == pytest.approx([x for _, x in theirs], abs=1e-4)
+        cut = min(x for _, x in mine) + 1e-4
+        assert {k for k, x in mine if x > cut} == {k for k, x in theirs if x > cut}
+
+    for kw in ({"limit": 10}, {"limit": 5, "offset": 3}, {"filter": {"n": {"$gte": 30}}, "limit": 4}):
+        same(kw)
+    monkeypatch.setattr(mod, "_MAX_K", 8)  # past the vector store's top-k limit: the rest scored one by one
+    same({"filter": {"n": {"$lt": 6}}, "limit": 4})
+    assert all(i.score == 0.0 for i in s.search(("d",), query="!!!", limit=3))  # a zero query vector
+
+
+def test_embedder_of_the_wrong_dims_is_refused_before_writing(db, dbdir):
+    s = InmemStore(db, index={"dims": DIM, "embed": lambda texts: [[1.0, 2.0] for _ in texts]})
+    s.db.begin_run("seed")
+    assert_refused_unwritten(db, dbdir, lambda: s.put(("a",), "k", {"text": "x"}), InvalidArgument)
+
+
 def test_vectors_commit_with_the_item(db):
     s = InmemStore(db, index={"dims": DIM, "embed": embed, "fields": ["text"]})
     s.put(("d",), "k", {"text": "hello there"})

@@ -92,6 +92,7 @@ STORE_TAG = "langgraph-store"
 LANGGRAPH_TAG = "langgraph"
 COLLECTION = "store"
 _RETRIES = 30
+_MAX_K = 10_000  # the vector store's largest top-k
 
 _runs_lock = threading.Lock()
 _creation_locks: weakref.WeakKeyDictionary[Database, threading.Lock] = weakref.WeakKeyDictionary()
@@ -477,16 +478,21 @@ class InmemStore(BaseStore):
         plan.texts.extend(text for _, text in texts)
 
     def _check_vectors(self, vectors: Any, n: int, what: str) -> list[Any]:
-        vectors = list(vectors)
+        vectors = [list(map(float, v)) for v in vectors]
+        dims = self.index_config["dims"]  # type: ignore[index]
         if len(vectors) != n:
             raise InvalidArgument(f"the embedder returned {len(vectors)} vectors for {n} {what}")
+        for v in vectors:
+            if len(v) != dims or not all(map(math.isfinite, v)):
+                raise InvalidArgument(f"the embedder returned a vector of {len(v)} numbers (or not finite) "
+                                      f"for {what}; index['dims'] is {dims}")
         return vectors
 
     def _embed(self, plan: _Plan) -> None:
         if plan.texts:
             plan.vectors = self._check_vectors(self.embeddings.embed_documents(plan.texts), len(plan.texts), "texts")
         for q in plan.queries:
-            plan.query_vectors[q] = self.embeddings.embed_query(q)
+            plan.query_vectors[q] = self._check_vectors([self.embeddings.embed_query(q)], 1, "a query")[0]
 
     async def _aembed(self, plan: _Plan) -> None:
         if plan.texts:
@@ -494,7 +500,7 @@ class InmemStore(BaseStore):
                                                len(plan.texts), "texts")
         if plan.queries:
             found = await asyncio.gather(*(self.embeddings.aembed_query(q) for q in plan.queries))
-            plan.query_vectors = dict(zip(plan.queries, found))
+            plan.query_vectors = dict(zip(plan.queries, self._check_vectors(found, len(found), "queries")))
 
     # --- execution: one transaction -----------------------------------------------------------------
 
@@ -612,29 +618,60 @@ class InmemStore(BaseStore):
                         break
         if query is None:
             return [_search_item(e, r, None) for e, r in hits[op.offset:op.offset + op.limit]]
+        want = op.offset + op.limit
+        best = self._ranked(tx, run, hits, query, want)
+        scored = sorted(((-score, n, encoded) for n, (encoded, _) in enumerate(hits)
+                         if (score := best.get(encoded)) is not None))
+        records = dict(hits)
+        ranked = [(e, records[e], -s) for s, _, e in scored]
+        ranked += [(e, r, None) for e, r in hits if e not in best]  # items without vectors: after, in key order
+        return [_search_item(e, r, s) for e, r, s in ranked[op.offset:want]]
+
+    def _ranked(self, tx: Any, run: str, hits: list[tuple[str, dict[str, Any]]], query: Any,
+                want: int) -> dict[str, float]:
+        """Cosine score of the candidates ``hits`` (max over their vectors) for at least their best ``want``.
+
+        Asks the vector store (its cached matrix, exact) for the top 4·want, 16·want, ... vectors until
+        ``want`` candidates are among them: every candidate absent from a top-k scores at most its k-th
+        score, so those found are exactly the best. Past 10,000 vectors (the store's top-k limit), the
+        candidates not yet scored are scored one by one.
+        """
+        candidates = {encoded: set(record.get("vectors", ())) for encoded, record in hits}
+        candidates = {e: paths for e, paths in candidates.items() if paths}
+        if not candidates or want == 0:
+            return {}
+        if not any(query):  # a zero query has no direction: every vector scores 0 (key order decides)
+            return dict.fromkeys(candidates, 0.0)
+        best: dict[str, float] = {}
+        k = min(_MAX_K, max(4 * want, 64))
+        while True:
+            matches = tx.vectors.search(run, COLLECTION, query, k=k)
+            best = {}
+            for match in matches:
+                path, encoded = match.id.split("\x00", 1)
+                if encoded not in best and path in candidates.get(encoded, ()):
+                    best[encoded] = float(match.score)
+            if len(best) >= min(want, len(candidates)) or len(matches) < k:
+                return best
+            if k == _MAX_K:
+                break
+            k = min(_MAX_K, 4 * k)
         import numpy as np
 
         q = np.asarray(query, dtype=np.float64)
         qn = float(np.linalg.norm(q))
-        scored: list[tuple[float, int, str, dict[str, Any]]] = []
-        unscored: list[tuple[str, dict[str, Any]]] = []
-        for n, (encoded, record) in enumerate(hits):
-            best = None
-            for path in record.get("vectors", ()):
+        for encoded, paths in candidates.items():
+            if encoded in best:
+                continue
+            for path in paths:
                 found = tx.vectors.get(run, COLLECTION, path + "\x00" + encoded)
                 if found is None:
                     continue
                 v = np.asarray(found.vector, dtype=np.float64)
                 vn = float(np.linalg.norm(v))
                 score = float(v @ q) / (vn * qn) if vn and qn else 0.0
-                best = score if best is None else max(best, score)
-            if best is None:
-                unscored.append((encoded, record))
-            else:
-                scored.append((-best, n, encoded, record))
-        scored.sort()
-        ranked = [(e, r, -s) for s, _, e, r in scored] + [(e, r, None) for e, r in unscored]
-        return [_search_item(e, r, s) for e, r, s in ranked[op.offset:op.offset + op.limit]]
+                best[encoded] = max(best.get(encoded, score), score)
+        return best
 
     def _list_namespaces(self, tx: Any, run: str, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         conditions = list(op.match_conditions or ())
