@@ -608,17 +608,22 @@ class InmemStore(BaseStore):
             tx.kv.put(run, encoded, record, ttl=None if ttl is None else ttl * 60.0)
 
     def _search(self, tx: Any, run: str, op: SearchOp, predicate: Any, query: Any) -> list[SearchItem]:
-        stop = None if query is not None else op.offset + op.limit
+        want = op.offset + op.limit
+        prefix = encode_prefix(op.namespace_prefix)
+        if query is not None and want and any(query):
+            found = self._search_vectors(tx, run, prefix, predicate, query, want)
+            if found is not None:
+                return [_search_item(e, r, s) for e, r, s in found[op.offset:want]]
+        stop = None if query is not None else want
         hits: list[tuple[str, dict[str, Any]]] = []
         if stop != 0:
-            for encoded, record in tx.kv.scan(run, encode_prefix(op.namespace_prefix)):
+            for encoded, record in tx.kv.scan(run, prefix):
                 if predicate is None or predicate(record["value"]):
                     hits.append((encoded, record))
                     if len(hits) == stop:
                         break
         if query is None:
-            return [_search_item(e, r, None) for e, r in hits[op.offset:op.offset + op.limit]]
-        want = op.offset + op.limit
+            return [_search_item(e, r, None) for e, r in hits[op.offset:want]]
         best = self._ranked(tx, run, hits, query, want)
         scored = sorted(((-score, n, encoded) for n, (encoded, _) in enumerate(hits)
                          if (score := best.get(encoded)) is not None))
@@ -626,6 +631,51 @@ class InmemStore(BaseStore):
         ranked = [(e, records[e], -s) for s, _, e in scored]
         ranked += [(e, r, None) for e, r in hits if e not in best]  # items without vectors: after, in key order
         return [_search_item(e, r, s) for e, r, s in ranked[op.offset:want]]
+
+    def _search_vectors(self, tx: Any, run: str, prefix: str, predicate: Any, query: Any,
+                        want: int) -> list[tuple[str, dict[str, Any], float | None]] | None:
+        """The best ``want`` items for ``query``, driven by the vector store (exact, cached matrix).
+
+        Asks for the top 4·want, 16·want, ... vectors; each new item among them is read once and kept
+        if it is under ``prefix``, passes the filter and still lists that vector. Vectors come best
+        first, so an item's first vector is its best (max pooling) and once ``want`` items are kept
+        they are exactly the best. When every vector has been seen and fewer were kept, the items
+        without vectors follow (score None, key order). None when the vector store's top-k limit was
+        reached first (the caller then scores the filtered items one by one).
+        O(k log k + k reads) per round; the vector search itself O(vectors x dims).
+        """
+        k = min(_MAX_K, max(4 * want, 64))
+        seen: dict[str, dict[str, Any] | None] = {}
+        while True:
+            matches = tx.vectors.search(run, COLLECTION, query, k=k)
+            kept: list[tuple[str, dict[str, Any], float | None]] = []
+            taken: set[str] = set()
+            for match in matches:
+                path, encoded = match.id.split("\x00", 1)
+                if encoded in taken or not encoded.startswith(prefix):
+                    continue
+                if encoded not in seen:
+                    record = tx.kv.get(run, encoded)
+                    if record is not None and predicate is not None and not predicate(record["value"]):
+                        record = None
+                    seen[encoded] = record
+                record = seen[encoded]
+                if record is None or path not in record.get("vectors", ()):
+                    continue
+                taken.add(encoded)
+                kept.append((encoded, record, float(match.score)))
+                if len(kept) == want:
+                    return kept
+            if len(matches) < k:  # every vector seen: the unembedded items follow
+                for encoded, record in tx.kv.scan(run, prefix):
+                    if encoded not in taken and (predicate is None or predicate(record["value"])):
+                        kept.append((encoded, record, None))
+                        if len(kept) == want:
+                            break
+                return kept
+            if k == _MAX_K:
+                return None
+            k = min(_MAX_K, 4 * k)
 
     def _ranked(self, tx: Any, run: str, hits: list[tuple[str, dict[str, Any]]], query: Any,
                 want: int) -> dict[str, float]:
