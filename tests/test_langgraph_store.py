@@ -8,6 +8,7 @@ InMemoryStore, and a SIGKILL crash test of concurrent puts.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -26,7 +27,7 @@ from langgraph.store.base import (  # noqa: E402
 )
 from langgraph.store.memory import InMemoryStore  # noqa: E402
 
-from inmem import Database, InvalidArgument  # noqa: E402
+from inmem import Database, DatabaseReadOnly, InvalidArgument  # noqa: E402
 from inmem.embeddings import HashingEmbedder  # noqa: E402
 from inmem.integrations.langgraph import InmemSaver, InmemStore  # noqa: E402
 from inmem.integrations.langgraph_store import decode_key, encode_key, encode_prefix  # noqa: E402
@@ -188,7 +189,7 @@ def test_store_before_first_write_reads_empty_and_read_only_handle_refuses_write
     with Database.open(dbdir, read_only=True) as db:
         s = InmemStore(db)
         assert s.get(("a",), "k").value == {"v": 1}
-        with pytest.raises(Exception, match="read_only"):
+        with pytest.raises(DatabaseReadOnly):
             s.put(("a",), "k", {"v": 2})
 
 
@@ -205,6 +206,36 @@ def test_from_path_persists_and_shares_the_database_with_a_checkpointer(tmp_path
             InmemStore(s.db, index={"dims": DIM + 1, "embed": embed})
     with pytest.raises(InvalidArgument, match="embed"):
         InmemStore.from_path(tmp_path / "x", index={"dims": 3, "embed": "nosuchprovider:model"})
+
+
+def test_a_compiled_graph_uses_the_store_beside_the_checkpointer(db):
+    from typing import TypedDict
+
+    from langgraph.config import get_store
+    from langgraph.graph import END, START, StateGraph
+
+    class State(TypedDict):
+        text: str
+        found: list
+
+    def remember(state: State) -> dict:
+        store = get_store()
+        store.put(("mem", "u1"), f"m{len(state['text'])}", {"text": state["text"]})
+        return {"found": sorted(i.value["text"] for i in store.search(("mem",)))}
+
+    builder = StateGraph(State)
+    builder.add_node("remember", remember)
+    builder.add_edge(START, "remember")
+    builder.add_edge("remember", END)
+    app = builder.compile(checkpointer=InmemSaver(db), store=InmemStore(db))
+    app.invoke({"text": "hi", "found": []}, {"configurable": {"thread_id": "t1"}})
+    out = app.invoke({"text": "hello", "found": []}, {"configurable": {"thread_id": "t2"}})
+    assert out["found"] == ["hello", "hi"]  # long-term memory shared across threads
+
+    async def main():
+        return await app.ainvoke({"text": "hey!", "found": []}, {"configurable": {"thread_id": "t3"}})
+
+    assert asyncio.run(main())["found"] == ["hello", "hey!", "hi"]
 
 
 def test_two_named_stores_in_one_database_are_separate(db):
@@ -284,6 +315,20 @@ def test_ttl_refresh_on_read_extends_the_lease(db, clock):
 def test_ttl_sweeper_thread_runs_and_stops(db, clock):
     s = InmemStore(db, ttl={"default_ttl": 1, "sweep_interval_minutes": 60})
     assert s.stop_ttl_sweeper(timeout=5)
+    s.put(("w",), "k", {"v": 1})
+    clock.t += 61
+    swept = threading.Event()
+    counts = []
+
+    def sweep_ttl():
+        counts.append(InmemStore.sweep_ttl(s))
+        swept.set()
+
+    s.sweep_ttl = sweep_ttl
+    s.start_ttl_sweeper(sweep_interval_minutes=0.0005)  # 30 ms
+    assert swept.wait(10)
+    assert s.stop_ttl_sweeper(timeout=10)
+    assert counts[0] == 1 and s.history(("w",), "k")[-1][2] is None
     with pytest.raises(InvalidArgument):
         InmemStore(db).start_ttl_sweeper()
     with pytest.raises(InvalidArgument):
