@@ -186,9 +186,12 @@ def test_store_before_first_write_reads_empty_and_read_only_handle_refuses_write
             (None, [], [], [])
         assert s.run is None
         s.put(("a",), "k", {"v": 1})
+        s.put(("a",), "t", {"v": 2}, ttl=60)
     with Database.open(dbdir, read_only=True) as db:
         s = InmemStore(db)
         assert s.get(("a",), "k").value == {"v": 1}
+        assert s.get(("a",), "t", refresh_ttl=True).value == {"v": 2}  # no lease renewal on a read-only handle
+        assert [i.key for i in s.search(("a",), refresh_ttl=True)] == ["k", "t"]
         with pytest.raises(DatabaseReadOnly):
             s.put(("a",), "k", {"v": 2})
 

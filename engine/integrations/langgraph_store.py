@@ -537,13 +537,19 @@ class InmemStore(BaseStore):
             self._run = run
         if plan.writes:
             return self._db.transact(lambda tx: self._apply(tx, run, plan, True)[0], retries=_RETRIES)
+        refresh_ok = not self._db.read_only  # a read-only handle reads without renewing leases
+        if len(plan.ops) == 1 and isinstance(plan.ops[0], GetOp):  # the common case: one point read
+            op = plan.ops[0]
+            encoded = encode_key(op.namespace, op.key)
+            record = self._db.kv.get(run, encoded, refresh_ttl=bool(op.refresh_ttl) and refresh_ok)
+            return [None if record is None else _item(encoded, record)]
         tx = self._db.transaction()  # reads only: one snapshot, no commit
         try:
             results, due = self._apply(tx, run, plan, False)
         finally:
             if not tx.finished:
                 tx.rollback()
-        if due:  # leases to extend: one commit (an item deleted meanwhile is simply not refreshed)
+        if due and refresh_ok:  # leases to extend: one commit (an item deleted meanwhile is simply not refreshed)
             def refresh(tx: Any) -> None:
                 for encoded in due:
                     tx.kv.get(run, encoded, refresh_ttl=True)
