@@ -32,7 +32,8 @@ one ``kv.scan`` prefix ``"".join(l + "\\0" for l in P)``.
 Vectors (``index=IndexConfig``): the run's vector collection ``"store"``
 (cosine, ``dims``), one vector per (item, field path) with id
 ``path + "\\0" + encode_key(namespace, key)``; the item record lists its
-paths, so a search reads exactly the vectors of the items it considers.
+paths. A query search asks the vector store's exact top-k for widening k
+and reads only the items behind the best vectors (SPEC.md has the ranking).
 
 Guarantees
 ----------
@@ -45,6 +46,8 @@ Guarantees
   nothing, except one commit extending the leases of expiring items it read
   when a TTL refresh is due.
 * Embeddings are computed before the transaction (never inside a retry).
+* A read-only handle reads everything and renews no lease; writes raise
+  ``DatabaseReadOnly``.
 * An expired item is never returned by any read (the engine hides it from
   the moment its TTL passes, swept or not).
 * Bad input (namespace, key, value, ttl, filter, limit/offset, index paths)
