@@ -30,7 +30,8 @@ LAYERS = [
     {"replay", "changefeed"},
     {"tenants"},
     {"database"},
-    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo", "memory", "memorystore"},
+    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo",
+     "integrations.langgraph_store", "memory", "memorystore"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
      "cli.maintain", "cli.demo", "__main__", "__init__", "testing"},
 ]

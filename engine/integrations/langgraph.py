@@ -85,7 +85,9 @@ except ImportError:  # pragma: no cover - depends on the installed langgraph-che
 from ..database import Database
 from ..errors import DatabaseReadOnly, RunClosed
 
-__all__ = ["InmemSaver"]
+from .langgraph_store import InmemStore  # noqa: E402,F401 - the LangGraph store, re-exported
+
+__all__ = ["InmemSaver", "InmemStore"]
 
 T = TypeVar("T")
 
