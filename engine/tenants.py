@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from . import replay as _replay
 from .contexts import DIRECT, OPTIMISTIC, READS, _Autocommit, _AutoPrimitive
+from .sweeping import sweep_all
 from .errors import InvalidArgument, TransactionConflict
 from .kernel import Kernel, LockedView
 from .keys import prefix_end, run_prefix
@@ -71,7 +72,9 @@ class Tenant:
     ``docs``, ``graph``, :meth:`begin_run`, :meth:`end_run`,
     :meth:`transaction`, :meth:`transact`, :meth:`history`,
     :meth:`replay_run`, :meth:`run_state`, :meth:`diff_runs` and
-    :meth:`fork_run`, with the signatures and errors of ``Database``'s. Every
+    :meth:`fork_run`, :meth:`sweep`, ``path`` and ``read_only``, with the signatures and errors of
+    ``Database``'s (so code written against a ``Database`` — ``InmemStore``, ``inmem.memory`` — runs on
+    a view unchanged, confined to the tenant). Every
     run it begins belongs to the tenant (its run record has ``"tenant"``);
     forks of them too. Runs of other tenants and runs of no tenant do not
     exist through the view: naming one raises ``RunNotFound`` with the
@@ -113,6 +116,28 @@ class Tenant:
     def tenant_id(self) -> str:
         """The tenant's id."""
         return self._scope.tenant
+
+    @property
+    def path(self) -> str:
+        """The database directory."""
+        return self._kernel.path
+
+    @property
+    def read_only(self) -> bool:
+        """The database was opened with ``read_only=True``: every write raises ``DatabaseReadOnly``."""
+        return self._kernel.read_only
+
+    def sweep(self, run: str | None = None) -> int:
+        """As ``Database.sweep``, over this tenant's active runs (or ``run``, one of them); return the count.
+
+        :raises RunNotFound: ``run`` is not one of this tenant's runs. :raises RunClosed: it has ended.
+        :raises DatabaseReadOnly: a read-only handle.
+        """
+        self._kernel.check_can_write()
+        if run is not None:
+            self._scope.check(run, write=True)
+            return sweep_all(self._kernel, [run])
+        return sweep_all(self._kernel, self._scope.ids("active"))
 
     def __repr__(self) -> str:
         return f"<inmem.Tenant {self._scope.tenant!r} of {self._kernel.path!r}>"

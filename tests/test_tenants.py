@@ -374,3 +374,29 @@ def test_writers_racing_delete_tenant_never_resurrect_its_data(db):
         t.join()
     assert len(outcomes) == 3 and min(outcomes) >= 20
     assert db.stats()["keys"] == base and db.stats()["runs"] == 0
+
+
+def test_store_namespaces_memories_and_searches_are_per_tenant(tmp_path):
+    """Code written against a Database runs on a tenant view confined to it: a LangGraph store and a
+    Mem0-style memory of one tenant are invisible to another (items, namespaces, searches, memories)."""
+    pytest.importorskip("langgraph")
+    from inmem.embeddings import HashingEmbedder
+    from inmem.integrations.langgraph import InmemStore
+    from inmem.memory import Memory
+
+    with Database.open(str(tmp_path / "db"), durability="off", sweep_interval_s=None) as db:
+        alice, bob = db.tenant("alice"), db.tenant("bob")
+        index = {"dims": 32, "embed": HashingEmbedder(dim=32), "fields": ["text"]}
+        sa, sb = InmemStore(alice, index=index), InmemStore(bob, index=index)
+        sa.put(("users", "1"), "k", {"text": "alice's secret plan"})
+        assert sb.get(("users", "1"), "k") is None and sb.list_namespaces() == []
+        assert sb.search(("users",)) == [] and sb.search(("users",), query="secret plan") == []
+        assert sa.get(("users", "1"), "k").value == {"text": "alice's secret plan"}
+        ma, mb = Memory(alice, embedder=HashingEmbedder(dim=32)), Memory(bob, embedder=HashingEmbedder(dim=32))
+        ma.add("alice likes green tea", user_id="u1")
+        assert mb.search("green tea", user_id="u1") == [] and mb.get_all(filters={"user_id": "u1"}) == []
+        assert [m.memory for m in ma.search("green tea", user_id="u1")] == ["alice likes green tea"]
+        assert {r.tenant for r in db.runs.list()} == {"alice"}  # both runs are alice's; the root sees them
+        assert alice.sweep() == 0 and bob.sweep() == 0
+        db.delete_tenant("alice")
+        assert InmemStore(db.tenant("alice")).get(("users", "1"), "k") is None

@@ -86,6 +86,7 @@ from langgraph.store.base import (
 )
 
 from ..database import Database
+from ..tenants import Tenant
 from ..errors import DatabaseReadOnly, InvalidArgument
 from ..filters import compile_filter
 
@@ -268,7 +269,10 @@ class InmemStore(BaseStore):
     database's own sweeper, ``Database.open(sweep_interval_s=)``, deletes
     expired records too). Expired items are never returned either way.
 
-    :raises TypeError: ``db`` is not an inmem Database.
+    ``db`` may be a tenant view (``db.tenant(id)``): the store's run then belongs to the tenant,
+    and no other tenant can see its items, namespaces or searches.
+
+    :raises TypeError: ``db`` is neither an inmem Database nor a tenant view.
     :raises InvalidArgument: a bad ``index``/``ttl``/``run``, or a ``dims``
         differing from the run's existing collection.
     """
@@ -277,8 +281,9 @@ class InmemStore(BaseStore):
 
     def __init__(self, db: Database, *, index: IndexConfig | None = None, ttl: TTLConfig | None = None,
                  run: str = "langgraph-store") -> None:
-        if not isinstance(db, Database):
-            raise TypeError(f"InmemStore needs an inmem.Database; got {type(db).__name__}")
+        if not isinstance(db, (Database, Tenant)):
+            raise TypeError(f"InmemStore needs an inmem.Database or a tenant view (db.tenant(id)); "
+                            f"got {type(db).__name__}")
         if not isinstance(run, str) or not run:
             raise InvalidArgument(f"run is a non-empty str (the store run's name); got {run!r:.80}")
         self._db = db
