@@ -10,7 +10,7 @@ never its random id, and leaves out wall-clock times and hashes that depend on
 them, so the same steps give the same digests in any database.
 
 The graph (:func:`op_graph`) is in :func:`digest` through :func:`graph_of`
-(``RunState`` does not hold it). Adding a primitive (workflows when it lands) is one
+(``RunState`` does not hold it). LangGraph store items (:func:`op_store`) are KV records of the store run. Adding a primitive (workflows when it lands) is one
 function ``op_<name>(w: Workload) -> None`` making one commit through ``w.db``
 plus its entry in :data:`OPS` and, if its state is not part of
 ``RunState``, a line in :func:`digest`.
@@ -47,6 +47,7 @@ class Workload:
         self.counter = 0
         self.states: set[tuple[str, str]] = set()
         self.collections: set[tuple[str, str]] = set()
+        self.store: Any = None  # the InmemStore, once its run exists (op_store)
 
     def run(self) -> tuple[str, str]:
         """An active run (name, id), beginning one if there is none."""
@@ -110,6 +111,30 @@ def op_ttl(w: Workload) -> None:
         w.db.kv.put(rid, key, {"plain": w.next()})
     else:
         w.db.sweep()
+
+
+def op_store(w: Workload) -> None:
+    """LangGraph store items (``InmemStore``: KV records of the store's run, one batch = one commit): the
+    first call begins the store's run (its one commit); later ones put an item (with a long ttl, in
+    minutes, half the time), delete one, or put three in one batch."""
+    from inmem.integrations.langgraph_store import LANGGRAPH_TAG, STORE_TAG, InmemStore
+
+    if w.store is None:
+        if not w.db.runs.list(status="active", tag=STORE_TAG, name="langgraph-store"):
+            w.db.begin_run("langgraph-store", tags=[LANGGRAPH_TAG, STORE_TAG], metadata={"langgraph": "store"})
+            return
+        w.store = InmemStore(w.db)
+    ns = ("users", f"u{w.rng.randrange(3)}", w.rng.choice(("memories", "prefs")))
+    key = f"i{w.rng.randrange(8)}"
+    r = w.rng.random()
+    if r < 0.6:
+        w.store.put(ns, key, {"n": w.next(), "text": "x" * w.rng.randrange(80)},
+                    ttl=TTL_S / 60 if w.rng.random() < 0.5 else None)
+    elif r < 0.8:
+        w.store.delete(ns, key)
+    else:
+        from langgraph.store.base import PutOp
+        w.store.batch([PutOp(ns, f"b{j}", {"n": w.next()}) for j in range(3)])
 
 
 #: The time to live of the simulation's expiring values, in seconds (11.6 days: none expires during a run).
@@ -232,7 +257,7 @@ def op_txn(w: Workload) -> None:
 OPS: dict[str, tuple[Callable[[Workload], None], int]] = {
     "begin": (op_begin, 1), "end": (op_end, 1), "fork": (op_fork, 1), "kv": (op_kv, 6), "events": (op_events, 4),
     "state": (op_state, 3), "traces": (op_traces, 2), "vectors": (op_vectors, 3), "txn": (op_txn, 3),
-    "docs": (op_docs, 3), "graph": (op_graph, 4), "ttl": (op_ttl, 2),
+    "docs": (op_docs, 3), "graph": (op_graph, 4), "ttl": (op_ttl, 2), "store": (op_store, 2),
 }
 
 
@@ -299,13 +324,21 @@ def graph_of(db: Database, run: str) -> tuple[Any, Any]:
     return [(n.id, n.kind, n.content, n.content_hash, repr(n.metadata)) for n in nodes], edges
 
 
+def _untimed(value: Any) -> Any:
+    """A KV value without the wall-clock members a record may carry (a LangGraph store item's
+    ``created_us`` / ``updated_us``)."""
+    if isinstance(value, dict) and "updated_us" in value:
+        return {k: v for k, v in value.items() if k not in ("created_us", "updated_us")}
+    return value
+
+
 def snapshot_of(db: Database) -> dict[str, Any]:
     """Every run's state by name, without ids or wall-clock times."""
     out: dict[str, Any] = {}
     for info in db.runs.list():
         st = db.run_state(info.id)
         out[info.name or info.id] = (
-            info.status, sorted(st.kv.items()), [_event(e) for e in st.events],
+            info.status, sorted((k, _untimed(v)) for k, v in st.kv.items()), [_event(e) for e in st.events],
             sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
             sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
             graph_of(db, info.id),
