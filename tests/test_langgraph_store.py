@@ -8,6 +8,7 @@ InMemoryStore, and a SIGKILL crash test of concurrent puts.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -578,3 +579,29 @@ def test_acknowledged_puts_survive_sigkill(dbdir):
                 if i % 3 == 1 and (t, i + 1) in acked:
                     assert item.value["i"] == -1, f"acknowledged overwrite of {(t, i)} lost"
                 assert item.value["t"] == t
+
+
+def test_langmem_manage_and_search_tools_on_the_store(tmp_path):
+    """LangMem's memory tools (driven directly, no LLM) work on an InmemStore: create, update, delete
+    and search memories in a per-user namespace; every change is a commit in the store's history."""
+    langmem = pytest.importorskip("langmem")
+    from inmem.embeddings import HashingEmbedder
+
+    with Database.open(str(tmp_path / "db"), durability="off", sweep_interval_s=None) as db:
+        store = InmemStore(db, index={"dims": 64, "embed": HashingEmbedder(dim=64)})
+        manage = langmem.create_manage_memory_tool(namespace=("memories", "{user_id}"), store=store)
+        search = langmem.create_search_memory_tool(namespace=("memories", "{user_id}"), store=store)
+        cfg = {"configurable": {"user_id": "u1"}}
+        created = manage.invoke({"content": "user prefers green tea", "action": "create"}, config=cfg)
+        key = created.rsplit(" ", 1)[-1]
+        manage.invoke({"content": "user drinks coffee in the morning", "action": "create"}, config=cfg)
+        found = json.loads(search.invoke({"query": "green tea"}, config=cfg))  # what the agent reads
+        assert found[0]["key"] == key and found[0]["value"] == {"content": "user prefers green tea"}
+        assert [f["key"] for f in found] == [h.key for h in store.search(("memories", "u1"), query="green tea")]
+        manage.invoke({"content": "user prefers oolong tea", "action": "update", "id": key}, config=cfg)
+        assert store.get(("memories", "u1"), key).value == {"content": "user prefers oolong tea"}
+        manage.invoke({"action": "delete", "id": key}, config=cfg)
+        assert store.get(("memories", "u1"), key) is None
+        assert store.search(("memories", "u2")) == []  # another user's namespace: empty
+        versions = [item.value["content"] if item else None for _, _, item in store.history(("memories", "u1"), key)]
+        assert versions == ["user prefers green tea", "user prefers oolong tea", None]
