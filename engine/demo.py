@@ -24,6 +24,10 @@ through the public API only:
    every task done exactly once, none lost, one vector memory per task; an
    agent recalls its memories by semantic search with a metadata filter;
    the board's memory graph is searched (text, vector, hybrid) and walked.
+   Meanwhile a follower in the demo's own process (``read_only=True,
+   follow=True``: no lock) watches the board's state changes in the child's
+   WAL as they are written; after the crash a watch on the reopened database
+   resumes at the next version, and every task is seen done exactly once.
 4. It replays one agent's run from the WAL and compares it with the live
    state, forks that run at an earlier version, makes the fork diverge, and
    prints the diff.
@@ -226,6 +230,26 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
                                                        os.environ.get("PYTHONPATH", "")]))
     acked: list[dict[str, Any]] = []
+    # a follower in this process (read-only, no lock) watches the board's state changes in the child's WAL, live
+    follower = Database.open(directory, read_only=True, follow=True)
+    feed = follower.watch(run=board, primitive="state", from_version=seeded_version + 1)
+    seen: Counter[str] = Counter()  # task -> "done" changes delivered
+    last_seen = [seeded_version]
+    stop_following = threading.Event()
+
+    def follow() -> None:
+        while True:
+            change = feed.next(timeout=0.2)
+            if change is None:
+                if stop_following.is_set():
+                    return
+                continue
+            last_seen[0] = change.version
+            if change.op == "put" and change.value is not None and change.value.value == "done":
+                seen[change.key] += 1
+
+    follower_thread = threading.Thread(target=follow, name="demo-follower", daemon=True)
+    follower_thread.start()
     child = subprocess.Popen([sys.executable, "-c", code, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env)
     with _progress(console) as bar:
@@ -244,6 +268,13 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     child.stderr.close()
     child.stdout.close()
     console.print(f"  [red]SIGKILL[/red] the child after {len(acked):,} acknowledged tasks")
+    stop_following.set()
+    follower_thread.join()
+    feed.close()
+    follower.close()
+    followed = sum(seen.values())
+    console.print(f"  a follower in this process (read_only=True, follow=True: no lock) watched the child's WAL "
+                  f"live: {followed:,} 'done' changes, up to version {last_seen[0]:,}")
 
     # 3. reopen: recovery, then check every acknowledged commit and every chain, then finish
     t0 = time.perf_counter()
@@ -289,6 +320,15 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                 t.start()
             for t in threads:
                 t.join()
+        # the change feed resumes where the follower stopped: nothing missed, nothing twice
+        with db.watch(run=board, primitive="state", from_version=last_seen[0] + 1) as resumed:
+            while (change := resumed.next(timeout=0.5)) is not None:
+                if change.op == "put" and change.value is not None and change.value.value == "done":
+                    seen[change.key] += 1
+        assert set(seen) == {_task(i) for i in range(tasks)} and set(seen.values()) == {1}, \
+            "the change feed missed or repeated a task"
+        console.print(f"  change feed resumed at version {last_seen[0] + 1:,}: {sum(seen.values()) - followed:,} more "
+                      f"'done' changes; every one of {tasks:,} tasks seen done exactly once across the crash")
         per_task: Counter[str] = Counter()
         for run in runs:
             for e in db.events.read(run):
@@ -407,6 +447,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         "diff_empty": diff.is_empty(), "recovery": rec, "recovered_version": recovered_version,
         "seeded_version": seeded_version, "commit_version": stats["commit_version"],
         "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3), "langgraph": langgraph,
-        "memories": memories, "progress": progress, "graph": graph,
+        "memories": memories, "progress": progress, "graph": graph, "followed": followed,
+        "feed_exactly_once": set(seen.values()) == {1} and len(seen) == tasks,
         "graph_search": [h.node.id for h in text],
     }

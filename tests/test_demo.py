@@ -23,6 +23,8 @@ def test_demo_crashes_recovers_and_verifies(tmp_path):
     # the board's memory graph: one node per task and per agent, one 'did' edge per task, consistent index
     assert (r["graph"]["nodes"], r["graph"]["edges"], r["graph"]["problems"]) == (63, 60, [])
     assert r["graph_search"] and all(id.startswith("task/") for id in r["graph_search"])
+    # the follower watched the child's WAL live, and the resumed change feed saw every task done exactly once
+    assert r["followed"] >= 20 and r["feed_exactly_once"]
     # the child committed at least what it acknowledged before the SIGKILL, and the rest came after
     assert r["seeded_version"] + 20 <= r["recovered_version"] < r["commit_version"]
     assert r["recovery"]["commit_version"] == r["recovered_version"]
