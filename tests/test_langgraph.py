@@ -293,6 +293,7 @@ def test_demo_runs_kills_resumes_and_forks(tmp_path):
     assert figures["killed_inside"] == "search 3" and figures["resumed_from_searches"] == 2
     assert figures["resumed_nodes"] == ["search 3", "search 4", "search 5", "write"]
     assert figures["history_ordered"] and figures["checkpoints"] > 10
+    assert figures["remembered"][0] == "crash-safe checkpoints"  # the store beside the checkpoints, searched
     assert "SIGKILL" in out.getvalue() and "update_state" in out.getvalue()
 
 

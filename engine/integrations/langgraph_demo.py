@@ -27,7 +27,8 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
-from .langgraph import InmemSaver
+from ..embeddings import HashingEmbedder
+from .langgraph import InmemSaver, InmemStore
 
 __all__ = ["build_research_graph", "run_langgraph_demo"]
 
@@ -43,8 +44,11 @@ class ResearchState(TypedDict, total=False):
 
 
 def build_research_graph(checkpointer: Any, *, loops: int = 5,
-                         hook: Callable[[str], None] | None = None) -> Any:
-    """plan -> search (x ``loops``) -> review (``interrupt()``) -> write; ``hook(node)`` runs as each node ends."""
+                         hook: Callable[[str], None] | None = None, store: Any = None) -> Any:
+    """plan -> search (x ``loops``) -> review (``interrupt()``) -> write; ``hook(node)`` runs as each node ends.
+
+    ``store``: a LangGraph ``BaseStore`` (an ``InmemStore``) where ``write`` keeps each report as long-term
+    memory, namespace ``("reports",)``, key the query."""
     done = hook or (lambda name: None)
 
     def plan(state: ResearchState) -> dict[str, Any]:
@@ -62,7 +66,10 @@ def build_research_graph(checkpointer: Any, *, loops: int = 5,
 
     def write(state: ResearchState) -> dict[str, Any]:
         done("write")
-        return {"report": f"{state['query']}: {state['searches']} searches, {state['verdict']}"}
+        report = f"{state['query']}: {state['searches']} searches, {state['verdict']}"
+        if store is not None:
+            store.put(("reports",), state["query"], {"text": report, "findings": state["findings"]})
+        return {"report": report}
 
     g = StateGraph(ResearchState)
     g.add_node("plan", plan)
@@ -74,7 +81,7 @@ def build_research_graph(checkpointer: Any, *, loops: int = 5,
     g.add_conditional_edges("search", lambda s: "search" if s["searches"] < loops else "review", ["search", "review"])
     g.add_edge("review", "write")
     g.add_edge("write", END)
-    return g.compile(checkpointer=checkpointer)
+    return g.compile(checkpointer=checkpointer, store=store)
 
 
 def _child_main() -> None:
@@ -139,6 +146,9 @@ def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
     3. Time travel: it goes back to the checkpoint after the first search and
        forks it with ``update_state`` (a new query), then runs the fork to the
        end; the original branch is untouched.
+    4. Long-term memory: ``write`` keeps each report in an ``InmemStore`` on the
+       same database; the demo searches the reports by meaning and reads one's
+       history.
 
     Returns e.g. ``{"resumed": True, "checkpoints": 17, "forked": True, ...}``.
     """
@@ -155,7 +165,9 @@ def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
 
     ran: list[str] = []
     with InmemSaver.from_path(directory) as saver:
-        graph = build_research_graph(saver, loops=loops, hook=ran.append)
+        # long-term memory beside the checkpoints, in the same directory: reports searchable by meaning
+        store = InmemStore(saver.db, index={"dims": 128, "embed": HashingEmbedder(dim=128), "fields": ["text"]})
+        graph = build_research_graph(saver, loops=loops, hook=ran.append, store=store)
         before = graph.get_state(config)
         resumed_from = before.values.get("searches")
         out = graph.invoke(None, config)
@@ -181,6 +193,12 @@ def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
         console.print(f"  time travel: back to the checkpoint after search 1, forked with update_state -> "
                       f"[green]{forked['report']}[/green]; original branch still {original!r}; "
                       f"{checkpoints} checkpoints in thread {thread_id}")
+        hits = store.search(("reports",), query="crash safe checkpoints", limit=2)
+        versions = store.history(("reports",), "crash-safe checkpoints")
+        console.print(f"  long-term memory (InmemStore, same directory): {len(store.search(('reports',)))} reports; "
+                      f"search 'crash safe checkpoints' -> {hits[0].key!r} (score {hits[0].score:.2f}); "
+                      f"its history: {len(versions)} version(s) at commit {versions[-1][0]}")
+        remembered = [h.key for h in hits]
 
     return {
         "thread_id": thread_id,
@@ -195,5 +213,6 @@ def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
         "forked": forked["report"] == f"crash-safe checkpoints: {loops} searches, approved",
         "fork_result": forked["report"],
         "original_intact": original == final["report"],
+        "remembered": remembered,
         "seconds": round(time.perf_counter() - t0, 2),
     }
