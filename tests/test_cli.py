@@ -681,3 +681,17 @@ def test_show_history_replay_and_diff_with_the_graph(tmp_path):
     assert set(d["graph"]["nodes"]["added"]) == {"babbage"} and set(d["graph"]["nodes"]["removed"]) == {"ada"}
     assert list(d["graph"]["edges"]["added"]) == ["babbage -designed-> engine"] and d["empty"] is False
     assert run_json("diff", path, r, r, "--at-a", mid)["empty"] is True
+
+
+def test_runs_tenant_column_and_filter(tmp_path):
+    path = str(tmp_path / "t")
+    with Database.open(path) as db:
+        a = db.tenant("alice").begin_run("chat")
+        b = db.tenant("bob").begin_run("chat")
+        plain_run = db.begin_run("shared")
+    assert [r["id"] for r in run_json("runs", path, "--tenant", "alice")] == [a]
+    assert [r["id"] for r in run_json("runs", path, "--tenant", "bob")] == [b]
+    assert [r["tenant"] for r in run_json("runs", path)] == ["alice", "bob", None]
+    out = run("runs", path).stdout
+    assert "alice" in out and "bob" in out and plain_run in out
+    assert "0 run(s)" in run("runs", path, "--tenant", "carol").stdout

@@ -115,32 +115,39 @@ def info(directory: str, as_json: bool) -> None:
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only runs with this status.")
 @click.option("--tag", default=None, metavar="TAG", help="Only runs carrying this tag.")
 @click.option("--parent", default=None, metavar="RUN", help="Only children (forks, sub-runs) of this run.")
+@click.option("--tenant", default=None, metavar="TENANT", help="Only runs of this tenant (db.tenant(TENANT)).")
 @JSON
 @_guard
-def runs(directory: str, status: str | None, tag: str | None, parent: str | None, as_json: bool) -> None:
+def runs(directory: str, status: str | None, tag: str | None, parent: str | None, tenant: str | None,
+         as_json: bool) -> None:
     """List the runs, oldest first, with status, lineage, tags and entry counts.
 
-    READ-ONLY. Columns: id, name, status, parent, tags, first/last commit
-    version, entries per primitive (kv, events, states, traces), archived.
+    READ-ONLY. Columns: id, name, status, tenant, parent, tags, first/last
+    commit version, entries per primitive (kv, events, states, traces), archived.
 
     \b
     Example:
       inmem runs ./state --status completed --tag demo
       inmem runs ./state --parent RUN          # the forks of RUN
+      inmem runs ./state --tenant alice        # what db.tenant("alice") sees
     """
     with _open(directory, show_progress=not as_json) as db:
         if parent is not None:
             db.runs.get(parent)  # an unknown parent is an error, not an empty list
         found = db.runs.list(status=status, tag=tag, parent=parent)
+        if tenant is not None:
+            found = [r for r in found if r.tenant == tenant]
     if as_json:
         _emit_json(found)
         return
     out = _console()
-    filters = ", ".join(f"{k} {v}" for k, v in (("status", status), ("tag", tag), ("parent", parent)) if v)
+    filters = ", ".join(f"{k} {v}" for k, v in (("status", status), ("tag", tag), ("parent", parent),
+                                                 ("tenant", tenant)) if v)
     table = Table(title=f"{len(found)} run(s)" + (f" ({filters})" if filters else ""), title_justify="left")
     table.add_column("id", no_wrap=True, min_width=36)
     table.add_column("name", overflow="fold")
     table.add_column("status")
+    table.add_column("tenant", overflow="fold")
     table.add_column("parent", overflow="fold")
     table.add_column("tags", overflow="fold")
     table.add_column("first", justify="right")
@@ -152,7 +159,8 @@ def runs(directory: str, status: str | None, tag: str | None, parent: str | None
     table.add_column("archived")
     colours = {"active": "green", "completed": "blue", "failed": "red", "cancelled": "yellow"}
     for r in found:
-        table.add_row(r.id, Text(r.name or ""), Text(r.status, style=colours.get(r.status, "")), r.parent or "",
+        table.add_row(r.id, Text(r.name or ""), Text(r.status, style=colours.get(r.status, "")), Text(r.tenant or ""),
+                      r.parent or "",
                       Text(", ".join(r.tags)), str(r.first_version), str(r.last_version),
                       str(r.counts.get("kv", 0)), str(r.counts.get("events", 0)), str(r.counts.get("state", 0)),
                       str(r.counts.get("traces", 0)), "yes" if r.archived else "")
