@@ -695,3 +695,19 @@ def test_runs_tenant_column_and_filter(tmp_path):
     out = run("runs", path).stdout
     assert "alice" in out and "bob" in out and plain_run in out
     assert "0 run(s)" in run("runs", path, "--tenant", "carol").stdout
+
+
+def test_sweep_deletes_expired_values(tmp_path):
+    path = str(tmp_path / "s")
+    clock = [1_000_000.0]
+    with Database.open(path, clock=lambda: clock[0], sweep_interval_s=None) as db:
+        r = db.begin_run("r")
+        db.kv.put(r, "old", 1, ttl=1)
+        db.kv.put(r, "keep", 2)
+    # the CLI opens with the real clock, far past the injected one: "old" is due
+    assert run_json("sweep", path) == {"swept": 1, "commits": 1}
+    assert run_json("sweep", path) == {"swept": 0, "commits": 0}
+    assert "values deleted" in run("sweep", path, "--run", r).stdout
+    run("sweep", path, "--run", "nope", code=1)
+    with ro(path) as db:
+        assert dict(db.kv.scan(r)) == {"keep": 2}

@@ -1,10 +1,11 @@
-"""Maintenance commands: ``verify`` (read-only), ``snapshot`` and ``compact`` (write).
+"""Maintenance commands: ``verify`` (read-only), ``snapshot``, ``compact`` and ``sweep`` (write).
 
 This module owns the ``verify`` command (every WAL frame, snapshot, event
 hash chain and vector record checked through :func:`inmem.verify.verify_directory`; exit 0 if
 clean, 1 if damaged) and the two write commands that manage the files on
 disk: ``snapshot`` (write a snapshot now) and ``compact`` (delete the WAL
-segments and snapshots nothing needs, by history retention mode).
+segments and snapshots nothing needs, by history retention mode) and
+``sweep`` (delete the values whose time to live has passed).
 Invariant: ``verify`` never changes a byte; ``snapshot`` and ``compact``
 refuse a directory that is not a database rather than create one.
 """
@@ -92,6 +93,35 @@ def snapshot(directory: str, as_json: bool) -> None:
         ("longest writer pause", f"{taken.pause_ms:.2f} ms"),
         ("WAL segments deleted", ", ".join(taken.wal_segments_deleted) or "none"),
     ]))
+
+
+@cli.command(context_settings=CONTEXT)
+@DIR
+@click.option("--run", "run", default=None, metavar="RUN", help="Only this run (default: every active run).")
+@JSON
+@_guard
+def sweep(directory: str, run: str | None, as_json: bool) -> None:
+    """Delete the values whose time to live has passed (kv.put(..., ttl=), docs.set(..., ttl=)).
+
+    WRITES: opens the directory for writing and deletes what is due in
+    ordinary commits (at most 10,000 per commit), so `inmem history` shows when
+    each went. Expired values are already invisible to every read; sweeping
+    frees their space. An open database's background sweeper does the same
+    every minute (Database.open(sweep_interval_s=)).
+
+    \b
+    Example:
+      inmem sweep ./state
+      inmem sweep ./state --run RUN --json
+    """
+    with _open(directory, write=True, show_progress=not as_json) as db:
+        before = db.stats()["commit_version"]
+        swept = db.sweep(run)
+        after = db.stats()["commit_version"]
+    if as_json:
+        _emit_json({"swept": swept, "commits": after - before})
+        return
+    _console().print(_kv_table("sweep", [("values deleted", f"{swept:,}"), ("commits", f"{after - before:,}")]))
 
 
 @cli.command(context_settings=CONTEXT)
