@@ -9,8 +9,8 @@ snapshot, a compaction, a sync). :func:`digest` names each run by its name,
 never its random id, and leaves out wall-clock times and hashes that depend on
 them, so the same steps give the same digests in any database.
 
-The graph (:func:`op_graph`) is in :func:`digest` through :func:`graph_of`
-(``RunState`` does not hold it). LangGraph store items (:func:`op_store`) are KV records of the store run. Adding a primitive (workflows when it lands) is one
+The graph (:func:`op_graph`) is in :func:`digest` through ``RunState.graph``
+(:func:`graph_of` reads the same through the graph API, for tests). LangGraph store items (:func:`op_store`) are KV records of the store run. Adding a primitive (workflows when it lands) is one
 function ``op_<name>(w: Workload) -> None`` making one commit through ``w.db``
 plus its entry in :data:`OPS` and, if its state is not part of
 ``RunState``, a line in :func:`digest`.
@@ -324,6 +324,14 @@ def graph_of(db: Database, run: str) -> tuple[Any, Any]:
     return [(n.id, n.kind, n.content, n.content_hash, repr(n.metadata)) for n in nodes], edges
 
 
+def _graph_state(graph: Any) -> tuple[Any, Any]:
+    """:func:`graph_of`'s shape, from a ``RunState.graph`` (one state build, not an API call per node;
+    adjacency symmetry is ``inmem verify``'s, which every check runs)."""
+    nodes = [(n.id, n.kind, n.content, n.content_hash, repr(n.metadata)) for _, n in sorted(graph.nodes.items())]
+    edges = [(e.source, e.relation, e.target, e.weight, repr(e.metadata)) for _, e in sorted(graph.edges.items())]
+    return nodes, edges
+
+
 def _untimed(value: Any) -> Any:
     """A KV value without the wall-clock members a record may carry (a LangGraph store item's
     ``created_us`` / ``updated_us``)."""
@@ -341,7 +349,7 @@ def snapshot_of(db: Database) -> dict[str, Any]:
             info.status, sorted((k, _untimed(v)) for k, v in st.kv.items()), [_event(e) for e in st.events],
             sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
             sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
-            graph_of(db, info.id),
+            _graph_state(st.graph),
         )
     return out
 
