@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -358,6 +359,34 @@ def test_graph_resource_and_change_notifications(db):
                 assert ev.uri == GRAPH_URI
                 assert [e["name"] for e in json.loads((await c.read_resource(GRAPH_URI)).contents[0].text)
                         ["entities"]] == ["Ann", "Bob"]
+    run(go())
+
+
+def test_resource_subscribe_of_handshake_era_clients(db):
+    """The reference server's (2025) protocol: resources/subscribe, then notifications/resources/updated."""
+    async def go():
+        got: asyncio.Queue = asyncio.Queue()
+
+        async def on_message(message):
+            root = getattr(message, "root", message)
+            if getattr(root, "method", None) == "notifications/resources/updated":
+                got.put_nowait(str(root.params.uri))
+
+        async with Client(build_server(db), mode="legacy", message_handler=on_message) as c:
+            assert c.server_capabilities.resources.subscribe is True
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # resources/subscribe is deprecated from 2026-07-28 on
+                await c.subscribe_resource(REFERENCE_URI)
+                await call(c, "create_entities", entities=[E("Ann")])
+                assert await asyncio.wait_for(got.get(), 10) == REFERENCE_URI
+                await c.unsubscribe_resource(REFERENCE_URI)
+                await call(c, "create_entities", entities=[E("Bob")])
+                await c.subscribe_resource(GRAPH_URI)
+                await call(c, "create_entities", entities=[E("Cleo")])
+                seen = [await asyncio.wait_for(got.get(), 10)]
+                while seen[-1] != GRAPH_URI:
+                    seen.append(await asyncio.wait_for(got.get(), 10))
+                assert REFERENCE_URI not in seen  # unsubscribed
     run(go())
 
 

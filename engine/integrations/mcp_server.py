@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import (CallToolResult, EmptyResult, SubscribeRequestParams, TextContent, ToolAnnotations,
+                       UnsubscribeRequestParams)
 
 from ..database import Database
 from ..errors import InmemError, InvalidArgument, RunNotFound
@@ -233,16 +234,52 @@ def _version(value: object, what: str) -> int | None:
 # --- the server -----------------------------------------------------------------------------------------
 
 class _Notifier:
-    """Feeds ``ResourceUpdated`` events from the change feed to the bus while a session is open.
+    """Sends resource-updated notifications for the graph, fed by the change feed while a session is open.
 
-    One watch per server, started by the first open session (lifespan) and closed by the last;
-    a worker thread waits on the watch (``Watch.next``), the event loop publishes."""
+    One watch per server, started by the first open session (lifespan) and closed by the last; a
+    worker thread waits on the watch (``Watch.next``), the event loop sends. Everything committed
+    to the run's graph since the last notification gives one notification (coalesced), to
+
+    * ``subscriptions/listen`` streams (protocol 2026-07-28): a ``ResourceUpdated`` event on the bus;
+    * sessions of earlier protocol versions that sent ``resources/subscribe`` (what the reference
+      server and today's desktop clients use): ``notifications/resources/updated`` for each URI
+      they subscribed to. A session that cannot be reached any more is dropped.
+    """
 
     def __init__(self, db: Database, run: str, bus: InMemorySubscriptionBus):
         self.db, self.run, self.bus = db, run, bus
         self.sessions = 0
         self.task: asyncio.Task[None] | None = None
         self.watch: Any = None
+        self.legacy: dict[int, tuple[Any, set[str]]] = {}  # id(connection) -> (session, subscribed URIs)
+
+    @staticmethod
+    def _key(ctx: Any) -> int:
+        # each request gets its own ServerSession over the one connection; the SDK has no public
+        # identity of the connection
+        return id(getattr(ctx.session, "_connection", ctx.session))
+
+    async def subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+        uris = self.legacy.get(self._key(ctx), (None, set()))[1]
+        uris.add(str(params.uri))
+        self.legacy[self._key(ctx)] = (ctx.session, uris)
+        return EmptyResult()
+
+    async def unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
+        entry = self.legacy.get(self._key(ctx))
+        if entry is not None:
+            entry[1].discard(str(params.uri))
+        return EmptyResult()
+
+    async def _notify(self) -> None:
+        for uri in (GRAPH_URI, REFERENCE_URI):
+            await self.bus.publish(ResourceUpdated(uri=uri))
+        for key, (session, uris) in list(self.legacy.items()):
+            try:
+                for uri in sorted(uris & {GRAPH_URI, REFERENCE_URI}):
+                    await session.send_resource_updated(uri)
+            except Exception:  # the client went away: forget it
+                self.legacy.pop(key, None)
 
     async def _pump(self, watch: Any) -> None:
         while True:
@@ -252,9 +289,8 @@ class _Notifier:
                     return
                 continue
             while watch.poll() is not None:
-                pass  # coalesce: one event for everything committed so far
-            for uri in (GRAPH_URI, REFERENCE_URI):
-                await self.bus.publish(ResourceUpdated(uri=uri))
+                pass  # coalesce: one notification for everything committed so far
+            await self._notify()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _server: Any) -> AsyncIterator[dict[str, Any]]:
@@ -272,6 +308,7 @@ class _Notifier:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self.task
                 self.task = None
+                self.legacy.clear()
 
 
 def build_server(db: Database, run: str = DEFAULT_RUN, *, embedder: bool = False) -> MCPServer:
@@ -460,6 +497,10 @@ def build_server(db: Database, run: str = DEFAULT_RUN, *, embedder: bool = False
     for uri, name in ((GRAPH_URI, "graph"), (REFERENCE_URI, "knowledge-graph")):
         server.resource(uri, name=name, title="Knowledge Graph", mime_type="application/json",
                         description="The full knowledge graph with all entities and relations")(graph_json)
+    # resources/subscribe of handshake-era clients (the SDK's MCPServer serves only subscriptions/listen)
+    lowlevel = server._lowlevel_server  # noqa: SLF001 - the SDK's documented way to add a request handler
+    lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, notifier.subscribe)
+    lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, notifier.unsubscribe)
     server.knowledge_graph = kg  # type: ignore[attr-defined]
     return server
 
