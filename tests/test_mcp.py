@@ -488,3 +488,39 @@ def test_sigkill_during_a_burst_keeps_every_acknowledged_call(tmp_path):
         names = {e["name"] for e in KnowledgeGraph(db).read_graph()["entities"]}
         assert set(acked) <= names
         assert db.graph.check(KnowledgeGraph(db).run)["problems"] == []
+
+
+# --- side by side with the real reference server (opt-in: needs node and the npm package) ------------
+
+REFERENCE_JS = os.environ.get("INMEM_MCP_REFERENCE", "")  # path of @modelcontextprotocol/server-memory/dist/index.js
+
+
+@pytest.mark.skipif(not (REFERENCE_JS and os.path.exists(REFERENCE_JS)),
+                    reason="set INMEM_MCP_REFERENCE to the reference server's dist/index.js (npm install "
+                           "@modelcontextprotocol/server-memory) to run the side-by-side session")
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_side_by_side_with_the_reference_server(tmp_path, seed):
+    ref = StdioServerParameters(command="node", args=[REFERENCE_JS],
+                                env={**os.environ, "MEMORY_FILE_PATH": str(tmp_path / "memory.jsonl")})
+    args, _ = _launch_args(tmp_path, "mcp", str(tmp_path / "db"))
+    ours = StdioServerParameters(command=sys.executable, args=args, cwd=ROOT)
+
+    async def go():
+        async with Client(ref) as a, Client(ours) as b:
+            tools_a = {t.name: t for t in (await a.list_tools()).tools}
+            tools_b = {t.name: t for t in (await b.list_tools()).tools}
+            assert set(tools_a) <= set(tools_b)
+            for name, t in tools_a.items():
+                assert sorted(t.input_schema.get("required", [])) == sorted(tools_b[name].input_schema.get("required", []))
+                assert t.annotations == tools_b[name].annotations, name
+            for op, args in script(seed, 80):
+                ra, rb = await a.call_tool(op, args), await b.call_tool(op, args)
+                assert ra.is_error == rb.is_error, (op, args, ra, rb)
+                if ra.is_error:
+                    assert ra.content[0].text.split(": ")[-1] in rb.content[0].text
+                    continue
+                assert ra.structured_content == rb.structured_content, (op, args)
+                assert ra.content[0].text == rb.content[0].text, (op, args)  # byte for byte
+            assert (await a.call_tool("read_graph", {})).structured_content == \
+                (await b.call_tool("read_graph", {})).structured_content
+    run(go())
