@@ -29,7 +29,7 @@ LAYERS = [
     {"replay", "changefeed"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo", "integrations.mcp_memory",
-     "integrations.mcp_server"},
+     "integrations.mcp_server", "integrations.mcp_schemas"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
      "cli.maintain", "cli.demo", "cli.mcpserve", "__main__", "__init__", "testing"},
 ]

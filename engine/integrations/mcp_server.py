@@ -5,7 +5,8 @@ definitions (names, input and output schemas, annotations), the conversion of
 results to MCP tool results, resource change notifications, and the stdio and
 streamable-HTTP entry points. It is the only module that imports the official
 MCP Python SDK (``mcp>=2.3,<3``, extra ``inmem[mcp]``); the graph operations live
-in :mod:`inmem.integrations.mcp_memory` (SPEC.md §15).
+in :mod:`inmem.integrations.mcp_memory` (SPEC.md §15), the schemas in
+:mod:`inmem.integrations.mcp_schemas`.
 
 Tools — the reference server's nine (``@modelcontextprotocol/server-memory``,
 same names, argument shapes, result shapes, text and structured content):
@@ -36,7 +37,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Callable, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -47,6 +48,9 @@ from mcp.types import (CallToolResult, EmptyResult, SubscribeRequestParams, Text
 from ..database import Database
 from ..errors import InmemError, InvalidArgument, RunNotFound
 from .mcp_memory import DEFAULT_RUN, KnowledgeGraph, entity_of, find_run, relation_of
+from .mcp_schemas import (AddResults, Change, ChangedEntity, Diff, Entities, Entity, EntityDiff, Graph, History, Hit,
+                          ObservationAdd, ObservationDelete, Relation, RelationDiff, Relations, Replayed, RunItem,
+                          Runs, SearchResults, Status)
 
 __all__ = ["GRAPH_URI", "REFERENCE_URI", "build_server", "serve"]
 
@@ -58,130 +62,6 @@ REFERENCE_URI = "memory://knowledge-graph"
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 _DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 _READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-
-
-# --- schemas (the reference's zod schemas, as pydantic models) ---------------------------------------
-
-class Entity(BaseModel):
-    name: str = Field(description="The name of the entity")
-    entityType: str = Field(description="The type of the entity")
-    observations: list[str] = Field(description="An array of observation contents associated with the entity")
-
-
-class Relation(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-    from_: str = Field(alias="from", description="The name of the entity where the relation starts")
-    to: str = Field(description="The name of the entity where the relation ends")
-    relationType: str = Field(description="The type of the relation")
-
-
-class ObservationAdd(BaseModel):
-    entityName: str = Field(description="The name of the entity to add the observations to")
-    contents: list[str] = Field(description="An array of observation contents to add")
-
-
-class ObservationDelete(BaseModel):
-    entityName: str = Field(description="The name of the entity containing the observations")
-    observations: list[str] = Field(description="An array of observations to delete")
-
-
-class Entities(BaseModel):
-    entities: list[Entity]
-
-
-class Relations(BaseModel):
-    relations: list[Relation]
-
-
-class Added(BaseModel):
-    entityName: str
-    addedObservations: list[str]
-
-
-class AddResults(BaseModel):
-    results: list[Added]
-
-
-class Status(BaseModel):
-    success: bool
-    message: str
-
-
-class Graph(BaseModel):
-    entities: list[Entity]
-    relations: list[Relation]
-
-
-class Hit(BaseModel):
-    entity: Entity
-    score: float = Field(description="BM25 score (text mode) or reciprocal-rank-fusion score (hybrid, vector: cosine)")
-
-
-class SearchResults(BaseModel):
-    mode: str = Field(description="The mode used: 'text', 'vector' or 'hybrid'")
-    results: list[Hit]
-
-
-class Change(BaseModel):
-    version: int = Field(description="Commit version")
-    ts: str = Field(description="Commit time, UTC, ISO 8601")
-    op: str = Field(description="add_node, update_node, delete_node, add_edge, update_edge or remove_edge")
-    before: Entity | Relation | None = None
-    after: Entity | Relation | None = None
-
-
-class History(BaseModel):
-    name: str
-    changes: list[Change]
-
-
-class RunItem(BaseModel):
-    id: str
-    name: str | None
-    status: str
-    tags: list[str]
-    parent: str | None
-    started_at: str
-    last_version: int
-    memory: bool = Field(description="Whether this is the run the server's graph lives in")
-
-
-class Runs(BaseModel):
-    runs: list[RunItem]
-
-
-class Replayed(BaseModel):
-    run: str
-    version: int
-    entities: list[Entity]
-    relations: list[Relation]
-
-
-class ChangedEntity(BaseModel):
-    name: str
-    before: Entity
-    after: Entity
-
-
-class EntityDiff(BaseModel):
-    added: list[Entity]
-    removed: list[Entity]
-    changed: list[ChangedEntity]
-
-
-class RelationDiff(BaseModel):
-    added: list[Relation]
-    removed: list[Relation]
-
-
-class Diff(BaseModel):
-    a: str
-    b: str
-    version_a: int
-    version_b: int
-    entities: EntityDiff
-    relations: RelationDiff
-    same: bool
 
 
 # --- helpers ------------------------------------------------------------------------------------------
