@@ -273,27 +273,48 @@ class KnowledgeGraph:
         nodes, edges = self._read(self._graph)
         return {"entities": [entity_of(n) for n in nodes], "relations": [relation_of(e) for e in edges]}
 
+    def _touching(self, tx: Any, nodes: list[Any]) -> dict[str, list[Any]]:
+        """``nodes`` (in creation order) and the relations with at least one end among them:
+        O(matches · degree · log n), not a scan of every edge."""
+        nodes = sorted(nodes, key=_order)
+        edges: dict[tuple[str, str, str], Any] = {}
+        for n in nodes:
+            for e in tx.graph.edges(self.run, n.id, direction="both"):
+                edges[(e.source, e.relation, e.target)] = e
+        ordered = sorted(edges.values(), key=lambda e: (e.created_us, (e.metadata or {}).get("pos", 0), e.source,
+                                                         e.relation, e.target))
+        return {"entities": [entity_of(n) for n in nodes], "relations": [relation_of(e) for e in ordered]}
+
     def search_nodes(self, query: str) -> dict[str, list[Any]]:
         """Entities whose name, type or an observation contains ``query`` (case-insensitive substring),
-        and the relations with at least one end among them. O(graph size)."""
+        and the relations with at least one end among them, one snapshot. O(entities + matches · degree)."""
         if not isinstance(query, str):
             raise InvalidArgument(f"query is a str, got {type(query).__name__}")
         q = query.lower()
-        graph = self.read_graph()
-        hits = [e for e in graph["entities"] if q in e["name"].lower() or q in e["entityType"].lower()
-                or any(q in o.lower() for o in e["observations"])]
-        return _with_relations(hits, graph["relations"])
+
+        def match(e: dict[str, Any]) -> bool:
+            return q in e["name"].lower() or q in e["entityType"].lower() or any(q in o.lower()
+                                                                                for o in e["observations"])
+
+        return self._read(lambda tx: self._touching(tx, [n for n in tx.graph.nodes(self.run) if match(entity_of(n))]))
 
     def open_nodes(self, names: Iterable[str]) -> dict[str, list[Any]]:
-        """The named entities that exist, and the relations with at least one end among them."""
-        wanted = set(_strings(list(names) if isinstance(names, list | tuple) else names, "names"))
-        graph = self.read_graph()
-        return _with_relations([e for e in graph["entities"] if e["name"] in wanted], graph["relations"])
+        """The named entities that exist, and the relations with at least one end among them, one
+        snapshot. O(names · (log n + degree))."""
+        wanted = _strings(names, "names")
 
+        def fn(tx: Any) -> dict[str, list[Any]]:
+            found = []
+            for name in dict.fromkeys(wanted):
+                try:
+                    node = tx.graph.get_node(self.run, name)
+                except InvalidArgument:  # not a valid graph id: no such entity
+                    node = None
+                if node is not None:
+                    found.append(node)
+            return self._touching(tx, found)
 
-def _with_relations(entities: list[dict[str, Any]], relations: list[dict[str, str]]) -> dict[str, list[Any]]:
-    names = {e["name"] for e in entities}
-    return {"entities": entities, "relations": [r for r in relations if r["from"] in names or r["to"] in names]}
+        return self._read(fn)
 
 
 def _list(values: object, what: str) -> list[Any]:
