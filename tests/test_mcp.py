@@ -524,3 +524,24 @@ def test_side_by_side_with_the_reference_server(tmp_path, seed):
             assert (await a.call_tool("read_graph", {})).structured_content == \
                 (await b.call_tool("read_graph", {})).structured_content
     run(go())
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+def test_cli_help_errors_and_embedder_option(tmp_path, capsys):
+    from inmem.cli import main
+    from inmem.cli.mcpserve import load_embedder
+
+    assert main(["mcp", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert '"args": ["mcp", "/path/to/dir"]' in out and "--embedder" in out and "search_memory" in out
+    assert load_embedder(None) is None
+    assert isinstance(load_embedder("hashing"), HashingEmbedder)
+    assert isinstance(load_embedder("inmem.embeddings:HashingEmbedder"), HashingEmbedder)  # a class: instantiated
+    for bad in ("nonexistent_module_xyz:f", "inmem.embeddings:Nope", "justaname"):
+        assert main(["mcp", str(tmp_path / "x"), "--embedder", bad]) == 1
+        assert "embedder" in capsys.readouterr().err
+    with Database.open(str(tmp_path / "db")):  # another handle holds the directory: one line, exit 1
+        assert main(["mcp", str(tmp_path / "db")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("inmem: ") and err.count("\n") == 1
