@@ -235,6 +235,10 @@ def test_reference_contract_tool_by_tool(db):
             assert r == {"entities": [E("ACME", "org")], "relations": [R("Ann", "works_at", "ACME")]}
             r = await call(c, "delete_relations", relations=[R("Ann", "knows", "Bob"), R("Ann", "knows", "ACME")])
             assert r["success"] is True
+            for tool, args in (("delete_entities", {"entityNames": ["", "a\x00b"]}),  # no entity has them: ignored
+                               ("delete_relations", {"relations": [R("", "knows", "Ann")]}),
+                               ("delete_observations", {"deletions": [{"entityName": "", "observations": ["x"]}]})):
+                assert (await call(c, tool, **args))["success"] is True
             r = await call(c, "delete_entities", entityNames=["Bob", "ghost"])
             assert r == {"success": True, "message": "Entities deleted successfully"}
             g = await call(c, "read_graph")

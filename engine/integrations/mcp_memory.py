@@ -228,8 +228,9 @@ class KnowledgeGraph:
         return self._write(fn)
 
     def delete_entities(self, names: Iterable[str]) -> None:
-        """Delete the named entities and every relation into or out of them; unknown names are ignored."""
-        items = [_name(n, "entity name") for n in _list(names, "entityNames")]
+        """Delete the named entities and every relation into or out of them; unknown names (and names
+        no entity can have: empty, with NUL, too long) are ignored, as the reference ignores them."""
+        items = [n for n in _strings(_list(names, "entityNames"), "entityNames") if _valid(n)]
 
         def fn(tx: Any) -> None:
             for name in items:
@@ -242,8 +243,12 @@ class KnowledgeGraph:
         observations are ignored."""
         items = []
         for d in _list(deletions, "deletions"):
-            items.append((_name(_field(d, "entityName"), "entity name"),
-                          _strings(_field(d, "observations"), "observations")))
+            name = _field(d, "entityName")
+            if not isinstance(name, str):
+                raise InvalidArgument(f"entityName is a str, got {type(name).__name__}")
+            gone = _strings(_field(d, "observations"), "observations")
+            if _valid(name):
+                items.append((name, gone))
 
         def fn(tx: Any) -> None:
             for name, gone in items:
@@ -259,8 +264,13 @@ class KnowledgeGraph:
         self._write(fn)
 
     def delete_relations(self, relations: Iterable[dict[str, Any]]) -> None:
-        """Delete the given relations; ones not stored are ignored."""
-        items = [_relation(r) for r in _list(relations, "relations")]
+        """Delete the given relations; ones not stored (or that no relation can be) are ignored."""
+        items = []
+        for r in _list(relations, "relations"):
+            triple = tuple(_field(r, k) for k in ("from", "relationType", "to"))
+            _strings(list(triple), "a relation's from, relationType and to")
+            if all(_valid(x) for x in triple):
+                items.append(triple)
 
         def fn(tx: Any) -> None:
             for a, rel, b in items:
@@ -315,6 +325,15 @@ class KnowledgeGraph:
             return self._touching(tx, found)
 
         return self._read(fn)
+
+
+def _valid(name: str) -> bool:
+    """Whether ``name`` can be a graph id (so an entity, type or relation can have it)."""
+    try:
+        name_bytes(name, "name", MAX_NAME_BYTES)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def _list(values: object, what: str) -> list[Any]:
