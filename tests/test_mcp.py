@@ -413,7 +413,7 @@ def _launch_args(tmp_path, *args):
     return ["-c", LAUNCH.format(root=ROOT, pidfile=pidfile), *args], pidfile
 
 
-def test_stdio_through_a_subprocess(tmp_path):
+def test_stdio_through_a_subprocess(tmp_path, capsys):
     args, _ = _launch_args(tmp_path, "mcp", str(tmp_path / "db"), "--run", "agent-1")
 
     async def go():
@@ -424,6 +424,9 @@ def test_stdio_through_a_subprocess(tmp_path):
     with Database.open(str(tmp_path / "db"), read_only=True) as db:  # the server closed the database
         (info,) = db.runs.list(name="agent-1")
         assert [n.id for n in db.graph.nodes(info.id)] == ["Ann"]
+    from inmem.cli import main  # the memory is a run: the command line's history shows the call's commit
+    assert main(["history", str(tmp_path / "db"), info.id, "--json"]) == 0
+    assert '"add_node"' in capsys.readouterr().out
 
 
 def _free_port():
