@@ -31,9 +31,10 @@ LAYERS = [
     {"tenants"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo",
-     "integrations.langgraph_store", "memory", "memorystore"},
+     "integrations.langgraph_store", "memory", "memorystore", "integrations.mcp_memory",
+     "integrations.mcp_server", "integrations.mcp_schemas"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
-     "cli.maintain", "cli.demo", "__main__", "__init__", "testing"},
+     "cli.maintain", "cli.demo", "cli.mcpserve", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
