@@ -31,6 +31,7 @@ from .primitives.traces import Trace
 from .primitives.vectors import Match, VectorRecord
 from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState, StoredVector
 from .txn import Transaction
+from . import workflows  # noqa: F401  (attaches db.workflows, db.workflow, db.step)
 from .checkpoint import SnapshotInfo
 from .errors import (
     ChainBroken,
@@ -45,6 +46,7 @@ from .errors import (
     InvalidKey,
     InvalidTransition,
     InvalidValue,
+    NonDeterminismError,
     NotADatabase,
     PatchTestFailed,
     RunClosed,
@@ -52,6 +54,8 @@ from .errors import (
     TraceNotFound,
     TransactionClosed,
     TransactionConflict,
+    WorkflowCancelled,
+    WorkflowError,
 )
 
 __version__ = "0.1.0"
@@ -79,6 +83,7 @@ __all__ = [
     "InvalidValue",
     "Match",
     "Node",
+    "NonDeterminismError",
     "NotADatabase",
     "Op",
     "PatchTestFailed",
@@ -98,5 +103,7 @@ __all__ = [
     "TransactionConflict",
     "VectorRecord",
     "Watch",
+    "WorkflowCancelled",
+    "WorkflowError",
     "__version__",
 ]

@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -63,6 +64,11 @@ T = TypeVar("T")
 log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
+
+#: Attributes an upper layer attaches to every handle, built on first access (name -> ``factory(db)``):
+#: :mod:`inmem.workflows` adds ``workflows``, ``workflow`` and ``step`` (this layer cannot import it).
+EXTENSIONS: dict[str, Callable[[Database], Any]] = {}
+_EXTENSION_LOCK = threading.RLock()
 
 
 class GraphAPI:
@@ -291,6 +297,7 @@ class Database:
         self._flush_interval_ms = flush_interval_ms
         self._segment_bytes = segment_bytes
         self._recovery = rec.report
+        self._clock = time.time if clock is None else clock
         if clock is not None:
             kernel.clock = lambda: int(clock() * 1_000_000)
         self._autocommit = _Autocommit(kernel)
@@ -364,6 +371,22 @@ class Database:
         kernel = self._kernel
         state = "closed" if kernel.closed else f"version {kernel.version}"
         return f"<inmem.Database {kernel.path!r} {kernel.durability} {state}>"
+
+    def __getattr__(self, name: str) -> Any:
+        """An attribute of :data:`EXTENSIONS` (``db.workflows``, ...), built once per handle on first access."""
+        factory = EXTENSIONS.get(name)
+        if factory is None:
+            raise AttributeError(f"'Database' object has no attribute {name!r}")
+        with _EXTENSION_LOCK:
+            if name not in self.__dict__:
+                self.__dict__[name] = factory(self)
+        return self.__dict__[name]
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The database clock (``Database.open(clock=)``, default ``time.time``): ``clock()`` is now in
+        seconds since the Unix epoch."""
+        return self._clock
 
     @property
     def path(self) -> str:

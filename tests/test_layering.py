@@ -28,9 +28,10 @@ LAYERS = [
     {"contexts", "vectorindex", "sweeping"},
     {"replay", "changefeed"},
     {"database"},
-    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo"},
+    {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo",
+     "workflows", "workflows.records", "workflows.runtime", "workflows.engine"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
-     "cli.maintain", "cli.demo", "__main__", "__init__", "testing"},
+     "cli.maintain", "cli.demo", "cli.workflows", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
