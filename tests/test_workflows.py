@@ -406,3 +406,20 @@ def test_inmem_workflows_command_lists_them(dbdir):
     steps = json.loads(out.output)["steps"]
     assert [s["name"] for s in steps] == ["charge", "ship"]
     assert inmem.workflows.StepInfo  # exported
+
+
+def test_readme_hook_example_runs_as_written(dbdir):
+    """The README's hooks example (the seed's MemFlow ``execHook`` example) runs verbatim."""
+    import os
+    import re
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    [block] = [b for b in blocks if "def example(name)" in b]
+    with Database.open(dbdir) as db:
+        namespace = {"db": db, "inmem": inmem}
+        exec(block, namespace)
+        doc = namespace["example"]("ada")
+    assert doc["metrics"]["count"] == 4
+    assert doc["user"] == {"name": "ada", "seen_by": {"hook1": True, "hook2": True}}
+    assert doc["hooks"] == {k: {"kind": k, "processed": True} for k in ("hook1", "hook2")}
