@@ -7,7 +7,7 @@ clock moves time (``db.workflows.wake()`` makes sleepers look again).
 
 from __future__ import annotations
 
-import threading
+import sys
 
 import pytest
 
@@ -78,8 +78,9 @@ def test_steps_are_recorded_with_their_writes_in_one_commit(dbdir):
         # the run is the workflow's history: tagged, ended, replayable
         info = db.runs.get(handle.run)
         assert "workflow" in info.tags and "workflow-id:o-1" in info.tags and info.status == "completed"
-        replayed = db.replay_run(handle.run)
-        assert replayed.kv["_wf/step/00000002"]["output"] == "shipped"
+        replayed = db.replay_run(handle.run)  # replay reconstructs every step's recorded output
+        assert [v["output"] for k, v in sorted(replayed.kv.items()) if k.startswith("_wf/step/")] == [
+            s.output for s in steps]
         assert db.workflows.get("o-1").status == "completed"
         assert [w.id for w in db.workflows.list(status="completed", name="order")] == ["o-1"]
         # calling the decorated function runs a fresh workflow synchronously
@@ -165,6 +166,51 @@ def test_step_exception_is_recorded_retried_and_reraised_on_rerun(dbdir):
         assert db.kv.get(handle.run, "partial") is None
         fork = db.workflows.fork("s", 2)  # copies the failed step: re-raised from its record, not run
         assert fork.result(timeout=T) == "attempt 3" and len(attempts) == 3
+
+
+def test_a_conflicting_step_commit_runs_the_body_again_and_records_once(dbdir):
+    bodies = []
+    with Database.open(dbdir) as db:
+        run = db.begin_run("shared")
+        db.kv.put(run, "seen", 0)
+
+        @db.step()
+        def bump():
+            ctx = context()
+            seen = ctx.tx.kv.get(run, "seen")  # in the step's read set
+            if not bodies:
+                db.kv.put(run, "seen", 100)  # another writer commits first: this commit must conflict
+            bodies.append(seen)
+            ctx.tx.kv.put(run, "seen", seen + 1)
+            return seen + 1
+
+        @db.workflow(name="bump")
+        def wf():
+            return bump()
+
+        assert db.workflows.start(wf, workflow_id="b").result(timeout=T) == 101
+        assert bodies == [0, 100] and db.kv.get(run, "seen") == 101
+        [step] = db.workflows.steps("b")
+        assert step.output == 101
+
+
+def test_cancel_during_a_step_rolls_the_step_back(dbdir):
+    with Database.open(dbdir) as db:
+        @db.step()
+        def doomed():
+            ctx = context()
+            ctx.tx.kv.put(ctx.run, "half-done", True)
+            db.workflows.cancel(ctx.id)  # commits while the step's transaction is open
+            return "never recorded"
+
+        @db.workflow(name="doomed")
+        def wf():
+            return doomed()
+
+        handle = db.workflows.start(wf, workflow_id="d")
+        with pytest.raises(WorkflowCancelled):
+            handle.result(timeout=T)
+        assert db.workflows.steps("d") == [] and db.kv.get(handle.run, "half-done") is None
 
 
 def test_non_determinism_is_detected(dbdir):
@@ -375,7 +421,12 @@ def test_hooks_update_one_shared_context_without_lost_updates(dbdir):
             ctx.increment("metrics.count", hooks)
             return ctx.get()
 
-        doc = db.workflows.start(example, "ada", 8, 5, workflow_id="main").result(timeout=T)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # the hooks' threads really interleave
+        try:
+            doc = db.workflows.start(example, "ada", 8, 5, workflow_id="main").result(timeout=T)
+        finally:
+            sys.setswitchinterval(interval)
         assert doc["metrics"]["count"] == 8 * 5 + 8
         assert doc["user"] == {"name": "ada", "seen_by": {f"hook{i}": True for i in range(8)}}
         assert doc["hooks"] == {f"hook{i}": {"kind": f"hook{i}", "processed": True} for i in range(8)}
