@@ -313,10 +313,11 @@ class Workflows:
 
     # --- steps ----------------------------------------------------------------------------------------
 
-    def run_step(self, frame: Frame, name: str, body: Callable[[], Any], inputs: Any, *, retries: int = 0,
-                 backoff_s: float = 0.0) -> Any:
-        """Run (or replay) the next step of ``frame``'s workflow: see :meth:`step`. Returns
-        :data:`~inmem.workflows.runtime.NOT_YET` unrecorded if ``body`` does (the seq is given back)."""
+    def run_step(self, frame: Frame, name: str, body: Callable[[], Any], inputs: tuple[Any, dict[str, Any]], *,
+                 retries: int = 0, backoff_s: float = 0.0) -> Any:
+        """Run (or replay) the next step of ``frame``'s workflow: see :meth:`step`. ``inputs`` is
+        ``(args, kwargs)`` (digested into the record). Returns :data:`~inmem.workflows.runtime.NOT_YET`
+        unrecorded if ``body`` does (the sequence number is given back)."""
         frame.seq += 1
         seq = frame.seq
         key = step_key(seq)
@@ -324,8 +325,7 @@ class Workflows:
         recorded = db.kv.get(frame.run, key)
         if recorded is not None:
             return self._replayed(frame, seq, name, recorded)
-        input_digest = digest(*inputs) if isinstance(inputs, tuple) and len(inputs) == 2 and \
-            isinstance(inputs[1], dict) else digest(inputs, {})
+        input_digest = digest(*inputs)
         started = self.now_us()
         attempts = conflicts = 0
         while True:

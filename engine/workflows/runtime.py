@@ -130,7 +130,7 @@ class WorkflowContext:
         frame = self._frame
         if frame.tx is not None:
             return fn(frame.tx)
-        return frame.engine.run_step(frame, f"ctx.{op}", lambda: fn(frame.tx), args)  # type: ignore[arg-type]
+        return frame.engine.run_step(frame, f"ctx.{op}", lambda: fn(frame.tx), (args, {}))  # type: ignore[arg-type]
 
     def get(self, path: Any = None) -> Any:
         """The document (or the value at ``path``); None if it does not exist yet."""
@@ -166,7 +166,7 @@ class WorkflowContext:
         frame = self._frame
         if frame.tx is not None:  # inside a step: the step's own record covers it
             return fn()
-        return frame.engine.run_step(frame, name, fn, ())
+        return frame.engine.run_step(frame, name, fn, ((), {}))
 
     def now(self) -> float:
         """Seconds since the Unix epoch by the database clock, recorded as a step (a re-run gets the same)."""
@@ -194,7 +194,8 @@ class WorkflowContext:
         if frame.tx is not None:
             raise WorkflowError("ctx.sleep belongs in the workflow body, not inside a step", workflow_id=self.id)
         engine = frame.engine
-        wake_us = engine.run_step(frame, "sleep", lambda: engine.now_us() + int(seconds * 1_000_000), (seconds,))
+        wake_us = engine.run_step(frame, "sleep", lambda: engine.now_us() + int(seconds * 1_000_000),
+                                  ((seconds,), {}))
         engine.wait_until(frame, wake_us)
 
     def signal(self, name: str, payload: Any = None, *, to: str | None = None) -> None:
@@ -212,7 +213,7 @@ class WorkflowContext:
             engine.append_signal(frame.tx, target, name, payload)
         else:
             engine.run_step(frame, f"signal:{name}", lambda: engine.append_signal(frame.tx, target, name, payload),
-                            (name, payload, to))
+                            ((name, payload, to), {}))
         engine.wake()
 
     def wait_for(self, name: str, timeout: float | None = None) -> Any:
@@ -232,7 +233,7 @@ class WorkflowContext:
         if frame.tx is not None:
             raise WorkflowError("ctx.wait_for belongs in the workflow body, not inside a step", workflow_id=self.id)
         deadline = None if timeout is None else engine.run_step(
-            frame, f"deadline:{name}", lambda: engine.now_us() + int(timeout * 1_000_000), (name, timeout))
+            frame, f"deadline:{name}", lambda: engine.now_us() + int(timeout * 1_000_000), ((name, timeout), {}))
 
         def take() -> Any:
             found = engine.take_signal(frame.tx, frame.context_run, name)  # type: ignore[arg-type]
@@ -244,7 +245,7 @@ class WorkflowContext:
 
         while True:
             generation = engine.generation()
-            got = engine.run_step(frame, f"wait_for:{name}", take, (name,))
+            got = engine.run_step(frame, f"wait_for:{name}", take, ((name,), {}))
             if got is not NOT_YET:
                 return got["payload"]
             engine.wait_until(frame, deadline, generation=generation)
