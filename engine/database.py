@@ -166,6 +166,7 @@ class Database:
         clock: Callable[[], float] | None = None,
         sweep_interval_s: float | None = 60.0,
         follow: bool = False,
+        recover_workflows: bool = False,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
 
@@ -219,6 +220,9 @@ class Database:
         :param clock: ``clock() -> float``, now in seconds since the Unix epoch (default
             ``time.time``): what a value's time to live (``kv.put(..., ttl=)``) is judged by, and the
             time stamped on each commit. Tests inject one to expire values without sleeping.
+        :param recover_workflows: once open, resume every durable workflow left unfinished whose
+            function is declared in this process (``inmem.workflows.workflow``; SPEC.md §14) — what
+            ``db.workflows.recover()`` does. Not with ``read_only``.
         :param sweep_interval_s: the background sweeper deletes expired values every this many
             seconds (default 60; ``None``: only :meth:`sweep` does). Expired values are invisible
             to reads either way; sweeping frees their space and records when they went.
@@ -277,6 +281,8 @@ class Database:
         index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
+        if recover_workflows and read_only:
+            raise InvalidArgument("recover_workflows=True runs workflows, which write: not with read_only=True")
         if follow and not read_only:
             raise InvalidArgument("follow=True follows another handle's writes: it needs read_only=True")
         if follow and not fs.exists(dirpath):
@@ -327,6 +333,12 @@ class Database:
         ref = weakref.ref(self)
         self._atexit = lambda: (db := ref()) is not None and db.close()
         atexit.register(self._atexit)
+        if recover_workflows:
+            try:
+                self.workflows.recover()  # an EXTENSIONS attribute (inmem.workflows)
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def close(self) -> None:

@@ -474,3 +474,32 @@ def test_readme_hook_example_runs_as_written(dbdir):
     assert doc["metrics"]["count"] == 4
     assert doc["user"] == {"name": "ada", "seen_by": {"hook1": True, "hook2": True}}
     assert doc["hooks"] == {k: {"kind": k, "processed": True} for k in ("hook1", "hook2")}
+
+
+@inmem.workflows.step()
+def declared_step(x):
+    ctx = context()
+    ctx.tx.kv.put(ctx.run, "x", x)
+    return x + 1
+
+
+@inmem.workflows.workflow(name="tests.declared", max_recovery_attempts=2)
+def declared(x):
+    y = declared_step(x)
+    return [y, context().wait_for("go")]
+
+
+def test_declared_workflows_are_recovered_at_open(dbdir):
+    with Database.open(dbdir) as db:
+        handle = db.workflows.start(declared, 1, workflow_id="decl")
+        recorded(db, handle.run, 1)
+    with pytest.raises(WorkflowError):
+        declared(1)  # declared for every database: started through one
+    with pytest.raises(InvalidArgument):
+        Database.open(dbdir, read_only=True, recover_workflows=True)
+    with Database.open(dbdir, recover_workflows=True) as db:
+        assert db.workflows.get("decl").status == "running"
+        db.workflows.signal("decl", "go", "now")
+        assert db.workflows.handle("decl").result(timeout=T) == [2, "now"]
+        assert db.workflows.get("decl").recoveries == 1
+        assert db.kv.get(handle.run, "x") == 1

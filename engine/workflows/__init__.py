@@ -1,7 +1,8 @@
 """Durable workflows on inmem: steps recorded once, resumed after a crash, forked from any step (SPEC.md §14).
 
 This package owns ``db.workflows`` (:class:`~inmem.workflows.engine.Workflows`), the ``@db.workflow``
-and ``@db.step`` decorators, and :func:`context` (the running workflow's shared JSON document,
+and ``@db.step`` decorators (and their process-wide forms :func:`workflow` and :func:`step`, declared
+before a database is open so ``Database.open(..., recover_workflows=True)`` resumes them), and :func:`context` (the running workflow's shared JSON document,
 durable sleep, signals, recorded ``now``/``random``/``uuid``). A workflow is an inmem run tagged
 ``workflow``; each step's record commits in the same transaction as the inmem writes it made, so
 inmem effects happen exactly once and external effects at least once, with ``(workflow_id,
@@ -26,11 +27,11 @@ package attaches ``workflows``, ``workflow`` and ``step`` to every ``Database`` 
 from __future__ import annotations
 
 from ..database import EXTENSIONS
-from .engine import WorkflowHandle, Workflows
+from .engine import WorkflowHandle, Workflows, step, workflow
 from .records import StepInfo, WorkflowInfo
 from .runtime import WorkflowContext, context
 
-__all__ = ["StepInfo", "WorkflowContext", "WorkflowHandle", "WorkflowInfo", "Workflows", "context"]
+__all__ = ["StepInfo", "WorkflowContext", "WorkflowHandle", "WorkflowInfo", "Workflows", "context", "step", "workflow"]
 
 EXTENSIONS["workflows"] = Workflows
 EXTENSIONS["workflow"] = lambda db: db.workflows.workflow

@@ -30,7 +30,7 @@ from .records import (ID_TAG, RESULT_KEY, STATUS_KEY, STEP_PREFIX, TERMINAL, WOR
                       counter_key, digest, error_record, raise_recorded, signal_key, step_key)
 from .runtime import NOT_YET, Frame, current, pop, push
 
-__all__ = ["WorkflowHandle", "Workflows"]
+__all__ = ["DECLARED", "WorkflowHandle", "Workflows", "step", "workflow"]
 
 log = logging.getLogger("inmem")
 
@@ -136,34 +136,8 @@ class Workflows:
         return decorate
 
     def step(self, name: str | None = None, *, retries: int = 0, backoff_s: float = 1.0) -> Callable[[Callable[..., Any]], Any]:
-        """Decorator: make a function a step named ``name`` (default: its ``__name__``). Called in a workflow body it gets the next sequence number;
-        if that number is recorded, its recorded output is returned (or its recorded exception raised)
-        without running it; otherwise it runs in a fresh transaction (``inmem.workflows.context().tx``),
-        and its record — name, input digest, output or exception, timings, attempts — commits in the
-        same commit as what it wrote through that transaction. An exception is retried ``retries``
-        times after ``backoff_s * 2**attempt`` seconds (its writes rolled back each time), then
-        recorded and raised. Called outside a workflow, or inside another step, it is a plain call.
-
-        :raises InvalidArgument: bad ``name``, ``retries`` or ``backoff_s``.
-        """
-        _check_name(name, "step name")
-        if type(retries) is not int or retries < 0:
-            raise InvalidArgument(f"retries is an int >= 0; got {retries!r}")
-        if isinstance(backoff_s, bool) or not isinstance(backoff_s, (int, float)) or not 0 <= backoff_s < 3600:
-            raise InvalidArgument(f"backoff_s is a number of seconds in [0, 3600); got {backoff_s!r:.40}")
-
-        def decorate(fn: Callable[..., Any]) -> Any:
-            step_name = name or fn.__name__
-
-            @functools.wraps(fn)
-            def call(*args: Any, **kwargs: Any) -> Any:
-                frame = current()
-                if frame is None or frame.tx is not None:
-                    return fn(*args, **kwargs)
-                return frame.engine.run_step(frame, step_name, lambda: fn(*args, **kwargs), (args, kwargs),
-                                             retries=retries, backoff_s=backoff_s)
-            return call
-        return decorate
+        """Decorator: make a function a step (:func:`step`; the same decorator, whichever database)."""
+        return step(name, retries=retries, backoff_s=backoff_s)
 
     def _register(self, fn: Callable[..., Any], name: str, max_recovery_attempts: int) -> _Registered:
         if not callable(fn):
@@ -177,7 +151,7 @@ class Workflows:
         name = getattr(fn, "workflow_name", None)
         if name is not None:
             with self._lock:
-                reg = self._registry.get(name)
+                reg = self._registry.get(name) or DECLARED.get(name)
             if reg is not None:
                 return reg
             return self._register(getattr(fn, "__wrapped__", fn), name, getattr(fn, "max_recovery_attempts", 3))
@@ -587,7 +561,7 @@ class Workflows:
 
     def _registered(self, definition: dict[str, Any]) -> _Registered:
         with self._lock:
-            reg = self._registry.get(definition["name"])
+            reg = self._registry.get(definition["name"]) or DECLARED.get(definition["name"])
         if reg is None:
             raise InvalidArgument(f"workflow function {definition['name']!r} is not registered in this process "
                                   "(decorate it with @db.workflow before recover/resume/fork)")
@@ -614,7 +588,7 @@ class Workflows:
                     continue
                 if status["status"] in TERMINAL:
                     continue
-                reg = self._registry.get(definition["name"])
+                reg = self._registry.get(definition["name"]) or DECLARED.get(definition["name"])
                 if reg is None:
                     log.warning("inmem: workflow %s (%s) is pending but its function is not registered",
                                 workflow_id, definition["name"])
@@ -666,6 +640,75 @@ class Workflows:
         """The handle of an existing workflow (to wait for it or read its status). :raises InvalidArgument: none."""
         run, _ = self._lookup(workflow_id)
         return WorkflowHandle(self, workflow_id, run)
+
+
+#: Workflows declared with :func:`workflow` (module level), by name: any handle of this process starts,
+#: resumes and recovers them — so ``Database.open(..., recover_workflows=True)`` finds them at open.
+DECLARED: dict[str, _Registered] = {}
+
+
+def workflow(name: str | None = None, *, max_recovery_attempts: int = 3) -> Callable[[Callable[..., Any]], Any]:
+    """Decorator: declare a workflow for every database of this process (``inmem.workflows.workflow``), before
+    any is open — what ``Database.open(..., recover_workflows=True)`` needs to resume it at open. Start it
+    with ``db.workflows.start(fn, *args, workflow_id=...)``; called from another workflow's body, it runs
+    as that workflow's child and returns its result. ``@db.workflow`` is the same, registered on one handle.
+
+    :raises InvalidArgument: bad ``name`` or ``max_recovery_attempts``.
+    """
+    _check_name(name, "workflow name")
+    if type(max_recovery_attempts) is not int or max_recovery_attempts < 0:
+        raise InvalidArgument(f"max_recovery_attempts is an int >= 0; got {max_recovery_attempts!r}")
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        if not callable(fn):
+            raise InvalidArgument(f"a workflow is a callable; got {fn!r:.60}")
+        reg = _Registered(fn, name or _qualified(fn), max_recovery_attempts)
+        DECLARED[reg.name] = reg
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            frame = current()
+            if frame is None:
+                raise WorkflowError(f"workflow {reg.name} is declared for every database: start it with "
+                                    "db.workflows.start(fn, *args) (or call it from another workflow)")
+            return frame.engine.start(call, *args, **kwargs).result()
+
+        call.workflow_name = reg.name  # type: ignore[attr-defined]
+        call.max_recovery_attempts = max_recovery_attempts  # type: ignore[attr-defined]
+        return call
+    return decorate
+
+
+def step(name: str | None = None, *, retries: int = 0, backoff_s: float = 1.0) -> Callable[[Callable[..., Any]], Any]:
+    """Decorator: make a function a step named ``name`` (default: its ``__name__``); ``inmem.workflows.step``
+    and ``@db.step`` are the same. Called in a workflow body it gets the next sequence number; if that
+    number is recorded, its recorded output is returned (or its recorded exception raised) without
+    running it; otherwise it runs in a fresh transaction (``inmem.workflows.context().tx``), and its
+    record — name, input digest, output or exception, timings, attempts — commits in the same commit as
+    what it wrote through that transaction. An exception is retried ``retries`` times after
+    ``backoff_s * 2**attempt`` real seconds (its writes rolled back each time), then recorded and
+    raised. Called outside a workflow, or inside another step, it is a plain call.
+
+    :raises InvalidArgument: bad ``name``, ``retries`` or ``backoff_s``.
+    """
+    _check_name(name, "step name")
+    if type(retries) is not int or retries < 0:
+        raise InvalidArgument(f"retries is an int >= 0; got {retries!r}")
+    if isinstance(backoff_s, bool) or not isinstance(backoff_s, (int, float)) or not 0 <= backoff_s < 3600:
+        raise InvalidArgument(f"backoff_s is a number of seconds in [0, 3600); got {backoff_s!r:.40}")
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        step_name = name or fn.__name__
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            frame = current()
+            if frame is None or frame.tx is not None:
+                return fn(*args, **kwargs)
+            return frame.engine.run_step(frame, step_name, lambda: fn(*args, **kwargs), (args, kwargs),
+                                         retries=retries, backoff_s=backoff_s)
+        return call
+    return decorate
 
 
 def _qualified(fn: Any) -> str:
