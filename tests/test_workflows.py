@@ -456,6 +456,11 @@ def test_inmem_workflows_command_lists_them(dbdir):
     import json
     steps = json.loads(out.output)["steps"]
     assert [s["name"] for s in steps] == ["charge", "ship"]
+    run = json.loads(out.output)["workflow"]["run"]
+    out = CliRunner().invoke(cli, ["replay", dbdir, run, "--json"])  # replay shows every step's record
+    assert out.exit_code == 0, out.output
+    kv = json.loads(out.output)["kv"]
+    assert kv["_wf/step/00000002"]["output"] == "shipped" and kv["_wf/step/00000001"]["name"] == "charge"
     assert inmem.workflows.StepInfo  # exported
 
 
