@@ -29,7 +29,8 @@ LAYERS = [
     {"replay", "changefeed"},
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo",
-     "workflows", "workflows.records", "workflows.runtime", "workflows.engine"},
+     "workflows", "workflows.records", "workflows.runtime", "workflows.declare", "workflows.manage",
+     "workflows.engine"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
      "cli.maintain", "cli.demo", "cli.workflows", "__main__", "__init__", "testing"},
 ]

@@ -10,7 +10,9 @@ step_seq)`` as their idempotency key. Invariant: everything durable is an ordina
 document, so replay, fork, diff, history, the change feed and ``inmem verify`` cover workflows.
 
 Modules: :mod:`~inmem.workflows.records` (layout), :mod:`~inmem.workflows.runtime` (the per-thread
-frame and the context), :mod:`~inmem.workflows.engine` (executor, steps, lifecycle). Importing this
+frame and the context), :mod:`~inmem.workflows.declare` (decorators, registry),
+:mod:`~inmem.workflows.manage` (reads, cancel/resume/recover/fork), :mod:`~inmem.workflows.engine`
+(start, executor, steps, time and signals). Importing this
 package attaches ``workflows``, ``workflow`` and ``step`` to every ``Database`` handle.
 
 >>> import tempfile, inmem
@@ -27,7 +29,9 @@ package attaches ``workflows``, ``workflow`` and ``step`` to every ``Database`` 
 from __future__ import annotations
 
 from ..database import EXTENSIONS
-from .engine import WorkflowHandle, Workflows, step, workflow
+from .declare import step, workflow
+from .engine import Workflows
+from .manage import WorkflowHandle
 from .records import StepInfo, WorkflowInfo
 from .runtime import WorkflowContext, context
 
