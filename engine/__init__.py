@@ -32,6 +32,7 @@ from .primitives.vectors import Match, VectorRecord
 from .replay import Changes, Commit, EventsDiff, Op, RunDiff, RunState, StoredVector
 from .tenants import Tenant
 from .txn import Transaction
+from . import workflows  # noqa: F401  (attaches db.workflows, db.workflow, db.step)
 from .checkpoint import SnapshotInfo
 from .errors import (
     ChainBroken,
@@ -46,6 +47,7 @@ from .errors import (
     InvalidKey,
     InvalidTransition,
     InvalidValue,
+    NonDeterminismError,
     NotADatabase,
     PatchTestFailed,
     RunClosed,
@@ -53,6 +55,8 @@ from .errors import (
     TraceNotFound,
     TransactionClosed,
     TransactionConflict,
+    WorkflowCancelled,
+    WorkflowError,
 )
 
 __version__ = "0.1.0"
@@ -80,6 +84,7 @@ __all__ = [
     "InvalidValue",
     "Match",
     "Node",
+    "NonDeterminismError",
     "NotADatabase",
     "Op",
     "PatchTestFailed",
@@ -100,5 +105,7 @@ __all__ = [
     "TransactionConflict",
     "VectorRecord",
     "Watch",
+    "WorkflowCancelled",
+    "WorkflowError",
     "__version__",
 ]

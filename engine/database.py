@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import random
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -64,6 +65,11 @@ T = TypeVar("T")
 log = logging.getLogger("inmem")
 
 MiB = 1024 * 1024
+
+#: Attributes an upper layer attaches to every handle, built on first access (name -> ``factory(db)``):
+#: :mod:`inmem.workflows` adds ``workflows``, ``workflow`` and ``step`` (this layer cannot import it).
+EXTENSIONS: dict[str, Callable[[Database], Any]] = {}
+_EXTENSION_LOCK = threading.RLock()
 
 
 class GraphAPI:
@@ -161,6 +167,7 @@ class Database:
         clock: Callable[[], float] | None = None,
         sweep_interval_s: float | None = 60.0,
         follow: bool = False,
+        recover_workflows: bool = False,
     ) -> Database:
         """Open (creating if needed) the database in directory ``path`` and recover it.
 
@@ -214,6 +221,9 @@ class Database:
         :param clock: ``clock() -> float``, now in seconds since the Unix epoch (default
             ``time.time``): what a value's time to live (``kv.put(..., ttl=)``) is judged by, and the
             time stamped on each commit. Tests inject one to expire values without sleeping.
+        :param recover_workflows: once open, resume every durable workflow left unfinished whose
+            function is declared in this process (``inmem.workflows.workflow``; SPEC.md §14) — what
+            ``db.workflows.recover()`` does. Not with ``read_only``.
         :param sweep_interval_s: the background sweeper deletes expired values every this many
             seconds (default 60; ``None``: only :meth:`sweep` does). Expired values are invisible
             to reads either way; sweeping frees their space and records when they went.
@@ -272,6 +282,8 @@ class Database:
         index = HistoryIndex(fs, dirpath, history, read_only=read_only)  # checks history; touches nothing
         if fs.exists(dirpath) and not os.path.isdir(dirpath):
             raise InvalidArgument(f"{dirpath} exists and is not a directory; a database is a directory")
+        if recover_workflows and read_only:
+            raise InvalidArgument("recover_workflows=True runs workflows, which write: not with read_only=True")
         if follow and not read_only:
             raise InvalidArgument("follow=True follows another handle's writes: it needs read_only=True")
         if follow and not fs.exists(dirpath):
@@ -292,6 +304,7 @@ class Database:
         self._flush_interval_ms = flush_interval_ms
         self._segment_bytes = segment_bytes
         self._recovery = rec.report
+        self._clock = time.time if clock is None else clock
         if clock is not None:
             kernel.clock = lambda: int(clock() * 1_000_000)
         self._autocommit = _Autocommit(kernel)
@@ -324,6 +337,12 @@ class Database:
         ref = weakref.ref(self)
         self._atexit = lambda: (db := ref()) is not None and db.close()
         atexit.register(self._atexit)
+        if recover_workflows:
+            try:
+                self.workflows.recover()  # an EXTENSIONS attribute (inmem.workflows)
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def close(self) -> None:
@@ -370,6 +389,22 @@ class Database:
         kernel = self._kernel
         state = "closed" if kernel.closed else f"version {kernel.version}"
         return f"<inmem.Database {kernel.path!r} {kernel.durability} {state}>"
+
+    def __getattr__(self, name: str) -> Any:
+        """An attribute of :data:`EXTENSIONS` (``db.workflows``, ...), built once per handle on first access."""
+        factory = EXTENSIONS.get(name)
+        if factory is None:
+            raise AttributeError(f"'Database' object has no attribute {name!r}")
+        with _EXTENSION_LOCK:
+            if name not in self.__dict__:
+                self.__dict__[name] = factory(self)
+        return self.__dict__[name]
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The database clock (``Database.open(clock=)``, default ``time.time``): ``clock()`` is now in
+        seconds since the Unix epoch."""
+        return self._clock
 
     @property
     def path(self) -> str:

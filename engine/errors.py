@@ -31,9 +31,13 @@ as it would anywhere else.
     │   ├── InvalidValue           (also TypeError) value cbor2 cannot encode
     │   └── InvalidArgument        (also ValueError) an option or argument out of range
     │       └── PatchTestFailed    a JSON Patch ``test`` did not match; the patch wrote nothing
-    └── transactions
-        ├── TransactionConflict    OCC validation failed; nothing was written; retry
-        └── TransactionClosed      the transaction already committed or rolled back
+    ├── transactions
+    │   ├── TransactionConflict    OCC validation failed; nothing was written; retry
+    │   └── TransactionClosed      the transaction already committed or rolled back
+    └── workflows (``inmem.workflows``)
+        └── WorkflowError          a workflow cannot go on (not running here, retries exceeded, ...)
+            ├── NonDeterminismError  a re-run called another step than the one recorded at that seq
+            └── WorkflowCancelled    the workflow was cancelled (``db.workflows.cancel``)
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
     "InvalidKey",
     "InvalidTransition",
     "InvalidValue",
+    "NonDeterminismError",
     "NotADatabase",
     "PatchTestFailed",
     "RunClosed",
@@ -58,6 +63,8 @@ __all__ = [
     "TraceNotFound",
     "TransactionClosed",
     "TransactionConflict",
+    "WorkflowCancelled",
+    "WorkflowError",
 ]
 
 
@@ -224,3 +231,53 @@ class DatabaseReadOnly(InmemError):
     ``EACCES``/``EPERM``): the message names the path and suggests
     ``read_only=True``, and the ``OSError`` is chained as ``__cause__``.
     """
+
+
+# --- workflows --------------------------------------------------------------
+
+
+class WorkflowError(InmemError):
+    """A durable workflow cannot go on: ``workflow_id`` names it (``None`` if none is concerned).
+
+    Raised by ``WorkflowHandle.result`` for a workflow that is not running in this process and has
+    no result yet (call ``db.workflows.recover()`` or ``resume``), for one marked failed after
+    ``max_recovery_attempts``, and as the stand-in for a recorded exception that cannot be unpickled;
+    by ``inmem.workflows.context()`` outside a workflow.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str | None = None):
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+    def __reduce__(self) -> tuple[object, ...]:  # pickled into a step or workflow record
+        return (_rebuild_workflow_error, (type(self), self.args[0], dict(self.__dict__)))
+
+
+class NonDeterminismError(WorkflowError):
+    """A re-run of workflow ``workflow_id`` called step ``expected`` at sequence number ``seq``, where the
+    recorded history has step ``recorded``: the workflow's code or its inputs changed under it.
+
+    Nothing is written; the workflow fails with this error. Fork the workflow from an earlier step
+    (``db.workflows.fork``) or start a new one.
+    """
+
+    def __init__(self, workflow_id: str, seq: int, expected: str, recorded: str):
+        super().__init__(f"workflow {workflow_id}: step {seq} is {expected!r} now but {recorded!r} in the "
+                         f"recorded history (non-deterministic workflow code)", workflow_id=workflow_id)
+        self.seq = seq
+        self.expected = expected
+        self.recorded = recorded
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.workflow_id, self.seq, self.expected, self.recorded))
+
+
+class WorkflowCancelled(WorkflowError):
+    """The workflow was cancelled (``db.workflows.cancel``): it stops at its next step boundary, sleep or wait."""
+
+
+def _rebuild_workflow_error(cls: type[WorkflowError], message: str, fields: dict[str, object]) -> WorkflowError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(fields)
+    return exc

@@ -37,9 +37,10 @@ def test_public_names_are_pinned():
     assert set(inmem.__all__) == {
         "ChainBroken", "Change", "Changes", "Commit", "CorruptionError", "Database", "DatabaseClosed", "DatabaseLocked",
         "DatabasePoisoned", "DatabaseReadOnly", "Edge", "Event", "EventsDiff", "HistoryUnavailable", "Hit", "InmemError", "InvalidArgument",
-        "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "Node", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
+        "InvalidKey", "InvalidTransition", "InvalidValue", "Match", "Node", "NonDeterminismError", "NotADatabase", "Op", "PatchTestFailed", "RunClosed", "RunDiff", "RunInfo", "RunNotFound",
         "RunState", "SnapshotInfo", "State", "StoredVector", "Subscription", "Tenant", "Trace", "TraceNotFound", "Transaction",
-        "TransactionClosed", "TransactionConflict", "VectorRecord", "Watch", "__version__",
+        "TransactionClosed", "TransactionConflict", "VectorRecord", "Watch", "WorkflowCancelled",
+        "WorkflowError", "__version__",
     }
     for name in inmem.__all__:
         obj = getattr(inmem, name)

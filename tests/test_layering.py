@@ -32,9 +32,11 @@ LAYERS = [
     {"database"},
     {"verify", "integrations", "integrations.langgraph", "integrations.langgraph_demo",
      "integrations.langgraph_store", "memory", "memorystore", "integrations.mcp_memory",
-     "integrations.mcp_server", "integrations.mcp_schemas"},
+     "integrations.mcp_server", "integrations.mcp_schemas",
+     "workflows", "workflows.records", "workflows.runtime", "workflows.declare", "workflows.manage",
+     "workflows.engine"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
-     "cli.maintain", "cli.demo", "cli.mcpserve", "__main__", "__init__", "testing"},
+     "cli.maintain", "cli.demo", "cli.mcpserve", "cli.workflows", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 
