@@ -241,7 +241,7 @@ class WorkflowError(InmemError):
 
     Raised by ``WorkflowHandle.result`` for a workflow that is not running in this process and has
     no result yet (call ``db.workflows.recover()`` or ``resume``), for one marked failed after
-    ``max_recovery_attempts``, and as the stand-in for a recorded exception that cannot be unpickled;
+    ``max_recovery_attempts``, and as the stand-in for a recorded exception that cannot be rebuilt;
     by ``inmem.workflows.context()`` outside a workflow.
     """
 
@@ -249,7 +249,7 @@ class WorkflowError(InmemError):
         super().__init__(message)
         self.workflow_id = workflow_id
 
-    def __reduce__(self) -> tuple[object, ...]:  # pickled into a step or workflow record
+    def __reduce__(self) -> tuple[object, ...]:  # how copy/pickle rebuild it (a step record keeps its attributes)
         return (_rebuild_workflow_error, (type(self), self.args[0], dict(self.__dict__)))
 
 

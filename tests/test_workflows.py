@@ -508,3 +508,63 @@ def test_declared_workflows_are_recovered_at_open(dbdir):
         assert db.workflows.handle("decl").result(timeout=T) == [2, "now"]
         assert db.workflows.get("decl").recoveries == 1
         assert db.kv.get(handle.run, "x") == 1
+
+
+class StepFailed(Exception):
+    """An exception with a constructor of its own and an attribute, re-raised from the record."""
+
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.retry_after = None
+
+    def __reduce__(self):  # what pickle (and the step record) use to rebuild it
+        return (type(self), (self.code, self.detail), self.__dict__)
+
+
+class OddError(Exception):
+    """A constructor that ``args`` cannot call again (pickle could not either): re-raised as WorkflowError."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__(f"{a}+{b}")
+
+
+def test_recorded_errors_are_data_never_code():
+    """A step's exception is recorded as (class path, constructor args, attributes) — not a pickle — and
+    re-raised as that class only if it is an exception class already imported; a record naming any
+    other thing (a function, a module not imported, a hostile pickle) raises WorkflowError and runs
+    nothing."""
+    from inmem.workflows.records import error_record, raise_recorded
+
+    err = StepFailed(503, "model offline")
+    err.retry_after = 30
+    record = error_record(err)
+    assert "pickle" not in record and record["class"].endswith(":StepFailed")
+    with pytest.raises(StepFailed) as got:
+        raise_recorded(record, "w")
+    assert (got.value.code, got.value.detail, got.value.retry_after) == (503, "model offline", 30)
+    with pytest.raises(ValueError, match="bad"):
+        raise_recorded(error_record(ValueError("bad")), "w")
+    with pytest.raises(WorkflowError, match="OddError: 1\\+2"):
+        raise_recorded(error_record(OddError(1, 2)), "w")
+    ran = []
+    sys.modules[__name__].__dict__["_hostile"] = lambda *a: ran.append(a)  # a callable, not an exception class
+    for hostile in ({"type": "x", "class": f"{__name__}:_hostile", "message": "m", "args": ["rm -rf /"]},
+                    {"type": "x", "class": "os:system", "message": "m", "args": ["echo pwned"]},
+                    {"type": "x", "class": "antigravity:Nope", "message": "m", "args": []},  # never imported
+                    {"type": "x", "message": "m", "pickle": b"cos\nsystem\n(S'echo pwned'\ntR."}):
+        with pytest.raises(WorkflowError, match="x: m"):
+            raise_recorded(hostile, "w")
+    assert ran == [] and "antigravity" not in sys.modules
+
+
+def test_a_recorded_workflow_error_keeps_its_workflow_id():
+    from inmem.workflows.records import error_record, raise_recorded
+
+    with pytest.raises(WorkflowCancelled) as got:
+        raise_recorded(error_record(WorkflowCancelled("stopped", workflow_id="w7")), "other")
+    assert got.value.workflow_id == "w7"
+    with pytest.raises(NonDeterminismError) as nd:
+        raise_recorded(error_record(NonDeterminismError("w8", 3, "b", "a")), "w8")
+    assert (nd.value.workflow_id, nd.value.seq, nd.value.expected, nd.value.recorded) == ("w8", 3, "b", "a")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import pickle
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,29 +59,66 @@ def digest(args: Any, kwargs: Any) -> str:
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
-    """``{"type": "module.QualName", "message": str, "pickle": bytes | None}`` of a raised exception."""
+    """``{"type": "module.QualName", "class": "module:QualName", "message": str, "args": list | None,
+    "state": dict | None}`` of a raised exception: its class by import path, the constructor arguments
+    and attributes its ``__reduce__`` gives (what pickle would use) when they are storable values."""
     cls = type(exc)
+    args: list[Any] | None = list(exc.args)
+    state: dict[str, Any] | None = None
+    try:  # the constructor arguments pickle would use (an exception's __reduce__), when it names the class
+        reduced = exc.__reduce__()
+        if isinstance(reduced, tuple) and len(reduced) >= 2 and reduced[0] is cls:
+            args = list(reduced[1])
+            if len(reduced) > 2 and isinstance(reduced[2], dict) and reduced[2]:
+                state = dict(reduced[2])
+        elif exc.__dict__:
+            state = dict(exc.__dict__)  # rebuilt another way: keep .args and the attributes
+    except Exception:  # noqa: BLE001 — fall back to .args
+        pass
     try:
-        pickled: bytes | None = pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 — an exception that does not pickle is re-raised as WorkflowError
-        pickled = None
-    return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(exc), "pickle": pickled}
+        encode_value([args, state])
+    except (InvalidValue, TypeError):
+        args, state = None, None
+    return {"type": f"{cls.__module__}.{cls.__qualname__}", "class": f"{cls.__module__}:{cls.__qualname__}",
+            "message": str(exc), "args": args, "state": state}
+
+
+def _loaded_exception_class(path: object) -> type[BaseException] | None:
+    """The exception class ``"module:QualName"`` names, looked up only in modules this process has already
+    imported (data never makes us import anything), or None."""
+    if not isinstance(path, str) or ":" not in path:
+        return None
+    module, _, qualname = path.partition(":")
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        if obj is None or part.startswith("<"):
+            return None
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
 
 
 def raise_recorded(record: dict[str, Any], workflow_id: str) -> None:
-    """Raise the exception ``record`` (:func:`error_record`) describes: unpickled, else a :class:`WorkflowError`.
+    """Raise the exception ``record`` (:func:`error_record`) describes.
 
-    The pickle was written by this database's own workflows; do not open databases from untrusted
-    sources with workflows (unpickling runs code).
+    The recorded class, if it is an exception class of a module this process has already imported,
+    is called with the recorded ``args`` and gets the recorded attributes; anything else — an unknown or unloaded class, args that
+    were not storable, a constructor that refuses them — raises :class:`WorkflowError` naming the
+    original type and message. Nothing is unpickled and nothing imported: a database is data, and
+    reading one never runs code it names.
     """
     exc: BaseException | None = None
-    if record.get("pickle") is not None:
+    cls = _loaded_exception_class(record.get("class"))
+    args = record.get("args")
+    if cls is not None and isinstance(args, list):
         try:
-            exc = pickle.loads(record["pickle"])
-        except Exception:  # noqa: BLE001 — the class may be gone; fall back to the text
+            exc = cls(*args)
+            state = record.get("state")
+            if isinstance(state, dict):
+                exc.__dict__.update(state)
+        except Exception:  # noqa: BLE001 — a constructor that wants other arguments: fall back to the text
             exc = None
     if not isinstance(exc, BaseException):
-        exc = WorkflowError(f"{record['type']}: {record['message']}", workflow_id=workflow_id)
+        exc = WorkflowError(f"{record.get('type')}: {record.get('message')}", workflow_id=workflow_id)
     raise exc
 
 
