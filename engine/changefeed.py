@@ -272,10 +272,14 @@ class Watch:
         while buf and buf[0][0] < nxt:
             buf.popleft()  # a duplicate of what the WAL already gave
         if buf and buf[0][0] == nxt:
-            self._settle(buf[-1][0])
-            for _ in range(len(buf)):  # every contiguous buffered commit, in one step
+            # Settle up to the newest commit buffered *now*, and deliver no further: the listener may
+            # append newer commits meanwhile, and those are not yet known durable (found by the
+            # SIGKILL test: versions delivered past the settled one were lost by the crash).
+            last = buf[-1][0]
+            self._settle(last)
+            while buf:  # every contiguous buffered commit up to `last`, in one step
                 item = buf[0]
-                if item[0] != self._next:
+                if item[0] != self._next or item[0] > last:
                     break
                 buf.popleft()
                 self._deliver(*item)

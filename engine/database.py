@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from . import native
 from .errors import InvalidArgument, TransactionConflict
-from .fs import FileLock, FileSystem, OSFileSystem, check_file_mode, open_error
+from .fs import FileSystem, OSFileSystem, check_file_mode
 from .changefeed import DEFAULT_BUFFER, Watch
 from .channels import DEFAULT_QUEUE, Hub, Subscription
 from .checkpoint import SnapshotInfo, Checkpointer
@@ -50,13 +50,11 @@ from .primitives.vectors import Vectors
 from .sweeping import SweepThread, sweep_all
 from .tenants import Tenant, delete_tenant
 from .vectorindex import VectorIndexes
-from .recovery import Recovered, check_new_directory, recover
-from .registry import RunRegistry, check_tenant_id
-from .store import UnifiedStore
+from .opening import NoLock, lock_directory, recover_directory
+from .registry import check_tenant_id
 from .txn import Transaction
 from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES
-from .wal.readonly import ReadOnlyWal
-from .wal.writer import DURABILITY_MODES, WalWriter
+from .wal.writer import DURABILITY_MODES
 
 __all__ = ["Database"]
 
@@ -288,9 +286,9 @@ class Database:
             raise InvalidArgument("follow=True follows another handle's writes: it needs read_only=True")
         if follow and not fs.exists(dirpath):
             raise InvalidArgument(f"{dirpath} does not exist; follow=True opens an existing database")
-        lock = _NoLock() if follow else _lock_directory(fs, dirpath, read_only)  # 1. lock
+        lock = NoLock() if follow else lock_directory(fs, dirpath, read_only)  # 1. lock
         try:                                                                  # 2. recover
-            rec, store, registry, wal = _recover(fs, dirpath, index, salvage=salvage, progress=progress,
+            rec, store, registry, wal = recover_directory(fs, dirpath, index, salvage=salvage, progress=progress,
                                                  read_only=read_only, durability=durability,
                                                  flush_interval_ms=flush_interval_ms, segment_bytes=segment_bytes)
         except BaseException:
@@ -833,60 +831,3 @@ class Database:
             "history": kernel.history.stats(),
             "recovery": dict(self._recovery),
         }
-
-
-class _NoLock:
-    """The lock of a follower (``read_only=True, follow=True``): none, so a writer may hold its own."""
-
-    def release(self) -> None:
-        pass
-
-
-def _lock_directory(fs: FileSystem, dirpath: str, read_only: bool) -> FileLock:
-    """Create the directory if needed (fsynced into its parent), refuse a foreign one, and lock it.
-
-    :raises NotADatabase: / :raises DatabaseLocked: / :raises DatabaseReadOnly: / :raises InvalidArgument:
-        as ``Database.open`` says.
-    """
-    try:
-        if read_only:
-            if not fs.exists(dirpath):
-                raise InvalidArgument(f"{dirpath} does not exist; read_only=True opens an existing database")
-        else:
-            created = fs.makedirs(dirpath) or []
-            for d in created:  # the new names durable: a power cut must not drop the directory
-                fs.sync_dir(os.path.dirname(d) or ".")
-            if not created:  # refuse a foreign directory before LOCK is created in it
-                check_new_directory(dirpath, fs.listdir(dirpath))
-        return fs.lock(dirpath, shared=read_only)
-    except OSError as exc:
-        if (err := open_error(exc, dirpath, read_only)) is None:
-            raise
-        raise err from exc
-
-
-def _recover(
-    fs: FileSystem, dirpath: str, index: HistoryIndex, *, salvage: bool, progress: Progress | None,
-    read_only: bool, durability: str, flush_interval_ms: int, segment_bytes: int,
-) -> tuple[Recovered, UnifiedStore, RunRegistry, WalWriter | ReadOnlyWal]:
-    """Recover the locked directory: the state in a store, the run table, the history index, the WAL to append to.
-
-    :raises CorruptionError: / :raises DatabaseReadOnly: as ``Database.open`` says.
-    """
-    try:
-        rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
-                      visitor=index.collector)
-        store = UnifiedStore(rec.state)
-        del rec.state
-        registry = RunRegistry()
-        registry.load(store)
-        index.load_recovered(rec.identity.db_id, rec.retained, rec.tail.next_lsn)
-        index.archived = registry.archived
-        wal = ReadOnlyWal.from_tail(rec.tail) if read_only else WalWriter.resume(
-            fs, dirpath, rec.identity.db_id, rec.tail, durability=durability,
-            flush_interval_ms=flush_interval_ms, segment_bytes=segment_bytes)
-    except OSError as exc:
-        if (err := open_error(exc, dirpath, read_only)) is not None:
-            raise err from exc
-        raise
-    return rec, store, registry, wal

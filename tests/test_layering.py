@@ -19,7 +19,7 @@ LAYERS = [
     {"fs", "wal.format", "wal.fast"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal.follow", "wal"},
     {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
-    {"recovery", "registry"},
+    {"recovery", "registry", "opening"},
     {"kernel"},
     {"txn", "checkpoint"},
     {"primitives", "primitives.context", "primitives.kv", "primitives.events", "primitives.state", "primitives.traces", "primitives.runs", "primitives.vectors",

@@ -406,3 +406,31 @@ def test_a_follower_in_another_process_watches_a_live_writer(dbdir):
         proc.wait()
     with pytest.raises(InvalidArgument):
         Database.open(dbdir, follow=True)  # a follower is read-only
+
+
+def test_a_commit_buffered_during_the_durability_wait_waits_for_its_own(dbdir):
+    """Found by the SIGKILL test (1 run in 5): the feed settled (waited for the durability of) the newest
+    buffered commit, then delivered every commit buffered by the time it looked again — including ones
+    the listener appended during the wait, not yet durable, which a crash then took back. Now nothing
+    is delivered past the version settled."""
+    with Database.open(dbdir, durability="strict") as db:
+        run = db.begin_run("r")
+        watch = db.watch(run=run)
+        settled: list[int] = []
+        real_settle, real_deliver = watch._settle, watch._deliver  # noqa: SLF001 - the race, pinned
+
+        def settle(version):
+            real_settle(version)
+            settled.append(version)
+            if len(settled) == 1:
+                db.kv.put(run, "late", 2)  # lands in the buffer while the first settle "waited"
+
+        def deliver(version, ts_us, writes):
+            assert settled and version <= max(settled), f"version {version} delivered before it was settled"
+            real_deliver(version, ts_us, writes)
+
+        watch._settle, watch._deliver = settle, deliver  # noqa: SLF001
+        db.kv.put(run, "first", 1)
+        got = [watch.next(timeout=5).key for _ in range(2)]
+        assert got == ["first", "late"] and len(settled) == 2
+        watch.close()
