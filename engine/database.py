@@ -20,7 +20,6 @@ import atexit
 import functools
 import logging
 import os
-import random
 import threading
 import time
 import weakref
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import native
-from .errors import InvalidArgument, TransactionConflict
+from .errors import InvalidArgument
 from .fs import FileSystem, OSFileSystem, check_file_mode
 from .changefeed import DEFAULT_BUFFER, Watch
 from .channels import DEFAULT_QUEUE, Hub, Subscription
@@ -52,7 +51,7 @@ from .tenants import Tenant, delete_tenant
 from .vectorindex import VectorIndexes
 from .opening import NoLock, lock_directory, recover_directory
 from .registry import check_tenant_id
-from .txn import Transaction
+from .txn import Transaction, transact
 from .wal.format import FORMAT_VERSION, MAX_PAYLOAD_BYTES
 from .wal.writer import DURABILITY_MODES
 
@@ -658,23 +657,7 @@ class Database:
         :raises TransactionConflict: still conflicting after ``retries`` retries.
         :raises InvalidArgument: ``retries`` is negative.
         """
-        if type(retries) is not int or retries < 0:
-            raise InvalidArgument(f"retries must be an int >= 0; got {retries!r}")
-        attempt = 0
-        while True:
-            tx = self.transaction()
-            try:
-                result = fn(tx)
-                tx.commit()
-                return result
-            except TransactionConflict:
-                if attempt >= retries:
-                    raise
-            finally:
-                if not tx.finished:
-                    tx.rollback()
-            time.sleep(random.uniform(0, min(0.1, 0.001 * (1 << attempt))))
-            attempt += 1
+        return transact(self.transaction, fn, retries)
 
     # --- snapshots ---------------------------------------------------------------------------------
 

@@ -13,15 +13,12 @@ raises the same ``RunNotFound`` as an id no run has.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import replay as _replay
 from .contexts import DIRECT, OPTIMISTIC, READS, _Autocommit, _AutoPrimitive
 from .sweeping import sweep_all
-from .errors import InvalidArgument, TransactionConflict
 from .kernel import Kernel, LockedView
 from .keys import prefix_end, run_prefix
 from .primitives.docs import Docs
@@ -34,7 +31,7 @@ from .primitives.traces import Traces
 from .primitives.vectors import Vectors
 from .registry import TenantScope, check_tenant_id
 from .replay import Commit, GraphChange, RunDiff, RunState
-from .txn import Transaction
+from .txn import Transaction, transact
 
 __all__ = ["Tenant", "delete_tenant"]
 
@@ -207,23 +204,7 @@ class Tenant:
 
     def transact(self, fn: Callable[[Transaction], T], *, retries: int = 10) -> T:
         """As ``Database.transact`` (retries on conflict with jittered backoff), in this tenant's view."""
-        if type(retries) is not int or retries < 0:
-            raise InvalidArgument(f"retries must be an int >= 0; got {retries!r}")
-        attempt = 0
-        while True:
-            tx = self.transaction()
-            try:
-                result = fn(tx)
-                tx.commit()
-                return result
-            except TransactionConflict:
-                if attempt >= retries:
-                    raise
-            finally:
-                if not tx.finished:
-                    tx.rollback()
-            time.sleep(random.uniform(0, min(0.1, 0.001 * (1 << attempt))))
-            attempt += 1
+        return transact(self.transaction, fn, retries)
 
 
 def delete_tenant(kernel: Kernel, tenant: str) -> int:

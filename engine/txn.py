@@ -39,11 +39,13 @@ A transaction belongs to one thread. Invariant: a finished transaction
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import InvalidArgument, InvalidValue, TransactionClosed, TransactionConflict
 from .keys import (TAG_DOC, TAG_EVENT, TAG_EXPIRY, TAG_GRAPH, TAG_KV, TAG_RUN, TAG_STATE, TAG_TRACE, TAG_VECTOR,
@@ -51,7 +53,9 @@ from .keys import (TAG_DOC, TAG_EVENT, TAG_EXPIRY, TAG_GRAPH, TAG_KV, TAG_RUN, T
 from .kernel import Entry, Kernel, ReadPoint, Resolver
 from .registry import RunRegistry, TenantScope, run_record_key
 
-__all__ = ["Transaction"]
+__all__ = ["Transaction", "transact"]
+
+T = TypeVar("T")
 
 _PRIMITIVE = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
               TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph", TAG_EXPIRY: "expiry"}
@@ -460,3 +464,33 @@ def _conflict(tx: Transaction, key: bytes, version: int, what: str) -> Transacti
         begin_version=tx.begin_version,
         conflict_version=version,
     )
+
+
+def transact(begin: Callable[[], Transaction], fn: Callable[[Transaction], T], retries: int) -> T:
+    """Run ``fn(tx)`` in a fresh transaction from ``begin()`` and commit it, retrying on conflict.
+
+    After each ``TransactionConflict`` the call sleeps a full-jitter exponential backoff (a random
+    wait up to 1 ms, 2 ms, 4 ms ... capped at 100 ms; AWS Architecture Blog, "Exponential Backoff And
+    Jitter", 2015) and starts again, at most ``retries`` times; then the last conflict is raised.
+    Any other exception rolls the transaction back and propagates at once.
+
+    :raises InvalidArgument: ``retries`` is not an int >= 0.
+    """
+    if type(retries) is not int or retries < 0:
+        raise InvalidArgument(f"retries must be an int >= 0; got {retries!r}")
+    attempt = 0
+    while True:
+        tx = begin()
+        try:
+            result = fn(tx)
+            tx.commit()
+            return result
+        except TransactionConflict:
+            if attempt >= retries:
+                raise
+        finally:
+            if not tx.finished:
+                tx.rollback()
+        time.sleep(random.uniform(0, min(0.1, 0.001 * (1 << attempt))))
+        attempt += 1
+

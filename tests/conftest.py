@@ -90,3 +90,20 @@ def acks_until_sigkill(child: str, dbdir: str, kill_after: int) -> list[list[byt
         err.seek(0)
         assert len(acks) >= kill_after, err.read().decode()
     return acks
+
+
+class Clock:
+    """An injected database clock (``Database.open(clock=)``): seconds since the epoch in ``t``, moved by
+    the test — time to live and commit times without sleeping."""
+
+    def __init__(self, t: float = 1_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+

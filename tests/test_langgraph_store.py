@@ -43,17 +43,6 @@ def embed(texts):
     return _EMB(list(texts)).tolist()
 
 
-class Clock:
-    def __init__(self, t: float = 1_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

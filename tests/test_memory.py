@@ -22,17 +22,6 @@ from inmem.memory import ConversationBuffer, Memory, MemoryEvent, MemoryItem, Me
 from .conftest import assert_refused_unwritten, run_interleaved
 
 
-class Clock:
-    def __init__(self, t: float = 1_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture

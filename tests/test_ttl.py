@@ -17,22 +17,9 @@ from inmem.expiry import EXPIRING_HEAD, unwrap, wrap
 from inmem.keys import TAG_EXPIRY, TAG_KV, run_id_bytes, run_prefix
 from inmem.testing import kernel
 
-from .conftest import assert_refused_unwritten
+from .conftest import Clock, assert_refused_unwritten
 
 
-class Clock:
-    """An injected clock: seconds since the epoch, moved by the test."""
-
-    def __init__(self, t: float = 1_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
