@@ -115,3 +115,51 @@ def test_workflow_completes_exactly_once_after_sigkill_at_each_kill_point(tmp_pa
     for i in range(STEPS):  # external effects at least once; a recorded step never ran again
         assert lines.count(i) == (2 if i in killed_inside else 1), (i, lines)
 
+
+
+SLEEPER = r'''
+import sys
+from tests.checkout import use_checkout
+use_checkout()
+from inmem import Database
+from inmem.workflows import context
+
+db = Database.open(sys.argv[1], durability="strict", clock=lambda: 1_800_000_000.0)
+
+@db.workflow(name="napper")
+def napper():
+    context().sleep(3600)
+    got = context().wait_for("go")
+    return [got, context().now()]
+
+db.workflows.start(napper, workflow_id="nap")
+db.workflows.signal("nap", "go", {"n": 7})  # sent before anyone waits: kept
+with db.watch(primitive="kv", prefix="_wf/step/00000001", from_version=1) as w:
+    w.next(timeout=30)  # the sleep step (its wake-up time) is committed
+print("ack asleep", flush=True)
+print("done", flush=True)
+sys.stdin.read()
+'''
+
+
+def test_durable_sleep_and_a_kept_signal_survive_sigkill(dbdir):
+    """A workflow asleep for an hour (by the injected clock) with a signal waiting for it is SIGKILLed with
+    its process; reopened an hour later (clock moved, no real sleep) it recovers, sleeps no more, takes the
+    signal sent before the crash and finishes."""
+    from inmem.workflows import context
+
+    with Database.open(dbdir) as db:
+        db.begin_run("setup")  # the directory exists before the child opens it
+    acks = acks_until_sigkill(SLEEPER, dbdir, 1)
+    assert acks == [[b"asleep"]]
+    clock = [1_800_000_000.0 + 3600]
+    with Database.open(dbdir, clock=lambda: clock[0]) as db:
+        @db.workflow(name="napper")
+        def napper():
+            context().sleep(3600)
+            got = context().wait_for("go")
+            return [got, context().now()]
+
+        [handle] = db.workflows.recover()
+        assert handle.result(timeout=30) == [{"n": 7}, 1_800_000_000.0 + 3600]
+        assert [s.name for s in db.workflows.steps("nap")][:2] == ["sleep", "wait_for:go"]
