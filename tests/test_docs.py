@@ -446,7 +446,7 @@ def test_ended_run_refuses_writes_and_reads_still_work(db, run):
 
 # --- blind operations under concurrency -----------------------------------------------------------------
 
-THREADS, PER = 8, 1000
+THREADS, PER = 8, 500
 
 
 @pytest.mark.parametrize("mode", ["autocommit", "transaction"])
