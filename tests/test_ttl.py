@@ -332,3 +332,15 @@ def test_re_putting_and_refreshing_a_lease_keeps_one_index_entry(db, run, clock)
     assert entries() == 1
     clock.t += 20
     assert db.sweep() == 1 and entries() == 0
+
+
+def test_run_counts_leave_out_expired_values(db, run, clock):
+    db.kv.put(run, "a", 1, ttl=5)
+    db.kv.put(run, "b", 2)
+    assert db.runs.get(run).counts["kv"] == 2
+    clock.t += 5
+    assert db.runs.get(run).counts["kv"] == 1  # expired: not counted, swept or not
+    with db.transaction() as tx:
+        assert tx.runs.get(run).counts["kv"] == 1
+    db.sweep()
+    assert db.runs.get(run).counts["kv"] == 1

@@ -9,7 +9,8 @@ for every primitive).
 ``RunInfo.first_version`` is the commit version that created the run;
 ``last_version`` the highest commit version among the run's current entries
 and ``counts`` the entries per primitive, both from one scan of the run's
-key range (O(run size)).
+key range (O(run size)); KV values whose time to live has passed do not count
+(one more scan of the run's KV range, only when it has expiring values).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 
 from ..codec import decode_value, encode_value
 from ..errors import InvalidArgument, RunNotFound
-from ..keys import TAG_EVENT, TAG_KV, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
+from ..expiry import EXPIRING_HEAD, unwrap
+from ..keys import TAG_EVENT, TAG_EXPIRY, TAG_KV, TAG_STATE, TAG_TRACE, TAGGED_PREFIX_LEN, prefix_end, run_prefix
 from ..registry import END_STATUSES, run_record_key
 from .context import Context
 
 __all__ = ["RunInfo", "Runs"]
 
+_EXPIRING3 = EXPIRING_HEAD[:3]
 _COUNTED = {"kv": TAG_KV, "events": TAG_EVENT, "state": TAG_STATE, "traces": TAG_TRACE}
 STATUSES = ("active", *END_STATUSES)
 
@@ -81,6 +84,11 @@ class Runs:
         last = max((v for _, v in entries), default=0)
         by_tag = Counter(k[TAGGED_PREFIX_LEN - 1] for k, _ in entries)
         counts = {name: by_tag.get(tag, 0) for name, tag in _COUNTED.items()}
+        if counts["kv"] and by_tag.get(TAG_EXPIRY):  # expiring values exist: expired ones do not count
+            now = self._ctx.now_us()
+            kv = run_prefix(rid, TAG_KV)
+            counts["kv"] -= sum(1 for _, value in self._ctx.scan(kv, prefix_end(kv))
+                                if value[:3] == _EXPIRING3 and (unwrap(value)[0] or 0) <= now)
         return RunInfo(
             id=run, name=record["name"], parent=record["parent"], status=record["status"],
             tags=tuple(record["tags"]), metadata=record["metadata"], started_at=record["started_at"],
