@@ -711,3 +711,29 @@ def test_sweep_deletes_expired_values(tmp_path):
     run("sweep", path, "--run", "nope", code=1)
     with ro(path) as db:
         assert dict(db.kv.scan(r)) == {"keep": 2}
+
+
+def test_watch_prints_the_change_feed_and_resumes(tmp_path):
+    path = str(tmp_path / "w")
+    with Database.open(path) as db:
+        r = db.begin_run("feed")
+        for i in range(5):
+            db.kv.put(r, f"k{i}", {"n": i})
+        db.state.set(r, "phase", "plan")
+        start = db.history(r)[1].version
+    lines = run("watch", path, "--from-version", start, "--primitive", "kv", "--limit", 3, "--json").stdout
+    got = [json.loads(line) for line in lines.splitlines()]
+    assert [(c["primitive"], c["key"], c["op"], c["value"]) for c in got] == [
+        ("kv", f"k{i}", "put", {"n": i}) for i in range(3)]
+    rest = run("watch", path, "--from-version", got[-1]["version"] + 1, "--idle", 0.3, "--json").stdout
+    assert [json.loads(line)["key"] for line in rest.splitlines()] == ["k3", "k4", "phase"]
+    text = run("watch", path, "--from-version", start, "--limit", 1).stdout
+    assert text.startswith(f"v{start} ") and " kv k0 put " in text
+    assert run("watch", path, "--idle", 0.2).stdout == ""  # nothing new: stops when idle
+    with Database.open(path) as db:  # a writer holds the directory: the watch, a follower, runs beside it
+        db.kv.put(r, "live", 1)
+        v = db.stats()["commit_version"]
+        live = json.loads(run("watch", path, "--from-version", v, "--limit", 1, "--json").stdout)
+        assert (live["key"], live["value"]) == ("live", 1)
+    run("watch", path, "--primitive", "bogus", code=2)
+    run("watch", str(tmp_path / "nope"), "--idle", 0.1, code=1)

@@ -36,7 +36,7 @@ LAYERS = [
      "workflows", "workflows.records", "workflows.runtime", "workflows.declare", "workflows.manage",
      "workflows.engine"},
     {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
-     "cli.maintain", "cli.demo", "cli.mcpserve", "cli.workflows", "__main__", "__init__", "testing"},
+     "cli.maintain", "cli.demo", "cli.mcpserve", "cli.workflows", "cli.watchcmd", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 

@@ -16,6 +16,7 @@ parsers to list a directory's files. One module per command group:
 - :mod:`inmem.cli.demo`: ``demo``;
 - :mod:`inmem.cli.mcpserve`: ``mcp`` (the MCP memory server);
 - :mod:`inmem.cli.workflows`: ``workflows``;
+- :mod:`inmem.cli.watchcmd`: ``watch`` (the change feed, as a follower);
 - :mod:`inmem.cli.render` draws results (rich) and prints JSON;
   :mod:`inmem.cli.guard` turns engine errors into one-line messages and
   exit codes.
@@ -41,7 +42,7 @@ import sys
 import click
 
 # importing a command module registers its commands on the group
-from . import demo, fork, history, inspect, maintain, mcpserve, workflows  # noqa: F401
+from . import demo, fork, history, inspect, maintain, mcpserve, watchcmd, workflows  # noqa: F401
 from .app import CONTEXT, DIR, JSON, RUN, _section_options, _version_option, cli  # noqa: F401
 from .render import plain  # noqa: F401  (kept importable as inmem.cli.plain)
 
