@@ -23,6 +23,8 @@ from .open import _check_database_dir
 from .render import _short, _time, plain
 
 PRIMITIVES = ("run", "kv", "events", "state", "traces", "vectors", "docs", "graph")
+#: The members of a :class:`inmem.Change`, in order: the keys of a ``--json`` line.
+FIELDS = ("version", "ts", "run", "primitive", "key", "op", "value")
 
 
 def _key(key: object) -> str:
@@ -76,7 +78,7 @@ def watch(directory: str, run: str | None, primitive: str | None, prefix: str | 
             last = time.monotonic()
             seen += 1
             if as_json:
-                click.echo(json.dumps(plain(change._asdict()), ensure_ascii=False))
+                click.echo(json.dumps(plain(dict(zip(FIELDS, change))), ensure_ascii=False))
             else:
                 click.echo(f"v{change.version} {_time(change.ts)} {change.run} {change.primitive} "
                            f"{_key(change.key)} {change.op} {_short(plain(change.value), 80)}")
