@@ -175,15 +175,18 @@ def _load_doc(ctx: Context, key: bytes) -> dict[str, Any] | None:
     return rec
 
 
-def _check_stem(ctx: Context, run: str | None, base: bytes, stem: bool) -> None:
-    """Refuse a stemming choice other than the one the index was built with; record it on first write."""
+def _check_stem(ctx: Context, run: str | None, base: bytes, stem: bool | None) -> bool:
+    """The stemming choice to use, in one point read: the index's (``stem=None``: whatever it was built
+    with, False for a new one), refusing a ``stem`` other than it; recorded on the first write (``run``)."""
     entry = ctx.lookup(base + _META)
     if entry is None:
         if run is not None:
             ctx.write(run, base + _META, encode_value({"stem": bool(stem)}))
-        return
-    if decode_value(entry[1]).get("stem") != bool(stem):
-        raise InvalidArgument(f"this full-text index was built with stem={not stem}; call with the same setting")
+        return bool(stem)
+    built = bool(decode_value(entry[1]).get("stem"))
+    if stem is not None and built != bool(stem):
+        raise InvalidArgument(f"this full-text index was built with stem={built}; call with the same setting")
+    return built
 
 
 def index_stem(ctx: Context, base: bytes) -> bool | None:
@@ -203,7 +206,7 @@ def configure(ctx: Context, run: str, base: bytes, *, stem: bool) -> None:
     _check_stem(ctx, run, base, bool(stem))
 
 
-def index_doc(ctx: Context, run: str, base: bytes, doc_id: str, text: str, *, stem: bool = False) -> bool:
+def index_doc(ctx: Context, run: str, base: bytes, doc_id: str, text: str, *, stem: bool | None = False) -> bool:
     """Index (or re-index) ``doc_id`` with ``text`` under ``base``, in ``ctx``'s commit; return whether anything changed.
 
     Diffs against the stored record: postings of terms no longer present are
@@ -215,13 +218,14 @@ def index_doc(ctx: Context, run: str, base: bytes, doc_id: str, text: str, *, st
     :raises InvalidArgument: ``base`` not non-empty bytes, ``doc_id`` not a
         non-empty str without NUL of at most :data:`MAX_DOC_ID_BYTES`,
         ``text`` not a str, or ``stem`` differs from the index's — before
-        anything is written.
+        anything is written. ``stem=None``: the index's own setting.
     """
     base = _check_base(base)
     did = _doc_bytes(doc_id)
-    tf = term_frequencies(text, stem=stem)
+    if not isinstance(text, str):
+        raise InvalidArgument(f"text to index is a str, got {type(text).__name__}")
     ctx.check_run(run, write=True)
-    _check_stem(ctx, run, base, stem)
+    tf = term_frequencies(text, stem=_check_stem(ctx, run, base, stem))
     dkey = base + _DOC + did
     old = _load_doc(ctx, dkey)
     dl = sum(tf.values())
@@ -268,7 +272,7 @@ def bm25(tf: int, dl: int, n: int, N: int, avgdl: float, *, k1: float = K1, b: f
     return idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl / avgdl))
 
 
-def search(ctx: Context, base: bytes, query: str, *, k: int = 10, stem: bool = False,
+def search(ctx: Context, base: bytes, query: str, *, k: int = 10, stem: bool | None = False,
            k1: float = K1, b: float = B) -> list[tuple[str, float]]:
     """The top ``k`` ``(doc id, BM25 score)`` for ``query``, best first, ties by doc id.
 
@@ -279,13 +283,15 @@ def search(ctx: Context, base: bytes, query: str, *, k: int = 10, stem: bool = F
     without terms gives ``[]``.
 
     :raises InvalidArgument: ``base`` not non-empty bytes, ``query`` not a
-        str, ``k`` not a positive int, or ``stem`` differs from the index's.
+        str, ``k`` not a positive int, or ``stem`` differs from the index's
+        (``stem=None``: the index's own setting).
     """
     base = _check_base(base)
     if type(k) is not int or k < 1:
         raise InvalidArgument(f"k is a positive int, got {k!r:.40}")
-    terms = sorted(set(tokenize(query, stem=stem)))
-    _check_stem(ctx, None, base, stem)
+    if not isinstance(query, str):
+        raise InvalidArgument(f"text to index is a str, got {type(query).__name__}")
+    terms = sorted(set(tokenize(query, stem=_check_stem(ctx, None, base, stem))))
     entry = ctx.lookup(base + _STATS)
     if not terms or entry is None:
         return []

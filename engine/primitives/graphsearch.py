@@ -167,7 +167,7 @@ class NodeSearch:
 
     def put(self, run: str, tbase: bytes, id: str, content: str, vec: Any, create: dict[str, Any] | None) -> None:
         """Index ``content`` as node ``id`` (re-indexing diffs against the old terms) and store its vector."""
-        fulltext.index_doc(self._ctx, run, tbase, id, content, stem=bool(fulltext.index_stem(self._ctx, tbase)))
+        fulltext.index_doc(self._ctx, run, tbase, id, content, stem=None)  # the run's setting, one read
         if vec is not None:
             if create is not None:
                 self._vectors.create(run, NODE_COLLECTION, dim=create["dim"])
@@ -193,9 +193,8 @@ class NodeSearch:
         Without a node predicate the index's top-k is exact; with one, every matching document is
         scored (one posting-range scan per query term) and nodes are read in rank order until
         ``k`` pass. O(sum of the query terms' document frequencies + reads)."""
-        stem = bool(fulltext.index_stem(self._ctx, tbase))
         out: list[tuple[Any, float]] = []
-        for id, score in fulltext.search(self._ctx, tbase, query, k=_BIG, stem=stem):
+        for id, score in fulltext.search(self._ctx, tbase, query, k=_BIG, stem=None):
             node = keep(id)
             if node is not None:
                 out.append((node, score))
