@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -253,24 +251,11 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="Fault kinds: " + ", ".join(KINDS))
     ap.add_argument("--cases", type=int, default=1000, help="number of corruption cases (default 1000)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the base database and of the cases")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="forked worker processes")
-    ap.add_argument("--budget-s", type=float, default=None, help="stop starting cases after this many seconds")
-    ap.add_argument("--timeout-s", type=float, default=30.0, help="a case silent this long is a hang")
-    ap.add_argument("--kinds", default=None, help="comma-separated fault kinds (default: all)")
-    ap.add_argument("--only", type=int, default=None, help="run only case ID (keeps its directory)")
     ap.add_argument("--base", default=None, help="reuse a base directory kept by an earlier run")
-    ap.add_argument("--json", default=None, metavar="PATH", help="write the table and every failing case as JSON")
     ap.add_argument("--workdir", default=None, help="where to build (default: a new temporary directory)")
-    ap.add_argument("--verbose", action="store_true", help="show the engine's log (recovery warnings) per case")
+    simcore.add_common_options(ap, unit="case", kind="fault", timeout_s=30.0)
     args = ap.parse_args(argv)
-    if not args.verbose:
-        logging.getLogger("inmem").setLevel(logging.CRITICAL)
-    kinds = args.kinds.split(",") if args.kinds else list(KINDS)
-    for k in kinds:
-        if k not in KINDS:
-            ap.error(f"unknown fault kind {k!r}; known: {', '.join(KINDS)}")
-    work = args.workdir or tempfile.mkdtemp(prefix="inmem-corruptsim-")
-    os.makedirs(work, exist_ok=True)
+    kinds, work = simcore.setup_run(ap, args, KINDS, kind="fault", tool="corruptsim")
     t0 = time.monotonic()
     base = args.base or os.path.join(work, "base")
     if args.base is None:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import random
 import shutil
@@ -391,28 +390,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the workloads and the crash points")
     ap.add_argument("--mode", default="all", choices=("strict", "batched", "off", "all"),
                     help="durability mode (default: all three in turn)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="forked worker processes")
-    ap.add_argument("--budget-s", type=float, default=None, help="stop starting trials after this many seconds")
-    ap.add_argument("--timeout-s", type=float, default=60.0, help="a trial silent this long is a hang")
-    ap.add_argument("--kinds", default=None, help="comma-separated crash kinds (default: all)")
     ap.add_argument("--steps", type=int, default=60, help="workload steps per trial (default 60)")
     ap.add_argument("--cuts-per-run", type=int, default=12,
                     help="power-cut images taken from one workload run (default 12)")
     ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
-    ap.add_argument("--only", type=int, default=None, help="run only trial ID (keeps its directory)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="write the table and every failing trial as JSON")
     ap.add_argument("--workdir", default=None, help="where trials run (default: a new temporary directory)")
-    ap.add_argument("--verbose", action="store_true", help="show the engine's log (recovery warnings)")
+    simcore.add_common_options(ap, unit="trial", kind="crash", timeout_s=60.0)
     args = ap.parse_args(argv)
-    if not args.verbose:
-        logging.getLogger("inmem").setLevel(logging.CRITICAL)
-    kinds = args.kinds.split(",") if args.kinds else list(KINDS)
-    for k in kinds:
-        if k not in KINDS:
-            ap.error(f"unknown crash kind {k!r}; known: {', '.join(KINDS)}")
+    kinds, work = simcore.setup_run(ap, args, KINDS, kind="crash", tool="crashsim")
     modes = ["strict", "batched", "off"] if args.mode == "all" else [args.mode]
-    work = args.workdir or tempfile.mkdtemp(prefix="inmem-crashsim-")
-    os.makedirs(work, exist_ok=True)
     t0 = time.monotonic()
     rng = random.Random(f"crashsim:{args.seed}")
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]

@@ -17,14 +17,17 @@ counted in ``skipped``.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import select
 import signal
 import sys
+import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __all__ = ["FAILURES", "OUTCOMES", "report", "run_trials"]
@@ -205,3 +208,33 @@ def report(title: str, results: list[dict[str, Any]], *, seed: int, seconds: flo
                        "skipped": skipped, "table": rows, "total": total, "verdict": verdict,
                        "failing": failing, **(extra or {})}, f, indent=1, default=str)
     return 1 if bad else 0
+
+
+def add_common_options(ap: argparse.ArgumentParser, *, unit: str, kind: str, timeout_s: float) -> None:
+    """The options both simulators take: ``--workers``, ``--budget-s``, ``--timeout-s``, ``--kinds``,
+    ``--only``, ``--json``, ``--verbose`` (``unit``: "trial" or "case"; ``kind``: "crash" or "fault")."""
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="forked worker processes")
+    ap.add_argument("--budget-s", type=float, default=None, help=f"stop starting {unit}s after this many seconds")
+    ap.add_argument("--timeout-s", type=float, default=timeout_s, help=f"a {unit} silent this long is a hang")
+    ap.add_argument("--kinds", default=None, help=f"comma-separated {kind} kinds (default: all)")
+    ap.add_argument("--only", type=int, default=None, help=f"run only {unit} ID (keeps its directory)")
+    ap.add_argument("--json", default=None, metavar="PATH", help=f"write the table and every failing {unit} as JSON")
+    ap.add_argument("--verbose", action="store_true", help="show the engine's log (recovery warnings)")
+
+
+def setup_run(ap: argparse.ArgumentParser, args: argparse.Namespace, known: Iterable[str], *, kind: str,
+              tool: str) -> tuple[list[str], str]:
+    """After parsing :func:`add_common_options`: quiet the engine's log unless ``--verbose``; return the
+    kinds chosen (``ap.error`` on an unknown one) and the work directory (``--workdir`` or a new
+    temporary one named after ``tool``), created."""
+    if not args.verbose:
+        logging.getLogger("inmem").setLevel(logging.CRITICAL)
+    known = list(known)
+    kinds = args.kinds.split(",") if args.kinds else known
+    for k in kinds:
+        if k not in known:
+            ap.error(f"unknown {kind} kind {k!r}; known: {', '.join(known)}")
+    work = args.workdir or tempfile.mkdtemp(prefix=f"inmem-{tool}-")
+    os.makedirs(work, exist_ok=True)
+    return kinds, work
+
