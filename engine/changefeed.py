@@ -52,6 +52,7 @@ from .kernel import Kernel, Writes
 from .keys import NS_RUN, TAG_DOC, TAG_EVENT, TAG_EXPIRY, TAG_GRAPH, TAG_KV, TAG_STATE, TAG_TRACE, TAG_VECTOR, \
     TAGGED_PREFIX_LEN, run_id_bytes
 from .primitives.docs import doc_from_record, doc_key_parts
+from .primitives.graph import bookkeeping_key
 from .primitives.events import event_from_record
 from .primitives.state import state_from_record
 from .primitives.traces import trace_from_record
@@ -104,7 +105,7 @@ def _internal(key: bytes) -> bool:
     tag = key[_TAG]
     if tag == TAG_EXPIRY:
         return True
-    return tag == TAG_GRAPH and key[TAGGED_PREFIX_LEN:TAGGED_PREFIX_LEN + 2] in (b"i\x00", b"x\x00")
+    return tag == TAG_GRAPH and bookkeeping_key(key[TAGGED_PREFIX_LEN:])
 
 
 def _decode(key: bytes, value: bytes | None, run: str, ts: _dt.datetime, version: int) -> Change:

@@ -47,7 +47,7 @@ from .keys import (
 from .jsondoc import MISSING, json_copy
 from .primitives.docs import DOC_SUFFIX, copied_record, doc_expires_us, doc_from_record, doc_key_parts, path_changes
 from .primitives.events import Event, event_from_record
-from .primitives.graph import Edge, Node, edge_key_parts, node_from_record
+from .primitives.graph import Edge, Node, bookkeeping_key, edge_key_parts, node_from_record
 from .primitives.graphsearch import TEXT_PREFIX as GRAPH_INDEX_PREFIX
 from .primitives.state import State, state_from_record
 from .primitives.traces import Trace, trace_from_record
@@ -64,8 +64,6 @@ _EXPIRING3 = EXPIRING_HEAD[:3]  # the first bytes of a KV value with a time to l
 PRIMITIVE_NAMES = {TAG_RUN: "run", TAG_KV: "kv", TAG_EVENT: "events", TAG_STATE: "state", TAG_TRACE: "traces",
                    TAG_VECTOR: "vectors", TAG_DOC: "docs", TAG_GRAPH: "graph"}
 _SEQ = struct.Struct(">Q")
-#: User-key prefix (after the tag) of the graph's in-edge markers: derived state, not edges.
-_IN_MARKER = b"i\x00"
 _RUN_RANGE = TAGGED_PREFIX_LEN - 1  # the tag byte's offset
 
 
@@ -125,8 +123,7 @@ def graph_entry(run: str, user: bytes, value: bytes) -> Node | Edge | None:
 
     :raises CorruptionError: a key or record not of the form SPEC.md §2 "Memory graph" gives.
     """
-    head = user[:2]
-    if head == _IN_MARKER or head == GRAPH_INDEX_PREFIX:  # derived: checked by `inmem verify` (graph.check)
+    if bookkeeping_key(user):  # derived: checked by `inmem verify` (graph.check)
         return None
     parts = edge_key_parts(user)
     if parts is None:

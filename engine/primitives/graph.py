@@ -45,7 +45,7 @@ from .graphalgo import breadth_first, fewest_hops, has_directed_cycle
 from .graphsearch import MODES, Hit, NodeSearch, TEXT_PREFIX, fusion_depth, rrf
 from .vectors import IndexSource
 
-__all__ = ["Edge", "Graph", "Hit", "MAX_ID_BYTES", "Node", "edge_key_parts", "node_from_record"]
+__all__ = ["Edge", "Graph", "Hit", "MAX_ID_BYTES", "Node", "bookkeeping_key", "edge_key_parts", "node_from_record"]
 
 #: Longest node id, relation or kind, in bytes of UTF-8.
 MAX_ID_BYTES = 256
@@ -54,6 +54,12 @@ _OUT = b"o\x00"
 _IN = b"i\x00"
 _SEP = b"\x00"
 _MARKER = encode_value(None)
+
+
+def bookkeeping_key(user: bytes) -> bool:
+    """Whether a graph user key (after the tag) is bookkeeping beside the nodes and edges — an in-edge
+    marker or a key of the full-text index — rather than a node or an edge record. O(1)."""
+    return user[:2] == _IN or user[:2] == TEXT_PREFIX
 
 
 class Graph:
