@@ -16,7 +16,7 @@ import os
 from .errors import InvalidArgument
 from .fs import FileLock, FileSystem, open_error
 from .history import HistoryIndex
-from .recovery import Recovered, check_new_directory, recover
+from .recovery import Recovered, check_new_directory, no_cyclic_gc, recover
 from .registry import RunRegistry
 from .snapshot import Progress
 from .store import UnifiedStore
@@ -65,13 +65,15 @@ def recover_directory(
     :raises CorruptionError: / :raises DatabaseReadOnly: as ``Database.open`` says.
     """
     try:
-        rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
-                      visitor=index.collector)
-        store = UnifiedStore(rec.state)
-        del rec.state
-        registry = RunRegistry()
-        registry.load(store)
-        index.load_recovered(rec.identity.db_id, rec.retained, rec.tail.next_lsn)
+        # millions of long-lived objects, no cycle among them: a collection walking them is pure cost
+        with no_cyclic_gc():
+            rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
+                          visitor=index.collector)
+            store = UnifiedStore(rec.state)
+            del rec.state
+            registry = RunRegistry()
+            registry.load(store)
+            index.load_recovered(rec.identity.db_id, rec.retained, rec.tail.next_lsn)
         index.archived = registry.archived
         wal = ReadOnlyWal.from_tail(rec.tail) if read_only else WalWriter.resume(
             fs, dirpath, rec.identity.db_id, rec.tail, durability=durability,

@@ -61,7 +61,7 @@ from .history.collect import RetainedSegment
 from .history.sidecar import parse_index_name
 from .identity import IDENTITY_FILE, Identity, create_identity, read_identity
 from .snapshot import Progress, SnapshotError, parse_snapshot_name, read_snapshot, set_aside_snapshot
-from .store import Entry
+from .store import SortedMap
 from .wal.format import (
     SEGMENT_HEADER_SIZE,
     FrameError,
@@ -74,7 +74,7 @@ from .wal.format import (
 from .wal.reader import SegmentScan
 from .wal.writer import ActiveSegment, WalTail
 
-__all__ = ["Recovered", "ReplayVisitor", "check_new_directory", "is_own_temporary", "recover"]
+__all__ = ["Recovered", "ReplayVisitor", "check_new_directory", "is_own_temporary", "no_cyclic_gc", "recover"]
 
 log = logging.getLogger("inmem")
 
@@ -104,7 +104,7 @@ class Recovered:
     """What recovery hands to the database: the state, where the WAL continues, what it kept."""
 
     identity: Identity
-    state: dict[bytes, Entry]
+    state: SortedMap  # sorted and complete (UnifiedStore adopts it without a copy)
     version: int  # last commit version recovered (0 for an empty database)
     tail: WalTail  # where the writer resumes (WalWriter.resume / ReadOnlyWal.from_tail)
     report: dict[str, Any] = field(default_factory=dict)
@@ -138,7 +138,7 @@ class _Listing:
 class _Base:
     """Step 2's result: the snapshot recovery starts from (or none)."""
 
-    state: dict[bytes, Entry]
+    state: SortedMap  # filled through its dict part; its keys are indexed once replay is done
     version: int
     start_lsn: int  # the first LSN the snapshot does not cover (1 without one)
     report: dict[str, Any] | None
@@ -244,11 +244,12 @@ def recover(
     """
     t0 = time.perf_counter()
     listing = _list_directory(fs, dirpath, read_only)
-    with _no_cyclic_gc():
+    with no_cyclic_gc():
         base = _choose_snapshot(fs, dirpath, listing, progress)
         plan = _plan_segments(fs, dirpath, listing, base, salvage)
         replayed = _replay(fs, dirpath, listing.ident.db_id, plan.replay, base, salvage, read_only, progress,
                            visitor)
+        base.state.index_keys()  # filled through its dict part: one sort, now (inmem.store.SortedMap)
     # every check has passed: from here on, the directory may change
     salvaged = _change_directory(fs, dirpath, listing, base, plan, replayed, read_only)
     tail = _wal_tail(fs, dirpath, listing, base, plan, replayed)
@@ -273,8 +274,11 @@ def recover(
                      retained=retained)
 
 
-class _no_cyclic_gc:  # noqa: N801 - used as a context manager
+class no_cyclic_gc:  # noqa: N801 - used as a context manager
     """Pause the cyclic garbage collector while the state is built; restore it after.
+
+    Used around :func:`recover` and, by the open path, around everything built
+    from its state (the sorted store, the run table, the history index).
 
     Loading a snapshot and replaying the WAL allocate millions of objects that
     live on (keys, values, entries) and form no cycle; each automatic
@@ -325,7 +329,8 @@ def _choose_snapshot(fs: FileSystem, dirpath: str, listing: _Listing, progress: 
     for _v, name in listing.snapshots:
         t1 = time.perf_counter()
         try:
-            header, state = read_snapshot(fs, os.path.join(dirpath, name), listing.ident.db_id, progress)
+            header, state = read_snapshot(fs, os.path.join(dirpath, name), listing.ident.db_id, progress,
+                                          into=SortedMap())
         except SnapshotError as exc:
             skipped.append({"file": name, "reason": exc.reason, "offset": exc.offset})
             log.warning("inmem: snapshot %s is damaged (%s at offset %s); trying an older one", name, exc.reason,
@@ -335,7 +340,7 @@ def _choose_snapshot(fs: FileSystem, dirpath: str, listing: _Listing, progress: 
         report = {"file": name, "commit_version": version, "keys": header.keys, "next_lsn": start_lsn,
                   "seconds": round(time.perf_counter() - t1, 6)}
         return _Base(state, version, start_lsn, report, skipped)
-    return _Base({}, 0, 1, None, skipped)
+    return _Base(SortedMap(), 0, 1, None, skipped)
 
 
 def _plan_segments(fs: FileSystem, dirpath: str, listing: _Listing, base: _Base, salvage: bool) -> _Plan:

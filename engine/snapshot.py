@@ -229,9 +229,13 @@ def verify_snapshot(fs: FileSystem, path: str, db_id: bytes) -> SnapshotHeader:
 
 
 def read_snapshot(
-    fs: FileSystem, path: str, db_id: bytes, progress: Progress | None = None
+    fs: FileSystem, path: str, db_id: bytes, progress: Progress | None = None, into: dict[bytes, Entry] | None = None,
 ) -> tuple[SnapshotHeader, dict[bytes, Entry]]:
     """Read and fully verify a snapshot; return its header and the store state it holds.
+
+    :param into: an empty dict (or dict subclass) to fill and return instead of a new dict;
+        it is filled through the dict part alone (``dict.update``), as
+        :class:`~inmem.store.SortedMap`'s bulk load needs.
 
     Checks, in order: size, xxh3-128 digest of the whole file, header
     (magic, checksum, format version, database id), each chunk's length and
@@ -241,7 +245,7 @@ def read_snapshot(
     """
     buf = fs.read(path)
     header = _whole_file(buf, db_id)
-    state: dict[bytes, Entry] = {}
+    state: dict[bytes, Entry] = {} if into is None else into
     pos = HEADER_SIZE
     end_of_chunks = len(buf) - FOOTER_SIZE
     chunks = 0
@@ -264,7 +268,7 @@ def read_snapshot(
                 raise SnapshotError(f"snapshot chunk malformed: {exc}", pos) from None
             if not len(keys) == len(versions) == len(values) == count:
                 raise SnapshotError("snapshot chunk entry count mismatch", pos)
-            state.update(zip(keys, zip(versions, values)))
+            dict.update(state, zip(keys, zip(versions, values)))
         total += count
         chunks += 1
         pos = start + length

@@ -70,7 +70,8 @@ class SegmentScan:
         """Apply every valid frame's writes to ``state``, in LSN order, stopping at the first bad frame.
 
         A put sets ``state[key] = (version, value)``, a delete removes ``key``
-        (if present). For each record with LSN >= ``want``, ``keys`` gets its
+        (if present), through the dict part of ``state`` alone (``dict.__setitem__``
+        and ``dict.pop`` even on a dict subclass, as the native path does). For each record with LSN >= ``want``, ``keys`` gets its
         key if it wrote one key, else its writes. Afterwards the scan's fields
         are as after :meth:`records` (``starts`` is an ``array('I')``).
 
@@ -100,23 +101,25 @@ class SegmentScan:
             if stop >= len(self.buf):
                 return
             pos = stop
-        pop = state.pop
+        # the dict part alone, as the native path does (a SortedMap's bulk load: inmem.store)
+        pop = dict.pop
+        put = dict.__setitem__
         keep = keys.append
         for lsn, version, _ts, writes in self.records(pos):
             if len(writes) == 1:
                 key, value = writes[0]
                 if value is None:
-                    pop(key, None)
+                    pop(state, key, None)
                 else:
-                    state[key] = (version, value)
+                    put(state, key, (version, value))
                 if lsn >= want:
                     keep(key)
                 continue
             for key, value in writes:
                 if value is None:
-                    pop(key, None)
+                    pop(state, key, None)
                 else:
-                    state[key] = (version, value)
+                    put(state, key, (version, value))
             if lsn >= want:
                 keep(writes)
 

@@ -1,0 +1,82 @@
+"""The store's sorted map: recovery's bulk load (fill the dict part, sort once) and the ceiling lookup.
+
+Recovery fills :class:`inmem.store.SortedMap` through its dict part alone and
+indexes the keys once; the store adopts it without a copy. These tests hold
+that map to a plain model (a dict and ``sorted``), and check that what a
+reopen builds is a consistent sorted map on the native and the pure path.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from inmem import Database
+from inmem.store import SortedMap, UnifiedStore
+from inmem.testing import check_store
+
+keys = st.binary(min_size=0, max_size=6)
+ops = st.lists(st.tuples(st.booleans(), keys, st.integers(1, 9)), max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops)
+def test_bulk_fill_then_index_keys_is_the_sorted_dict_of_the_same_writes(writes):
+    model: dict[bytes, tuple[int, bytes]] = {}
+    m = SortedMap()
+    for put, key, version in writes:
+        if put:
+            model[key] = (version, key)
+            dict.__setitem__(m, key, (version, key))
+        else:
+            model.pop(key, None)
+            dict.pop(m, key, None)
+    m.index_keys()
+    m._check()  # sortedcontainers' own invariants: the key list matches the dict
+    assert list(m.items()) == sorted(model.items())
+    # and it stays a working SortedDict afterwards
+    m[b"\xff"] = (1, b"x")
+    del m[b"\xff"]
+    assert list(m) == sorted(model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(keys, max_size=60), st.lists(keys, max_size=20))
+def test_ceiling_is_the_smallest_key_at_or_above(stored, probes):
+    m = SortedMap({k: (1, k) for k in stored})
+    store = UnifiedStore(m)
+    ordered = sorted(stored)
+    for probe in probes + ordered + [b"", b"\xff" * 7]:
+        i = bisect.bisect_left(ordered, probe)
+        want = ordered[i] if i < len(ordered) else None
+        assert m.ceiling(probe) == want
+        assert store.ceiling_key(probe) == want
+
+
+def test_the_store_adopts_a_sorted_map_without_copying_and_copies_anything_else():
+    m = SortedMap({b"a": (1, b"x")})
+    assert UnifiedStore(m).sorted_map is m
+    plain = {b"b": (2, b"y"), b"a": (1, b"x")}
+    store = UnifiedStore(plain)
+    assert type(store.sorted_map) is SortedMap and list(store.sorted_map) == [b"a", b"b"]
+    assert type(UnifiedStore().sorted_map) is SortedMap
+
+
+def test_a_reopen_builds_a_consistent_sorted_map_from_snapshot_and_wal_with_deletes(tmp_path):
+    path = str(tmp_path / "db")
+    with Database.open(path) as db:
+        run = db.begin_run("r")
+        for i in range(300):
+            db.kv.put(run, f"k{i:04d}", i)
+        db.snapshot()
+        for i in range(0, 300, 3):
+            db.kv.delete(run, f"k{i:04d}")
+        for i in range(300, 350):
+            db.kv.put(run, f"k{i:04d}", i)
+        want = dict(db.kv.scan(run))
+    with Database.open(path) as db:
+        check_store(db)  # sorted list and dict agree; every entry well-formed
+        assert dict(db.kv.scan(run)) == want
+        assert [k for k, _ in db.kv.scan(run)] == sorted(want)
+        assert db.kv.get(run, "k0001") == 1 and db.kv.get(run, "k0003") is None
