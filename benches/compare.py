@@ -700,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)  # --dir may name a directory that does not exist yet
     scratch = tempfile.mkdtemp(prefix="inmem-compare-", dir=args.dir)
 
     def log(msg: str) -> None:

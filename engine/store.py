@@ -7,7 +7,9 @@ key range.
 
 Invariants (checked by :meth:`UnifiedStore._check`):
 
-* every key is ``bytes`` and every entry is a tuple ``(version, value)`` with
+* every key is ``bytes`` and every entry is a tuple ``(version, value)`` (or,
+  after a native recovery, a compact object that reads as that tuple:
+  :data:`inmem.wal.fast.entry_type`) with
   ``version`` an ``int`` >= 1 (the commit version that wrote it) and ``value``
   immutable ``bytes`` (CBOR from :mod:`inmem.codec`);
 * the store never decodes or copies values; callers decode on read.
@@ -156,7 +158,8 @@ class UnifiedStore:
         self._map._check()  # noqa: SLF001 - sortedcontainers' own invariant check
         for key, entry in self._map.items():
             assert type(key) is bytes, key
-            assert type(entry) is tuple and len(entry) == 2, entry
+            # a tuple, or the native entry recovery builds (inmem.wal.fast.entry_type), read alike
+            assert len(entry) == 2, entry
             version, value = entry
             assert type(version) is int and version >= 1, entry
             assert type(value) is bytes, entry

@@ -33,6 +33,170 @@
 
 #include <Python.h>
 
+/*
+ * The compact store entry: what recovery builds for each live key instead of a (version, value)
+ * tuple and an int. A tuple of two plus the int it holds take ~96 bytes on the heap (a GC-tracked
+ * tuple carries a 16-byte GC header); this object takes 32 (no GC header: it holds one bytes
+ * object, so it can be in no reference cycle), and it is one allocation instead of two.
+ *
+ * It reads as the tuple it replaces: len 2, entry[0] the version (an int), entry[1] the value
+ * bytes, unpacking, and ==, hash and repr as the tuple (version, value); pickling gives that
+ * tuple. The engine only reads entries this way (SPEC.md keeps the tuple as the contract);
+ * commits still store tuples, so a store holds both kinds.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned long long version;
+    PyObject *value; /* bytes, owned */
+} InmemEntry;
+
+static PyTypeObject *inmem_entry_type = NULL; /* NULL: not created (or creation failed): tuples */
+
+static PyObject *inmem_entry_as_tuple(PyObject *self)
+{
+    InmemEntry *e = (InmemEntry *)self;
+    PyObject *ver = PyLong_FromUnsignedLongLong(e->version), *t;
+    if (ver == NULL)
+        return NULL;
+    t = PyTuple_Pack(2, ver, e->value);
+    Py_DECREF(ver);
+    return t;
+}
+
+static PyObject *inmem_entry_tuple_of(PyObject *o)
+{
+    if (inmem_entry_type != NULL && Py_TYPE(o) == inmem_entry_type)
+        return inmem_entry_as_tuple(o);
+    Py_INCREF(o);
+    return o;
+}
+
+static void inmem_entry_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(((InmemEntry *)self)->value);
+    PyObject_Free(self);
+    Py_DECREF(tp); /* instances of a heap type hold a reference to it */
+}
+
+static Py_ssize_t inmem_entry_len(PyObject *self)
+{
+    (void)self;
+    return 2;
+}
+
+static PyObject *inmem_entry_item(PyObject *self, Py_ssize_t i)
+{
+    InmemEntry *e = (InmemEntry *)self;
+    if (i == 0)
+        return PyLong_FromUnsignedLongLong(e->version);
+    if (i == 1) {
+        Py_INCREF(e->value);
+        return e->value;
+    }
+    PyErr_SetString(PyExc_IndexError, "entry index out of range");
+    return NULL;
+}
+
+static PyObject *inmem_entry_richcompare(PyObject *a, PyObject *b, int op)
+{
+    PyObject *ta = inmem_entry_tuple_of(a), *tb = NULL, *r = NULL;
+    if (ta != NULL && (tb = inmem_entry_tuple_of(b)) != NULL)
+        r = PyObject_RichCompare(ta, tb, op);
+    Py_XDECREF(ta);
+    Py_XDECREF(tb);
+    return r;
+}
+
+static Py_hash_t inmem_entry_hash(PyObject *self)
+{
+    PyObject *t = inmem_entry_as_tuple(self);
+    Py_hash_t h;
+    if (t == NULL)
+        return -1;
+    h = PyObject_Hash(t);
+    Py_DECREF(t);
+    return h;
+}
+
+static PyObject *inmem_entry_repr(PyObject *self)
+{
+    PyObject *t = inmem_entry_as_tuple(self), *r;
+    if (t == NULL)
+        return NULL;
+    r = PyObject_Repr(t);
+    Py_DECREF(t);
+    return r;
+}
+
+static PyObject *inmem_entry_reduce(PyObject *self, PyObject *unused)
+{
+    PyObject *t = inmem_entry_as_tuple(self), *r;
+    (void)unused;
+    if (t == NULL)
+        return NULL;
+    r = Py_BuildValue("(O(N))", (PyObject *)&PyTuple_Type, t);
+    return r;
+}
+
+static PyMethodDef inmem_entry_methods[] = {
+    {"__reduce__", (PyCFunction)inmem_entry_reduce, METH_NOARGS, "Pickle as the tuple (version, value)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot inmem_entry_slots[] = {
+    {Py_tp_dealloc, (void *)inmem_entry_dealloc},
+    {Py_sq_length, (void *)inmem_entry_len},
+    {Py_sq_item, (void *)inmem_entry_item},
+    {Py_tp_richcompare, (void *)inmem_entry_richcompare},
+    {Py_tp_hash, (void *)inmem_entry_hash},
+    {Py_tp_repr, (void *)inmem_entry_repr},
+    {Py_tp_methods, (void *)inmem_entry_methods},
+    {Py_tp_doc, (void *)"A store entry (version, value) as recovery builds it: reads as that tuple."},
+    {0, NULL},
+};
+
+static PyType_Spec inmem_entry_spec = {
+    "inmem.Entry", sizeof(InmemEntry), 0, Py_TPFLAGS_DEFAULT, inmem_entry_slots,
+};
+
+/* The entry type (a new reference), created on first use; NULL with an exception if it cannot be. */
+PyObject *inmem_py_entry_type(void)
+{
+    if (inmem_entry_type == NULL) {
+        inmem_entry_type = (PyTypeObject *)PyType_FromSpec(&inmem_entry_spec);
+        if (inmem_entry_type == NULL)
+            return NULL;
+    }
+    Py_INCREF(inmem_entry_type);
+    return (PyObject *)inmem_entry_type;
+}
+
+/* A new entry holding `value` (a new reference is taken); a tuple if the type is not created. */
+static PyObject *inmem_entry_new(unsigned long long version, PyObject *value)
+{
+    InmemEntry *e;
+    if (inmem_entry_type == NULL) {
+        PyObject *ver = PyLong_FromUnsignedLongLong(version), *t;
+        if (ver == NULL)
+            return NULL;
+        t = PyTuple_Pack(2, ver, value);
+        Py_DECREF(ver);
+        if (t != NULL)
+            PyObject_GC_UnTrack(t);
+        return t;
+    }
+    e = (InmemEntry *)PyObject_Malloc(sizeof(InmemEntry));
+    if (e == NULL)
+        return PyErr_NoMemory();
+    PyObject_Init((PyObject *)e, inmem_entry_type);
+    e->version = version;
+    Py_INCREF(value);
+    e->value = value;
+    return (PyObject *)e;
+}
+
 PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long expected,
                           unsigned long long skip_below, unsigned long long last_version,
                           unsigned long long want, int collect, PyObject *state, PyObject *keys)
@@ -105,14 +269,11 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                 break;
             /* apply */
             {
-                PyObject *pyver = PyLong_FromUnsignedLongLong(version);
                 PyObject *writes = NULL;
                 int keep = collect && lsn >= want;
-                if (pyver == NULL)
-                    goto fail;
                 if (keep && n_ops != 1) {
                     writes = PyList_New(0);
-                    if (writes == NULL) { Py_DECREF(pyver); goto fail; }
+                    if (writes == NULL) goto fail;
                 }
                 p = pstart + 20;
                 for (i = 0; i < n_ops; i++) {
@@ -122,7 +283,7 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                     int rc;
                     p += 5;
                     key = PyBytes_FromStringAndSize((const char *)buf + p, klen);
-                    if (key == NULL) { Py_DECREF(pyver); Py_XDECREF(writes); goto fail; }
+                    if (key == NULL) { Py_XDECREF(writes); goto fail; }
                     p += klen;
                     if (op == 1) {
                         uint32_t vlen = inmem_load32(buf + p);
@@ -130,12 +291,9 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                         p += 4;
                         value = PyBytes_FromStringAndSize((const char *)buf + p, vlen);
                         p += vlen;
-                        entry = value ? PyTuple_Pack(2, pyver, value) : NULL;
-                        /* an (int, bytes) tuple can be in no reference cycle: untrack it, as the
-                           collector itself would at its next pass, so that a million of them do
-                           not make every collection during recovery walk them all */
-                        if (entry != NULL)
-                            PyObject_GC_UnTrack(entry);
+                        /* a compact entry (or an untracked tuple: no cycle is possible, and
+                           a million tracked ones would make every collection walk them all) */
+                        entry = value ? inmem_entry_new(version, value) : NULL;
                         rc = entry ? PyDict_SetItem(state, key, entry) : -1;
                         Py_XDECREF(entry);
                     } else {
@@ -156,9 +314,8 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                     }
                     Py_DECREF(key);
                     Py_XDECREF(value);
-                    if (rc != 0) { Py_DECREF(pyver); Py_XDECREF(writes); goto fail; }
+                    if (rc != 0) { Py_XDECREF(writes); goto fail; }
                 }
-                Py_DECREF(pyver);
                 if (writes != NULL) {
                     int rc = PyList_Append(keys, writes);
                     Py_DECREF(writes);
@@ -291,23 +448,19 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
     inmem_cbor_head(&vp, end, &major, &arg);
     for (i = 0; i < (uint64_t)count; i++) {
         uint64_t klen, version, vlen;
-        PyObject *key, *value, *pyver, *entry;
+        PyObject *key, *value, *entry;
         int rc;
         inmem_cbor_head(&kp, end, &major, &klen);
         inmem_cbor_head(&ip, end, &major, &version);
         inmem_cbor_head(&vp, end, &major, &vlen);
         key = PyBytes_FromStringAndSize((const char *)kp, (Py_ssize_t)klen);
         value = PyBytes_FromStringAndSize((const char *)vp, (Py_ssize_t)vlen);
-        pyver = PyLong_FromUnsignedLongLong(version);
         kp += klen;
         vp += vlen;
-        entry = (value && pyver) ? PyTuple_Pack(2, pyver, value) : NULL;
-        if (entry != NULL)
-            PyObject_GC_UnTrack(entry);
+        entry = value ? inmem_entry_new(version, value) : NULL;
         rc = (key && entry) ? PyDict_SetItem(state, key, entry) : -1;
         Py_XDECREF(key);
         Py_XDECREF(value);
-        Py_XDECREF(pyver);
         Py_XDECREF(entry);
         if (rc != 0)
             return NULL;

@@ -9,12 +9,17 @@ reopen builds is a consistent sorted map on the native and the pure path.
 from __future__ import annotations
 
 import bisect
+import copy
+import pickle
+import sys
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from inmem import Database
 from inmem.store import SortedMap, UnifiedStore
-from inmem.testing import check_store
+from inmem.testing import check_store, store_items
 
 keys = st.binary(min_size=0, max_size=6)
 ops = st.lists(st.tuples(st.booleans(), keys, st.integers(1, 9)), max_size=80)
@@ -36,8 +41,8 @@ def test_bulk_fill_then_index_keys_is_the_sorted_dict_of_the_same_writes(writes)
     m._check()  # sortedcontainers' own invariants: the key list matches the dict
     assert list(m.items()) == sorted(model.items())
     # and it stays a working SortedDict afterwards
-    m[b"\xff"] = (1, b"x")
-    del m[b"\xff"]
+    m[b"\xff" * 7] = (1, b"x")  # longer than any generated key
+    del m[b"\xff" * 7]
     assert list(m) == sorted(model)
 
 
@@ -80,3 +85,40 @@ def test_a_reopen_builds_a_consistent_sorted_map_from_snapshot_and_wal_with_dele
         assert dict(db.kv.scan(run)) == want
         assert [k for k, _ in db.kv.scan(run)] == sorted(want)
         assert db.kv.get(run, "k0001") == 1 and db.kv.get(run, "k0003") is None
+
+
+def _recovered_entry(tmp_path):
+    """An entry as a native reopen builds it (the compact type where the build has it)."""
+    path = str(tmp_path / "e")
+    with Database.open(path) as db:
+        run = db.begin_run("r")
+        db.kv.put(run, "k", {"a": 1})
+    with Database.open(path) as db:
+        entries = [e for e in store_items(db).values()]
+    return entries
+
+
+def test_a_native_recovered_entry_reads_exactly_as_the_tuple_it_replaces(tmp_path):
+    from inmem.wal import fast
+
+    entries = _recovered_entry(tmp_path)
+    if fast.entry_type is None:
+        assert all(type(e) is tuple for e in entries)  # pure path: tuples
+        return
+    e = next(e for e in entries if type(e) is fast.entry_type)
+    version, value = e
+    t = (version, value)
+    assert type(version) is int and version >= 1 and type(value) is bytes
+    assert len(e) == 2 and e[0] == version and e[1] is value and e[-1] is value and list(e) == list(t)
+    assert e == t and t == e and not (e != t) and e != (version + 1, value) and e != "x"
+    assert hash(e) == hash(t) and repr(e) == repr(t)
+    assert {e: 1}[t] == 1
+    assert sorted([e, (0, b"")]) == [(0, b""), t]
+    restored = pickle.loads(pickle.dumps(e))
+    assert type(restored) is tuple and restored == t
+    assert copy.copy(e) == t and copy.deepcopy(e) == t
+    with pytest.raises(IndexError):
+        e[2]
+    with pytest.raises(TypeError):
+        e[0] = 1
+    assert sys.getsizeof(e) < sys.getsizeof(t)  # the point of it (W9)

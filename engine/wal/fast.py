@@ -52,6 +52,11 @@ load_snapshot_chunk: Callable[[bytes, int, dict[bytes, tuple[int, bytes]]], int]
 #: ``{run id: [lsn, ...]}`` as :meth:`inmem.history.collect.HistoryCollector.replayed` computes it,
 #: or ``None`` (nothing done) for an item of another shape.
 group_runs: Callable[[list[Any], int], dict[bytes, list[int]] | None] | None = None
+#: The compact store entry type the native replay and snapshot loader build (``inmem.Entry``,
+#: ``native/inmem_replay.c``), or ``None`` (pure path, or an older build: they build tuples). An
+#: entry reads as the tuple ``(version, value)`` it replaces (len, indexing, unpacking, ==, hash,
+#: repr, pickle) in 32 bytes instead of ~96 (tuple + int): W9 in benches/README.md.
+entry_type: type | None = None
 
 
 def install() -> bool:
@@ -59,10 +64,11 @@ def install() -> bool:
 
     Idempotent: a second call finds the native functions already in place.
     """
-    global _installed, replay, load_snapshot_chunk, group_runs
+    global _installed, replay, load_snapshot_chunk, group_runs, entry_type
     if not native.ENABLED or _installed:
         return False
     _installed = True
+    entry_type = _load_entry_type()
     replay = _load_replay()
     ffi, lib = native.ffi, native.lib
     c_check_frame = lib.inmem_check_frame
@@ -140,6 +146,19 @@ def install() -> bool:
     if encoders is not None:
         _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, group_runs = encoders
     return True
+
+
+def _load_entry_type() -> type | None:
+    """Create the native entry type (before any replay builds one); ``None`` if this build has none."""
+    from .. import _native  # type: ignore[attr-defined]
+
+    try:
+        fn = ctypes.PyDLL(_native.__file__).inmem_py_entry_type
+    except (OSError, AttributeError):  # an older build: replay builds tuples
+        return None
+    fn.restype = ctypes.py_object
+    fn.argtypes = []
+    return fn()  # type: ignore[no-any-return]
 
 
 def _load_replay() -> Callable[..., Any] | None:
