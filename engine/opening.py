@@ -65,8 +65,9 @@ def recover_directory(
     :raises CorruptionError: / :raises DatabaseReadOnly: as ``Database.open`` says.
     """
     try:
-        # millions of long-lived objects, no cycle among them: a collection walking them is pure cost
-        with no_cyclic_gc():
+        # millions of long-lived objects, no cycle among them: a collection walking them is pure
+        # cost, now or (left in the young generation) at the first collections after the open
+        with no_cyclic_gc(promote=True):
             rec = recover(fs, dirpath, salvage=salvage, progress=progress, read_only=read_only,
                           visitor=index.collector)
             store = UnifiedStore(rec.state)

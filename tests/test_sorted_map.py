@@ -122,3 +122,49 @@ def test_a_native_recovered_entry_reads_exactly_as_the_tuple_it_replaces(tmp_pat
     with pytest.raises(TypeError):
         e[0] = 1
     assert sys.getsizeof(e) < sys.getsizeof(t)  # the point of it (W9)
+
+
+def _filled(tmp_path, n=2000):
+    path = str(tmp_path / "g")
+    with Database.open(path) as db:
+        run = db.begin_run("r")
+        with db.transaction() as tx:
+            for i in range(n):
+                tx.kv.put(run, f"k{i}", i)
+    return path
+
+
+def test_open_leaves_the_new_state_in_the_oldest_gc_generation_and_the_collector_as_it_was(tmp_path):
+    import gc
+
+    from inmem.testing import kernel
+
+    path = _filled(tmp_path)
+    assert gc.isenabled()
+    with Database.open(path) as db:
+        m = kernel(db)._store.sorted_map
+        assert gc.isenabled()
+        young = {id(o) for o in gc.get_objects(generation=0)} | {id(o) for o in gc.get_objects(generation=1)}
+        assert id(m) not in young  # no young collection will walk the map only to find it alive
+        assert id(m) in {id(o) for o in gc.get_objects(generation=2)}
+    gc.disable()
+    try:
+        with Database.open(path):
+            assert not gc.isenabled()  # a disabled collector stays disabled
+    finally:
+        gc.enable()
+
+
+def test_open_does_not_undo_a_freeze_the_program_made(tmp_path):
+    import gc
+
+    path = _filled(tmp_path, 10)
+    sentinel = [object()]  # tracked by the collector
+    gc.freeze()
+    try:
+        assert all(o is not sentinel for o in gc.get_objects())  # frozen: in no generation
+        with Database.open(path):
+            assert all(o is not sentinel for o in gc.get_objects())  # still frozen after the open
+    finally:
+        gc.unfreeze()
+    assert any(o is sentinel for o in gc.get_objects())
