@@ -34,7 +34,13 @@ through the public API only:
 5. LangGraph (with the ``langgraph`` extra): a real graph checkpointed by
    ``InmemSaver`` in the same directory is SIGKILLed mid-graph in a child,
    resumed, time-travelled and forked (:mod:`inmem.integrations.langgraph_demo`).
-6. It prints a summary and the ``inmem`` commands to explore the directory.
+6. Long-term memory (:mod:`inmem.memory_demo`): two users' Mem0-shaped
+   memories isolated by tenant views, working memory with a time to live on
+   a hand-moved database clock (expired at once, then swept in a commit), a
+   conversation buffer within its limits, and a durable workflow SIGKILLed
+   in a child after its third step and resumed to completion with each
+   step's inmem effect exactly once.
+7. It prints a summary and the ``inmem`` commands to explore the directory.
 
 Invariant: the demo asserts what it claims; :func:`run_demo` returns the
 verification figures (tests assert those, not the text).
@@ -61,6 +67,7 @@ from rich.table import Table
 
 from .database import Database
 from .embeddings import HashingEmbedder
+from .memory_demo import run_memory_demo
 
 __all__ = ["run_demo"]
 
@@ -189,7 +196,8 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         ``done_once`` (tasks done exactly once), ``lost`` (0), ``chains``
         (event chains verified), ``replay_equals_live``, ``fork``,
         ``diff_empty``, ``recovery`` (report), ``commit_version``,
-        ``conflicts``, ``db_bytes``, ``seconds``, ``directory``.
+        ``conflicts``, ``db_bytes``, ``seconds``, ``directory``, ``memory``
+        (:func:`inmem.memory_demo.run_memory_demo`'s figures).
     :raises AssertionError: a check failed (the demo's point is that none can).
     """
     if agents < 1 or tasks < agents:
@@ -416,7 +424,10 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         langgraph = run_langgraph_demo(directory, console)
         assert langgraph["resumed"] and langgraph["forked"] and langgraph["original_intact"], langgraph
 
-    # 6. the summary
+    # 6. long-term memory: per-user memories, time to live, a conversation buffer, a workflow killed mid-way
+    memory = run_memory_demo(directory, console)
+
+    # 7. the summary
     conflicts = (acked[-1]["conflicts"] if acked else 0) + stats["conflicts"]
     seconds = time.perf_counter() - t_start
     size = _dir_bytes(directory)
@@ -430,6 +441,9 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                                   "kept in each node's commit"),
                  ("database size", f"{size / 1e6:.1f} MB"), ("wall time", f"{seconds:.1f} s")]:
         table.add_row(k, v)
+    table.add_row("long-term memory", f"{memory['memories']} memories per user, isolated by tenant; "
+                                      f"{memory['swept']} expired value swept; workflow resumed after SIGKILL, "
+                                      "each step's effect exactly once")
     if langgraph is not None:
         table.add_row("LangGraph", f"thread {langgraph['thread_id']}: {langgraph['checkpoints']} checkpoints, "
                                    "resumed after SIGKILL, forked by time travel")
@@ -439,6 +453,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
                 f"inmem show {directory} {agent} --traces", f"inmem show {directory} {board} --docs",
                 f"inmem show {directory} {board} --graph",
                 f"inmem history {directory} {fork}", f"inmem diff {directory} {agent} {fork}",
+                f"inmem runs {directory} --tenant alice", f"inmem workflows {directory} --steps {memory['workflow_id']}",
                 f"inmem verify {directory}"):
         console.print(f"  [bold]{cmd}[/bold]", highlight=False, soft_wrap=True)  # whole, to copy and paste
     return {
@@ -449,5 +464,5 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         "conflicts": conflicts, "db_bytes": size, "seconds": round(seconds, 3), "langgraph": langgraph,
         "memories": memories, "progress": progress, "graph": graph, "followed": followed,
         "feed_exactly_once": set(seen.values()) == {1} and len(seen) == tasks,
-        "graph_search": [h.node.id for h in text],
+        "graph_search": [h.node.id for h in text], "memory": memory,
     }

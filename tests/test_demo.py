@@ -28,6 +28,11 @@ def test_demo_crashes_recovers_and_verifies(tmp_path):
     # the child committed at least what it acknowledged before the SIGKILL, and the rest came after
     assert r["seeded_version"] + 20 <= r["recovered_version"] < r["commit_version"]
     assert r["recovery"]["commit_version"] == r["recovered_version"]
+    # long-term memory: tenants, time to live, a buffer, and a workflow SIGKILLed after its third step
+    m = r["memory"]
+    assert m["isolated"] and m["deduplicated"] and m["swept"] >= 1 and m["buffer_messages"] == 6
+    assert m["workflow_acked"] == 3 and m["workflow_rerun"] == [3, 4]  # no recorded step ran again
+    assert m["effects"] == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1} and len(m["workflow_result"]["steps"]) == 5
     text = out.getvalue()
     assert "SIGKILL" in text and f"inmem verify {d}" in text
     # the directory it leaves behind opens and holds the fork with its lineage
@@ -35,6 +40,8 @@ def test_demo_crashes_recovers_and_verifies(tmp_path):
         fork = db.runs.get(r["fork"])
         assert fork.parent is not None and fork.metadata["forked_from"] == fork.parent
         assert db.replay_run(r["fork"]) == db.run_state(r["fork"])
+        assert db.workflows.get(m["workflow_id"]).status == "completed"
+        assert db.tenant("bob").runs.ids() and m["workflow_run"] in db.runs.ids()
     assert os.path.isdir(d)
 
 

@@ -35,7 +35,7 @@ LAYERS = [
      "integrations.mcp_server", "integrations.mcp_schemas",
      "workflows", "workflows.records", "workflows.runtime", "workflows.declare", "workflows.manage",
      "workflows.engine"},
-    {"demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
+    {"demo", "memory_demo", "cli", "cli.app", "cli.open", "cli.render", "cli.guard", "cli.inspect", "cli.history", "cli.fork",
      "cli.maintain", "cli.demo", "cli.mcpserve", "cli.workflows", "cli.watchcmd", "__main__", "__init__", "testing"},
 ]
 RANK = {m: i for i, layer in enumerate(LAYERS) for m in layer}
