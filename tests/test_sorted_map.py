@@ -168,3 +168,23 @@ def test_open_does_not_undo_a_freeze_the_program_made(tmp_path):
     finally:
         gc.unfreeze()
     assert any(o is sentinel for o in gc.get_objects())
+
+
+def test_native_entries_are_freed_with_the_store_and_release_their_type(tmp_path):
+    import gc
+
+    from inmem.wal import fast
+
+    if fast.entry_type is None:
+        return  # pure path: tuples
+    path = _filled(tmp_path, 3000)
+    gc.collect()
+    base = sys.getrefcount(fast.entry_type)
+    db = Database.open(path)
+    held = sys.getrefcount(fast.entry_type) - base
+    assert held >= 3000  # each entry holds a reference to its type (a heap type)
+    db.close()
+    del db
+    gc.collect()
+    after = sys.getrefcount(fast.entry_type)  # not inside the assert: pytest's rewrite would hold one more
+    assert after == base  # every entry freed, every reference given back
