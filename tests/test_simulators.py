@@ -141,3 +141,39 @@ def test_the_simulators_digest_sees_every_graph_change(dbdir):
             change()
             seen.append(simworkload.digest(db))
         assert len(set(seen)) == len(seen) - 1 and seen[-2] == seen[-4]  # add then delete "new": back to before
+
+
+def test_verify_database_checks_an_open_handle_like_verify_directory(dbdir):
+    """crashsim verifies on the handle it recovered with (no second open): the same report as ``inmem verify``
+    on a clean database, the same damage found in a middle segment flipped under the open handle, and a
+    closed handle refused."""
+    from inmem.errors import DatabaseClosed
+    from inmem.verify import verify_database, verify_directory
+
+    with Database.open(dbdir, durability="strict", segment_bytes=4096) as db:
+        run = db.begin_run("r")
+        for i in range(40):
+            db.events.append(run, "e", {"i": i, "pad": "x" * 100})
+        db.vectors.create(run, "c", dim=2)
+        db.vectors.upsert(run, "c", "v", [1.0, 2.0])
+    clean = verify_directory(dbdir)
+    db = Database.open(dbdir, durability="strict")
+    try:
+        mine = verify_database(db)
+        assert mine == clean and mine["ok"] and mine["events"] == 40 and mine["vectors"] == 1
+        segs = sorted(n for n in os.listdir(dbdir) if n.startswith("wal-"))
+        assert len(segs) >= 3
+        middle = os.path.join(dbdir, segs[1])
+        with open(middle, "r+b") as f:
+            f.seek(200)
+            b = f.read(1)
+            f.seek(200)
+            f.write(bytes([b[0] ^ 0x10]))
+        bad = verify_database(db)
+        assert not bad["ok"] and any(segs[1] in p for p in bad["problems"])
+        assert [s["error"] is not None for s in bad["segments"]] == [n == segs[1] for n in segs]
+    finally:
+        db.close()
+    assert verify_directory(dbdir)["segments"] == bad["segments"]
+    with pytest.raises(DatabaseClosed):
+        verify_database(db)

@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=1000, help="number of corruption cases (default 1000)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the base database and of the cases")
     ap.add_argument("--base", default=None, help="reuse a base directory kept by an earlier run")
-    ap.add_argument("--workdir", default=None, help="where to build (default: a new temporary directory)")
+    ap.add_argument("--workdir", default=None,
+                    help="where to build (default: a new temporary directory, under /dev/shm if there is one)")
     simcore.add_common_options(ap, unit="case", kind="fault", timeout_s=30.0)
     args = ap.parse_args(argv)
     kinds, work = simcore.setup_run(ap, args, KINDS, kind="fault", tool="corruptsim")

@@ -65,23 +65,22 @@ use_checkout()
 
 from inmem import Database  # noqa: E402
 from inmem.errors import InmemError  # noqa: E402
-from inmem.verify import verify_directory  # noqa: E402
 
 from . import simcore, simworkload  # noqa: E402
+from .simcheck import DURABLE_STEPS, check  # noqa: E402
 from .faultfs import CrashPoint, FaultFS, abandon  # noqa: E402
 
 #: crash kind -> share of the crash points
 KINDS = {"powercut-posix": 30, "powercut-ext4": 30, "powercut-recovery": 10, "sigkill-call": 10, "sigkill-timer": 8,
          "eio": 8, "enospc": 4}
 MULTI = ("powercut-posix", "powercut-ext4")
-#: Steps after which the mode's promise makes everything before durable (besides every step under strict).
-DURABLE_STEPS = ("sync", "snapshot", "compact")
 SEGMENT_BYTES = 4096
 
 
 def _open(path: str, mode: str, fs: Any = None) -> Database:
+    # no background sweeper: TTLs in the workload never expire, and op_ttl sweeps in the foreground
     return Database.open(path, fs=fs, durability=mode, segment_bytes=SEGMENT_BYTES, snapshot_every_bytes=None,
-                         flush_interval_ms=2)
+                         flush_interval_ms=2, sweep_interval_s=None)
 
 
 def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ack: Any = None,
@@ -198,54 +197,6 @@ def _faulted(spec: dict[str, Any], d: str) -> dict[str, Any]:
                  rng=rng)
     out = check(cut, spec["ref"], acked, spec["mode"], killed=False)  # space is back: no budget on reopen
     return {**res, **out, "detail": f"{fault}: {out.get('detail', '')}"}
-
-
-def _floor(acked: list[int], mode: str, killed: bool) -> int:
-    """Steps the mode promises durable given the acknowledgements."""
-    if not acked:
-        return 0
-    if mode == "strict" or (killed and mode == "off"):
-        return max(abs(a) for a in acked)
-    points = [-a for a in acked if a < 0]
-    return max(points) if points else 0
-
-
-def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) -> dict[str, Any]:
-    """Reopen ``path`` and check it (see the module docstring)."""
-    floor = _floor(acked, mode, killed)
-    top = min(len(ref) - 1, (max(abs(a) for a in acked) if acked else 0) + 1)
-    if not os.path.exists(path):
-        if floor > 0:
-            return {"outcome": "lost", "detail": f"the directory is gone, {floor} steps were durable"}
-        return {"outcome": "recovered", "detail": "nothing was durable, nothing there"}
-    try:
-        # the real file system's calls, minus its fsyncs (they cost the disk's latency and prove nothing here)
-        db = Database.open(path, durability="strict", fs=FaultFS(path, real_sync=False))
-    except InmemError as exc:
-        return {"outcome": "detected", "detail": f"reopen after a crash raised {type(exc).__name__}: {exc}"}
-    try:
-        got = simworkload.digest(db)
-        matches = [j for j in range(len(ref)) if ref[j] == got]
-        if not matches:
-            return {"outcome": "wrong", "detail": "the state is no prefix of the workload (a hole or a partial "
-                    f"transaction); durable floor {floor}, last acknowledged {top - 1}"}
-        if not any(floor <= j <= top for j in matches):
-            best = max(matches)
-            kind = "lost" if best < floor else "wrong"
-            return {"outcome": kind, "detail": f"state after step {best}, but steps {floor}..{top} promised"}
-        for info in db.runs.list():
-            db.events.verify(info.id)
-            if db.replay_run(info.id) != db.run_state(info.id):
-                return {"outcome": "wrong", "detail": f"replay_run({info.name}) differs from run_state"}
-    except InmemError as exc:
-        return {"outcome": "detected", "detail": f"{type(exc).__name__}: {exc}"}
-    finally:
-        db.close()
-    rep = verify_directory(path)
-    if not rep["ok"]:
-        return {"outcome": "detected", "detail": f"inmem verify: {rep['problems'][:3]}"}
-    return {"outcome": "recovered", "detail": f"state of step {max(j for j in matches if floor <= j <= top)}, "
-            f"floor {floor}"}
 
 
 def _powercuts(spec: dict[str, Any], d: str) -> list[dict[str, Any]]:
@@ -394,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cuts-per-run", type=int, default=12,
                     help="power-cut images taken from one workload run (default 12)")
     ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
-    ap.add_argument("--workdir", default=None, help="where trials run (default: a new temporary directory)")
+    ap.add_argument("--workdir", default=None,
+                    help="where trials run (default: a new temporary directory, under /dev/shm if there is one)")
     simcore.add_common_options(ap, unit="trial", kind="crash", timeout_s=60.0)
     args = ap.parse_args(argv)
     kinds, work = simcore.setup_run(ap, args, KINDS, kind="crash", tool="crashsim")

@@ -340,20 +340,31 @@ def _untimed(value: Any) -> Any:
     return value
 
 
+def run_states(db: Database) -> list[tuple[Any, Any]]:
+    """``(RunInfo, RunState)`` of every run, in :meth:`runs.list` order (one state build per run: a check
+    digests them and compares them with ``replay_run``)."""
+    return [(info, db.run_state(info.id)) for info in db.runs.list()]
+
+
+def _run_entry(info: Any, st: Any) -> tuple[str, Any]:
+    return info.name or info.id, (
+        info.status, sorted((k, _untimed(v)) for k, v in st.kv.items()), [_event(e) for e in st.events],
+        sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
+        sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
+        _graph_state(st.graph),
+    )
+
+
 def snapshot_of(db: Database) -> dict[str, Any]:
     """Every run's state by name, without ids or wall-clock times."""
-    out: dict[str, Any] = {}
-    for info in db.runs.list():
-        st = db.run_state(info.id)
-        out[info.name or info.id] = (
-            info.status, sorted((k, _untimed(v)) for k, v in st.kv.items()), [_event(e) for e in st.events],
-            sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
-            sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
-            _graph_state(st.graph),
-        )
-    return out
+    return dict(_run_entry(info, st) for info, st in run_states(db))
+
+
+def digest_states(states: list[tuple[Any, Any]]) -> str:
+    """:func:`digest` of the :func:`run_states` of a database."""
+    return hashlib.blake2b(repr(sorted(_run_entry(i, s) for i, s in states)).encode(), digest_size=16).hexdigest()
 
 
 def digest(db: Database) -> str:
     """A hex digest of :func:`snapshot_of` (equal digests: equal states)."""
-    return hashlib.blake2b(repr(sorted(snapshot_of(db).items())).encode(), digest_size=16).hexdigest()
+    return digest_states(run_states(db))
