@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .database import Database
@@ -76,7 +76,7 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
             report["problems"].append(f"the database does not open: {exc}")
         else:
             try:
-                _verify_runs(db, report, progress)
+                _verify_runs(db, report, progress, {})
             finally:
                 db.close()
         report["ok"] = not report["problems"]
@@ -85,8 +85,8 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
         lock.release()
 
 
-def verify_database(db: Database, *, fs: FileSystem | None = None,
-                    progress: Progress | None = None) -> dict[str, Any]:
+def verify_database(db: Database, *, fs: FileSystem | None = None, progress: Progress | None = None,
+                    states: Mapping[str, RunState] | None = None) -> dict[str, Any]:
     """:func:`verify_directory`'s checks on an open handle: every WAL frame and snapshot of ``db.path``
     (read through ``fs``), and every run's event chain, vector records and graph through ``db`` itself.
 
@@ -98,6 +98,8 @@ def verify_database(db: Database, *, fs: FileSystem | None = None,
 
     :param fs: the file system ``db`` was opened with (default: the real disk).
     :param progress: as for :func:`verify_directory`.
+    :param states: ``db.run_state(run)`` by run id, for runs the caller has already built (their records
+        are checked from these instead of being read and decoded again).
     :returns: the report of :func:`verify_directory`, same shape.
     :raises DatabaseClosed: ``db`` is closed.
     """
@@ -105,7 +107,7 @@ def verify_database(db: Database, *, fs: FileSystem | None = None,
         raise DatabaseClosed("verify_database needs an open handle")
     report = _new_report()
     _verify_files(fs if fs is not None else OSFileSystem(), db.path, report, progress)
-    _verify_runs(db, report, progress)
+    _verify_runs(db, report, progress, states or {})
     report["ok"] = not report["problems"]
     return report
 
@@ -185,7 +187,8 @@ def _verify_files(fs: FileSystem, path: str, report: dict[str, Any], progress: P
 
 
 
-def _verify_runs(db: Database, report: dict[str, Any], progress: Progress | None) -> None:
+def _verify_runs(db: Database, report: dict[str, Any], progress: Progress | None,
+                 states: Mapping[str, RunState]) -> None:
     """Check 3: every run's event hash chain, vector records and graph, through ``db``, into ``report``."""
     problems: list[str] = report["problems"]
     runs = db.runs.ids()  # ids only: no per-run scan
@@ -196,7 +199,7 @@ def _verify_runs(db: Database, report: dict[str, Any], progress: Progress | None
         except ChainBroken as exc:
             report["chains_broken"].append({"run": exc.run, "seq": exc.seq})
             problems.append(f"run {exc.run}: event hash chain broken at seq {exc.seq}")
-        _check_vectors(db, run, report)
+        _check_vectors(db, run, report, states.get(run))
         graph = db.graph.check(run)  # adjacency symmetric, both ends of each edge are nodes
         report["graph_nodes"] += graph["nodes"]
         report["graph_edges"] += graph["edges"]
@@ -205,7 +208,7 @@ def _verify_runs(db: Database, report: dict[str, Any], progress: Progress | None
             progress("chains", k, len(runs))
 
 
-def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
+def _check_vectors(db: Database, run: str, report: dict[str, Any], state: RunState | None) -> None:
     """Check every vector record of ``run`` (decodes, ``4 x dim`` bytes, finite, its collection exists) and,
     through :meth:`run_state`, that every record of every primitive decodes (documents: JSON-like)."""
     bad: list[dict[str, Any]] = report["vectors_bad"]
@@ -216,7 +219,8 @@ def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
         report["problems"].append(f"run {run}:{where}: {what}")
 
     try:
-        state: RunState = db.run_state(run)
+        if state is None:
+            state = db.run_state(run)
     except CorruptionError as exc:  # a vector key or record that does not decode (or another primitive's)
         problem(None, None, f"its records do not decode: {exc}")
         return

@@ -149,6 +149,41 @@ def probe_calls(seed: int, steps: int, mode: str, work: str) -> dict[str, int]:
     return counts
 
 
+def _prepare_one(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["mode"] is None:
+        return {"outcome": "recovered", "ref": reference(spec["wseed"], spec["steps"], spec["work"])}
+    return {"outcome": "recovered", "counts": probe_calls(spec["wseed"], spec["steps"], spec["mode"], spec["work"])}
+
+
+def prepare(wseeds: list[int], modes: list[str], steps: int, work: str, *, workers: int,
+            timeout_s: float) -> tuple[dict[int, list[str]], dict[tuple[int, str], dict[str, int]]]:
+    """The reference digests of every workload (:func:`reference`) and its call counts in every mode
+    (:func:`probe_calls`), computed in ``workers`` forked children at once (the same values as in-process:
+    each is a deterministic run on a fresh directory; only batched call counts vary with timing).
+
+    :raises RuntimeError: a child failed or went silent (the message carries its error).
+    """
+    jobs = [{"id": i, "wseed": s, "mode": m, "steps": steps, "work": work, "kind": "prepare"}
+            for i, (s, m) in enumerate([(s, None) for s in wseeds] + [(s, m) for s in wseeds for m in modes])]
+    warm = tempfile.mkdtemp(dir=work, prefix="warm-")
+    simworkload.warm_up(os.path.join(warm, "db"))  # before the first fork: every child shares the imports
+    check(os.path.join(warm, "db"), [], [], "off", killed=False)  # (and the checks' own)
+    shutil.rmtree(warm, ignore_errors=True)
+    refs: dict[int, list[str]] = {}
+    counts: dict[tuple[int, str], dict[str, int]] = {}
+    by_id = {j["id"]: j for j in jobs}
+    for res in simcore.run_trials(_prepare_one, jobs, workers=workers, timeout_s=timeout_s):
+        job = by_id[res["spec"] if "spec" in res else res["id"]]
+        if res["outcome"] != "recovered":
+            raise RuntimeError(f"preparing workload {job['wseed']} ({job['mode'] or 'reference'}) failed: "
+                               f"{res.get('detail')}\n{res.get('trace', '')}")
+        if job["mode"] is None:
+            refs[job["wseed"]] = res["ref"]
+        else:
+            counts[(job["wseed"], job["mode"])] = res["counts"]
+    return refs, counts
+
+
 #: the calls an ``eio`` trial fails, and the errno of an ``enospc`` trial
 EIO_CALLS = ("write", "sync", "sync_dir", "rename", "create", "remove")
 
@@ -354,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rng = random.Random(f"crashsim:{args.seed}")
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
-    refs = {s: reference(s, args.steps, work) for s in wseeds}
-    counts = {(s, m): probe_calls(s, args.steps, m, work) for s in wseeds for m in modes}
+    refs, counts = prepare(wseeds, modes, args.steps, work, workers=max(1, args.workers), timeout_s=args.timeout_s)
     calls = {k: c["all"] for k, c in counts.items()}
     specs_all = []
     points = 0

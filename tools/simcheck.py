@@ -141,7 +141,7 @@ def _check_open(db: Database, fs: NoSyncFS, ref: list[str], low: int, top: int) 
     for info, state in states:
         if db.replay_run(info.id) != state:
             return {"outcome": "wrong", "detail": f"replay_run({info.name}) differs from run_state"}
-    rep = verify_database(db, fs=fs)  # includes every run's event hash chain
+    rep = verify_database(db, fs=fs, states={i.id: s for i, s in states})  # and every run's event hash chain
     if not rep["ok"]:
         return {"outcome": "detected", "detail": f"inmem verify: {rep['problems'][:3]}"}
     return {"outcome": "recovered", "detail": f"state of step {max(j for j in matches if low <= j <= top)}, "

@@ -279,6 +279,17 @@ MAINTENANCE: dict[str, tuple[Callable[[Workload], None], int]] = {
 }
 
 
+def warm_up(path: str) -> None:
+    """Run every step twice on a new database in ``path`` and digest it, so that what the steps and the
+    engine import lazily (the LangGraph store alone takes a good part of a second) is imported before the
+    simulators fork their trial workers, which then share it instead of each importing it again."""
+    with Database.open(path, durability="off") as db:
+        w = Workload(db, 0)
+        for name in ["begin", *OPS, *MAINTENANCE] * 2:
+            step(w, name)
+        digest(db)
+
+
 def plan(seed: int, n: int) -> list[str]:
     """The names of ``n`` steps for ``seed`` (commits about nine in ten)."""
     rng = random.Random(f"plan:{seed}")
