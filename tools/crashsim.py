@@ -90,7 +90,7 @@ def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ac
     SIGKILL child writes them to a pipe)."""
     acked = [] if acked is None else acked
     alive = fs.check_alive if isinstance(fs, FaultFS) else (lambda: None)
-    db = None
+    db = w = None
     try:
         db = _open(path, mode, fs)
         alive()
@@ -113,19 +113,28 @@ def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ac
         if not (isinstance(fs, FaultFS) and fs.halted):
             raise
         abandon(db)  # another thread (the batched flusher) hit the crash point; this one then saw the dead disk
+    finally:
+        if w is not None:
+            simworkload.stop(w)
     return acked
 
 
-def reference(seed: int, steps: int, work: str) -> list[str]:
-    """The digest before any step and after each step of workload ``seed`` (a clean database)."""
+def reference(seed: int, steps: int, work: str) -> list[list[str]]:
+    """The digests of workload ``seed`` on a clean database: item 0 ``[before any step]``, item ``j`` the
+    states step ``j`` can leave, its last the state after it (the others: inside a two-commit step, see
+    :func:`tools.simworkload.intermediate_digests`)."""
     path = tempfile.mkdtemp(dir=work, prefix="ref-")
     db = _open(os.path.join(path, "db"), "off")
     w = simworkload.Workload(db, seed)
-    out = [simworkload.digest(db)]
-    for name in simworkload.plan(seed, steps):
-        simworkload.step(w, name)
-        out.append(simworkload.digest(db))
-    db.close()
+    out = [[simworkload.digest(db)]]
+    try:
+        for name in simworkload.plan(seed, steps):
+            simworkload.step(w, name)
+            out.append([d for _, d in simworkload.intermediate_digests(w)] + [simworkload.digest(db)])
+        db.close()
+    finally:
+        simworkload.stop(w)
+        abandon(db)
     shutil.rmtree(path, ignore_errors=True)
     return out
 
@@ -156,7 +165,7 @@ def _prepare_one(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(wseeds: list[int], modes: list[str], steps: int, work: str, *, workers: int,
-            timeout_s: float) -> tuple[dict[int, list[str]], dict[tuple[int, str], dict[str, int]]]:
+            timeout_s: float) -> tuple[dict[int, list[list[str]]], dict[tuple[int, str], dict[str, int]]]:
     """The reference digests of every workload (:func:`reference`) and its call counts in every mode
     (:func:`probe_calls`), computed in ``workers`` forked children at once (the same values as in-process:
     each is a deterministic run on a fresh directory; only batched call counts vary with timing).
@@ -167,9 +176,9 @@ def prepare(wseeds: list[int], modes: list[str], steps: int, work: str, *, worke
             for i, (s, m) in enumerate([(s, None) for s in wseeds] + [(s, m) for s in wseeds for m in modes])]
     warm = tempfile.mkdtemp(dir=work, prefix="warm-")
     simworkload.warm_up(os.path.join(warm, "db"))  # before the first fork: every child shares the imports
-    check(os.path.join(warm, "db"), [], [], "off", killed=False)  # (and the checks' own)
+    check(os.path.join(warm, "db"), [[]], [], "off", killed=False)  # (and the checks' own)
     shutil.rmtree(warm, ignore_errors=True)
-    refs: dict[int, list[str]] = {}
+    refs: dict[int, list[list[str]]] = {}
     counts: dict[tuple[int, str], dict[str, int]] = {}
     by_id = {j["id"]: j for j in jobs}
     for res in simcore.run_trials(_prepare_one, jobs, workers=workers, timeout_s=timeout_s):
@@ -217,6 +226,8 @@ def _faulted(spec: dict[str, Any], d: str) -> dict[str, Any]:
         acked.append(-spec["steps"])
     except (InmemError, OSError) as exc:
         failure = exc
+    if w is not None:
+        simworkload.stop(w)
     res: dict[str, Any] = {"fault": fault, "failed_with": None if failure is None else type(failure).__name__}
     if failure is not None and db is not None and w is not None and w.runs and not db.closed:
         try:
@@ -421,10 +432,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trial {r['id']} ({r['kind']}, crash at call {r.get('crash_at')}): {r['outcome']}: "
                   f"{r.get('detail', '')}; directory {r.get('kept')}")
     mode_arg = "" if args.mode == "all" else f" --mode {args.mode}"
+    flows = {"workflows_resumed": sum(r.get("workflows_resumed", 0) for r in results),
+             "workflows_checked": sum(r.get("workflows_checked", 0) for r in results),
+             "trials_inside_a_two_commit_step": sum(1 for r in results if r.get("inside_step"))}
+    print(f"workflows: {flows['workflows_checked']} checked for exactly-once effects after recovery "
+          f"({flows['workflows_resumed']} of them resumed by recover() first); "
+          f"{flows['trials_inside_a_two_commit_step']} trials recovered to the state between a workflow's two "
+          "start or finish commits")
     status = simcore.report(
         "crashsim", results, seed=args.seed, seconds=seconds, skipped=len(specs) - len({r["spec"] for r in results}),
         json_path=args.json,
-        failures=simcore.FAILURES + ("detected",), extra={"steps": args.steps, "workloads": wseeds,
+        failures=simcore.FAILURES + ("detected",), extra={"steps": args.steps, "workloads": wseeds, **flows,
                                                           "fs_calls": {f"{s} {m}": c for (s, m), c in calls.items()}},
         repro=lambda r: (f"python -m tools.crashsim --seed {args.seed}{mode_arg} --steps {args.steps} "
                          f"--workloads {args.workloads} --points {args.points} --cuts-per-run {args.cuts_per_run}"

@@ -7,16 +7,21 @@ cut, sidecars are rebuilt) and proves, on that one handle:
 * its state equals the workload's state after some step ``j`` (the digest,
   :func:`tools.simworkload.digest`, compared with the reference digests of a
   clean run), ``j`` at least the last step durable by the mode's promise
-  (:func:`floor`) and at most one step past the last acknowledged;
+  (:func:`floor`) and at most one step past the last acknowledged — or the
+  state between the two commits of a workflow's start or finish (step ``j``),
+  when step ``j - 1`` is at least that floor;
 * ``replay_run(r) == run_state(r)`` for every run;
 * ``inmem verify`` finds nothing (:func:`inmem.verify.verify_database` on the
   same handle: every WAL frame and snapshot of the directory, every run's
   event hash chain, vector records and graph);
+* the workflow invariant: ``db.workflows.recover()`` completes every
+  workflow the crash interrupted, and every workflow then has its result,
+  each step recorded once and every inmem effect exactly once
+  (:func:`tools.simflows.recover_and_check`);
 * the handle closes cleanly.
 
 Invariant: a check reads the directory only through the engine (and the
-verifier); the result is exactly one outcome of :data:`tools.simcore.OUTCOMES`
-besides ``hang``. The checks cost what the engine costs: the file system
+verifier); the result is exactly one outcome of :data:`tools.simcore.OUTCOMES`. The checks cost what the engine costs: the file system
 under the reopened handle is the real one with fsyncs skipped
 (:class:`NoSyncFS`: a check's durability is not what is being tested).
 """
@@ -35,9 +40,9 @@ from inmem.errors import InmemError  # noqa: E402
 from inmem.fs import OSFileSystem, WritableFile  # noqa: E402
 from inmem.verify import verify_database  # noqa: E402
 
-from . import simworkload  # noqa: E402
+from . import simflows, simworkload  # noqa: E402
 
-__all__ = ["DURABLE_STEPS", "NoSyncFS", "check", "floor"]
+__all__ = ["DURABLE_STEPS", "NoSyncFS", "check", "floor", "locate"]
 
 #: Steps after which the mode's promise makes everything before durable (besides every step under strict).
 DURABLE_STEPS = ("sync", "snapshot", "compact")
@@ -95,12 +100,14 @@ def floor(acked: list[int], mode: str, killed: bool) -> int:
     return max(points) if points else 0
 
 
-def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) -> dict[str, Any]:
+def check(path: str, ref: list[list[str]], acked: list[int], mode: str, killed: bool) -> dict[str, Any]:
     """Reopen ``path`` and check it (see the module docstring).
 
-    :param ref: the workload's digest before any step and after each step.
+    :param ref: the workload's digests (:func:`tools.crashsim.reference`): ``ref[j]`` the states step ``j``
+        can leave, the last one the state after it.
     :param acked: the acknowledgements (see :func:`floor`).
-    :returns: ``{"outcome": "recovered" | "lost" | "wrong" | "detected", "detail": str}``.
+    :returns: ``{"outcome": "recovered" | "lost" | "wrong" | "detected" | "hang", "detail": str}`` (``hang``:
+        a workflow that recover() resumed did not end within :data:`tools.simflows.GATE_TIMEOUT_S`).
     """
     low = floor(acked, mode, killed)
     top = min(len(ref) - 1, (max(abs(a) for a in acked) if acked else 0) + 1)
@@ -117,6 +124,8 @@ def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) 
         return {"outcome": "detected", "detail": f"reopen after a crash raised {type(exc).__name__}: {exc}"}
     try:
         out = _check_open(db, fs, ref, low, top)
+    except TimeoutError as exc:
+        out = {"outcome": "hang", "detail": f"a workflow resumed by recover() did not end: {exc}"}
     except InmemError as exc:
         out = {"outcome": "detected", "detail": f"{type(exc).__name__}: {exc}"}
     try:
@@ -127,22 +136,44 @@ def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) 
     return out
 
 
-def _check_open(db: Database, fs: NoSyncFS, ref: list[str], low: int, top: int) -> dict[str, Any]:
-    states = simworkload.run_states(db)
-    got = simworkload.digest_states(states)
-    matches = [j for j in range(len(ref)) if ref[j] == got]
+def locate(ref: list[list[str]], got: str, low: int, top: int) -> dict[str, Any]:
+    """Place digest ``got`` in the workload's digests ``ref`` (see :func:`check`): the state after step ``j``
+    (``ref[j][-1]``), with ``low <= j <= top``, or inside step ``j`` (an earlier item of ``ref[j]``: its
+    first commit only), with ``low <= j - 1`` and ``j <= top``.
+
+    :returns: ``{"outcome": "recovered", "step": j, "inside": bool}``, or ``{"outcome": "lost" | "wrong",
+        "detail": str}`` (lost: only an earlier state than ``low`` matches).
+    """
+    # (j, whole): the state after step j (whole) or inside it, steps before it whole
+    matches = [(j, k == len(ref[j]) - 1) for j in range(len(ref)) for k in range(len(ref[j])) if ref[j][k] == got]
     if not matches:
         return {"outcome": "wrong", "detail": "the state is no prefix of the workload (a hole or a partial "
                 f"transaction); durable floor {low}, last acknowledged {top - 1}"}
-    if not any(low <= j <= top for j in matches):
-        best = max(matches)
-        kind = "lost" if best < low else "wrong"
-        return {"outcome": kind, "detail": f"state after step {best}, but steps {low}..{top} promised"}
+    good = [(j, whole) for j, whole in matches if low <= (j if whole else j - 1) and j <= top]
+    if not good:
+        best, whole = max(matches)
+        kind = "lost" if (best if whole else best - 1) < low else "wrong"
+        return {"outcome": kind, "detail": f"state {'after' if whole else 'inside'} step {best}, but steps "
+                f"{low}..{top} promised"}
+    j, whole = max(good)
+    return {"outcome": "recovered", "step": j, "inside": not whole}
+
+
+def _check_open(db: Database, fs: NoSyncFS, ref: list[list[str]], low: int, top: int) -> dict[str, Any]:
+    states = simworkload.run_states(db)
+    where = locate(ref, simworkload.digest_states(states), low, top)
+    if where["outcome"] != "recovered":
+        return where
     for info, state in states:
         if db.replay_run(info.id) != state:
             return {"outcome": "wrong", "detail": f"replay_run({info.name}) differs from run_state"}
     rep = verify_database(db, fs=fs, states={i.id: s for i, s in states})  # and every run's event hash chain
     if not rep["ok"]:
         return {"outcome": "detected", "detail": f"inmem verify: {rep['problems'][:3]}"}
-    return {"outcome": "recovered", "detail": f"state of step {max(j for j in matches if low <= j <= top)}, "
-            f"floor {low}"}
+    problems, resumed, checked = simflows.recover_and_check(db)  # every inmem effect exactly once
+    flows = {"workflows_resumed": resumed, "workflows_checked": checked}
+    if problems:
+        return {"outcome": "wrong", "detail": f"workflows after recover(): {problems[:3]}", **flows}
+    return {"outcome": "recovered", "detail": f"state {'inside' if where['inside'] else 'after'} step "
+            f"{where['step']}, floor {low}; {resumed} of {checked} workflows resumed by recover(), each effect "
+            "once", **flows, "inside_step": where["inside"]}
