@@ -42,7 +42,7 @@ use_checkout()
 import inmem.workflows as wf  # noqa: E402
 from inmem import Database  # noqa: E402
 from inmem.errors import WorkflowCancelled, WorkflowError  # noqa: E402
-from inmem.workflows.records import CONTEXT_DOC, ID_TAG  # noqa: E402
+from inmem.workflows.records import CONTEXT_DOC, ID_TAG, STEP_PREFIX  # noqa: E402
 
 if TYPE_CHECKING:
     from .simworkload import Workload
@@ -214,11 +214,18 @@ def op_workflow(w: Workload) -> None:
 
 
 def stop_workflows(w: Workload) -> None:
-    """Stop driving the workload's workflows still in flight (their threads end without a commit)."""
+    """Stop driving the workload's workflows still in flight: their threads end without a commit, and this
+    waits for that (at most :data:`GATE_TIMEOUT_S` each), so that a fork afterwards copies no thread midway."""
     for flow in w.flows:
         with _GATES_LOCK:
             _GATES.pop(flow.id, None)
         flow.gate.abort()
+    for flow in w.flows:
+        if flow.handle is not None:
+            try:
+                flow.handle.result(timeout=GATE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001, S110 - cancelled, closed, poisoned: the thread has ended
+                pass
     w.flows.clear()
 
 
@@ -266,19 +273,20 @@ def check_workflow(db: Database, workflow_id: str) -> list[str]:
     result = db.workflows.handle(workflow_id).result(timeout=0)
     if result != expected_result(k):
         problems.append(f"{where}: result {result!r}, expected {expected_result(k)}")
-    steps = [s.seq for s in db.workflows.steps(workflow_id)]
+    state = db.run_state(info.run)  # one consistent read of the run: records, effects, document
+    steps = sorted(int(key[len(STEP_PREFIX):]) for key in state.kv if key.startswith(STEP_PREFIX))
     if steps != list(range(1, k + 1)):
         problems.append(f"{where}: recorded steps {steps}")
     effects = [i for i in range(1, k + 1) if not _is_append(i)]
     appends = [i for i in range(1, k + 1) if _is_append(i)]
-    kv = {key: v for key, v in db.kv.scan(info.run, "effect/")}
+    kv = {key: dict(v) for key, v in state.kv.items() if key.startswith("effect/")}
     if kv != {f"effect/{i}": {"i": i} for i in effects}:
         problems.append(f"{where}: effect values {sorted(kv)}, expected one per step {effects}")
-    events = [e.payload["i"] for e in db.events.read(info.run) if e.type == "wf-effect"]
+    events = [e.payload["i"] for e in state.events if e.type == "wf-effect"]
     if events != effects:
         problems.append(f"{where}: effect events {events}, expected {effects}")
-    doc = db.docs.get(info.run, CONTEXT_DOC) or {}
-    if doc.get("count", 0) != len(effects) or doc.get("log", []) != appends:
+    doc = state.docs.get(CONTEXT_DOC) or {}
+    if doc.get("count", 0) != len(effects) or list(doc.get("log", ())) != appends:
         problems.append(f"{where}: context document {doc}, expected count {len(effects)} and log {appends}")
     if db.runs.get(info.run).status != "completed":
         problems.append(f"{where}: its run is {db.runs.get(info.run).status}")
