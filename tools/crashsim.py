@@ -167,8 +167,9 @@ def _prepare_one(spec: dict[str, Any]) -> dict[str, Any]:
 def prepare(wseeds: list[int], modes: list[str], steps: int, work: str, *, workers: int,
             timeout_s: float) -> tuple[dict[int, list[list[str]]], dict[tuple[int, str], dict[str, int]]]:
     """The reference digests of every workload (:func:`reference`) and its call counts in every mode
-    (:func:`probe_calls`), computed in ``workers`` forked children at once (the same values as in-process:
-    each is a deterministic run on a fresh directory; only batched call counts vary with timing).
+    (:func:`probe_calls`), computed in ``workers`` forked children at once (the same values as in-process,
+    where they are computed for one worker: each is a deterministic run on a fresh directory; only batched
+    call counts vary with timing).
 
     :raises RuntimeError: a child failed or went silent (the message carries its error).
     """
@@ -181,7 +182,9 @@ def prepare(wseeds: list[int], modes: list[str], steps: int, work: str, *, worke
     refs: dict[int, list[list[str]]] = {}
     counts: dict[tuple[int, str], dict[str, int]] = {}
     by_id = {j["id"]: j for j in jobs}
-    for res in simcore.run_trials(_prepare_one, jobs, workers=workers, timeout_s=timeout_s):
+    done = ([{**_prepare_one(j), "id": j["id"]} for j in jobs] if workers == 1  # forking would cost more
+            else simcore.run_trials(_prepare_one, jobs, workers=workers, timeout_s=timeout_s))
+    for res in done:
         job = by_id[res["spec"] if "spec" in res else res["id"]]
         if res["outcome"] != "recovered":
             raise RuntimeError(f"preparing workload {job['wseed']} ({job['mode'] or 'reference'}) failed: "
