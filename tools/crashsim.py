@@ -74,6 +74,8 @@ from .faultfs import CrashPoint, FaultFS, abandon  # noqa: E402
 KINDS = {"powercut-posix": 30, "powercut-ext4": 30, "powercut-recovery": 10, "sigkill-call": 10, "sigkill-timer": 8,
          "eio": 8, "enospc": 4}
 MULTI = ("powercut-posix", "powercut-ext4")
+#: A strict or off power-cut run takes up to this many times --cuts-per-run images (see main).
+GROUP = 4
 SEGMENT_BYTES = 4096
 
 
@@ -392,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="durability mode (default: all three in turn)")
     ap.add_argument("--steps", type=int, default=60, help="workload steps per trial (default 60)")
     ap.add_argument("--cuts-per-run", type=int, default=12,
-                    help="power-cut images taken from one workload run (default 12)")
+                    help="power-cut images taken from one workload run (default 12; a strict or off run, "
+                    "which is the same every time, gathers up to 4 times as many)")
     ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
     ap.add_argument("--workdir", default=None,
                     help="where trials run (default: a new temporary directory, under /dev/shm if there is one)")
@@ -405,24 +408,37 @@ def main(argv: list[str] | None = None) -> int:
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
     refs, counts = prepare(wseeds, modes, args.steps, work, workers=max(1, args.workers), timeout_s=args.timeout_s)
     calls = {k: c["all"] for k, c in counts.items()}
-    specs_all = []
-    points = 0
+    specs_all: list[dict[str, Any]] = []
+    # strict and off runs of one workload are identical (no timing in them): power cuts of one (workload, mode,
+    # model) share a run, up to GROUP x --cuts-per-run images; batched runs vary with timing: one per spec
+    shared: dict[tuple[int, str, str], dict[str, Any]] = {}
+    points = draws = 0
     while points < args.points:  # a power-cut run gives up to --cuts-per-run crash points, the others one
-        i = len(specs_all)
-        mode = modes[i % len(modes)]
+        mode = modes[draws % len(modes)]
+        draws += 1
         wseed = rng.choice(wseeds)
         kind = rng.choices(kinds, [KINDS[k] / (args.cuts_per_run if k in MULTI else 1) for k in kinds])[0]
         n = calls[(wseed, mode)]
         crash_at = rng.randint(1, n + 2)
-        spec = {"id": i, "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps, "crash_at": crash_at,
-                "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4, "keep": args.only is not None,
-                "counts": counts[(wseed, mode)]}
-        if kind in ("powercut-posix", "powercut-ext4"):
+        spec = {"id": len(specs_all), "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps,
+                "crash_at": crash_at, "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4,
+                "keep": args.only is not None, "counts": counts[(wseed, mode)]}
+        if kind in MULTI:
             k = max(1, min(args.cuts_per_run, args.points - points, n))
             span = n if mode != "batched" else n + n // 2  # batched: the call count varies with timing
-            spec["cuts"] = sorted(rng.sample(range(1, span + 1), k))
+            cuts = set(rng.sample(range(1, span + 1), k))
+            into = shared.get((wseed, mode, kind))
+            if into is not None and len(into["cuts"]) + k <= GROUP * args.cuts_per_run and \
+                    len(cuts | set(into["cuts"])) > len(into["cuts"]):
+                before = len(into["cuts"])
+                into["cuts"] = sorted(cuts | set(into["cuts"]))
+                points += len(into["cuts"]) - before
+                continue
+            spec["cuts"] = sorted(cuts)
             spec["crash_at"] = None
             points += k
+            if mode != "batched":
+                shared[(wseed, mode, kind)] = spec
         else:
             points += 1
         specs_all.append(spec)
