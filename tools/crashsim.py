@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="workload steps per trial (default 60)")
     ap.add_argument("--cuts-per-run", type=int, default=12,
                     help="power-cut images taken from one workload run (default 12; a strict or off run, "
-                    "which is the same every time, gathers up to 4 times as many)")
+                    "which makes the same calls every time, gathers up to 4 times as many)")
     ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
     ap.add_argument("--workdir", default=None,
                     help="where trials run (default: a new temporary directory, under /dev/shm if there is one)")
@@ -409,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     refs, counts = prepare(wseeds, modes, args.steps, work, workers=max(1, args.workers), timeout_s=args.timeout_s)
     calls = {k: c["all"] for k, c in counts.items()}
     specs_all: list[dict[str, Any]] = []
-    # strict and off runs of one workload are identical (no timing in them): power cuts of one (workload, mode,
-    # model) share a run, up to GROUP x --cuts-per-run images; batched runs vary with timing: one per spec
+    # strict and off runs of one workload make the same calls each time (no background thread decides when):
+    # power cuts of one (workload, mode, model) share a run, up to GROUP x --cuts-per-run images; batched
+    # runs vary with the flusher's timing: one run per spec
     shared: dict[tuple[int, str, str], dict[str, Any]] = {}
     points = draws = 0
     while points < args.points:  # a power-cut run gives up to --cuts-per-run crash points, the others one
