@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             points += 1
         specs_all.append(spec)
-    specs = [specs_all[args.only]] if args.only is not None else specs_all
+    # the longest first (a shared power-cut run takes up to GROUP x --cuts-per-run images): workers end together
+    specs = [specs_all[args.only]] if args.only is not None else \
+        sorted(specs_all, key=lambda sp: -len(sp.get("cuts") or [None]))
     results = list(simcore.run_trials(trial, specs, workers=max(1, args.workers), timeout_s=args.timeout_s,
                                       budget_s=args.budget_s))
     seconds = time.monotonic() - t0
