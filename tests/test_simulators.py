@@ -261,3 +261,38 @@ def test_a_power_cut_inside_a_workflows_start_or_finish_recovers_and_resumes_it(
     assert [r["outcome"] for r in results] == ["recovered"] * len(results), [r["detail"] for r in results]
     assert any(r["inside_step"] for r in results)
     assert sum(r["workflows_resumed"] for r in results) > 0
+
+
+@pytest.mark.parametrize("failing", [1, 2], ids=["result-commit", "run-end"])
+def test_a_workflow_finish_that_fails_is_not_acknowledged_nor_left_gated(tmp_path, monkeypatch, failing):
+    """Found by crashsim (seed 337: enospc strict, eio batched). The end of a workflow's run failing in its
+    thread, after its result committed, left the step acknowledged (the engine logs that failure, result()
+    returns, reads show the run ended); and a finish that raised before its gate was dropped left the gate
+    registered, so recover() of the same workflow in the same process parked forever. Now the step raises
+    (the database is poisoned), the gate is dropped before the finish, and recovery drops any left over."""
+    from inmem.errors import InmemError
+    from tools import simflows, simworkload
+    from tools.faultfs import FaultFS, abandon
+
+    monkeypatch.setattr(simflows, "IN_FLIGHT", 1)  # one workflow: every call moves it on
+    monkeypatch.setattr(simflows, "GATE_TIMEOUT_S", 10.0)
+    root, cut = str(tmp_path / "db"), str(tmp_path / "cut")
+    fs = FaultFS(root, real_sync=False)
+    db = Database.open(root, fs=fs, durability="strict", sweep_interval_s=None)
+    w = simworkload.Workload(db, 1)
+    try:
+        simflows.op_workflow(w)  # start
+        flow = w.flows[0]
+        while flow.done < flow.k:
+            simflows.op_workflow(w)
+        fs.fail("write", failing)  # the finish: its result and status commit, then the end of its run
+        with pytest.raises(InmemError):
+            simflows.op_workflow(w)
+    finally:
+        simworkload.stop(w)
+        fs.power_cut(cut)
+        abandon(db)  # poisoned: its close raises
+    with Database.open(cut, durability="strict") as db:
+        problems, resumed, checked = simflows.recover_and_check(db)
+        assert problems == [] and checked == 1
+        assert db.runs.get(db.workflows.get(flow.id).run).status == "completed"

@@ -384,6 +384,13 @@ def trial(spec: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
     return res
 
 
+def _draw(rng: random.Random, n: int) -> int:
+    """A number in 1..n from one draw of ``rng``, whatever ``n``: the batched call counts vary with timing, and
+    ``randint``/``sample`` would then consume ``rng`` differently, giving every later trial another spec
+    (``--only`` could not reproduce it)."""
+    return 1 + min(n - 1, int(rng.random() * n))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.crashsim", description=__doc__.splitlines()[0],
                                  epilog="Crash kinds: " + ", ".join(KINDS))
@@ -420,14 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         wseed = rng.choice(wseeds)
         kind = rng.choices(kinds, [KINDS[k] / (args.cuts_per_run if k in MULTI else 1) for k in kinds])[0]
         n = calls[(wseed, mode)]
-        crash_at = rng.randint(1, n + 2)
+        crash_at = _draw(rng, n + 2)
         spec = {"id": len(specs_all), "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps,
                 "crash_at": crash_at, "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4,
                 "keep": args.only is not None, "counts": counts[(wseed, mode)]}
         if kind in MULTI:
             k = max(1, min(args.cuts_per_run, args.points - points, n))
             span = n if mode != "batched" else n + n // 2  # batched: the call count varies with timing
-            cuts = set(rng.sample(range(1, span + 1), k))
+            cuts = {_draw(rng, span) for _ in range(k)}  # (a repeated draw: one point fewer)
             into = shared.get((wseed, mode, kind))
             if into is not None and len(into["cuts"]) + k <= GROUP * args.cuts_per_run and \
                     len(cuts | set(into["cuts"])) > len(into["cuts"]):
@@ -437,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             spec["cuts"] = sorted(cuts)
             spec["crash_at"] = None
-            points += k
+            points += len(cuts)
             if mode != "batched":
                 shared[(wseed, mode, kind)] = spec
         else:

@@ -41,7 +41,7 @@ use_checkout()
 
 import inmem.workflows as wf  # noqa: E402
 from inmem import Database  # noqa: E402
-from inmem.errors import WorkflowCancelled, WorkflowError  # noqa: E402
+from inmem.errors import DatabasePoisoned, WorkflowCancelled, WorkflowError  # noqa: E402
 from inmem.workflows.records import CONTEXT_DOC, ID_TAG, STEP_PREFIX  # noqa: E402
 
 if TYPE_CHECKING:
@@ -120,9 +120,7 @@ class Gate:
             self._cond.notify_all()
 
 
-def _turn() -> None:
-    with _GATES_LOCK:
-        gate = _GATES.get(wf.context().id)
+def _turn(gate: Gate | None) -> None:
     if gate is not None:
         gate.turn()
 
@@ -143,18 +141,17 @@ def _effect(i: int) -> int:
 
 @wf.workflow(WORKFLOW, max_recovery_attempts=5)
 def _workflow(k: int) -> int:
-    gate = None
-    with _GATES_LOCK:
+    with _GATES_LOCK:  # driven by a workload in this process (its gate, kept to the end), or free
         gate = _GATES.get(wf.context().id)
     try:
         total = 0
         for i in range(1, k + 1):
-            _turn()
+            _turn(gate)
             if _is_append(i):
                 wf.context().append("log", i)  # outside a step: one recorded step of its own, one commit
             else:
                 total += _effect(i)
-        _turn()
+        _turn(gate)
     except BaseException as exc:
         if gate is not None:
             gate.ended(exc)
@@ -184,6 +181,7 @@ def op_workflow(w: Workload) -> None:
 
     Sets ``w.multi`` to ``(run id, the run's last version before)`` for a two-commit step (see
     :func:`intermediate_states`). :raises WorkflowError: the workflow failed or did not finish.
+    :raises DatabasePoisoned: a commit of the step failed in the workflow's thread.
     """
     flows: list[_Flow] = w.flows
     db = w.db
@@ -195,22 +193,31 @@ def op_workflow(w: Workload) -> None:
         flow.handle = db.workflows.start(_workflow, flow.k, workflow_id=flow.id)
         w.multi = (flow.handle.run, 0)
         flow.gate.wait_parked()  # at its first turn: nothing more committed
-        return
+        return _healthy(db, flow)
     flow = w.rng.choice(flows)
     if flow.done < flow.k:
         flow.done += 1
         flow.gate.advance()
-        return
+        return _healthy(db, flow)
     before = db.runs.get(flow.handle.run).last_version
     flows.remove(flow)
+    with _GATES_LOCK:  # (its body holds its gate) a later recover() of this id in this process runs free
+        _GATES.pop(flow.id, None)
     flow.gate.advance()  # through its last turn: the body returns
     result = flow.handle.result(timeout=GATE_TIMEOUT_S)
-    with _GATES_LOCK:
-        _GATES.pop(flow.id, None)
+    _healthy(db, flow)
     if result != expected_result(flow.k) or db.runs.get(flow.handle.run).status != "completed":
         raise WorkflowError(f"workflow {flow.id} returned {result!r} and its run is "
                             f"{db.runs.get(flow.handle.run).status}", workflow_id=flow.id)
     w.multi = (flow.handle.run, before)
+
+
+def _healthy(db: Database, flow: _Flow) -> None:
+    """:raises DatabasePoisoned: a commit failed, maybe in the workflow's thread, where the engine logs it
+    (the end of its run, after its result: ``result()`` returns, and reads show the failed commit) — so
+    this step is not acknowledged."""
+    if db.stats()["poisoned"]:
+        raise DatabasePoisoned(f"a commit of workflow {flow.id}'s step failed: the database is poisoned")
 
 
 def stop_workflows(w: Workload) -> None:
@@ -301,6 +308,11 @@ def recover_and_check(db: Database) -> tuple[list[str], int, int]:
         workflows recover() resumed, how many were checked.
     :raises TimeoutError: a resumed workflow still runs after :data:`GATE_TIMEOUT_S`.
     """
+    with _GATES_LOCK:  # no workload drives anything now: a gate left over must not hold a resumed workflow
+        left = list(_GATES.values())
+        _GATES.clear()
+    for gate in left:
+        gate.abort()
     handles = db.workflows.recover()
     for handle in handles:
         try:
