@@ -1,12 +1,14 @@
 """python -m tools.crashsim: crash a workload over every primitive at chosen points, reopen, prove nothing is lost.
 
-This module owns the crash trials and their checks. A workload
-(:mod:`tools.simworkload`: KV, events, state CAS, traces, vectors, documents,
-the memory graph (nodes, edges, cascading deletes; compared edge by edge),
+This module owns the crash trials (the checks after each are
+:mod:`tools.simcheck`'s). A workload (:mod:`tools.simworkload`: KV, events,
+state CAS, traces, vectors, documents, the memory graph (nodes, edges,
+cascading deletes; compared edge by edge), LangGraph store items, durable
+workflows driven one commit at a time (:mod:`tools.simflows`),
 multi-primitive transactions, runs begun, ended and forked, snapshots,
 compactions and syncs; 4 KiB segments, so it rotates) runs in a forked worker
-(forked from this process, which has imported inmem: no fresh interpreter)
-and is stopped by one of:
+(forked from this process, which has imported inmem and run the workload
+once: no fresh interpreter, no import per child) and is stopped by one of:
 
 ``powercut-posix`` / ``powercut-ext4``
     a :class:`tools.faultfs.FaultFS` crash point at the n-th file-system call
@@ -36,11 +38,14 @@ a clean database): ``j`` at least the last step durable by the mode's promise
 (``strict``: every acknowledged step; ``batched``/``off``: the last
 acknowledged ``sync``, snapshot or compaction — and, after SIGKILL, every
 acknowledged step in ``off``) and at most one step past the last
-acknowledged; every run's event chain verifies; ``replay_run(r) ==
-run_state(r)`` for every run; ``inmem verify`` finds nothing. A trial ends
+acknowledged (or between the two commits of a workflow's start or finish);
+every run's event chain verifies; ``replay_run(r) == run_state(r)`` for every
+run; ``inmem verify`` finds nothing (on the recovering handle); then
+``db.workflows.recover()`` completes every workflow with each inmem effect
+exactly once. A trial ends
 as *recovered exactly* (all checks pass), *lost* (the state is an earlier
 prefix than promised), *silently wrong* (no prefix, a broken chain, a replay
-that differs), *detected loudly* (the open or a check raised, or verify
+that differs, a workflow effect missing or twice), *detected loudly* (the open or a check raised, or verify
 complained: after a mere crash that is a failure too), *hang* or
 *unexpected error*. Exit status 1 on any of those but the first.
 """
