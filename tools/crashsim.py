@@ -165,41 +165,18 @@ def probe_calls(seed: int, steps: int, mode: str, work: str) -> dict[str, int]:
     return counts
 
 
-def _prepare_one(spec: dict[str, Any]) -> dict[str, Any]:
-    if spec["mode"] is None:
-        return {"outcome": "recovered", "ref": reference(spec["wseed"], spec["steps"], spec["work"])}
-    return {"outcome": "recovered", "counts": probe_calls(spec["wseed"], spec["steps"], spec["mode"], spec["work"])}
-
-
-def prepare(wseeds: list[int], modes: list[str], steps: int, work: str, *, workers: int,
-            timeout_s: float) -> tuple[dict[int, list[list[str]]], dict[tuple[int, str], dict[str, int]]]:
-    """The reference digests of every workload (:func:`reference`) and its call counts in every mode
-    (:func:`probe_calls`), computed in ``workers`` forked children at once (the same values as in-process,
-    where they are computed for one worker: each is a deterministic run on a fresh directory; only batched
-    call counts vary with timing).
-
-    :raises RuntimeError: a child failed or went silent (the message carries its error).
-    """
-    jobs = [{"id": i, "wseed": s, "mode": m, "steps": steps, "work": work, "kind": "prepare"}
-            for i, (s, m) in enumerate([(s, None) for s in wseeds] + [(s, m) for s in wseeds for m in modes])]
+def prepare(wseeds: list[int], modes: list[str], steps: int,
+            work: str) -> tuple[dict[int, list[list[str]]], dict[tuple[int, str], dict[str, int]]]:
+    """Before the trial workers fork: one warm-up run of the workload and a check (so that every child shares
+    what they import, instead of each importing it again), the reference digests of every workload
+    (:func:`reference`) and its call counts in every mode (:func:`probe_calls`). In this process: forking
+    children for these cost more than it saved (measured)."""
     warm = tempfile.mkdtemp(dir=work, prefix="warm-")
-    simworkload.warm_up(os.path.join(warm, "db"))  # before the first fork: every child shares the imports
-    check(os.path.join(warm, "db"), [[]], [], "off", killed=False)  # (and the checks' own)
+    simworkload.warm_up(os.path.join(warm, "db"))
+    check(os.path.join(warm, "db"), [[]], [], "off", killed=False)
     shutil.rmtree(warm, ignore_errors=True)
-    refs: dict[int, list[list[str]]] = {}
-    counts: dict[tuple[int, str], dict[str, int]] = {}
-    by_id = {j["id"]: j for j in jobs}
-    done = ([{**_prepare_one(j), "id": j["id"]} for j in jobs] if workers == 1  # forking would cost more
-            else simcore.run_trials(_prepare_one, jobs, workers=workers, timeout_s=timeout_s))
-    for res in done:
-        job = by_id[res["spec"] if "spec" in res else res["id"]]
-        if res["outcome"] != "recovered":
-            raise RuntimeError(f"preparing workload {job['wseed']} ({job['mode'] or 'reference'}) failed: "
-                               f"{res.get('detail')}\n{res.get('trace', '')}")
-        if job["mode"] is None:
-            refs[job["wseed"]] = res["ref"]
-        else:
-            counts[(job["wseed"], job["mode"])] = res["counts"]
+    refs = {s: reference(s, steps, work) for s in wseeds}
+    counts = {(s, m): probe_calls(s, steps, m, work) for s in wseeds for m in modes}
     return refs, counts
 
 
@@ -418,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rng = random.Random(f"crashsim:{args.seed}")
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
-    refs, counts = prepare(wseeds, modes, args.steps, work, workers=max(1, args.workers), timeout_s=args.timeout_s)
+    refs, counts = prepare(wseeds, modes, args.steps, work)
     calls = {k: c["all"] for k, c in counts.items()}
     specs_all: list[dict[str, Any]] = []
     # strict and off runs of one workload make the same calls each time (no background thread decides when):
