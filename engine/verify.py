@@ -9,18 +9,24 @@ at the first problem. Invariant: it writes nothing; it holds the shared
 
 A torn tail at the end of the last segment is reported but is not damage:
 recovery cuts it on the next read-write open (SPEC.md §7).
+
+:func:`verify_directory` opens the directory itself (read-only, under the
+shared lock); :func:`verify_database` runs the same checks on a handle the
+caller already has open (the files through the file system it was opened
+with), without a second open: what the crash simulator runs after every
+recovery.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .database import Database
-from .errors import ChainBroken, CorruptionError, InmemError, NotADatabase
-from .fs import OSFileSystem
+from .errors import ChainBroken, CorruptionError, DatabaseClosed, InmemError, NotADatabase
+from .fs import FileSystem, OSFileSystem
 from .identity import IDENTITY_FILE, read_identity
 from .replay import RunState
 from .snapshot import SnapshotError, parse_snapshot_name, verify_snapshot
@@ -33,7 +39,7 @@ from .wal.format import (
 )
 from .wal.reader import SegmentScan
 
-__all__ = ["verify_directory"]
+__all__ = ["verify_database", "verify_directory"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -61,16 +67,60 @@ def verify_directory(path: str, *, progress: Progress | None = None) -> dict[str
         raise NotADatabase(f"{path} is not an inmem database (no IDENTITY file)")
     lock = fs.lock(path, shared=True)
     try:
-        return _verify(fs, path, progress)
+        report = _new_report()
+        _verify_files(fs, path, report, progress)
+        # 3. every run's event hash chain and vector records, through a read-only open (recovers in memory only)
+        try:
+            db = Database.open(path, read_only=True, snapshot_every_bytes=None)
+        except InmemError as exc:
+            report["problems"].append(f"the database does not open: {exc}")
+        else:
+            try:
+                _verify_runs(db, report, progress, {})
+            finally:
+                db.close()
+        report["ok"] = not report["problems"]
+        return report
     finally:
         lock.release()
 
 
-def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str, Any]:
-    problems: list[str] = []
-    report: dict[str, Any] = {"ok": True, "segments": [], "torn_tail": None, "snapshots": [], "runs": 0,
-                              "events": 0, "chains_broken": [], "collections": 0, "vectors": 0, "vectors_bad": [],
-                              "docs": 0, "graph_nodes": 0, "graph_edges": 0, "problems": problems}
+def verify_database(db: Database, *, fs: FileSystem | None = None, progress: Progress | None = None,
+                    states: Mapping[str, RunState] | None = None) -> dict[str, Any]:
+    """:func:`verify_directory`'s checks on an open handle: every WAL frame and snapshot of ``db.path``
+    (read through ``fs``), and every run's event chain, vector records and graph through ``db`` itself.
+
+    For a caller that holds the handle anyway (the crash simulator after a
+    recovery): no second open, no lock of its own (the handle's lock keeps
+    other writers out). Files are read as they are now, so call it when no
+    write of this handle is in flight (a torn tail a read-write open already
+    cut is not there any more).
+
+    :param fs: the file system ``db`` was opened with (default: the real disk).
+    :param progress: as for :func:`verify_directory`.
+    :param states: ``db.run_state(run)`` by run id, for runs the caller has already built (their records
+        are checked from these instead of being read and decoded again).
+    :returns: the report of :func:`verify_directory`, same shape.
+    :raises DatabaseClosed: ``db`` is closed.
+    """
+    if db.closed:
+        raise DatabaseClosed("verify_database needs an open handle")
+    report = _new_report()
+    _verify_files(fs if fs is not None else OSFileSystem(), db.path, report, progress)
+    _verify_runs(db, report, progress, states or {})
+    report["ok"] = not report["problems"]
+    return report
+
+
+def _new_report() -> dict[str, Any]:
+    return {"ok": True, "segments": [], "torn_tail": None, "snapshots": [], "runs": 0, "events": 0,
+            "chains_broken": [], "collections": 0, "vectors": 0, "vectors_bad": [], "docs": 0, "graph_nodes": 0,
+            "graph_edges": 0, "problems": []}
+
+
+def _verify_files(fs: FileSystem, path: str, report: dict[str, Any], progress: Progress | None) -> None:
+    """Checks 1 (every WAL frame) and 2 (every snapshot) into ``report``."""
+    problems: list[str] = report["problems"]
     try:
         db_id: bytes | None = read_identity(fs, path).db_id
     except CorruptionError as exc:
@@ -78,8 +128,9 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
         db_id = None
 
     # 1. the WAL, every frame
-    names = sorted((seq, n) for n in os.listdir(path) if (seq := parse_segment_name(n)) is not None)
-    total = sum(os.path.getsize(os.path.join(path, n)) for _, n in names)
+    listing = fs.listdir(path)
+    names = sorted((seq, n) for n in listing if (seq := parse_segment_name(n)) is not None)
+    total = sum(fs.file_size(os.path.join(path, n)) for _, n in names)
     done = 0
     version = 0
     next_lsn: int | None = None
@@ -120,7 +171,7 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
             progress("wal", done, total)
 
     # 2. snapshots, every checksum
-    snaps = sorted(n for n in os.listdir(path) if parse_snapshot_name(n) is not None)
+    snaps = sorted(n for n in listing if parse_snapshot_name(n) is not None)
     for k, name in enumerate(snaps, start=1):
         entry = {"file": name, "ok": True, "error": None}
         try:
@@ -134,35 +185,30 @@ def _verify(fs: OSFileSystem, path: str, progress: Progress | None) -> dict[str,
         if progress is not None:
             progress("snapshots", k, len(snaps))
 
-    # 3. every run's event hash chain and vector records, through a read-only open (recovers in memory only)
-    try:
-        db = Database.open(path, read_only=True, snapshot_every_bytes=None)
-    except InmemError as exc:
-        problems.append(f"the database does not open: {exc}")
-    else:
+
+
+def _verify_runs(db: Database, report: dict[str, Any], progress: Progress | None,
+                 states: Mapping[str, RunState]) -> None:
+    """Check 3: every run's event hash chain, vector records and graph, through ``db``, into ``report``."""
+    problems: list[str] = report["problems"]
+    runs = db.runs.ids()  # ids only: no per-run scan
+    report["runs"] = len(runs)
+    for k, run in enumerate(runs, start=1):
         try:
-            runs = db.runs.ids()  # ids only: no per-run scan
-            report["runs"] = len(runs)
-            for k, run in enumerate(runs, start=1):
-                try:
-                    report["events"] += db.events.verify(run)
-                except ChainBroken as exc:
-                    report["chains_broken"].append({"run": exc.run, "seq": exc.seq})
-                    problems.append(f"run {exc.run}: event hash chain broken at seq {exc.seq}")
-                _check_vectors(db, run, report)
-                graph = db.graph.check(run)  # adjacency symmetric, both ends of each edge are nodes
-                report["graph_nodes"] += graph["nodes"]
-                report["graph_edges"] += graph["edges"]
-                problems.extend(f"run {run}: {p}" for p in graph["problems"])
-                if progress is not None:
-                    progress("chains", k, len(runs))
-        finally:
-            db.close()
-    report["ok"] = not problems
-    return report
+            report["events"] += db.events.verify(run)
+        except ChainBroken as exc:
+            report["chains_broken"].append({"run": exc.run, "seq": exc.seq})
+            problems.append(f"run {exc.run}: event hash chain broken at seq {exc.seq}")
+        _check_vectors(db, run, report, states.get(run))
+        graph = db.graph.check(run)  # adjacency symmetric, both ends of each edge are nodes
+        report["graph_nodes"] += graph["nodes"]
+        report["graph_edges"] += graph["edges"]
+        problems.extend(f"run {run}: {p}" for p in graph["problems"])
+        if progress is not None:
+            progress("chains", k, len(runs))
 
 
-def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
+def _check_vectors(db: Database, run: str, report: dict[str, Any], state: RunState | None) -> None:
     """Check every vector record of ``run`` (decodes, ``4 x dim`` bytes, finite, its collection exists) and,
     through :meth:`run_state`, that every record of every primitive decodes (documents: JSON-like)."""
     bad: list[dict[str, Any]] = report["vectors_bad"]
@@ -173,7 +219,8 @@ def _check_vectors(db: Database, run: str, report: dict[str, Any]) -> None:
         report["problems"].append(f"run {run}:{where}: {what}")
 
     try:
-        state: RunState = db.run_state(run)
+        if state is None:
+            state = db.run_state(run)
     except CorruptionError as exc:  # a vector key or record that does not decode (or another primitive's)
         problem(None, None, f"its records do not decode: {exc}")
         return

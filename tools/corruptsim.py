@@ -74,12 +74,16 @@ def build(dirpath: str, seed: int, steps: int = 220) -> dict[str, Any]:
     names = simworkload.plan(seed, steps)
     snap_at = {steps // 2, (3 * steps) // 4}
     digests: dict[int, str] = {0: simworkload.digest(db)}
-    for i, name in enumerate(names):
-        simworkload.step(w, "sync" if name == "compact" else name)  # keep every segment: history for replays
-        if i in snap_at:
-            db.snapshot()
-        digests[db.stats()["commit_version"]] = simworkload.digest(db)
-    db.close()
+    try:
+        for i, name in enumerate(names):
+            simworkload.step(w, "sync" if name == "compact" else name)  # keep every segment: history for replays
+            digests.update(simworkload.intermediate_digests(w))  # inside a workflow's start or finish
+            if i in snap_at:
+                db.snapshot()
+            digests[db.stats()["commit_version"]] = simworkload.digest(db)
+        db.close()
+    finally:
+        simworkload.stop(w)
     frames = []  # (segment name, start, end, version)
     for name in sorted(n for n in os.listdir(dirpath) if parse_segment_name(n) is not None):
         buf = open(os.path.join(dirpath, name), "rb").read()
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=1000, help="number of corruption cases (default 1000)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the base database and of the cases")
     ap.add_argument("--base", default=None, help="reuse a base directory kept by an earlier run")
-    ap.add_argument("--workdir", default=None, help="where to build (default: a new temporary directory)")
+    ap.add_argument("--workdir", default=None,
+                    help="where to build (default: a new temporary directory, under /dev/shm if there is one)")
     simcore.add_common_options(ap, unit="case", kind="fault", timeout_s=30.0)
     args = ap.parse_args(argv)
     kinds, work = simcore.setup_run(ap, args, KINDS, kind="fault", tool="corruptsim")

@@ -1,12 +1,14 @@
 """python -m tools.crashsim: crash a workload over every primitive at chosen points, reopen, prove nothing is lost.
 
-This module owns the crash trials and their checks. A workload
-(:mod:`tools.simworkload`: KV, events, state CAS, traces, vectors, documents,
-the memory graph (nodes, edges, cascading deletes; compared edge by edge),
+This module owns the crash trials (the checks after each are
+:mod:`tools.simcheck`'s). A workload (:mod:`tools.simworkload`: KV, events,
+state CAS, traces, vectors, documents, the memory graph (nodes, edges,
+cascading deletes; compared edge by edge), LangGraph store items, durable
+workflows driven one commit at a time (:mod:`tools.simflows`),
 multi-primitive transactions, runs begun, ended and forked, snapshots,
 compactions and syncs; 4 KiB segments, so it rotates) runs in a forked worker
-(forked from this process, which has imported inmem: no fresh interpreter)
-and is stopped by one of:
+(forked from this process, which has imported inmem and run the workload
+once: no fresh interpreter, no import per child) and is stopped by one of:
 
 ``powercut-posix`` / ``powercut-ext4``
     a :class:`tools.faultfs.FaultFS` crash point at the n-th file-system call
@@ -36,11 +38,14 @@ a clean database): ``j`` at least the last step durable by the mode's promise
 (``strict``: every acknowledged step; ``batched``/``off``: the last
 acknowledged ``sync``, snapshot or compaction — and, after SIGKILL, every
 acknowledged step in ``off``) and at most one step past the last
-acknowledged; every run's event chain verifies; ``replay_run(r) ==
-run_state(r)`` for every run; ``inmem verify`` finds nothing. A trial ends
+acknowledged (or between the two commits of a workflow's start or finish);
+every run's event chain verifies; ``replay_run(r) == run_state(r)`` for every
+run; ``inmem verify`` finds nothing (on the recovering handle); then
+``db.workflows.recover()`` completes every workflow with each inmem effect
+exactly once. A trial ends
 as *recovered exactly* (all checks pass), *lost* (the state is an earlier
 prefix than promised), *silently wrong* (no prefix, a broken chain, a replay
-that differs), *detected loudly* (the open or a check raised, or verify
+that differs, a workflow effect missing or twice), *detected loudly* (the open or a check raised, or verify
 complained: after a mere crash that is a failure too), *hang* or
 *unexpected error*. Exit status 1 on any of those but the first.
 """
@@ -65,23 +70,24 @@ use_checkout()
 
 from inmem import Database  # noqa: E402
 from inmem.errors import InmemError  # noqa: E402
-from inmem.verify import verify_directory  # noqa: E402
 
 from . import simcore, simworkload  # noqa: E402
+from .simcheck import DURABLE_STEPS, check  # noqa: E402
 from .faultfs import CrashPoint, FaultFS, abandon  # noqa: E402
 
 #: crash kind -> share of the crash points
 KINDS = {"powercut-posix": 30, "powercut-ext4": 30, "powercut-recovery": 10, "sigkill-call": 10, "sigkill-timer": 8,
          "eio": 8, "enospc": 4}
 MULTI = ("powercut-posix", "powercut-ext4")
-#: Steps after which the mode's promise makes everything before durable (besides every step under strict).
-DURABLE_STEPS = ("sync", "snapshot", "compact")
+#: A strict or off power-cut run takes up to this many times --cuts-per-run images (see main).
+GROUP = 4
 SEGMENT_BYTES = 4096
 
 
 def _open(path: str, mode: str, fs: Any = None) -> Database:
+    # no background sweeper: TTLs in the workload never expire, and op_ttl sweeps in the foreground
     return Database.open(path, fs=fs, durability=mode, segment_bytes=SEGMENT_BYTES, snapshot_every_bytes=None,
-                         flush_interval_ms=2)
+                         flush_interval_ms=2, sweep_interval_s=None)
 
 
 def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ack: Any = None,
@@ -91,7 +97,7 @@ def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ac
     SIGKILL child writes them to a pipe)."""
     acked = [] if acked is None else acked
     alive = fs.check_alive if isinstance(fs, FaultFS) else (lambda: None)
-    db = None
+    db = w = None
     try:
         db = _open(path, mode, fs)
         alive()
@@ -114,19 +120,28 @@ def run_workload(path: str, mode: str, seed: int, steps: int, fs: Any = None, ac
         if not (isinstance(fs, FaultFS) and fs.halted):
             raise
         abandon(db)  # another thread (the batched flusher) hit the crash point; this one then saw the dead disk
+    finally:
+        if w is not None:
+            simworkload.stop(w)
     return acked
 
 
-def reference(seed: int, steps: int, work: str) -> list[str]:
-    """The digest before any step and after each step of workload ``seed`` (a clean database)."""
+def reference(seed: int, steps: int, work: str) -> list[list[str]]:
+    """The digests of workload ``seed`` on a clean database: item 0 ``[before any step]``, item ``j`` the
+    states step ``j`` can leave, its last the state after it (the others: inside a two-commit step, see
+    :func:`tools.simworkload.intermediate_digests`)."""
     path = tempfile.mkdtemp(dir=work, prefix="ref-")
     db = _open(os.path.join(path, "db"), "off")
     w = simworkload.Workload(db, seed)
-    out = [simworkload.digest(db)]
-    for name in simworkload.plan(seed, steps):
-        simworkload.step(w, name)
-        out.append(simworkload.digest(db))
-    db.close()
+    out = [[simworkload.digest(db)]]
+    try:
+        for name in simworkload.plan(seed, steps):
+            simworkload.step(w, name)
+            out.append([d for _, d in simworkload.intermediate_digests(w)] + [simworkload.digest(db)])
+        db.close()
+    finally:
+        simworkload.stop(w)
+        abandon(db)
     shutil.rmtree(path, ignore_errors=True)
     return out
 
@@ -148,6 +163,21 @@ def probe_calls(seed: int, steps: int, mode: str, work: str) -> dict[str, int]:
         kind = e.split()[1]
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def prepare(wseeds: list[int], modes: list[str], steps: int,
+            work: str) -> tuple[dict[int, list[list[str]]], dict[tuple[int, str], dict[str, int]]]:
+    """Before the trial workers fork: one warm-up run of the workload and a check (so that every child shares
+    what they import, instead of each importing it again), the reference digests of every workload
+    (:func:`reference`) and its call counts in every mode (:func:`probe_calls`). In this process: forking
+    children for these cost more than it saved (measured)."""
+    warm = tempfile.mkdtemp(dir=work, prefix="warm-")
+    simworkload.warm_up(os.path.join(warm, "db"))
+    check(os.path.join(warm, "db"), [[]], [], "off", killed=False)
+    shutil.rmtree(warm, ignore_errors=True)
+    refs = {s: reference(s, steps, work) for s in wseeds}
+    counts = {(s, m): probe_calls(s, steps, m, work) for s in wseeds for m in modes}
+    return refs, counts
 
 
 #: the calls an ``eio`` trial fails, and the errno of an ``enospc`` trial
@@ -183,6 +213,8 @@ def _faulted(spec: dict[str, Any], d: str) -> dict[str, Any]:
         acked.append(-spec["steps"])
     except (InmemError, OSError) as exc:
         failure = exc
+    if w is not None:
+        simworkload.stop(w)
     res: dict[str, Any] = {"fault": fault, "failed_with": None if failure is None else type(failure).__name__}
     if failure is not None and db is not None and w is not None and w.runs and not db.closed:
         try:
@@ -198,54 +230,6 @@ def _faulted(spec: dict[str, Any], d: str) -> dict[str, Any]:
                  rng=rng)
     out = check(cut, spec["ref"], acked, spec["mode"], killed=False)  # space is back: no budget on reopen
     return {**res, **out, "detail": f"{fault}: {out.get('detail', '')}"}
-
-
-def _floor(acked: list[int], mode: str, killed: bool) -> int:
-    """Steps the mode promises durable given the acknowledgements."""
-    if not acked:
-        return 0
-    if mode == "strict" or (killed and mode == "off"):
-        return max(abs(a) for a in acked)
-    points = [-a for a in acked if a < 0]
-    return max(points) if points else 0
-
-
-def check(path: str, ref: list[str], acked: list[int], mode: str, killed: bool) -> dict[str, Any]:
-    """Reopen ``path`` and check it (see the module docstring)."""
-    floor = _floor(acked, mode, killed)
-    top = min(len(ref) - 1, (max(abs(a) for a in acked) if acked else 0) + 1)
-    if not os.path.exists(path):
-        if floor > 0:
-            return {"outcome": "lost", "detail": f"the directory is gone, {floor} steps were durable"}
-        return {"outcome": "recovered", "detail": "nothing was durable, nothing there"}
-    try:
-        # the real file system's calls, minus its fsyncs (they cost the disk's latency and prove nothing here)
-        db = Database.open(path, durability="strict", fs=FaultFS(path, real_sync=False))
-    except InmemError as exc:
-        return {"outcome": "detected", "detail": f"reopen after a crash raised {type(exc).__name__}: {exc}"}
-    try:
-        got = simworkload.digest(db)
-        matches = [j for j in range(len(ref)) if ref[j] == got]
-        if not matches:
-            return {"outcome": "wrong", "detail": "the state is no prefix of the workload (a hole or a partial "
-                    f"transaction); durable floor {floor}, last acknowledged {top - 1}"}
-        if not any(floor <= j <= top for j in matches):
-            best = max(matches)
-            kind = "lost" if best < floor else "wrong"
-            return {"outcome": kind, "detail": f"state after step {best}, but steps {floor}..{top} promised"}
-        for info in db.runs.list():
-            db.events.verify(info.id)
-            if db.replay_run(info.id) != db.run_state(info.id):
-                return {"outcome": "wrong", "detail": f"replay_run({info.name}) differs from run_state"}
-    except InmemError as exc:
-        return {"outcome": "detected", "detail": f"{type(exc).__name__}: {exc}"}
-    finally:
-        db.close()
-    rep = verify_directory(path)
-    if not rep["ok"]:
-        return {"outcome": "detected", "detail": f"inmem verify: {rep['problems'][:3]}"}
-    return {"outcome": "recovered", "detail": f"state of step {max(j for j in matches if floor <= j <= top)}, "
-            f"floor {floor}"}
 
 
 def _powercuts(spec: dict[str, Any], d: str) -> list[dict[str, Any]]:
@@ -382,6 +366,13 @@ def trial(spec: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
     return res
 
 
+def _draw(rng: random.Random, n: int) -> int:
+    """A number in 1..n from one draw of ``rng``, whatever ``n``: the batched call counts vary with timing, and
+    ``randint``/``sample`` would then consume ``rng`` differently, giving every later trial another spec
+    (``--only`` could not reproduce it)."""
+    return 1 + min(n - 1, int(rng.random() * n))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.crashsim", description=__doc__.splitlines()[0],
                                  epilog="Crash kinds: " + ", ".join(KINDS))
@@ -392,9 +383,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="durability mode (default: all three in turn)")
     ap.add_argument("--steps", type=int, default=60, help="workload steps per trial (default 60)")
     ap.add_argument("--cuts-per-run", type=int, default=12,
-                    help="power-cut images taken from one workload run (default 12)")
+                    help="power-cut images taken from one workload run (default 12; a strict or off run, "
+                    "which makes the same calls every time, gathers up to 4 times as many)")
     ap.add_argument("--workloads", type=int, default=4, help="distinct workloads (seeds) per mode (default 4)")
-    ap.add_argument("--workdir", default=None, help="where trials run (default: a new temporary directory)")
+    ap.add_argument("--workdir", default=None,
+                    help="where trials run (default: a new temporary directory, under /dev/shm if there is one)")
     simcore.add_common_options(ap, unit="trial", kind="crash", timeout_s=60.0)
     args = ap.parse_args(argv)
     kinds, work = simcore.setup_run(ap, args, KINDS, kind="crash", tool="crashsim")
@@ -402,31 +395,46 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rng = random.Random(f"crashsim:{args.seed}")
     wseeds = [args.seed * 1000 + i for i in range(args.workloads)]
-    refs = {s: reference(s, args.steps, work) for s in wseeds}
-    counts = {(s, m): probe_calls(s, args.steps, m, work) for s in wseeds for m in modes}
+    refs, counts = prepare(wseeds, modes, args.steps, work)
     calls = {k: c["all"] for k, c in counts.items()}
-    specs_all = []
-    points = 0
+    specs_all: list[dict[str, Any]] = []
+    # strict and off runs of one workload make the same calls each time (no background thread decides when):
+    # power cuts of one (workload, mode, model) share a run, up to GROUP x --cuts-per-run images; batched
+    # runs vary with the flusher's timing: one run per spec
+    shared: dict[tuple[int, str, str], dict[str, Any]] = {}
+    points = draws = 0
     while points < args.points:  # a power-cut run gives up to --cuts-per-run crash points, the others one
-        i = len(specs_all)
-        mode = modes[i % len(modes)]
+        mode = modes[draws % len(modes)]
+        draws += 1
         wseed = rng.choice(wseeds)
         kind = rng.choices(kinds, [KINDS[k] / (args.cuts_per_run if k in MULTI else 1) for k in kinds])[0]
         n = calls[(wseed, mode)]
-        crash_at = rng.randint(1, n + 2)
-        spec = {"id": i, "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps, "crash_at": crash_at,
-                "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4, "keep": args.only is not None,
-                "counts": counts[(wseed, mode)]}
-        if kind in ("powercut-posix", "powercut-ext4"):
+        crash_at = _draw(rng, n + 2)
+        spec = {"id": len(specs_all), "kind": kind, "mode": mode, "wseed": wseed, "steps": args.steps,
+                "crash_at": crash_at, "seed": args.seed, "ref": refs[wseed], "work": work, "timer_s": 0.4,
+                "keep": args.only is not None, "counts": counts[(wseed, mode)]}
+        if kind in MULTI:
             k = max(1, min(args.cuts_per_run, args.points - points, n))
             span = n if mode != "batched" else n + n // 2  # batched: the call count varies with timing
-            spec["cuts"] = sorted(rng.sample(range(1, span + 1), k))
+            cuts = {_draw(rng, span) for _ in range(k)}  # (a repeated draw: one point fewer)
+            into = shared.get((wseed, mode, kind))
+            if into is not None and len(into["cuts"]) + k <= GROUP * args.cuts_per_run and \
+                    len(cuts | set(into["cuts"])) > len(into["cuts"]):
+                before = len(into["cuts"])
+                into["cuts"] = sorted(cuts | set(into["cuts"]))
+                points += len(into["cuts"]) - before
+                continue
+            spec["cuts"] = sorted(cuts)
             spec["crash_at"] = None
-            points += k
+            points += len(cuts)
+            if mode != "batched":
+                shared[(wseed, mode, kind)] = spec
         else:
             points += 1
         specs_all.append(spec)
-    specs = [specs_all[args.only]] if args.only is not None else specs_all
+    # the longest first (a shared power-cut run takes up to GROUP x --cuts-per-run images): workers end together
+    specs = [specs_all[args.only]] if args.only is not None else \
+        sorted(specs_all, key=lambda sp: -len(sp.get("cuts") or [None]))
     results = list(simcore.run_trials(trial, specs, workers=max(1, args.workers), timeout_s=args.timeout_s,
                                       budget_s=args.budget_s))
     seconds = time.monotonic() - t0
@@ -435,10 +443,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trial {r['id']} ({r['kind']}, crash at call {r.get('crash_at')}): {r['outcome']}: "
                   f"{r.get('detail', '')}; directory {r.get('kept')}")
     mode_arg = "" if args.mode == "all" else f" --mode {args.mode}"
+    flows = {"workflows_resumed": sum(r.get("workflows_resumed", 0) for r in results),
+             "workflows_checked": sum(r.get("workflows_checked", 0) for r in results),
+             "trials_inside_a_two_commit_step": sum(1 for r in results if r.get("inside_step"))}
+    print(f"workflows: {flows['workflows_checked']} checked for exactly-once effects after recovery "
+          f"({flows['workflows_resumed']} of them resumed by recover() first); "
+          f"{flows['trials_inside_a_two_commit_step']} trials recovered to the state between a workflow's two "
+          "start or finish commits")
     status = simcore.report(
         "crashsim", results, seed=args.seed, seconds=seconds, skipped=len(specs) - len({r["spec"] for r in results}),
         json_path=args.json,
-        failures=simcore.FAILURES + ("detected",), extra={"steps": args.steps, "workloads": wseeds,
+        failures=simcore.FAILURES + ("detected",), extra={"steps": args.steps, "workloads": wseeds, **flows,
                                                           "fs_calls": {f"{s} {m}": c for (s, m), c in calls.items()}},
         repro=lambda r: (f"python -m tools.crashsim --seed {args.seed}{mode_arg} --steps {args.steps} "
                          f"--workloads {args.workloads} --points {args.points} --cuts-per-run {args.cuts_per_run}"

@@ -5,19 +5,25 @@ and how they compare what a database holds with what was written. A workload
 is a list of *steps* drawn from a seeded ``random.Random``; each step is one
 call of the public API that makes at most one commit (a primitive's write, a
 multi-primitive transaction, a run begun, ended or forked) or none (a
-snapshot, a compaction, a sync). :func:`digest` names each run by its name,
-never its random id, and leaves out wall-clock times and hashes that depend on
-them, so the same steps give the same digests in any database.
+snapshot, a compaction, a sync) — except a durable workflow's start and
+finish, which make two each (:mod:`tools.simflows` drives workflows one step
+of theirs per workload step, and :func:`intermediate_digests` gives the state
+between those two commits). :func:`digest` names each run by its name (a
+workflow's by its workflow id), never its random id, and leaves out
+wall-clock times and hashes that depend on them, so the same steps give the
+same digests in any database.
 
 The graph (:func:`op_graph`) is in :func:`digest` through ``RunState.graph``
-(:func:`graph_of` reads the same through the graph API, for tests). LangGraph store items (:func:`op_store`) are KV records of the store run. Adding a primitive (workflows when it lands) is one
-function ``op_<name>(w: Workload) -> None`` making one commit through ``w.db``
-plus its entry in :data:`OPS` and, if its state is not part of
-``RunState``, a line in :func:`digest`.
+(:func:`graph_of` reads the same through the graph API, for tests). LangGraph
+store items (:func:`op_store`) are KV records of the store run; workflows'
+records, effects and context documents are KV values, events and documents
+of their runs. Adding a primitive is one function ``op_<name>(w: Workload)
+-> None`` making one commit through ``w.db`` plus its entry in :data:`OPS`
+and, if its state is not part of ``RunState``, a line in :func:`digest`.
 
-Invariant: ``run_steps(db, seed, n)`` performs the same calls in the same order
-for the same ``seed`` and ``n`` whatever the database, as long as each call
-returns (the steps read state only through names the workload chose).
+Invariant: the steps of ``plan(seed, n)`` make the same calls in the same order
+(and the same commits, a workflow's in its own thread included) for the same
+``seed`` and ``n`` whatever the database, as long as each call returns (the steps read state only through names the workload chose).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from tests.checkout import use_checkout
 use_checkout()
 
 from inmem import Database  # noqa: E402
+
+from . import simflows  # noqa: E402
 
 __all__ = ["OPS", "MAINTENANCE", "Workload", "digest", "plan"]
 
@@ -48,6 +56,9 @@ class Workload:
         self.states: set[tuple[str, str]] = set()
         self.collections: set[tuple[str, str]] = set()
         self.store: Any = None  # the InmemStore, once its run exists (op_store)
+        self.flows: list[Any] = []  # workflows in flight (tools.simflows)
+        #: the last step made two commits: (the run it wrote, that run's last version before), else None
+        self.multi: tuple[str, int] | None = None
 
     def run(self) -> tuple[str, str]:
         """An active run (name, id), beginning one if there is none."""
@@ -258,6 +269,7 @@ OPS: dict[str, tuple[Callable[[Workload], None], int]] = {
     "begin": (op_begin, 1), "end": (op_end, 1), "fork": (op_fork, 1), "kv": (op_kv, 6), "events": (op_events, 4),
     "state": (op_state, 3), "traces": (op_traces, 2), "vectors": (op_vectors, 3), "txn": (op_txn, 3),
     "docs": (op_docs, 3), "graph": (op_graph, 4), "ttl": (op_ttl, 2), "store": (op_store, 2),
+    "workflow": (simflows.op_workflow, 4),
 }
 
 
@@ -279,6 +291,20 @@ MAINTENANCE: dict[str, tuple[Callable[[Workload], None], int]] = {
 }
 
 
+def warm_up(path: str) -> None:
+    """Run every step twice on a new database in ``path`` and digest it, so that what the steps and the
+    engine import lazily (the LangGraph store alone takes a good part of a second) is imported before the
+    simulators fork their trial workers, which then share it instead of each importing it again."""
+    with Database.open(path, durability="off") as db:
+        w = Workload(db, 0)
+        try:
+            for name in ["begin", *OPS, *MAINTENANCE] * 2:
+                step(w, name)
+            digest(db)
+        finally:
+            stop(w)
+
+
 def plan(seed: int, n: int) -> list[str]:
     """The names of ``n`` steps for ``seed`` (commits about nine in ten)."""
     rng = random.Random(f"plan:{seed}")
@@ -289,8 +315,23 @@ def plan(seed: int, n: int) -> list[str]:
 
 
 def step(w: Workload, name: str) -> None:
+    """Make step ``name`` (at most one commit, or a workflow's start or finish: two, see
+    :func:`intermediate_digests`)."""
     fn = OPS[name][0] if name in OPS else MAINTENANCE[name][0]
+    w.multi = None
     fn(w)
+
+
+def stop(w: Workload) -> None:
+    """The workload is over (finished, crashed or failed): stop driving its workflows in flight (call it
+    after closing or abandoning the database; their threads end without a commit)."""
+    simflows.stop_workflows(w)
+
+
+def intermediate_digests(w: Workload) -> list[tuple[int, str]]:
+    """``[(commit version, digest)]`` of the states inside the step just made, if it made two commits
+    (a workflow's start or finish): a crash may leave the first without the second. Empty otherwise."""
+    return [(v, digest_states(pairs)) for v, pairs in simflows.intermediate_states(w)]
 
 
 # --- the digest -------------------------------------------------------------------------------------
@@ -332,28 +373,42 @@ def _graph_state(graph: Any) -> tuple[Any, Any]:
     return nodes, edges
 
 
+#: Wall-clock members of records: a LangGraph store item's, a workflow's status, step and result records'.
+_TIMES = ("created_us", "updated_us", "started_us", "finished_us")
+
+
 def _untimed(value: Any) -> Any:
-    """A KV value without the wall-clock members a record may carry (a LangGraph store item's
-    ``created_us`` / ``updated_us``)."""
-    if isinstance(value, dict) and "updated_us" in value:
-        return {k: v for k, v in value.items() if k not in ("created_us", "updated_us")}
+    """A KV value without the wall-clock members a record may carry (:data:`_TIMES`)."""
+    if isinstance(value, dict) and any(t in value for t in _TIMES):
+        return {k: v for k, v in value.items() if k not in _TIMES}
     return value
+
+
+def run_states(db: Database) -> list[tuple[Any, Any]]:
+    """``(RunInfo, RunState)`` of every run, in :meth:`runs.list` order (one state build per run: a check
+    digests them and compares them with ``replay_run``)."""
+    return [(info, db.run_state(info.id)) for info in db.runs.list()]
+
+
+def _run_entry(info: Any, st: Any) -> tuple[str, Any]:
+    return simflows.workflow_key(info) or info.name or info.id, (
+        info.status, sorted((k, _untimed(v)) for k, v in st.kv.items()), [_event(e) for e in st.events],
+        sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
+        sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
+        _graph_state(st.graph),
+    )
 
 
 def snapshot_of(db: Database) -> dict[str, Any]:
     """Every run's state by name, without ids or wall-clock times."""
-    out: dict[str, Any] = {}
-    for info in db.runs.list():
-        st = db.run_state(info.id)
-        out[info.name or info.id] = (
-            info.status, sorted((k, _untimed(v)) for k, v in st.kv.items()), [_event(e) for e in st.events],
-            sorted((k, v.value, v.version) for k, v in st.states.items()), [_trace(t) for t in st.traces],
-            sorted(_vectors(st.vectors).items()), sorted((k, repr(v)) for k, v in st.docs.items()),
-            _graph_state(st.graph),
-        )
-    return out
+    return dict(_run_entry(info, st) for info, st in run_states(db))
+
+
+def digest_states(states: list[tuple[Any, Any]]) -> str:
+    """:func:`digest` of the :func:`run_states` of a database."""
+    return hashlib.blake2b(repr(sorted(_run_entry(i, s) for i, s in states)).encode(), digest_size=16).hexdigest()
 
 
 def digest(db: Database) -> str:
     """A hex digest of :func:`snapshot_of` (equal digests: equal states)."""
-    return hashlib.blake2b(repr(sorted(snapshot_of(db).items())).encode(), digest_size=16).hexdigest()
+    return digest_states(run_states(db))
