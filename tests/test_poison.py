@@ -74,9 +74,10 @@ def test_strict_fsync_failure_poisons(dbdir, monkeypatch):
         with pytest.raises(DatabasePoisoned):
             call()
     assert len(calls) == n, "a poisoned database retried an fsync"
-    # reads still work
+    # reads still work; they show what this handle applied, the failed commit included (SPEC §5)
     assert db.kv.get(run, "ok") == 1
     assert dict(db.kv.scan(run))["ok"] == 1
+    assert db.kv.get(run, "lost?") == 2  # applied before its fsync failed: on disk or not, unknown
     assert db.stats()["poisoned"] is True
     db.close()  # releases the lock without writing
     monkeypatch.undo()
