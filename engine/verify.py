@@ -186,7 +186,6 @@ def _verify_files(fs: FileSystem, path: str, report: dict[str, Any], progress: P
             progress("snapshots", k, len(snaps))
 
 
-
 def _verify_runs(db: Database, report: dict[str, Any], progress: Progress | None,
                  states: Mapping[str, RunState]) -> None:
     """Check 3: every run's event hash chain, vector records and graph, through ``db``, into ``report``."""

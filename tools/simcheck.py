@@ -21,9 +21,10 @@ cut, sidecars are rebuilt) and proves, on that one handle:
 * the handle closes cleanly.
 
 Invariant: a check reads the directory only through the engine (and the
-verifier); the result is exactly one outcome of :data:`tools.simcore.OUTCOMES`. The checks cost what the engine costs: the file system
-under the reopened handle is the real one with fsyncs skipped
-(:class:`NoSyncFS`: a check's durability is not what is being tested).
+verifier); the result is exactly one outcome of :data:`tools.simcore.OUTCOMES`.
+The checks cost what the engine costs: the file system under the reopened
+handle is the real one with fsyncs skipped (:class:`NoSyncFS`: a check's
+durability is not what is being tested).
 """
 
 from __future__ import annotations
