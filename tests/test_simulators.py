@@ -12,6 +12,18 @@ from inmem import CorruptionError, Database
 from tools import corruptsim
 
 
+def _strict_powercuts(tmp_path, *, points: int, seed: int, steps: int) -> tuple[int, dict]:
+    """crashsim's exit status and JSON report for POSIX power cuts under strict, on 2 workers."""
+    from tools import crashsim
+
+    out = str(tmp_path / "cr.json")
+    status = crashsim.main(["--points", str(points), "--seed", str(seed), "--workers", "2", "--steps", str(steps),
+                            "--mode", "strict", "--kinds", "powercut-posix", "--json", out,
+                            "--workdir", str(tmp_path / "w")])
+    with open(out) as f:
+        return status, json.load(f)
+
+
 def test_a_cut_frame_the_snapshot_covers_is_corruption_not_a_torn_tail(dbdir):
     """Found by corruptsim (seed 2, truncate-wal-last): the last segment cut inside frames the loaded snapshot
     covers was taken for a torn tail; the cut dropped WAL that history replays need, and replay_run
@@ -72,7 +84,7 @@ def test_crashsim_small_run_passes(tmp_path, capsys):
 
 def test_crashsim_catches_an_engine_whose_wal_fsync_does_nothing(tmp_path, monkeypatch, capsys):
     """The harness attacks itself: a WAL fsync that makes nothing durable loses strict commits."""
-    from tools import crashsim, faultfs
+    from tools import faultfs
 
     real = faultfs._FaultFile.sync
 
@@ -81,10 +93,7 @@ def test_crashsim_catches_an_engine_whose_wal_fsync_does_nothing(tmp_path, monke
             real(self)
 
     monkeypatch.setattr(faultfs._FaultFile, "sync", sync)
-    out = str(tmp_path / "cr.json")
-    status = crashsim.main(["--points", "36", "--seed", "4", "--workers", "2", "--steps", "30", "--mode", "strict",
-                            "--kinds", "powercut-posix", "--json", out, "--workdir", str(tmp_path / "w")])
-    report = json.load(open(out))
+    status, report = _strict_powercuts(tmp_path, points=36, seed=4, steps=30)
     assert status == 1 and report["total"]["lost"] > 0
     assert "reproduce: python -m tools.crashsim --seed 4 --mode strict" in capsys.readouterr().out
 
@@ -199,7 +208,6 @@ def test_crashsim_catches_a_recover_that_runs_recorded_steps_again(tmp_path, mon
     again (events appended twice, counters incremented twice); crashsim must call that silently wrong."""
     import inmem.workflows.manage as manage
     from inmem.workflows.records import STEP_PREFIX
-    from tools import crashsim
 
     real = manage.Management.recover
 
@@ -210,10 +218,7 @@ def test_crashsim_catches_a_recover_that_runs_recorded_steps_again(tmp_path, mon
         return real(self)
 
     monkeypatch.setattr(manage.Management, "recover", recover)
-    out = str(tmp_path / "cr.json")
-    status = crashsim.main(["--points", "24", "--seed", "7", "--workers", "2", "--steps", "40", "--mode", "strict",
-                            "--kinds", "powercut-posix", "--json", out, "--workdir", str(tmp_path / "w")])
-    report = json.load(open(out))
+    status, report = _strict_powercuts(tmp_path, points=24, seed=7, steps=40)
     assert status == 1 and report["total"]["wrong"] > 0
     assert all("workflows after recover()" in f["detail"] and "expected" in f["detail"] for f in report["failing"])
 
