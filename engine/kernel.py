@@ -59,6 +59,7 @@ from .locks import CommitLock
 from .mvcc import Versions
 from .registry import RunRegistry
 from .store import Entry, UnifiedStore
+from .wal import fast as wal_fast
 from .wal import format as wal_format
 from .wal.format import commit_record_size, encode_commit_frame, encode_put_frame
 from .wal.follow import WalFollower
@@ -163,6 +164,10 @@ class Kernel:
         #: ``listener(version, ts_us, writes)`` for every commit (the change feed): see :meth:`listen`
         self._listeners: tuple[Listener, ...] = ()
         self._put_entry = store.put_entry  # the one-put fast path writes the sorted map directly
+        #: the native compact entry maker (entries read as ``(version, value)``; 32 bytes instead of a
+        #: tuple and an int), or None on the pure path: tuples. The store's multi-write apply and the
+        #: MVCC apply use the same one.
+        self._make_entry = store.make_entry = wal_fast.make_entry
         # The hottest reads are attributes bound to the layer below (one call, not two):
         #: ``get(key)``: the latest committed entry of a key, ``(version, value)`` or None. Lock-free.
         self.get: Callable[[bytes], Entry | None] = store.get
@@ -323,7 +328,8 @@ class Kernel:
             if versions.active:
                 versions.apply(version, writes)  # keep what open read points still read
             else:
-                self._put_entry(key, (version, value))
+                make = self._make_entry
+                self._put_entry(key, (version, value) if make is None else make(version, value))
         else:
             wal.append(encode_commit_frame(lsn, version, ts_us, writes))
             self.history.add(lsn, wal.tail_seq, wal.last_offset, writes)

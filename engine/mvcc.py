@@ -109,6 +109,7 @@ class Versions:
         chains = self._chains
         newest = self._newest
         queue = self._queue
+        make = self._store.make_entry
         for key, value in writes:
             old = m.get(key)
             chain = chains.get(key)
@@ -132,7 +133,7 @@ class Versions:
                     self.retained += 1
                 m.pop(key, None)
             else:
-                m[key] = (version, value)
+                m[key] = (version, value) if make is None else make(version, value)
 
     # --- reads -----------------------------------------------------------------------------------
 

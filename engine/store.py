@@ -25,7 +25,7 @@ put of a new key and delete O(log n) amortised; range scan O(log n + k).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from sortedcontainers import SortedDict
 
@@ -71,7 +71,7 @@ class SortedMap(SortedDict):
 class UnifiedStore:
     """A sorted map ``bytes -> (version, bytes)`` holding all state of one database."""
 
-    __slots__ = ("_map", "get", "put_entry")
+    __slots__ = ("_map", "get", "put_entry", "make_entry")
 
     def __init__(self, items: Mapping[bytes, Entry] | None = None):
         # A SortedMap (what recovery builds) is adopted as it is, not copied; anything else is
@@ -82,6 +82,9 @@ class UnifiedStore:
         self.get = self._map.get
         #: ``put_entry(key, (version, value))``: :meth:`put` without the call, for the commit fast path.
         self.put_entry = self._map.__setitem__
+        #: ``make_entry(version, value)`` -> the entry to store, or ``None``: the tuple itself. The
+        #: kernel sets the native compact entry maker here (``inmem.wal.fast.make_entry``).
+        self.make_entry: Callable[[int, bytes], Entry] | None = None
 
     @property
     def sorted_map(self) -> SortedDict:
@@ -108,11 +111,12 @@ class UnifiedStore:
     def apply(self, version: int, writes: Iterable[tuple[bytes, bytes | None]]) -> None:
         """Apply one commit's writes: ``value is None`` deletes, anything else puts."""
         m = self._map
+        make = self.make_entry
         for key, value in writes:
             if value is None:
                 m.pop(key, None)
             else:
-                m[key] = (version, value)
+                m[key] = (version, value) if make is None else make(version, value)
 
     def scan(self, lo: bytes, hi: bytes | None) -> list[tuple[bytes, Entry]]:
         """Return every ``(key, entry)`` with ``lo <= key < hi`` in key order.

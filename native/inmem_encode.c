@@ -188,13 +188,15 @@ static PyMethodDef inmem_py_method_table[] = {
      "load_snapshot_chunk(payload, count, state) -> entries inserted, or -1: not the plain shape (use cbor2)."},
     {"group_runs", (PyCFunction)(void (*)(void))inmem_group_runs, METH_FASTCALL,
      "group_runs(keys, first_lsn) -> {run id: [lsn, ...]}, or None: an item of another shape (use Python)."},
+    {"make_entry", (PyCFunction)(void (*)(void))inmem_make_entry, METH_FASTCALL,
+     "make_entry(version, value) -> a compact entry reading as (version, value) (or that tuple)."},
     {NULL, NULL, 0, NULL},
 };
 
 /* The method table (for PyCFunction_NewEx) and its length. */
 void *inmem_py_methods(int *count)
 {
-    *count = 4;
+    *count = 5;
     return inmem_py_method_table;
 }
 

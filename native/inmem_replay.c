@@ -42,7 +42,7 @@
  * It reads as the tuple it replaces: len 2, entry[0] the version (an int), entry[1] the value
  * bytes, unpacking, and ==, hash and repr as the tuple (version, value); pickling gives that
  * tuple. The engine only reads entries this way (SPEC.md keeps the tuple as the contract);
- * commits still store tuples, so a store holds both kinds.
+ * commits store them too, through make_entry below (the pure path stores tuples).
  */
 
 typedef struct {
@@ -195,6 +195,26 @@ static PyObject *inmem_entry_new(unsigned long long version, PyObject *value)
     Py_INCREF(value);
     e->value = value;
     return (PyObject *)e;
+}
+
+/* make_entry(version, value) for the commit path (METH_FASTCALL, listed in inmem_encode.c's table):
+   an entry for an int version in 0..2^64-1 and a bytes value; for anything else the tuple
+   (version, value), exactly what the Python code would have stored. */
+static PyObject *inmem_make_entry(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long version;
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "make_entry(version, value) takes 2 arguments");
+        return NULL;
+    }
+    if (PyLong_CheckExact(args[0]) && PyBytes_CheckExact(args[1])) {
+        version = PyLong_AsUnsignedLongLong(args[0]);
+        if (!(version == (unsigned long long)-1 && PyErr_Occurred()))
+            return inmem_entry_new(version, args[1]);
+        PyErr_Clear();
+    }
+    return PyTuple_Pack(2, args[0], args[1]);
 }
 
 PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long expected,
@@ -351,7 +371,7 @@ fail:
  * One snapshot chunk (engine/snapshot.py) into the state dict: the payload is the CBOR array
  * [keys: [bstr], versions: [uint], values: [bstr]], each of `count` items. Only that exact shape
  * (definite lengths, nothing after it) is taken here: the whole payload is checked first, then
- * state[key] = (version, value) for each entry, the tuples untracked as in inmem_py_replay.
+ * state[key] = (version, value) for each entry, as compact entries as in inmem_py_replay.
  * Returns the int count inserted, or -1 (nothing touched, no error) for any other payload: the
  * caller then decodes it with cbor2 as before, which raises or accepts exactly as it always did.
  */

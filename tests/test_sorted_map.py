@@ -188,3 +188,38 @@ def test_native_entries_are_freed_with_the_store_and_release_their_type(tmp_path
     gc.collect()
     after = sys.getrefcount(fast.entry_type)  # not inside the assert: pytest's rewrite would hold one more
     assert after == base  # every entry freed, every reference given back
+
+
+def test_commits_store_compact_entries_on_the_native_path_in_every_apply(tmp_path):
+    from inmem.wal import fast
+
+    with Database.open(str(tmp_path / "c")) as db:
+        run = db.begin_run("r")
+        db.kv.put(run, "one", 1)                       # the one-put fast path
+        with db.transaction() as tx:                   # a multi-write commit: the store's apply
+            tx.kv.put(run, "a", "x")
+            tx.kv.put(run, "b", "y")
+        reader = db.transaction()                      # an open read point: the MVCC apply
+        assert reader.kv.get(run, "one") == 1
+        db.kv.put(run, "one", 2)
+        assert reader.kv.get(run, "one") == 1 and db.kv.get(run, "one") == 2  # the chain holds the old entry
+        reader.rollback()
+        entries = store_items(db)
+        check_store(db)
+    want = tuple if fast.make_entry is None else fast.entry_type
+    assert {type(e) for e in entries.values()} == {want}
+
+
+def test_make_entry_gives_the_tuple_for_what_it_cannot_hold():
+    from inmem.wal import fast
+
+    if fast.make_entry is None:
+        return
+    e = fast.make_entry(7, b"v")
+    assert type(e) is fast.entry_type and e == (7, b"v")
+    assert fast.make_entry(2**64 - 1, b"") == (2**64 - 1, b"") and type(fast.make_entry(2**64 - 1, b"")) is not tuple
+    for version, value in [(-1, b"v"), (2**64, b"v"), (1, None), (1, bytearray(b"v")), (True, b"v")]:
+        made = fast.make_entry(version, value)
+        assert type(made) is tuple and made == (version, value)
+    with pytest.raises(TypeError):
+        fast.make_entry(1)

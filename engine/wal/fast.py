@@ -57,6 +57,9 @@ group_runs: Callable[[list[Any], int], dict[bytes, list[int]] | None] | None = N
 #: entry reads as the tuple ``(version, value)`` it replaces (len, indexing, unpacking, ==, hash,
 #: repr, pickle) in 32 bytes instead of ~96 (tuple + int): W9 in benches/README.md.
 entry_type: type | None = None
+#: ``make_entry(version, value)`` -> such an entry (the tuple for a version or value out of its
+#: types), or ``None`` on the pure path: what the kernel's commit path stores.
+make_entry: Callable[[int, bytes], Any] | None = None
 
 
 def install() -> bool:
@@ -64,7 +67,7 @@ def install() -> bool:
 
     Idempotent: a second call finds the native functions already in place.
     """
-    global _installed, replay, load_snapshot_chunk, group_runs, entry_type
+    global _installed, replay, load_snapshot_chunk, group_runs, entry_type, make_entry
     if not native.ENABLED or _installed:
         return False
     _installed = True
@@ -144,7 +147,7 @@ def install() -> bool:
     _format.scan_frames = scan_frames
     encoders = _load_encoders(_format.encode_put_frame, _format.encode_commit_frame)
     if encoders is not None:
-        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, group_runs = encoders
+        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, group_runs, make_entry = encoders
     return True
 
 
@@ -184,7 +187,7 @@ class _MethodDef(ctypes.Structure):
 
 
 def _load_encoders(py_put: Callable[..., bytes],
-                   py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any] | None:
+                   py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any, Any] | None:
     """The native commit-frame encoders and snapshot-chunk loader as builtin functions, or ``None``
     (an older build without them).
 
@@ -215,4 +218,5 @@ def _load_encoders(py_put: Callable[..., bytes],
     set_fallbacks(py_put, py_commit)
     if "group_runs" not in table:
         return None
-    return table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"], table["group_runs"]
+    return (table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"], table["group_runs"],
+            table.get("make_entry"))
