@@ -291,7 +291,8 @@ class _AutoPrimitive:
 class _Autocommit:
     """The :class:`~inmem.primitives.context.Context` of ``db.kv``: every write is its own commit."""
 
-    __slots__ = ("_kernel", "_registry", "lookup", "prefix_maps", "check_run", "_commit", "now_us", "__weakref__")
+    __slots__ = ("_kernel", "_registry", "lookup", "prefix_maps", "check_run", "_commit", "now_us", "write",
+                 "__weakref__")
 
     def __init__(self, kernel: Kernel, registry: RunRegistry | TenantScope | None = None):
         if registry is None:  # else a tenant's scope: only its runs exist
@@ -303,6 +304,9 @@ class _Autocommit:
         self.prefix_maps = registry.prefix_maps
         self.check_run = registry.check
         self._commit = kernel.commit
+        #: ``write(run, key, value)``: one write as its own commit, bound straight to the kernel (the
+        #: ``kv.put`` hot path: one call, not two; 5-8 % of a put in an alternating A/B)
+        self.write = kernel.commit_one
 
     def closed(self) -> None:
         """The database closed: point reads raise from now on."""
@@ -312,9 +316,6 @@ class _Autocommit:
             raise DatabaseClosed(f"database {path} is closed")
 
         self.lookup = lookup
-
-    def write(self, run: str, key: bytes, value: bytes | None) -> None:
-        self._commit(((key, value),), (run,))
 
     def write_batch(self, run: str, items: Sequence[tuple[bytes, bytes | None]]) -> None:
         self._commit(tuple(items), (run,))

@@ -279,6 +279,17 @@ class Kernel:
             self.wal.wait(lsn)
         return version
 
+    def commit_one(self, run: str, key: bytes, value: bytes | None) -> int:
+        """:meth:`commit` of one write to ``run`` with no validation, merges or ``after``: the
+        autocommit ``put`` path (``db.kv.put`` and every one-key primitive write), one call instead of
+        two. Same errors as :meth:`commit`; returns the commit version."""
+        with self._lock:
+            lsn = self._append_locked(((key, value),), (run,), None)
+            version = self._version
+        if self._must_wait:
+            self.wal.wait(lsn)
+        return version
+
     def _validate_locked(self, validate: Callable[[Kernel], None] | None, release: ReadPoint | None) -> None:
         """Run a transaction's OCC check and release its read point (whatever happens); lock held."""
         try:
