@@ -65,6 +65,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pydantic import BaseModel
 from rich.table import Table
 
+from .childproc import child_env
 from .database import Database
 from .embeddings import HashingEmbedder
 from .memory_demo import run_memory_demo
@@ -235,8 +236,6 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     # 2. the agents work in a child process, which is SIGKILLed part-way
     code = "import sys, json; from inmem.demo import _child; _child(*json.loads(sys.argv[1]))"
     args = json.dumps([directory, board, runs, tasks, seed])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                       os.environ.get("PYTHONPATH", "")]))
     acked: list[dict[str, Any]] = []
     # a follower in this process (read-only, no lock) watches the board's state changes in the child's WAL, live
     follower = Database.open(directory, read_only=True, follow=True)
@@ -259,7 +258,7 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
     follower_thread = threading.Thread(target=follow, name="demo-follower", daemon=True)
     follower_thread.start()
     child = subprocess.Popen([sys.executable, "-c", code, args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env)
+                             text=True, env=child_env())
     with _progress(console) as bar:
         job = bar.add_task(f"{agents} agents work (child pid {child.pid})", total=tasks)
         assert child.stdout is not None

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -40,6 +38,7 @@ from typing import Any
 from rich.console import Console
 
 from . import workflows
+from .childproc import run_child_until
 from .database import Database
 from .embeddings import HashingEmbedder
 from .errors import RunNotFound
@@ -169,6 +168,7 @@ def run_memory_demo(directory: str, console: Console) -> dict[str, Any]:
         process ran: never one recorded before the crash), ``effects`` (each
         step's inmem effect count: all 1) and ``workflow_result``.
     :raises AssertionError: a check failed.
+    :raises RuntimeError: the workflow's child exited other than by the SIGKILL.
     """
     console.print("[bold]long-term memory[/bold]: per-user memories, time to live, a conversation buffer, "
                   "a durable workflow")
@@ -177,22 +177,8 @@ def run_memory_demo(directory: str, console: Console) -> dict[str, Any]:
 
     # the workflow in a child process, SIGKILLed once its third step is durably recorded
     code = "import sys; from inmem.memory_demo import _workflow_child; _workflow_child(sys.argv[1])"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                       os.environ.get("PYTHONPATH", "")]))
-    child = subprocess.Popen([sys.executable, "-c", code, directory], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
-    acked: list[int] = []
-    assert child.stdout is not None and child.stderr is not None
-    for line in child.stdout:
-        acked.append(json.loads(line)["step"])
-        if acked[-1] == KILL_AFTER:
-            os.kill(child.pid, signal.SIGKILL)
-            break
-    child.wait()
-    if child.returncode != -signal.SIGKILL:
-        raise AssertionError(f"the workflow child exited with {child.returncode}: {child.stderr.read()}")
-    child.stdout.close()
-    child.stderr.close()
+    _pid, lines = run_child_until([code, os.path.abspath(directory)], KILL_AFTER + 1)  # the child runs elsewhere
+    acked = [json.loads(line)["step"] for line in lines]
     del _ran[:]
     with Database.open(directory, durability="strict") as db:
         resumed = {h.id: h for h in db.workflows.recover()}  # what Database.open(recover_workflows=True) does

@@ -50,3 +50,4 @@ def test_demo_uses_a_fresh_temporary_directory_it_leaves_behind(tmp_path, monkey
     r = run_demo(agents=2, tasks=10, console=Console(file=io.StringIO()))
     assert r["done_once"] == 10 and os.path.isdir(r["directory"])
     assert os.path.dirname(r["directory"]) == str(tmp_path) and "inmem-demo-" in r["directory"]
+

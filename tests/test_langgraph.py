@@ -28,7 +28,7 @@ from langgraph.types import Command, interrupt  # noqa: E402
 
 from inmem import Database, DatabaseReadOnly  # noqa: E402
 from inmem.integrations.langgraph import InmemSaver  # noqa: E402
-from inmem.integrations.langgraph_demo import run_child_until  # noqa: E402
+from inmem.childproc import run_child_until  # noqa: E402
 from tests.conftest import run_interleaved  # noqa: E402
 from inmem.txn import Transaction  # noqa: E402
 

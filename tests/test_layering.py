@@ -14,7 +14,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "engine"
 
 # lowest first; a module may import only modules of its own layer or below
 LAYERS = [
-    {"errors"},
+    {"errors", "childproc"},
     {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc", "expiry", "channels"},
     {"fs", "wal.format", "wal.fast"},
     {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal.follow", "wal"},

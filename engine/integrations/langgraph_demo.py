@@ -15,9 +15,6 @@ so the parent's SIGKILL lands inside a known node — no sleeps, no races.
 from __future__ import annotations
 
 import operator
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -27,13 +24,11 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
+from ..childproc import run_child_until
 from ..embeddings import HashingEmbedder
 from .langgraph import InmemSaver, InmemStore
 
 __all__ = ["build_research_graph", "run_langgraph_demo"]
-
-_ENGINE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 class ResearchState(TypedDict, total=False):
     query: str
@@ -98,36 +93,6 @@ def _child_main() -> None:
     graph.invoke({"query": query}, {"configurable": {"thread_id": thread_id}}, durability="sync")
     print("interrupted", flush=True)
     saver.close()
-
-
-def run_child_until(args: list[str], kill_after: int) -> tuple[int, list[str]]:
-    """Run ``python -c args...`` (engine importable); answer "go" to each stdout line until line
-    ``kill_after``, then SIGKILL the child (blocked waiting for its next "go"). Returns (pid, lines).
-
-    :raises RuntimeError: the child exited some other way (its stderr is in the message).
-    """
-    env = {**os.environ, "PYTHONPATH": _ENGINE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", *args], env=env, cwd=_ENGINE_PARENT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        for line in proc.stdout:
-            lines.append(line.strip())
-            if len(lines) >= kill_after:
-                proc.send_signal(signal.SIGKILL)
-                break
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != -signal.SIGKILL:
-        err = proc.stderr.read() if proc.stderr else ""
-        raise RuntimeError(f"the child exited with {proc.returncode} after {lines}: {err[-2000:]}")
-    return proc.pid, lines
 
 
 def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
