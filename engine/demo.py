@@ -205,7 +205,8 @@ def run_demo(directory: str | None = None, *, agents: int = 8, tasks: int = 2000
         raise ValueError("need at least one agent and at least as many tasks as agents")
     console = console or Console()
     t_start = time.perf_counter()
-    directory = directory or tempfile.mkdtemp(prefix="inmem-demo-")
+    # absolute: the LangGraph and workflow children run in another working directory
+    directory = os.path.abspath(directory) if directory else tempfile.mkdtemp(prefix="inmem-demo-")
     kill_after = kill_after if kill_after is not None else max(1, tasks * 2 // 5)
     console.rule("[bold]inmem demo[/bold]: agents on a shared task board, a crash, recovery, replay, fork, diff")
     console.print(f"directory [cyan]{directory}[/cyan]; {agents} agents, {tasks:,} tasks, seed {seed}")

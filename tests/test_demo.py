@@ -51,3 +51,13 @@ def test_demo_uses_a_fresh_temporary_directory_it_leaves_behind(tmp_path, monkey
     assert r["done_once"] == 10 and os.path.isdir(r["directory"])
     assert os.path.dirname(r["directory"]) == str(tmp_path) and "inmem-demo-" in r["directory"]
 
+
+def test_demo_in_a_relative_directory_keeps_every_part_in_it(tmp_path, monkeypatch):
+    """The LangGraph and workflow children run in another working directory: a relative path must
+    still name the same database (it once made the LangGraph child open a directory of its own)."""
+    monkeypatch.chdir(tmp_path)
+    r = run_demo("rel", agents=2, tasks=10, console=Console(file=io.StringIO()))
+    assert r["directory"] == str(tmp_path / "rel") and r["done_once"] == 10
+    assert r["memory"]["workflow_acked"] == 3
+    if r["langgraph"] is not None:
+        assert r["langgraph"]["resumed"]

@@ -15,6 +15,7 @@ so the parent's SIGKILL lands inside a known node — no sleeps, no races.
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import time
 import uuid
@@ -118,6 +119,7 @@ def run_langgraph_demo(directory: str, console: Any) -> dict[str, Any]:
     Returns e.g. ``{"resumed": True, "checkpoints": 17, "forked": True, ...}``.
     """
     t0 = time.perf_counter()
+    directory = os.path.abspath(directory)  # the child runs in another working directory
     loops, kill_after = 5, 4  # lines: plan, search 1, search 2, search 3 <- SIGKILL inside it
     thread_id = f"research-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread_id}}
