@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -131,9 +132,7 @@ class RunRegistry:
             entry = store.get(run_record_key(rid))
             if entry is not None:
                 record = decode_value(entry[1])
-                h = rid.hex()  # str(uuid.UUID(bytes=rid)), without building the UUID
-                self._add(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", rid, record["status"],
-                          record.get("tenant"))
+                self._add(str(uuid.UUID(bytes=rid)), rid, record["status"], record.get("tenant"))
                 if record.get("archived"):
                     self.archived.add(rid)
             end = prefix_end(run_prefix(rid))
