@@ -151,34 +151,33 @@ def install() -> bool:
     return True
 
 
-def _load_entry_type() -> type | None:
-    """Create the native entry type (before any replay builds one); ``None`` if this build has none."""
+def _py_function(name: str, argtypes: list[Any]) -> Any:
+    """The C function ``name`` of the native library through ``ctypes.PyDLL`` (GIL held during the call, a
+    Python error it sets raised), returning a Python object; ``None`` if this build lacks it."""
     from .. import _native  # type: ignore[attr-defined]
 
     try:
-        fn = ctypes.PyDLL(_native.__file__).inmem_py_entry_type
-    except (OSError, AttributeError):  # an older build: replay builds tuples
+        fn = getattr(ctypes.PyDLL(_native.__file__), name)
+    except (OSError, AttributeError):  # an older build without it
         return None
     fn.restype = ctypes.py_object
-    fn.argtypes = []
-    return fn()  # type: ignore[no-any-return]
+    fn.argtypes = argtypes
+    return fn
+
+
+def _load_entry_type() -> type | None:
+    """Create the native entry type (before any replay builds one); ``None`` if this build has none
+    (replay then builds tuples)."""
+    fn = _py_function("inmem_py_entry_type", [])
+    return None if fn is None else fn()  # type: ignore[no-any-return]
 
 
 def _load_replay() -> Callable[..., Any] | None:
-    """The C replay through ctypes (cffi cannot pass Python objects); ``None`` if it cannot be loaded.
-
-    ``PyDLL`` holds the GIL during the call and raises a Python error the C function set.
-    """
-    from .. import _native  # type: ignore[attr-defined]
-
-    try:
-        fn = ctypes.PyDLL(_native.__file__).inmem_py_replay
-    except (OSError, AttributeError):  # an older build without it: the Python replay is used
-        return None
-    fn.restype = ctypes.py_object
-    fn.argtypes = [ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ulonglong, ctypes.c_ulonglong,
-                   ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.py_object]
-    return fn
+    """The C replay through ctypes (cffi cannot pass Python objects); ``None`` if it cannot be loaded
+    (an older build: the Python replay is used)."""
+    return _py_function("inmem_py_replay", [  # type: ignore[no-any-return]
+        ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_ulonglong,
+        ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.py_object])
 
 
 class _MethodDef(ctypes.Structure):
