@@ -190,13 +190,15 @@ static PyMethodDef inmem_py_method_table[] = {
      "group_runs(keys, first_lsn) -> {run id: [lsn, ...]}, or None: an item of another shape (use Python)."},
     {"make_entry", (PyCFunction)(void (*)(void))inmem_make_entry, METH_FASTCALL,
      "make_entry(version, value) -> a compact entry reading as (version, value) (or that tuple)."},
+    {"decode_value", (PyCFunction)(void (*)(void))inmem_decode_value, METH_O,
+     "decode_value(data) -> cbor2.loads(data) for inmem's common CBOR subset, or NotImplemented (use cbor2)."},
     {NULL, NULL, 0, NULL},
 };
 
 /* The method table (for PyCFunction_NewEx) and its length. */
 void *inmem_py_methods(int *count)
 {
-    *count = 5;
+    *count = 6;
     return inmem_py_method_table;
 }
 

@@ -95,5 +95,5 @@ def test_the_kernel_commits_through_the_native_encoder(tmp_path):
             tx.kv.delete(run, "a")
     with Database.open(str(tmp_path / "db")) as db:
         assert db.kv.get(run, "b") == 2 and db.kv.get(run, "a") is None
-    assert fmt.encode_put_frame.__module__ == "inmem.wal.fast"
+    assert fmt.encode_put_frame.__module__ == "inmem._native"  # a builtin from the extension (native.builtins)
     assert struct.calcsize("<QqIBI") == 25

@@ -180,40 +180,24 @@ def _load_replay() -> Callable[..., Any] | None:
         ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.py_object])
 
 
-class _MethodDef(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("meth", ctypes.c_void_p), ("flags", ctypes.c_int),
-                ("doc", ctypes.c_char_p)]
-
-
 def _load_encoders(py_put: Callable[..., bytes],
                    py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any, Any] | None:
     """The native commit-frame encoders and snapshot-chunk loader as builtin functions, or ``None``
     (an older build without them).
 
-    The C file lists them in a ``PyMethodDef`` table; each entry becomes a builtin function object
-    here, once (``PyCFunction_NewEx``), so a call costs a builtin call. ``py_put``/``py_commit`` are
-    the Python references they defer to for inputs outside their fast path.
+    They come from the extension's method table (:func:`inmem.native.builtins`), so a call costs a
+    builtin call. ``py_put``/``py_commit`` are the Python references they defer to for inputs
+    outside their fast path.
     """
     from .. import _native  # type: ignore[attr-defined]
 
+    table = native.builtins()
     try:
-        dll = ctypes.PyDLL(_native.__file__)
-        methods, set_fallbacks = dll.inmem_py_methods, dll.inmem_py_set_fallbacks
+        set_fallbacks = ctypes.PyDLL(_native.__file__).inmem_py_set_fallbacks
     except (OSError, AttributeError):
         return None
-    methods.restype = ctypes.c_void_p
-    methods.argtypes = [ctypes.POINTER(ctypes.c_int)]
     set_fallbacks.restype = None
     set_fallbacks.argtypes = [ctypes.py_object, ctypes.py_object]
-    new_function = ctypes.pythonapi.PyCFunction_NewEx
-    new_function.restype = ctypes.py_object
-    new_function.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
-    count = ctypes.c_int()
-    base = methods(ctypes.byref(count))
-    table = {}
-    for i in range(count.value):
-        addr = base + i * ctypes.sizeof(_MethodDef)
-        table[_MethodDef.from_address(addr).name.decode()] = new_function(addr, None, __name__)
     set_fallbacks(py_put, py_commit)
     if "group_runs" not in table:
         return None

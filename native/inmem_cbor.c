@@ -1,0 +1,250 @@
+/*
+ * inmem native value decoding: the common subset of CBOR (RFC 8949) that inmem.codec stores, decoded
+ * straight from the bytes, as cbor2.loads decodes it.
+ *
+ * Appended to inmem_native.c by native/build.py, after inmem_replay.c and before inmem_encode.c
+ * (whose method table lists decode_value). Uses the CPython API, like inmem_replay.c.
+ *
+ * Why: every read (kv.get, kv.scan, the run table, replays) decodes a stored value, and cbor2.loads
+ * spends more time setting up its decoder (a BytesIO and a decoder object per call) than decoding a
+ * ~100-byte agent-state dict. This decodes such a value in one pass over the buffer.
+ *
+ * Contract: decode_value(data) returns exactly what cbor2.loads(data) returns (same types, equal
+ * values; maps with duplicate keys keep the last, as cbor2 does; bytes after the first item are
+ * ignored, as cbor2 does) for the subset below, and NotImplemented for ANY other input, which the
+ * caller (inmem.codec.decode_value) then hands to cbor2.loads unchanged. So cbor2 stays the reference
+ * and decides every error: this function never rejects input, it only declines it. Taken:
+ *
+ *   major 0, 1   integers (negative ones down to -2**63; below: declined)
+ *   major 2, 3   definite-length byte and text strings (text: valid UTF-8, else declined)
+ *   major 4      definite-length arrays -> list
+ *   major 5      definite-length maps -> dict, keys of the scalar kinds above, false/true/null or floats
+ *                (an array or map as a key is declined: cbor2 turns those into tuple / FrozenDict)
+ *   major 7      false, true, null; half, single and double floats (a NaN: declined)
+ *
+ * Declined: tags (datetimes, decimals, sets, big integers, shared values...), indefinite lengths,
+ * undefined and other simple values, a break outside an indefinite item, reserved additional
+ * information, truncated input, nesting deeper than INMEM_CBOR_MAX_DEPTH, input that is not exactly
+ * bytes. tests/test_native_cbor.py checks the contract against cbor2 (hypothesis, and random bytes).
+ */
+
+#include <math.h>
+#include <string.h>
+
+#define INMEM_CBOR_MAX_DEPTH 200
+
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *end;
+} inmem_cbor_in;
+
+/* Result of one item: 0 decoded (*out is a new reference), 1 declined, -1 Python error set. */
+static int inmem_cbor_item(inmem_cbor_in *in, PyObject **out, int depth, int as_key);
+
+/* Read a head: major type, additional info and argument. 0 ok, 1 declined (reserved, indefinite, truncated). */
+static int inmem_cbor_read_head(inmem_cbor_in *in, int *major, uint64_t *arg, int *info)
+{
+    const uint8_t *p = in->p;
+    size_t avail = (size_t)(in->end - p);
+    uint8_t b;
+    int n;
+    if (avail < 1)
+        return 1;
+    b = *p++;
+    avail--;
+    *major = b >> 5;
+    *info = b & 31;
+    if (*info < 24) {
+        *arg = (uint64_t)*info;
+        in->p = p;
+        return 0;
+    }
+    if (*info > 27)
+        return 1; /* 28-30 reserved, 31 indefinite length (or break) */
+    n = 1 << (*info - 24);
+    if (avail < (size_t)n)
+        return 1;
+    *arg = 0;
+    for (int i = 0; i < n; i++)
+        *arg = (*arg << 8) | p[i];
+    in->p = p + n;
+    return 0;
+}
+
+/* IEEE 754 half (binary16) to double; 1 (declined) for a NaN. */
+static int inmem_cbor_half(uint16_t h, double *out)
+{
+    int exp = (h >> 10) & 0x1f;
+    int mant = h & 0x3ff;
+    double v;
+    if (exp == 0)
+        v = ldexp((double)mant, -24);
+    else if (exp != 31)
+        v = ldexp((double)(mant + 1024), exp - 25);
+    else if (mant == 0)
+        v = HUGE_VAL;
+    else
+        return 1;
+    *out = (h & 0x8000) ? -v : v;
+    return 0;
+}
+
+static int inmem_cbor_item(inmem_cbor_in *in, PyObject **out, int depth, int as_key)
+{
+    int major, info, rc;
+    uint64_t arg;
+    size_t avail;
+
+    if (depth > INMEM_CBOR_MAX_DEPTH)
+        return 1;
+    if (inmem_cbor_read_head(in, &major, &arg, &info) != 0)
+        return 1;
+    avail = (size_t)(in->end - in->p);
+    switch (major) {
+    case 0:
+        *out = PyLong_FromUnsignedLongLong((unsigned long long)arg);
+        return *out ? 0 : -1;
+    case 1:
+        if (arg > (uint64_t)INT64_MAX)
+            return 1;
+        *out = PyLong_FromLongLong(-1 - (long long)arg);
+        return *out ? 0 : -1;
+    case 2:
+        if (arg > avail)
+            return 1;
+        *out = PyBytes_FromStringAndSize((const char *)in->p, (Py_ssize_t)arg);
+        if (*out == NULL)
+            return -1;
+        in->p += arg;
+        return 0;
+    case 3:
+        if (arg > avail)
+            return 1;
+        *out = PyUnicode_DecodeUTF8((const char *)in->p, (Py_ssize_t)arg, "strict");
+        if (*out == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();
+                return 1; /* cbor2 decides what invalid UTF-8 gives */
+            }
+            return -1;
+        }
+        in->p += arg;
+        return 0;
+    case 4: {
+        PyObject *list;
+        if (as_key || arg > avail) /* every item takes at least one byte */
+            return 1;
+        list = PyList_New((Py_ssize_t)arg);
+        if (list == NULL)
+            return -1;
+        for (uint64_t i = 0; i < arg; i++) {
+            PyObject *item;
+            rc = inmem_cbor_item(in, &item, depth + 1, 0);
+            if (rc != 0) {
+                Py_DECREF(list);
+                return rc;
+            }
+            PyList_SetItem(list, (Py_ssize_t)i, item); /* steals item; the list is new and sized */
+        }
+        *out = list;
+        return 0;
+    }
+    case 5: {
+        PyObject *dict;
+        if (as_key || arg > avail / 2) /* every pair takes at least two bytes */
+            return 1;
+        dict = PyDict_New();
+        if (dict == NULL)
+            return -1;
+        for (uint64_t i = 0; i < arg; i++) {
+            PyObject *key, *value;
+            rc = inmem_cbor_item(in, &key, depth + 1, 1);
+            if (rc != 0) {
+                Py_DECREF(dict);
+                return rc;
+            }
+            rc = inmem_cbor_item(in, &value, depth + 1, 0);
+            if (rc != 0) {
+                Py_DECREF(key);
+                Py_DECREF(dict);
+                return rc;
+            }
+            rc = PyDict_SetItem(dict, key, value);
+            Py_DECREF(key);
+            Py_DECREF(value);
+            if (rc != 0) {
+                Py_DECREF(dict);
+                return -1;
+            }
+        }
+        *out = dict;
+        return 0;
+    }
+    case 7: {
+        double d;
+        switch (info) {
+        case 20:
+            *out = Py_False;
+            Py_INCREF(*out);
+            return 0;
+        case 21:
+            *out = Py_True;
+            Py_INCREF(*out);
+            return 0;
+        case 22:
+            *out = Py_None;
+            Py_INCREF(*out);
+            return 0;
+        case 25:
+            if (inmem_cbor_half((uint16_t)arg, &d) != 0)
+                return 1;
+            break;
+        case 26: {
+            uint32_t bits = (uint32_t)arg;
+            float f;
+            if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0)
+                return 1; /* NaN */
+            memcpy(&f, &bits, sizeof f);
+            d = (double)f;
+            break;
+        }
+        case 27:
+            if ((arg & 0x7ff0000000000000ull) == 0x7ff0000000000000ull && (arg & 0x000fffffffffffffull) != 0)
+                return 1; /* NaN: cbor2 decides its bits */
+            memcpy(&d, &arg, sizeof d);
+            break;
+        default:
+            return 1; /* undefined, other simple values */
+        }
+        *out = PyFloat_FromDouble(d);
+        return *out ? 0 : -1;
+    }
+    default:
+        return 1; /* major 6: tags */
+    }
+}
+
+/* decode_value(data) -> the value, or NotImplemented (declined: use cbor2.loads). METH_O. */
+static PyObject *inmem_decode_value(PyObject *self, PyObject *data)
+{
+    char *buf;
+    Py_ssize_t size;
+    inmem_cbor_in in;
+    PyObject *out = NULL;
+    int rc;
+    (void)self;
+    if (!PyBytes_CheckExact(data) || PyBytes_AsStringAndSize(data, &buf, &size) != 0) {
+        PyErr_Clear();
+        Py_INCREF(Py_NotImplemented);
+        return Py_NotImplemented;
+    }
+    in.p = (const uint8_t *)buf;
+    in.end = in.p + size;
+    rc = inmem_cbor_item(&in, &out, 0, 0);
+    if (rc == 0)
+        return out;
+    if (rc < 0)
+        return NULL;
+    Py_INCREF(Py_NotImplemented);
+    return Py_NotImplemented;
+}
