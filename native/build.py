@@ -42,7 +42,7 @@ def make_ffibuilder():
     # inmem_replay.c and inmem_encode.c use the CPython API; engine/wal/fast.py reaches them through ctypes
     ffibuilder.set_source(MODULE, "\n".join(_read(n) for n in ("inmem_native.c", "inmem_replay.c", "inmem_cbor.c",
                                                                 "inmem_encode.c")),
-                          extra_compile_args=["-O2"])
+                          extra_compile_args=["-O2", "-Werror=implicit-function-declaration", "-Werror=int-conversion"])
     return ffibuilder
 
 

@@ -248,3 +248,234 @@ static PyObject *inmem_decode_value(PyObject *self, PyObject *data)
     Py_INCREF(Py_NotImplemented);
     return Py_NotImplemented;
 }
+
+/*
+ * encode_value(value) -> cbor2.dumps(value) for the plain values inmem.codec stores most, or NotImplemented.
+ *
+ * Contract: for a value built only of exact None, bool, int (-2**63 .. 2**64-1), float (not NaN),
+ * str (encodable as UTF-8), bytes, list and dict (keys of the scalar kinds), nested at most
+ * INMEM_CBOR_ENCODE_MAX_DEPTH containers deep and encoding to at most `limit` bytes, return the
+ * bytes cbor2.dumps(value) returns (default options: minimal heads, definite lengths, dict items in
+ * iteration order, floats as doubles but infinities as halves). For anything else (subclasses,
+ * tuples, sets, tagged types, NaN, bigger ints, lone surrogates, deeper or larger values) return
+ * NotImplemented, and inmem.codec.encode_value checks and encodes it in Python, raising its errors.
+ * Everything taken is a plain value, so what inmem.codec promises of plain values (they decode
+ * back) holds unchanged.
+ *
+ * Two passes: the first checks and sizes the value, the second writes into a bytes object of
+ * exactly that size. Only C API calls that run no Python code happen in between (exact types
+ * only), so the value cannot change between the passes (the GIL is held throughout).
+ */
+
+/* Exported by every CPython 3 (full API since 3.3); the limited-API headers cffi compiles with
+   declare it only from 3.10 on. */
+PyAPI_FUNC(const char *) PyUnicode_AsUTF8AndSize(PyObject *unicode, Py_ssize_t *size);
+
+#define INMEM_CBOR_ENCODE_MAX_DEPTH 100 /* below inmem.codec.MAX_DEPTH (128): declining early is always safe */
+
+static size_t inmem_cbor_head_size(uint64_t arg)
+{
+    return arg < 24 ? 1 : arg <= 0xff ? 2 : arg <= 0xffff ? 3 : arg <= 0xffffffffull ? 5 : 9;
+}
+
+static uint8_t *inmem_cbor_put_head(uint8_t *p, int major, uint64_t arg)
+{
+    uint8_t m = (uint8_t)(major << 5);
+    int n;
+    if (arg < 24) {
+        *p++ = m | (uint8_t)arg;
+        return p;
+    }
+    n = arg <= 0xff ? 1 : arg <= 0xffff ? 2 : arg <= 0xffffffffull ? 4 : 8;
+    *p++ = m | (uint8_t)(n == 1 ? 24 : n == 2 ? 25 : n == 4 ? 26 : 27);
+    for (int i = n - 1; i >= 0; i--)
+        *p++ = (uint8_t)(arg >> (8 * i));
+    return p;
+}
+
+/* An int's CBOR major type (0 or 1) and argument; 1 (declined) out of range. */
+static int inmem_cbor_int(PyObject *o, int *major, uint64_t *arg)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow == 0) {
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        if (v >= 0) {
+            *major = 0;
+            *arg = (uint64_t)v;
+        } else {
+            *major = 1;
+            *arg = (uint64_t)(-1 - v);
+        }
+        return 0;
+    }
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        *major = 0;
+        *arg = u;
+        return 0;
+    }
+    return 1; /* below -2**63 */
+}
+
+/* Pass 1: add the encoded size of `o` to *size; 0 ok, 1 declined. */
+static int inmem_cbor_size(PyObject *o, size_t *size, int depth, size_t limit)
+{
+    if (*size > limit)
+        return 1;
+    if (o == Py_None || o == Py_True || o == Py_False) {
+        *size += 1;
+        return 0;
+    }
+    if (PyUnicode_CheckExact(o)) {
+        Py_ssize_t n;
+        if (PyUnicode_AsUTF8AndSize(o, &n) == NULL) {
+            PyErr_Clear(); /* a lone surrogate: cbor2 and the Python path decide */
+            return 1;
+        }
+        *size += inmem_cbor_head_size((uint64_t)n) + (size_t)n;
+        return 0;
+    }
+    if (PyLong_CheckExact(o)) {
+        int major;
+        uint64_t arg;
+        if (inmem_cbor_int(o, &major, &arg) != 0)
+            return 1;
+        *size += inmem_cbor_head_size(arg);
+        return 0;
+    }
+    if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AsDouble(o);
+        if (d != d)
+            return 1; /* NaN */
+        *size += (d == HUGE_VAL || d == -HUGE_VAL) ? 3 : 9;
+        return 0;
+    }
+    if (PyBytes_CheckExact(o)) {
+        Py_ssize_t n = PyBytes_Size(o);
+        *size += inmem_cbor_head_size((uint64_t)n) + (size_t)n;
+        return 0;
+    }
+    if (depth >= INMEM_CBOR_ENCODE_MAX_DEPTH)
+        return 1;
+    if (PyList_CheckExact(o)) {
+        Py_ssize_t n = PyList_Size(o);
+        *size += inmem_cbor_head_size((uint64_t)n);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (inmem_cbor_size(PyList_GetItem(o, i), size, depth + 1, limit) != 0)
+                return 1;
+        return 0;
+    }
+    if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0, n = PyDict_Size(o);
+        PyObject *k, *v;
+        *size += inmem_cbor_head_size((uint64_t)n);
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (inmem_cbor_size(k, size, depth + 1, limit) != 0 || inmem_cbor_size(v, size, depth + 1, limit) != 0)
+                return 1;
+        }
+        return 0;
+    }
+    return 1;
+}
+
+/* Pass 2: write `o` (checked by pass 1) at p; returns the end. */
+static uint8_t *inmem_cbor_write(PyObject *o, uint8_t *p)
+{
+    if (o == Py_None) {
+        *p++ = 0xf6;
+        return p;
+    }
+    if (o == Py_True || o == Py_False) {
+        *p++ = o == Py_True ? 0xf5 : 0xf4;
+        return p;
+    }
+    if (PyUnicode_CheckExact(o)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(o, &n); /* cached by pass 1: cannot fail now */
+        p = inmem_cbor_put_head(p, 3, (uint64_t)n);
+        memcpy(p, s, (size_t)n);
+        return p + n;
+    }
+    if (PyLong_CheckExact(o)) {
+        int major;
+        uint64_t arg;
+        inmem_cbor_int(o, &major, &arg);
+        return inmem_cbor_put_head(p, major, arg);
+    }
+    if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AsDouble(o);
+        uint64_t bits;
+        if (d == HUGE_VAL || d == -HUGE_VAL) {
+            *p++ = 0xf9;
+            *p++ = d > 0 ? 0x7c : 0xfc;
+            *p++ = 0x00;
+            return p;
+        }
+        memcpy(&bits, &d, sizeof bits);
+        *p++ = 0xfb;
+        for (int i = 7; i >= 0; i--)
+            *p++ = (uint8_t)(bits >> (8 * i));
+        return p;
+    }
+    if (PyBytes_CheckExact(o)) {
+        Py_ssize_t n = PyBytes_Size(o);
+        p = inmem_cbor_put_head(p, 2, (uint64_t)n);
+        memcpy(p, PyBytes_AsString(o), (size_t)n);
+        return p + n;
+    }
+    if (PyList_CheckExact(o)) {
+        Py_ssize_t n = PyList_Size(o);
+        p = inmem_cbor_put_head(p, 4, (uint64_t)n);
+        for (Py_ssize_t i = 0; i < n; i++)
+            p = inmem_cbor_write(PyList_GetItem(o, i), p);
+        return p;
+    }
+    {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        p = inmem_cbor_put_head(p, 5, (uint64_t)PyDict_Size(o));
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            p = inmem_cbor_write(k, p);
+            p = inmem_cbor_write(v, p);
+        }
+        return p;
+    }
+}
+
+/* encode_value(value, limit) -> bytes, or NotImplemented (declined). METH_FASTCALL. */
+static PyObject *inmem_encode_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    size_t size = 0, limit;
+    PyObject *out;
+    uint8_t *end;
+    (void)self;
+    if (nargs != 2 || !PyLong_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "encode_value(value, limit)");
+        return NULL;
+    }
+    limit = (size_t)PyLong_AsSize_t(args[1]);
+    if (limit == (size_t)-1 && PyErr_Occurred())
+        return NULL;
+    if (inmem_cbor_size(args[0], &size, 0, limit) != 0 || size > limit) {
+        Py_INCREF(Py_NotImplemented);
+        return Py_NotImplemented;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (out == NULL)
+        return NULL;
+    end = inmem_cbor_write(args[0], (uint8_t *)PyBytes_AsString(out));
+    if ((size_t)(end - (uint8_t *)PyBytes_AsString(out)) != size) { /* cannot happen: the passes agree */
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_SystemError, "inmem encode_value: size mismatch");
+        return NULL;
+    }
+    return out;
+}

@@ -1,4 +1,10 @@
-"""The native value decoder (``native/inmem_cbor.c``) returns exactly what ``cbor2.loads`` returns, or declines.
+"""The native value codec (``native/inmem_cbor.c``) gives exactly what cbor2 gives, or declines.
+
+Encoder: ``encode_value(value, limit)`` is either ``NotImplemented`` or the
+bytes ``cbor2.dumps(value)`` returns, and takes every plain value (so
+:func:`inmem.codec.encode_value` gives the same bytes, or raises the same
+error, with and without it). Checked on hypothesis values, the edges of each
+type and the values the Python path refuses.
 
 Its contract: for any input, ``decode_value(data)`` is either ``NotImplemented``
 (declined: :func:`inmem.codec.decode_value` then asks cbor2, which decides
@@ -24,10 +30,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inmem import codec, native
-from inmem.errors import CorruptionError
+from inmem.errors import CorruptionError, InvalidValue
 
 fast = native.builtins().get("decode_value")
-pytestmark = pytest.mark.skipif(fast is None, reason="native decoder not built or INMEM_PURE=1")
+fast_dumps = native.builtins().get("encode_value")
+pytestmark = pytest.mark.skipif(fast is None or fast_dumps is None, reason="native codec not built or INMEM_PURE=1")
 
 
 def same(a: object, b: object) -> bool:
@@ -196,3 +203,82 @@ def test_decode_value_returns_fresh_objects():
     data = codec.encode_value({"a": [1, 2]})
     first, second = codec.decode_value(data), codec.decode_value(data)
     assert first == second and first is not second and first["a"] is not second["a"]
+
+
+# --- the encoder ---------------------------------------------------------------------------------
+
+
+def dumps_checked(value: object, limit: int = codec.MAX_VALUE_BYTES) -> object:
+    """Assert the encoder's contract on ``value``; return what it returned."""
+    got = fast_dumps(value, limit)
+    if got is not NotImplemented:
+        assert type(got) is bytes and got == cbor2.dumps(value), (value, got)
+    return got
+
+
+def python_path(value: object) -> tuple[str, object]:
+    """``codec.encode_value(value)`` without the native encoder: ("ok", bytes) or ("err", exception type)."""
+    saved = codec._fast_dumps  # noqa: SLF001 - the switch this test compares across
+    codec._fast_dumps = None  # noqa: SLF001
+    try:
+        return "ok", codec.encode_value(value)
+    except Exception as exc:  # noqa: BLE001 - compared below
+        return "err", type(exc)
+    finally:
+        codec._fast_dumps = saved  # noqa: SLF001
+
+
+def native_path(value: object) -> tuple[str, object]:
+    try:
+        return "ok", codec.encode_value(value)
+    except Exception as exc:  # noqa: BLE001 - compared below
+        return "err", type(exc)
+
+
+@given(common)
+@settings(max_examples=400, deadline=None)
+def test_plain_values_are_encoded_natively_byte_identical_to_cbor2(value):
+    got = dumps_checked(value)
+    assert got is not NotImplemented, value  # taken, not declined
+    assert same(cbor2.loads(got), cbor2.loads(cbor2.dumps(value)))
+
+
+@given(anything)
+@settings(max_examples=400, deadline=None)
+def test_encode_value_gives_the_same_bytes_with_and_without_the_native_encoder(value):
+    dumps_checked(value)
+    assert native_path(value) == python_path(value)
+
+
+@pytest.mark.parametrize("value", [
+    math.nan, [1, math.nan], (1, 2), {1, 2}, frozenset(), {(1, 2): 3}, 2**64, -(2**63) - 1, "\ud800",
+    {"a": "x\udfff"}, bytearray(b"x"), memoryview(b"x"), __import__("enum").IntEnum("E", "A").A,
+    type("S", (str,), {})("s"), __import__("collections").OrderedDict(a=1), __import__("datetime").date(2026, 1, 1),
+    __import__("decimal").Decimal("1.5"), object(), complex(1, 2), [[[[1]]]] * 2 + [object()],
+])
+def test_declined_values_take_the_python_path_with_its_result(value):
+    assert fast_dumps(value, codec.MAX_VALUE_BYTES) is NotImplemented
+    assert native_path(value) == python_path(value)
+
+
+def test_edges_of_each_type():
+    for value in (None, True, False, 0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, -1, -24, -25,
+                  -256, -257, -(2**63), 0.0, -0.0, 1.5, math.inf, -math.inf, 5e-324, "", "é" * 30, "x" * 65536,
+                  b"", b"\x00" * 300, [], {}, [None] * 24, {str(i): i for i in range(30)}):
+        assert dumps_checked(value) is not NotImplemented, value
+
+
+def test_depth_and_size_limits_decline():
+    nested: list = []
+    for _ in range(99):
+        nested = [nested]
+    assert dumps_checked(nested) is not NotImplemented  # 100 levels deep
+    assert fast_dumps([nested], codec.MAX_VALUE_BYTES) is NotImplemented  # 101: the Python check decides
+    cyclic: list = []
+    cyclic.append(cyclic)
+    assert fast_dumps(cyclic, codec.MAX_VALUE_BYTES) is NotImplemented
+    assert native_path(cyclic) == python_path(cyclic) == ("err", InvalidValue)
+    assert dumps_checked("abc", 4) == b"\x63abc"
+    assert fast_dumps("abcd", 4) is NotImplemented  # 5 bytes: over the limit given
+    with pytest.raises(TypeError):
+        fast_dumps("abc")
