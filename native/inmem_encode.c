@@ -190,6 +190,8 @@ static PyMethodDef inmem_py_method_table[] = {
      "group_runs(keys, first_lsn) -> {run id: [lsn, ...]}, or None: an item of another shape (use Python)."},
     {"make_entry", (PyCFunction)(void (*)(void))inmem_make_entry, METH_FASTCALL,
      "make_entry(version, value) -> a compact entry reading as (version, value) (or that tuple)."},
+    {"put_version", (PyCFunction)(void (*)(void))inmem_put_version, METH_FASTCALL,
+     "put_version(map, fresh, key, version, value): map[key] = make_entry(version, value); fresh.append(key) if new."},
     {"encode_value", (PyCFunction)(void (*)(void))inmem_encode_value, METH_FASTCALL,
      "encode_value(value, limit) -> cbor2.dumps(value) for plain values, or NotImplemented (use Python)."},
     {"decode_value", (PyCFunction)(void (*)(void))inmem_decode_value, METH_O,
@@ -200,7 +202,7 @@ static PyMethodDef inmem_py_method_table[] = {
 /* The method table (for PyCFunction_NewEx) and its length. */
 void *inmem_py_methods(int *count)
 {
-    *count = 7;
+    *count = 8;
     return inmem_py_method_table;
 }
 

@@ -217,6 +217,40 @@ static PyObject *inmem_make_entry(PyObject *self, PyObject *const *args, Py_ssiz
     return PyTuple_Pack(2, args[0], args[1]);
 }
 
+/* put_version(map, fresh, key, version, value): the commit path's store put (inmem.store.UnifiedStore.
+   put_version, METH_FASTCALL): map[key] = make_entry(version, value) through the dict part of the
+   store's SortedMap, and, if key was not in map, fresh.append(key) (SortedMap's fresh keys, sorted
+   in when order is next needed). The dict is updated first; if the append then fails (no memory)
+   the key is taken out again, so the map never holds a key that is neither sorted nor fresh. */
+static PyObject *inmem_put_version(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *entry;
+    int had, rc;
+    if (nargs != 5 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "put_version(map, fresh, key, version, value)");
+        return NULL;
+    }
+    had = PyDict_Contains(args[0], args[2]);
+    if (had < 0)
+        return NULL;
+    entry = inmem_make_entry(self, args + 3, 2);
+    if (entry == NULL)
+        return NULL;
+    rc = PyDict_SetItem(args[0], args[2], entry);
+    Py_DECREF(entry);
+    if (rc != 0)
+        return NULL;
+    if (!had && PyList_Append(args[1], args[2]) != 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyDict_DelItem(args[0], args[2]) != 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long expected,
                           unsigned long long skip_below, unsigned long long last_version,
                           unsigned long long want, int collect, PyObject *state, PyObject *keys)

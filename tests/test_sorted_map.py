@@ -223,3 +223,197 @@ def test_make_entry_gives_the_tuple_for_what_it_cannot_hold():
         assert type(made) is tuple and made == (version, value)
     with pytest.raises(TypeError):
         fast.make_entry(1)
+
+
+# --- fresh keys: new keys join the sorted list when order is next needed --------------------------
+
+native_put = __import__("inmem.native", fromlist=["builtins"]).builtins().get("put_version")
+ORDER_OPS = ("irange", "irange_rev", "bisect_left", "bisect_right", "iter", "reversed", "items", "keys_index",
+             "peekitem", "ceiling", "islice", "index", "check", "scan", "count", "last")
+fresh_ops = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["set", "put_version", "setdefault", "pop", "del", "store_delete", "apply"]), keys),
+    st.tuples(st.sampled_from(ORDER_OPS), keys),
+    st.tuples(st.sampled_from(["popitem", "update_small", "update_big", "copy", "pickle", "clear", "index_keys",
+                               "burst"]), keys),
+), max_size=120)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fresh_ops, st.sampled_from([4, 8, 1000]))
+def test_fresh_keys_never_hide_from_an_ordered_read(ops, load):
+    """Every mutation and every ordered read of SortedMap, interleaved, against a dict and ``sorted``.
+
+    Puts go through ``__setitem__`` and the native ``put_version`` (the kernel's path), deletes through
+    ``pop``, ``del``, ``popitem`` and the store's ``apply``; each ordered read must see every key and
+    only the live ones, and ``_check`` (fresh keys distinct, live, not sorted) must hold throughout.
+    """
+    model: dict[bytes, tuple[int, bytes]] = {}
+    m = SortedMap()
+    m._reset(load)  # small sublists: the grouped merge and its splits run (store._merge_groups)
+    store = UnifiedStore(m)
+    put_version = store.put_version
+    version = 0
+    for op, key in ops:
+        version += 1
+        ordered = sorted(model)
+        if op == "set":
+            m[key] = model[key] = (version, key)
+        elif op == "put_version":
+            put_version(key, version, key)
+            model[key] = (version, key)
+        elif op == "setdefault":
+            assert m.setdefault(key, (version, key)) == model.setdefault(key, (version, key))
+        elif op == "pop":
+            assert m.pop(key, None) == model.pop(key, None)
+        elif op == "del":
+            if key in model:
+                del m[key]
+                del model[key]
+            else:
+                with pytest.raises(KeyError):
+                    del m[key]
+        elif op == "store_delete":
+            assert store.delete(key) == (model.pop(key, None) is not None)
+        elif op == "apply":
+            store.apply(version, [(key, None), (key + b"a", b"v"), (key + b"b", None)])
+            model.pop(key, None)
+            model[key + b"a"] = (version, b"v")
+            model.pop(key + b"b", None)
+        elif op == "popitem":
+            if model:
+                got = m.popitem(0)
+                assert got[0] == ordered[0] and got[1] == model.pop(ordered[0])
+        elif op == "burst":  # many fresh keys at once, around and beyond what is stored
+            for i in range(0, 40, 3):
+                put_version(key + bytes([i]), version, b"b")
+                model[key + bytes([i])] = (version, b"b")
+        elif op == "update_small":
+            pairs = {key: (version, b"u"), key + b"z": (version, b"u")}
+            m.update(pairs)
+            model.update(pairs)
+        elif op == "update_big":
+            pairs = {key + bytes([i]): (version, b"b") for i in range(12)}
+            m.update(pairs)
+            model.update(pairs)
+        elif op == "copy":
+            m2 = m.copy()
+            assert list(m2.items()) == sorted(model.items())
+        elif op == "pickle":
+            m2 = pickle.loads(pickle.dumps(m))
+            assert type(m2) is SortedMap and list(m2.items()) == sorted(model.items())
+        elif op == "clear":
+            m.clear()
+            model.clear()
+        elif op == "index_keys":
+            m.index_keys()
+        elif op == "irange":
+            assert list(m.irange(key)) == [k for k in ordered if k >= key]
+        elif op == "irange_rev":
+            assert list(m.irange(None, key, reverse=True)) == [k for k in reversed(ordered) if k <= key]
+        elif op == "bisect_left":
+            assert m.bisect_left(key) == bisect.bisect_left(ordered, key)
+        elif op == "bisect_right":
+            assert m.bisect_right(key) == m.bisect(key) == bisect.bisect_right(ordered, key)
+        elif op == "iter":
+            assert list(m) == ordered
+        elif op == "reversed":
+            assert list(reversed(m)) == ordered[::-1]
+        elif op == "items":
+            assert list(m.items()) == sorted(model.items())
+        elif op == "keys_index":
+            if ordered:
+                assert m.keys()[len(ordered) // 2] == ordered[len(ordered) // 2]
+                assert m.items()[-1] == (ordered[-1], model[ordered[-1]])
+        elif op == "peekitem":
+            if ordered:
+                assert m.peekitem(0) == (ordered[0], model[ordered[0]])
+        elif op == "ceiling":
+            i = bisect.bisect_left(ordered, key)
+            assert m.ceiling(key) == (ordered[i] if i < len(ordered) else None)
+        elif op == "islice":
+            assert list(m.islice(1, 4)) == ordered[1:4]
+        elif op == "index":
+            if key in model:
+                assert m.index(key) == ordered.index(key)
+        elif op == "check":
+            m._check()
+        elif op == "scan":
+            assert store.scan(key, None) == [(k, model[k]) for k in ordered if k >= key]
+        elif op == "count":
+            assert store.count(key, key + b"\xff") == sum(1 for k in ordered if key <= k < key + b"\xff")
+        elif op == "last":
+            want = [k for k in ordered if key <= k < key + b"\xff"]
+            assert store.last(key, key + b"\xff") == ((want[-1], model[want[-1]]) if want else None)
+        assert len(m) == len(model) and all((k in m) == True for k in model)  # noqa: E712
+        assert dict.__len__(m) == len(model) and {k: tuple(v) for k, v in dict.items(m)} == model
+    m._check()
+    assert list(m.items()) == sorted(model.items())
+
+
+def test_new_keys_wait_for_the_next_ordered_read_and_removals_sort_them_in_first():
+    m = SortedMap()
+    store = UnifiedStore(m)
+    for i in (5, 1, 3):
+        store.put_version(b"k%d" % i, i, b"v")
+    m[b"k2"] = (2, b"v")
+    m[b"k1"] = (9, b"w")  # a key already there stays where it is: not fresh twice
+    assert sorted(m.fresh_keys()) == [b"k1", b"k2", b"k3", b"k5"] and len(m._sorted) == 0
+    m._check()
+    assert store.scan(b"", None)[0] == (b"k1", (9, b"w"))  # the read sorts them in
+    assert m.fresh_keys() == [] and list(m._sorted) == [b"k1", b"k2", b"k3", b"k5"]
+    m[b"k0"] = (1, b"v")
+    assert m.pop(b"k0") == (1, b"v")  # a fresh key removed: sorted in first, then removed
+    assert m.fresh_keys() == [] and b"k0" not in m._sorted
+    m[b"k4"] = (1, b"v")
+    del m[b"k4"]  # removed from the dict before the list: still never left behind
+    assert list(m) == [b"k1", b"k2", b"k3", b"k5"]
+    m._check()
+
+
+@pytest.mark.skipif(native_put is None, reason="native put_version not built or INMEM_PURE=1")
+def test_native_put_version_refuses_bad_arguments_and_stores_what_make_entry_makes():
+    m = SortedMap()
+    with pytest.raises(TypeError):
+        native_put({}, [], b"k", 1)
+    with pytest.raises(TypeError):
+        native_put(m, (), b"k", 1, b"v")
+    native_put(m, m.fresh_keys(), b"k", 2**64, b"v")  # a version out of the entry's range: the tuple
+    assert type(m[b"k"]) is tuple and m[b"k"] == (2**64, b"v") and m.fresh_keys() == [b"k"]
+    native_put(m, m.fresh_keys(), b"k", 3, b"w")
+    assert m[b"k"] == (3, b"w") and type(m[b"k"]) is not tuple and m.fresh_keys() == [b"k"]
+    with pytest.raises(TypeError):
+        native_put(m, m.fresh_keys(), [b"unhashable"], 1, b"v")  # nothing stored
+    assert list(m.items()) == [(b"k", (3, b"w"))]
+    m._check()
+
+
+@pytest.mark.parametrize("pattern", ["append", "interleave", "cluster", "random", "before_all"])
+@pytest.mark.parametrize("count", [1, 12, 40, 99, 150])
+def test_the_grouped_merge_keeps_sortedcontainers_invariants(monkeypatch, pattern, count):
+    """400 sorted keys in sublists of 4..8, then ``count`` fresh keys in one pattern: one ordered read
+    sorts them in by sublist (``_merge_groups``, checked to run; 100 keys or more: one sort of all),
+    and every SortedList invariant holds."""
+    import random
+
+    import inmem.store as store_module
+
+    calls = []
+    real = store_module._merge_groups
+    monkeypatch.setattr(store_module, "_merge_groups", lambda sl, fresh: (calls.append(len(fresh)), real(sl, fresh)))
+    m = SortedMap({b"k%05d" % (2 * i): (1, b"") for i in range(400)})
+    m._reset(4)
+    rnd = random.Random(count)
+    fresh = {
+        "append": [b"k%05d" % (1000 + i) for i in range(count)],
+        "interleave": [b"k%05d" % (2 * i + 1) for i in range(count)],
+        "cluster": [b"k%05d" % (301) + bytes([i]) for i in range(count)],
+        "random": rnd.sample([b"k%05d" % (2 * i + 1) for i in range(400)], count),
+        "before_all": [b"a%05d" % i for i in range(count)],
+    }[pattern]
+    for key in fresh:
+        m[key] = (2, b"")
+    assert list(m) == sorted([b"k%05d" % (2 * i) for i in range(400)] + fresh)
+    assert calls == ([count] if count * 4 < 400 else [])
+    m._check()
+    assert m._sorted._index == [] or m._sorted._index[0] == len(m)
+    assert m.keys()[count] == sorted(m)[count]  # the positional index, rebuilt

@@ -147,8 +147,7 @@ class WalWriter:
         self._closed = False
 
         #: LSN the next appended frame must carry. Read and advanced under the commit lock.
-        self.next_lsn = next_lsn
-        self._appended_lsn = next_lsn - 1  # last LSN in the pending buffer or beyond
+        self.next_lsn = next_lsn  # next_lsn - 1: the last LSN in the pending buffer or beyond
         self._written_lsn = next_lsn - 1  # last LSN handed to the OS
         self._durable_lsn = next_lsn - 1  # last LSN fsynced
 
@@ -173,7 +172,8 @@ class WalWriter:
         self._tail_frames = 1 if self._tail_size > SEGMENT_HEADER_SIZE else 0
         # logical WAL size and segment count, pending frames included (what stats() reports);
         # kept at append time, so no reading of file sizes races an in-flight write
-        self._wal_bytes = closed_bytes + self._tail_size
+        # (stats()' "bytes" is _wal_base_bytes + appended_bytes: one counter less on every append)
+        self._wal_base_bytes = closed_bytes + self._tail_size
         self._wal_segments = closed_segments + 1
         #: Bytes of frames appended by this writer, ever (monotonic: drives automatic snapshots).
         self.appended_bytes = 0
@@ -214,22 +214,21 @@ class WalWriter:
         n = len(frame)
         with self._lock:
             lsn = self.next_lsn
-            if self._tail_frames and self._tail_size + n > self._segment_bytes:
+            size = self._tail_size
+            if self._tail_frames and size + n > self._segment_bytes:
                 self._tail_seq += 1
                 self._marks.append((len(self._pending), self._tail_seq, lsn))
-                self._tail_size = SEGMENT_HEADER_SIZE
+                size = SEGMENT_HEADER_SIZE
                 self._tail_frames = 0
-                self._wal_bytes += SEGMENT_HEADER_SIZE
+                self._wal_base_bytes += SEGMENT_HEADER_SIZE
                 self._wal_segments += 1
-            self.tail_seq = self._tail_seq
-            self.last_offset = self._tail_size
+                self.tail_seq = self._tail_seq
+            self.last_offset = size
             self._pending += frame
-            self._tail_size += n
+            self._tail_size = size + n
             self._tail_frames += 1
-            self._wal_bytes += n
             self.appended_bytes += n
-            self.next_lsn = lsn + 1
-            self._appended_lsn = lsn
+            self.next_lsn = lsn + 1  # last: frames up to next_lsn - 1 are in _pending (or beyond)
             wake = self._flusher is not None and len(self._pending) > BATCH_WAKE_BYTES
         if wake:
             with self._wake:
@@ -279,7 +278,7 @@ class WalWriter:
 
         :raises DatabasePoisoned: the write or fsync failed, or an earlier one had.
         """
-        self._flush(self._appended_lsn, sync=True)
+        self._flush(self.next_lsn - 1, sync=True)
 
     # --- I/O -----------------------------------------------------------------------
 
@@ -306,7 +305,7 @@ class WalWriter:
         last = 0
         try:
             with self._lock:
-                data, marks, last = self._pending, self._marks, self._appended_lsn
+                data, marks, last = self._pending, self._marks, self.next_lsn - 1
                 self._pending = bytearray()
                 self._marks = []
             if data:
@@ -363,9 +362,9 @@ class WalWriter:
                 if not self._closed:
                     self._wake.wait(self._interval_s)
                 closing = self._closed
-            if self._poisoned is None and self._appended_lsn > self._durable_lsn:
+            if self._poisoned is None and self.next_lsn - 1 > self._durable_lsn:
                 try:
-                    self._flush(self._appended_lsn, sync=True)
+                    self._flush(self.next_lsn - 1, sync=True)
                 except DatabasePoisoned:
                     pass  # logged in _flush; the next commit raises
             if closing:
@@ -437,7 +436,7 @@ class WalWriter:
         if dropped:
             self._fs.sync_dir(self._dir)
             with self._lock:
-                self._wal_bytes -= freed
+                self._wal_base_bytes -= freed
                 self._wal_segments -= len(dropped)
         return dropped
 
@@ -456,7 +455,7 @@ class WalWriter:
         """WAL figures: ``bytes`` and ``segments`` (pending frames included), LSNs."""
         with self._lock:
             return {
-                "bytes": self._wal_bytes,
+                "bytes": self._wal_base_bytes + self.appended_bytes,
                 "segments": self._wal_segments,
                 "next_lsn": self.next_lsn,
                 "durable_lsn": self._durable_lsn,
