@@ -52,8 +52,11 @@ class SortedMap(SortedDict):
 
     **Fresh keys.** Putting a key that is not in the map adds it to the dict
     part and appends it to ``_fresh``, a list, instead of inserting it into
-    the sorted key list at once (O(1) instead of O(log n): ~0.35 µs less per
-    new key, ~10 % of a ``kv.put``). The first operation that needs key order (an
+    the sorted key list at once (O(1) instead of O(log n) and three Python
+    frames). Measured with the C store put (``put_version``), 100,000
+    ``kv.put`` of new keys then one scan: 4.72 -> 4.18 µs per key in key
+    order, 6.73 -> 5.01 µs in random order, the sorting in included (0.09 and
+    0.78 µs per key). The first operation that needs key order (an
     ``irange``, a bisection, iteration, ``items()``, an index, ``peekitem``,
     ``popitem``, :meth:`ceiling`, ``_check``...) sorts the fresh keys in first,
     in one ``SortedList.update``. Every path to the sorted list goes through
