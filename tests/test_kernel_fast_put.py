@@ -143,7 +143,7 @@ def test_scans_and_snapshots_racing_puts_of_new_keys_miss_none_and_see_no_phanto
     """
     import random
 
-    from conftest import run_interleaved
+    from tests.conftest import run_interleaved
 
     path = str(tmp_path / "db")
     db = Database.open(path)
