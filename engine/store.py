@@ -32,7 +32,7 @@ from sortedcontainers import SortedDict, SortedList
 
 from . import native
 
-__all__ = ["Entry", "SortedMap", "UnifiedStore"]
+__all__ = ["FRESH_LIMIT", "Entry", "SortedMap", "UnifiedStore"]
 
 #: (commit version that wrote the value, encoded value bytes)
 Entry = tuple[int, bytes]
@@ -41,6 +41,10 @@ Entry = tuple[int, bytes]
 #: The SortedList methods SortedDict.__init__ caches on each instance; SortedMap routes them through
 #: its own class-level versions below (which see the fresh keys) by dropping those per-instance caches.
 _dict_setitem = dict.__setitem__
+
+#: Most fresh keys a SortedMap keeps before the put that adds one more sorts them in (bounds the pause
+#: of that put, or of the next ordered read, at ~10 ms for keys in random order).
+FRESH_LIMIT = 16_384
 
 _CACHED_LIST_METHODS = ("_list_add", "_list_clear", "_list_iter", "_list_reversed", "_list_pop", "_list_remove",
                         "_list_update", "bisect_left", "bisect", "bisect_right", "index", "irange", "islice",
@@ -69,6 +73,11 @@ class SortedMap(SortedDict):
     the database's commit lock (point reads are dict lookups, which never
     touch the list).
 
+    At most :data:`FRESH_LIMIT` keys wait: the put that reaches it sorts them
+    in, so no single put, scan or snapshot step (which holds the commit lock)
+    pays for more than that many (~10 ms for random keys, far less in key
+    order), however long a run of puts goes without an ordered read.
+
     **Bulk load.** Recovery fills the *dict part* directly (``dict.__setitem__``,
     ``dict.pop``, ``PyDict_SetItem`` in the native replay), without the
     sorted key list, then calls :meth:`index_keys` once: one O(n log n) sort
@@ -88,7 +97,7 @@ class SortedMap(SortedDict):
     def _list(self) -> SortedList:
         """The sorted key list, with the fresh keys sorted in first."""
         if self._fresh:
-            self._merge_fresh()
+            self.sort_fresh()
         return self._sorted
 
     @_list.setter
@@ -97,11 +106,11 @@ class SortedMap(SortedDict):
 
     def fresh_keys(self) -> list[bytes]:
         """The list of fresh keys itself (one object for the map's life), for a put done in C
-        (``native/inmem_replay.c``'s ``put_version``), which appends a new key to it as
-        :meth:`__setitem__` does."""
+        (``native/inmem_replay.c``'s ``put_version``), which appends a new key to it and calls
+        :meth:`sort_fresh` at :data:`FRESH_LIMIT` as :meth:`__setitem__` does."""
         return self._fresh
 
-    def _merge_fresh(self) -> None:
+    def sort_fresh(self) -> None:
         """Sort the fresh keys into the sorted list. Complexity: O(k log k) for k fresh keys, plus
         O(n) C work (one sort) when k >= n/4, else O(log n) per group of keys (_merge_groups)."""
         fresh = self._fresh  # the same list object for the map's life (UnifiedStore.put_version holds it)
@@ -115,7 +124,12 @@ class SortedMap(SortedDict):
 
     def __setitem__(self, key: bytes, value: object) -> None:
         if key not in self:
-            self._fresh.append(key)  # not in the map, so neither fresh nor sorted yet: appended once
+            fresh = self._fresh
+            fresh.append(key)  # not in the map, so neither fresh nor sorted yet: appended once
+            if len(fresh) >= FRESH_LIMIT:
+                _dict_setitem(self, key, value)
+                self.sort_fresh()
+                return
         _dict_setitem(self, key, value)
 
     _setitem = __setitem__
@@ -271,7 +285,8 @@ class UnifiedStore:
         #: fresh-key updates as ``SortedMap.__setitem__``) when built, else :meth:`put`.
         native_put = native.builtins().get("put_version")
         self.put_version: Callable[[bytes, int, bytes], None] = (
-            self.put if native_put is None else functools.partial(native_put, self._map, self._map.fresh_keys()))
+            self.put if native_put is None
+            else functools.partial(native_put, self._map, self._map.fresh_keys(), FRESH_LIMIT))
         #: ``make_entry(version, value)`` -> the entry to store, or ``None``: the tuple itself. The
         #: kernel sets the native compact entry maker here (``inmem.wal.fast.make_entry``).
         self.make_entry: Callable[[int, bytes], Entry] | None = None

@@ -191,7 +191,7 @@ static PyMethodDef inmem_py_method_table[] = {
     {"make_entry", (PyCFunction)(void (*)(void))inmem_make_entry, METH_FASTCALL,
      "make_entry(version, value) -> a compact entry reading as (version, value) (or that tuple)."},
     {"put_version", (PyCFunction)(void (*)(void))inmem_put_version, METH_FASTCALL,
-     "put_version(map, fresh, key, version, value): map[key] = make_entry(version, value); fresh.append(key) if new."},
+     "put_version(map, fresh, limit, key, version, value): map[key] = make_entry(version, value); fresh keys."},
     {"encode_value", (PyCFunction)(void (*)(void))inmem_encode_value, METH_FASTCALL,
      "encode_value(value, limit) -> cbor2.dumps(value) for plain values, or NotImplemented (use Python)."},
     {"decode_value", (PyCFunction)(void (*)(void))inmem_decode_value, METH_O,

@@ -217,37 +217,46 @@ static PyObject *inmem_make_entry(PyObject *self, PyObject *const *args, Py_ssiz
     return PyTuple_Pack(2, args[0], args[1]);
 }
 
-/* put_version(map, fresh, key, version, value): the commit path's store put (inmem.store.UnifiedStore.
-   put_version, METH_FASTCALL): map[key] = make_entry(version, value) through the dict part of the
-   store's SortedMap, and, if key was not in map, fresh.append(key) (SortedMap's fresh keys, sorted
-   in when order is next needed). The dict is updated first; if the append then fails (no memory)
-   the key is taken out again, so the map never holds a key that is neither sorted nor fresh. */
+/* put_version(map, fresh, limit, key, version, value): the commit path's store put
+   (inmem.store.UnifiedStore.put_version, METH_FASTCALL): map[key] = make_entry(version, value)
+   through the dict part of the store's SortedMap, and, if key was not in map, fresh.append(key)
+   (SortedMap's fresh keys, sorted in when order is next needed) and, once fresh holds `limit` keys,
+   map.sort_fresh(). The dict is updated first; if the append then fails (no memory) the key is
+   taken out again, so the map never holds a key that is neither sorted nor fresh. */
 static PyObject *inmem_put_version(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *entry;
+    Py_ssize_t limit;
     int had, rc;
-    if (nargs != 5 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "put_version(map, fresh, key, version, value)");
+    if (nargs != 6 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) || !PyLong_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "put_version(map, fresh, limit, key, version, value)");
         return NULL;
     }
-    had = PyDict_Contains(args[0], args[2]);
+    limit = PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    had = PyDict_Contains(args[0], args[3]);
     if (had < 0)
         return NULL;
-    entry = inmem_make_entry(self, args + 3, 2);
+    entry = inmem_make_entry(self, args + 4, 2);
     if (entry == NULL)
         return NULL;
-    rc = PyDict_SetItem(args[0], args[2], entry);
+    rc = PyDict_SetItem(args[0], args[3], entry);
     Py_DECREF(entry);
     if (rc != 0)
         return NULL;
-    if (!had && PyList_Append(args[1], args[2]) != 0) {
+    if (had)
+        Py_RETURN_NONE;
+    if (PyList_Append(args[1], args[3]) != 0) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (PyDict_DelItem(args[0], args[2]) != 0)
+        if (PyDict_DelItem(args[0], args[3]) != 0)
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
         return NULL;
     }
+    if (PyList_Size(args[1]) >= limit)
+        return PyObject_CallMethod(args[0], "sort_fresh", NULL);
     Py_RETURN_NONE;
 }
 

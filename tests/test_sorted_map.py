@@ -373,16 +373,17 @@ def test_new_keys_wait_for_the_next_ordered_read_and_removals_sort_them_in_first
 @pytest.mark.skipif(native_put is None, reason="native put_version not built or INMEM_PURE=1")
 def test_native_put_version_refuses_bad_arguments_and_stores_what_make_entry_makes():
     m = SortedMap()
+    fresh = m.fresh_keys()
     with pytest.raises(TypeError):
-        native_put({}, [], b"k", 1)
+        native_put({}, [], 9, b"k", 1)
     with pytest.raises(TypeError):
-        native_put(m, (), b"k", 1, b"v")
-    native_put(m, m.fresh_keys(), b"k", 2**64, b"v")  # a version out of the entry's range: the tuple
+        native_put(m, (), 9, b"k", 1, b"v")
+    native_put(m, fresh, 9, b"k", 2**64, b"v")  # a version out of the entry's range: the tuple
     assert type(m[b"k"]) is tuple and m[b"k"] == (2**64, b"v") and m.fresh_keys() == [b"k"]
-    native_put(m, m.fresh_keys(), b"k", 3, b"w")
+    native_put(m, fresh, 9, b"k", 3, b"w")
     assert m[b"k"] == (3, b"w") and type(m[b"k"]) is not tuple and m.fresh_keys() == [b"k"]
     with pytest.raises(TypeError):
-        native_put(m, m.fresh_keys(), [b"unhashable"], 1, b"v")  # nothing stored
+        native_put(m, fresh, 9, [b"unhashable"], 1, b"v")  # nothing stored
     assert list(m.items()) == [(b"k", (3, b"w"))]
     m._check()
 
@@ -417,3 +418,23 @@ def test_the_grouped_merge_keeps_sortedcontainers_invariants(monkeypatch, patter
     m._check()
     assert m._sorted._index == [] or m._sorted._index[0] == len(m)
     assert m.keys()[count] == sorted(m)[count]  # the positional index, rebuilt
+
+
+@pytest.mark.parametrize("path", ["setitem", "put_version"])
+def test_at_most_fresh_limit_keys_wait(path):
+    """The put that brings the fresh keys to FRESH_LIMIT sorts them in: no pause grows past that."""
+    import inmem.store as store_module
+
+    m = SortedMap({b"k%06d" % i: (1, b"") for i in range(0, 100, 2)})
+    store = UnifiedStore(m)
+    put = (lambda k: m.__setitem__(k, (2, b""))) if path == "setitem" else (lambda k: store.put_version(k, 2, b""))
+    limit = store_module.FRESH_LIMIT
+    for i in range(limit - 1):
+        put(b"n%06d" % i)
+    assert len(m.fresh_keys()) == limit - 1
+    put(b"n%06d" % (limit - 1))
+    assert m.fresh_keys() == [] and len(m._sorted) == 50 + limit
+    put(b"a")
+    assert m.fresh_keys() == [b"a"]
+    m._check()
+    assert list(m)[:2] == [b"a", b"k000000"]
