@@ -214,9 +214,10 @@ def _merge_groups(sorted_list: SortedList, fresh: list[bytes]) -> None:
     one: a Python call, a bisection and an insert each. Here the keys are
     sorted once and each run of keys that falls into one sublist goes in
     together: inserted one by one (C ``insort``) if the run is short, else
-    appended and the sublist re-sorted (a C merge of two sorted runs). Keys
-    past the last maximum join the last sublist, so appending in key order
-    (step counters, timestamps) costs one extend and one linear sort.
+    appended and the sublist re-sorted (a C merge of two sorted runs), or
+    only appended if they all sort after it. Keys past the last maximum join
+    the last sublist, so appending in key order (step counters, timestamps)
+    costs one extend.
     Sublists longer than twice the load are then cut into pieces of between
     one and two loads, as ``SortedList._expand`` would have. Relies on
     sortedcontainers' documented layout (``_lists``, ``_maxes``, ``_load``,
@@ -237,7 +238,9 @@ def _merge_groups(sorted_list: SortedList, fresh: list[bytes]) -> None:
         else:
             j = bisect_right(fresh, maxes[pos], i)
         sub = lists[pos]
-        if j - i < 16:
+        if fresh[i] > sub[-1]:
+            sub += fresh[i:j]  # all past the sublist's end (appends in key order): no sort
+        elif j - i < 16:
             for key in fresh[i:j]:
                 insort(sub, key)
         else:
