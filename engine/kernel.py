@@ -22,11 +22,15 @@ call, transaction, fork, begin/end/archive run)::
         wal.append(frame)                     # may raise DatabasePoisoned / DatabaseReadOnly: nothing applied
         history.add(lsn, segment, offset, writes)
         store / version chains apply(version, writes)    # now visible to readers
+        last version = version                # anything raised since the append: the database is poisoned
         watchers / listeners(version, ...)    # derived state, the change feed: append, never block
     wal.wait(lsn)                             # strict: group fsync; off: write; batched: no wait
 
 Invariants: each commit is exactly one WAL record; commit versions rise by
-one per commit; the store never holds a write whose record was not appended;
+one per commit (an exception between the append and the version bump — no
+memory in the store write, a ``KeyboardInterrupt`` — poisons the database, so
+no later commit can reuse the version: a second record with it would end the
+WAL's valid prefix at recovery); the store never holds a write whose record was not appended;
 the commit lock is held only across CPU work (see :mod:`inmem.locks`).
 Readers may see a commit before its ``wait`` returns (early lock release, as
 in every WAL engine); if that fsync fails the database is poisoned and the
@@ -46,11 +50,13 @@ so in the docstrings (WAL, LSN, segment).
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from .codec import MAX_VALUE_BYTES, now_us
-from .errors import DatabaseClosed, InvalidArgument, TransactionConflict
+from .errors import DatabaseClosed, DatabasePoisoned, DatabaseReadOnly, InvalidArgument, TransactionConflict
 from .fs import FileSystem
 from .history import HistoryIndex
 from .identity import Identity
@@ -65,6 +71,8 @@ from .wal.format import commit_record_size, encode_commit_frame, encode_put_fram
 from .wal.follow import WalFollower
 from .wal.readonly import ReadOnlyWal
 from .wal.writer import WalWriter
+
+log = logging.getLogger("inmem")
 
 __all__ = ["Kernel", "Listener", "LockedView", "ReadPoint", "Resolver", "Watcher", "Writes"]
 
@@ -297,14 +305,41 @@ class Kernel:
                 wal = self.wal
                 lsn = wal.next_lsn
                 version = self._version + 1
-                wal.append(encode_put_frame(lsn, version, self.clock(), key, value))
-                self.history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
-                self._put_version(key, version, value)
-                self._version = version
+                frame = encode_put_frame(lsn, version, self.clock(), key, value)
+                try:
+                    wal.append(frame)
+                    self.history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
+                    self._put_version(key, version, value)
+                    self._version = version
+                except (DatabasePoisoned, DatabaseClosed, DatabaseReadOnly):
+                    raise  # refused by the append before anything was appended
+                except BaseException as exc:
+                    self._poison_mid_commit(exc, version)
+                    raise
                 self._commits += 1
         if self._must_wait:
             self.wal.wait(lsn)
         return version
+
+    def _poison_mid_commit(self, exc: BaseException, version: int) -> None:
+        """A commit failed after its WAL record was appended (lock held): poison the database.
+
+        The record is whole and follows every earlier one, but the in-memory
+        state may hold part of it: no later commit may reuse its version or
+        its LSN, nor be acknowledged over a state that differs from the WAL's.
+        Everything appended so far is written and fsynced first (the failed
+        commit included: its caller gets the exception, an unknown outcome, as
+        for a failed fsync), so no acknowledged commit is lost in any
+        durability mode; then the WAL refuses every later append. Reopening
+        recovers what is on disk (SPEC.md §5, "Poisoning").
+        """
+        log.error("inmem: commit version %d failed after its WAL record was appended (%s: %s); database "
+                  "poisoned, writes refused: reopen it", version, type(exc).__name__, exc)
+        try:
+            self.wal.sync()
+        except Exception:  # noqa: BLE001 - a failed write poisons the WAL itself; the first error is raised
+            pass
+        self.wal.poison(exc, quiet=True)
 
     def _validate_locked(self, validate: Callable[[Kernel], None] | None, release: ReadPoint | None) -> None:
         """Run a transaction's OCC check and release its read point (whatever happens); lock held."""
@@ -348,22 +383,30 @@ class Kernel:
         version = self._version + 1
         ts_us = self.clock()  # the database clock: commit times and times to live agree
         versions = self._versions
-        if len(writes) == 1 and writes[0][1] is not None:  # one put: the kv.put hot path
+        one_put = len(writes) == 1 and writes[0][1] is not None  # the kv.put hot path
+        if one_put:
             key, value = writes[0]
-            wal.append(encode_put_frame(lsn, version, ts_us, key, value))  # type: ignore[arg-type]
-            self.history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
+            frame = encode_put_frame(lsn, version, ts_us, key, value)  # type: ignore[arg-type]
+        else:
+            frame = encode_commit_frame(lsn, version, ts_us, writes)
+        try:
+            wal.append(frame)
+            if one_put:
+                self.history.add_one(lsn, wal.tail_seq, wal.last_offset, key)
+            else:
+                self.history.add(lsn, wal.tail_seq, wal.last_offset, writes)
             if versions.active:
                 versions.apply(version, writes)  # keep what open read points still read
-            else:
+            elif one_put:
                 self._put_version(key, version, value)
-        else:
-            wal.append(encode_commit_frame(lsn, version, ts_us, writes))
-            self.history.add(lsn, wal.tail_seq, wal.last_offset, writes)
-            if versions.active:
-                versions.apply(version, writes)
             else:
                 self._store.apply(version, writes)
-        self._version = version
+            self._version = version
+        except (DatabasePoisoned, DatabaseClosed, DatabaseReadOnly):
+            raise  # refused by the append before anything was appended
+        except BaseException as exc:
+            self._poison_mid_commit(exc, version)
+            raise
         self._commits += 1
         watchers = self._watchers
         if watchers:

@@ -187,3 +187,45 @@ def test_scans_and_snapshots_racing_puts_of_new_keys_miss_none_and_see_no_phanto
         assert [k for k, _ in again.kv.scan(run, "k/")] == sorted(written)
         assert again.kv.get(run, "z/after-snapshot") == 1
         check_store(again)
+
+
+@pytest.mark.parametrize("path", ["inline", "general", "transaction"])
+def test_a_failure_after_the_frame_is_appended_poisons_instead_of_reusing_the_version(tmp_path, monkeypatch, path):
+    """An exception between the WAL append and the version bump (no memory in the store write, a
+    KeyboardInterrupt in its Python code) must not let the next commit reuse the commit version: that
+    WAL would hold two frames with one version, and recovery would refuse it as corrupt. The
+    database is poisoned instead, after writing what was appended; a reopen recovers every
+    acknowledged commit (batched mode included), and the failed one whole or not at all."""
+    from inmem.errors import DatabasePoisoned
+    from inmem.store import UnifiedStore
+
+    db_path = str(tmp_path / "db")
+    db = Database.open(db_path)
+    run = db.begin_run("r")
+    db.kv.put(run, "before", 1)
+    k = kernel(db)
+    if path == "general":
+        k.listen(lambda version, ts_us, writes: None)
+
+    def failing(*args):
+        raise MemoryError("injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(k, "_put_version", failing)
+        patch.setattr(UnifiedStore, "apply", failing)
+        with pytest.raises(MemoryError):
+            if path == "transaction":
+                with db.transaction() as tx:
+                    tx.kv.put(run, "failed", 2)
+                    tx.kv.put(run, "failed2", 2)
+            else:
+                db.kv.put(run, "failed", 2)
+    with pytest.raises(DatabasePoisoned):
+        db.kv.put(run, "after", 3)
+    db.close()  # the poisoning was reported (by that put): close does not raise it again
+    with Database.open(db_path) as again:
+        assert again.kv.get(run, "before") == 1
+        assert again.kv.get(run, "after") is None
+        failed = [again.kv.get(run, k) for k in (("failed", "failed2") if path == "transaction" else ("failed",))]
+        assert failed in ([None] * len(failed), [2] * len(failed))
+        check_store(again)

@@ -55,7 +55,7 @@ class ReadOnlyWal:
     def wait(self, lsn: int) -> None:
         pass
 
-    def poison(self, exc: BaseException) -> None:
+    def poison(self, exc: BaseException, *, quiet: bool = False) -> None:
         pass  # nothing is ever written through a read-only handle, so nothing can need poisoning
 
     def write_through(self, lsn: int) -> None:

@@ -370,7 +370,7 @@ class WalWriter:
             if closing:
                 return
 
-    def poison(self, exc: BaseException) -> None:
+    def poison(self, exc: BaseException, *, quiet: bool = False) -> None:
         """Refuse every later append and flush: an fsync elsewhere in the database directory failed.
 
         For failures outside the WAL (a snapshot file's fsync, the directory
@@ -379,14 +379,15 @@ class WalWriter:
         (SPEC.md §5, "Poisoning"). As for a WAL failure, frames still pending
         are discarded; threads waiting for their fsync raise
         :class:`~inmem.errors.DatabasePoisoned`. The first cause is kept;
-        idempotent.
+        idempotent. Also for a commit that failed after its record was
+        appended (:class:`~inmem.kernel.Kernel` logs that itself: ``quiet``).
         """
         with self._io_cond:
             first = self._poisoned is None
             if first:
                 self._poisoned = exc
             self._io_cond.notify_all()
-        if first:
+        if first and not quiet:
             log.error("inmem: an fsync in the database directory failed; database poisoned, writes refused: %s",
                       exc)
 
@@ -396,7 +397,8 @@ class WalWriter:
         if not threading.current_thread().name.startswith("inmem-"):
             self._poison_reported = True
         return DatabasePoisoned(
-            f"an earlier write or fsync in the database directory failed ({self._poisoned}); "
+            f"an earlier write, fsync or commit in the database failed ({type(self._poisoned).__name__}: "
+            f"{self._poisoned}); "
             "writes are refused. "
             "Close the database and reopen it: recovery keeps what is really on disk."
         )
