@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 import os
 import subprocess
 import sys
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inmem
 from inmem import (
@@ -26,6 +29,7 @@ from inmem import (
     InvalidValue,
     RunClosed,
     RunNotFound,
+    TransactionConflict,
 )
 from tests.conftest import assert_refused_unwritten
 
@@ -308,3 +312,56 @@ def test_a_handle_left_open_is_flushed_at_interpreter_exit(dbdir):
                          env={**os.environ, "PYTHONPATH": root}, check=True).stdout.strip()
     with Database.open(dbdir) as db:
         assert db.kv.get(run, "k") == "v"
+
+
+# --- scan(start=): paging through a run ------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sets(st.text(alphabet="ab/é\x00", max_size=4), max_size=25), st.text(alphabet="ab/é", max_size=2),
+       st.text(alphabet="ab/é\x00", max_size=4))
+def test_scan_from_start_is_the_sorted_keys_at_or_after_it_within_the_prefix(tmp_path_factory, keys, prefix, start):
+    with Database.open(str(tmp_path_factory.mktemp("db"))) as db:
+        run = db.begin_run("r")
+        for k in keys:
+            db.kv.put(run, k, k)
+        order = sorted(keys, key=lambda k: k.encode())
+        want = [k for k in order if k.startswith(prefix) and k.encode() >= start.encode()]
+        assert [k for k, _ in db.kv.scan(run, prefix, start=start)] == want
+        with db.transaction() as tx:  # the same through a transaction's snapshot
+            assert [k for k, v in tx.kv.scan(run, prefix, start=start)] == want
+        # paging: pages of 3, each starting after the last key of the one before
+        pages, after = [], None
+        while True:
+            page = list(itertools.islice(db.kv.scan(run, prefix, start=after), 3))
+            pages += [k for k, _ in page]
+            if len(page) < 3:
+                break
+            after = page[-1][0] + "\0"
+        assert pages == [k for k in order if k.startswith(prefix)]
+
+
+def test_scan_start_reads_only_from_start_so_a_write_before_it_is_no_conflict(tmp_path):
+    with Database.open(str(tmp_path / "db")) as db:
+        run = db.begin_run("r")
+        for k in ("a", "m", "z"):
+            db.kv.put(run, k, 1)
+        tx = db.transaction()
+        assert [k for k, _ in tx.kv.scan(run, start="m")] == ["m", "z"]
+        tx.kv.put(run, "0", 1)
+        db.kv.put(run, "b", 2)  # before start: outside what the scan read
+        tx.commit()
+        tx = db.transaction()
+        assert [k for k, _ in tx.kv.scan(run, start="m")] == ["m", "z"]
+        tx.kv.put(run, "0", 2)
+        db.kv.put(run, "n", 2)  # a phantom in the range the scan read
+        with pytest.raises(TransactionConflict):
+            tx.commit()
+
+
+def test_scan_start_refuses_what_is_not_a_key(tmp_path):
+    with Database.open(str(tmp_path / "db")) as db:
+        run = db.begin_run("r")
+        for bad in (b"a", 5, "\ud800"):
+            with pytest.raises(InvalidKey):
+                db.kv.scan(run, start=bad)

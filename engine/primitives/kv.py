@@ -187,20 +187,31 @@ class KV:
                 return False
         return self._ctx.delete(run, store_key)
 
-    def scan(self, run: str, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    def scan(self, run: str, prefix: str = "", *, start: str | None = None) -> Iterator[tuple[str, Any]]:
         """Iterate ``(key, value)`` for the keys of ``run`` starting with ``prefix``, in key order.
 
         Key order is Unicode code-point order (UTF-8 byte order). The matching
         entries are gathered when ``scan`` is called (a consistent view as of
         that moment); values are decoded as you iterate.
-        Complexity: O(log n + k).
+        ``start``: begin at the first such key ``>= start`` (keys before it are
+        not read, so a transaction's read set holds only the range from it): a
+        page of ``n`` is ``itertools.islice(kv.scan(run, start=after), n)``,
+        and the next page starts at its last key + ``"\0"``.
+        Complexity: O(log n + k) for the k keys from ``start`` (or the prefix) on.
 
         :raises RunNotFound: no such run.
-        :raises InvalidKey: ``prefix`` is not a str, or not encodable.
+        :raises InvalidKey: ``prefix`` or ``start`` is not a str, or not encodable.
         """
         base = self._all.get(run)  # type: ignore[arg-type]
         if base is None:
             base = run_prefix(self._ctx.check_run(run, write=False), TAG_KV)
         lo = self._key(base, prefix)
-        items = self._ctx.scan(lo, prefix_end(lo))
+        hi = prefix_end(lo)
+        if start is not None:
+            first = self._key(base, start)
+            if first > lo:
+                lo = first
+            if hi is not None and lo >= hi:
+                return iter(())
+        items = self._ctx.scan(lo, hi)
         return _decode_items(items, len(base), self._ctx.now_us())
