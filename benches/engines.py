@@ -14,6 +14,8 @@ pairs, encodes values with ``cbor2.dumps`` and decodes them with
   connection of its own);
 * ``get_fn(run)`` -> ``get(key) -> value | None``;
 * ``scan(run) -> [(key, value)]`` in key order (``None`` if the engine has no ordered scan);
+* ``scan_from(run, start, count) -> [(key, value)]``: at most ``count`` of ``run``'s keys ``>= start``,
+  in key order (YCSB-E's short scans; ``None`` without an ordered scan);
 * ``load(run, items)``: bulk fill (batches of 1,000 writes per commit; not timed);
 * ``sync()``: everything written so far reaches the OS (survives SIGKILL);
 * ``close()``.
@@ -40,6 +42,8 @@ Peers are optional (the ``bench`` extra); :func:`available` says which import.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import sqlite3
 import struct
@@ -105,6 +109,9 @@ class InmemAdapter:
     def scan(self, run: str) -> list[tuple[str, Any]] | None:
         return list(self.db.kv.scan(run))
 
+    def scan_from(self, run: str, start: str, count: int) -> list[tuple[str, Any]] | None:
+        return list(itertools.islice(self.db.kv.scan(run, start=start), count))
+
     def load(self, run: str, items: Iterable[tuple[str, Any]]) -> None:
         for batch in _batches(items):
             with self.db.transaction() as tx:
@@ -125,6 +132,7 @@ _SQL_CREATE = "CREATE TABLE IF NOT EXISTS kv (run TEXT, key TEXT, value BLOB, PR
 _SQL_PUT = "INSERT OR REPLACE INTO kv (run, key, value) VALUES (?, ?, ?)"
 _SQL_GET = "SELECT value FROM kv WHERE run = ? AND key = ?"
 _SQL_SCAN = "SELECT key, value FROM kv WHERE run = ? ORDER BY key"
+_SQL_SCAN_FROM = "SELECT key, value FROM kv WHERE run = ? AND key >= ? ORDER BY key LIMIT ?"
 _SQL_SYNC = {"off": "OFF", "batched": "NORMAL", "strict": "FULL"}
 
 
@@ -169,6 +177,9 @@ class SqliteAdapter:
 
     def scan(self, run: str) -> list[tuple[str, Any]] | None:
         return [(k, loads(v)) for k, v in self.conn.execute(_SQL_SCAN, (run,))]
+
+    def scan_from(self, run: str, start: str, count: int) -> list[tuple[str, Any]] | None:
+        return [(k, loads(v)) for k, v in self.conn.execute(_SQL_SCAN_FROM, (run, start, count))]
 
     def load(self, run: str, items: Iterable[tuple[str, Any]]) -> None:
         c = self.conn
@@ -234,6 +245,19 @@ class LmdbAdapter:
                     out.append((k[skip:].decode(), loads(v)))
         return out
 
+    def scan_from(self, run: str, start: str, count: int) -> list[tuple[str, Any]] | None:
+        prefix = bytes.fromhex(run)
+        skip = len(prefix)
+        out: list[tuple[str, Any]] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix + start.encode()):
+                for k, v in cur:
+                    if len(out) == count or not k.startswith(prefix):
+                        break
+                    out.append((k[skip:].decode(), loads(v)))
+        return out
+
     def load(self, run: str, items: Iterable[tuple[str, Any]]) -> None:
         prefix = bytes.fromhex(run)
         for batch in _batches(items):
@@ -295,6 +319,20 @@ class RocksAdapter:
             it.next()
         return out
 
+    def scan_from(self, run: str, start: str, count: int) -> list[tuple[str, Any]] | None:
+        prefix = bytes.fromhex(run)
+        skip = len(prefix)
+        out: list[tuple[str, Any]] = []
+        it = self.db.iter()
+        it.seek(prefix + start.encode())
+        while it.valid() and len(out) < count:
+            k = it.key()
+            if not k.startswith(prefix):
+                break
+            out.append((k[skip:].decode(), loads(it.value())))
+            it.next()
+        return out
+
     def load(self, run: str, items: Iterable[tuple[str, Any]]) -> None:
         prefix = bytes.fromhex(run)
         for batch in _batches(items):
@@ -341,6 +379,9 @@ class DiskcacheAdapter:
 
     def scan(self, run: str) -> list[tuple[str, Any]] | None:
         return None  # no ordered prefix scan
+
+    def scan_from(self, run: str, start: str, count: int) -> list[tuple[str, Any]] | None:
+        return None  # no ordered scan
 
     def load(self, run: str, items: Iterable[tuple[str, Any]]) -> None:
         cache = self.cache
@@ -431,6 +472,12 @@ class FloorAdapter:
 
     def scan(self, run: str) -> list[tuple[str, Any]] | None:
         return [(k, loads(v)) for k, v in sorted(self.runs[run].items())]
+
+    def scan_from(self, run: str, start: str, count: int) -> list[tuple[str, Any]] | None:
+        keys = sorted(self.runs[run])
+        data = self.runs[run]
+        i = bisect.bisect_left(keys, start)
+        return [(k, loads(data[k])) for k in keys[i:i + count]]
 
     def load(self, run: str, items: Iterable[tuple[str, Any]]) -> None:
         d = self.runs.setdefault(run, {})
