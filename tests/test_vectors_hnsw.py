@@ -288,7 +288,10 @@ def test_a_snapshot_older_than_the_last_change_is_answered_exactly(db, monkeypat
     spy = Spy(monkeypatch)
     tx = db.transaction()
     at_snapshot = exact_scan(db, run, "c", q, k=10)
-    assert_same(tx.vectors.search(run, "c", q, k=10), at_snapshot)  # unchanged since: HNSW may answer
+    # unchanged since: HNSW may answer, approximately (the graph is built on every core, so its
+    # answer varies from build to build: one of the ten was missed once in CI)
+    first = [m.id for m in tx.vectors.search(run, "c", q, k=10)]
+    assert first[0] == at_snapshot[0].id and len(set(first) & {m.id for m in at_snapshot}) >= 8
     served = len(spy.asked)
     db.vectors.delete(run, "c", "v000003")
     db.vectors.upsert(run, "c", "closer", q)
