@@ -2,8 +2,9 @@
  * inmem native value decoding: the common subset of CBOR (RFC 8949) that inmem.codec stores, decoded
  * straight from the bytes, as cbor2.loads decodes it.
  *
- * Appended to inmem_native.c by native/build.py, after inmem_replay.c and before inmem_encode.c
- * (whose method table lists decode_value). Uses the CPython API, like inmem_replay.c.
+ * Appended to inmem_native.c by native/build.py, after inmem_replay.c (whose CBOR head reader,
+ * inmem_cbor_head, it shares) and before inmem_encode.c (whose method table lists decode_value).
+ * Uses the CPython API, like inmem_replay.c.
  *
  * Why: every read (kv.get, kv.scan, the run table, replays) decodes a stored value, and cbor2.loads
  * spends more time setting up its decoder (a BytesIO and a decoder object per call) than decoding a
@@ -41,36 +42,6 @@ typedef struct {
 /* Result of one item: 0 decoded (*out is a new reference), 1 declined, -1 Python error set. */
 static int inmem_cbor_item(inmem_cbor_in *in, PyObject **out, int depth, int as_key);
 
-/* Read a head: major type, additional info and argument. 0 ok, 1 declined (reserved, indefinite, truncated). */
-static int inmem_cbor_read_head(inmem_cbor_in *in, int *major, uint64_t *arg, int *info)
-{
-    const uint8_t *p = in->p;
-    size_t avail = (size_t)(in->end - p);
-    uint8_t b;
-    int n;
-    if (avail < 1)
-        return 1;
-    b = *p++;
-    avail--;
-    *major = b >> 5;
-    *info = b & 31;
-    if (*info < 24) {
-        *arg = (uint64_t)*info;
-        in->p = p;
-        return 0;
-    }
-    if (*info > 27)
-        return 1; /* 28-30 reserved, 31 indefinite length (or break) */
-    n = 1 << (*info - 24);
-    if (avail < (size_t)n)
-        return 1;
-    *arg = 0;
-    for (int i = 0; i < n; i++)
-        *arg = (*arg << 8) | p[i];
-    in->p = p + n;
-    return 0;
-}
-
 /* IEEE 754 half (binary16) to double; 1 (declined) for a NaN. */
 static int inmem_cbor_half(uint16_t h, double *out)
 {
@@ -95,10 +66,11 @@ static int inmem_cbor_item(inmem_cbor_in *in, PyObject **out, int depth, int as_
     uint64_t arg;
     size_t avail;
 
-    if (depth > INMEM_CBOR_MAX_DEPTH)
+    if (depth > INMEM_CBOR_MAX_DEPTH || in->p >= in->end)
         return 1;
-    if (inmem_cbor_read_head(in, &major, &arg, &info) != 0)
-        return 1;
+    info = in->p[0] & 31; /* major 7 needs it: false/true/null, or which float */
+    if (inmem_cbor_head(&in->p, in->end, &major, &arg) != 0) /* inmem_replay.c's head reader */
+        return 1; /* reserved, indefinite length (or a break), truncated */
     avail = (size_t)(in->end - in->p);
     switch (major) {
     case 0:
