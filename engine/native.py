@@ -45,7 +45,8 @@ def builtins() -> dict[str, Any]:
     builtin function here, once (``PyCFunction_NewEx`` through ``ctypes``), so
     a call costs what any builtin call costs. Names: ``encode_put_frame``,
     ``encode_commit_frame``, ``load_snapshot_chunk``, ``group_runs``,
-    ``make_entry`` (:mod:`inmem.wal.fast`) and ``decode_value``
+    ``make_entry`` (:mod:`inmem.wal.fast`), ``put_version``
+    (:mod:`inmem.store`), ``encode_value`` and ``decode_value``
     (:mod:`inmem.codec`); an older build may lack the later ones.
     """
     global _builtins

@@ -38,14 +38,14 @@ __all__ = ["FRESH_LIMIT", "Entry", "SortedMap", "UnifiedStore"]
 Entry = tuple[int, bytes]
 
 
-#: The SortedList methods SortedDict.__init__ caches on each instance; SortedMap routes them through
-#: its own class-level versions below (which see the fresh keys) by dropping those per-instance caches.
 _dict_setitem = dict.__setitem__
 
 #: Most fresh keys a SortedMap keeps before the put that adds one more sorts them in (bounds the pause
 #: of that put, or of the next ordered read, at ~10 ms for keys in random order).
 FRESH_LIMIT = 16_384
 
+#: The SortedList methods SortedDict.__init__ caches on each instance; SortedMap routes them through
+#: its own class-level versions below (which see the fresh keys) by dropping those per-instance caches.
 _CACHED_LIST_METHODS = ("_list_add", "_list_clear", "_list_iter", "_list_reversed", "_list_pop", "_list_remove",
                         "_list_update", "bisect_left", "bisect", "bisect_right", "index", "irange", "islice",
                         "_reset")
@@ -62,8 +62,8 @@ class SortedMap(SortedDict):
     in included: 4.97 -> 4.31 µs per key in key order, 6.67 -> 4.97 µs in
     random order. The first operation that needs key order (an
     ``irange``, a bisection, iteration, ``items()``, an index, ``peekitem``,
-    ``popitem``, :meth:`ceiling`, ``_check``...) sorts the fresh keys in first,
-    in one ``SortedList.update``. Every path to the sorted list goes through
+    ``popitem``, :meth:`ceiling`, ``_check``...) sorts the fresh keys in first
+    (:meth:`sort_fresh`). Every path to the sorted list goes through
     the ``_list`` property or the class-level methods below (SortedDict's
     per-instance caches of the list's methods are dropped), so no reader can
     see the list without the fresh keys, and every removal sorts them in
@@ -123,14 +123,13 @@ class SortedMap(SortedDict):
         fresh.clear()
 
     def __setitem__(self, key: bytes, value: object) -> None:
-        if key not in self:
-            fresh = self._fresh
-            fresh.append(key)  # not in the map, so neither fresh nor sorted yet: appended once
-            if len(fresh) >= FRESH_LIMIT:
-                _dict_setitem(self, key, value)
-                self.sort_fresh()
-                return
+        new = key not in self  # so neither fresh nor sorted yet: appended once
         _dict_setitem(self, key, value)
+        if new:
+            fresh = self._fresh
+            fresh.append(key)
+            if len(fresh) >= FRESH_LIMIT:
+                self.sort_fresh()
 
     _setitem = __setitem__
 
