@@ -44,8 +44,8 @@ def builtins() -> dict[str, Any]:
     pass Python objects, so they are not in its ``lib``); each entry becomes a
     builtin function here, once (``PyCFunction_NewEx`` through ``ctypes``), so
     a call costs what any builtin call costs. Names: ``encode_put_frame``,
-    ``encode_commit_frame``, ``load_snapshot_chunk``, ``group_runs``,
-    ``make_entry`` (:mod:`inmem.wal.fast`), ``put_version``
+    ``encode_commit_frame``, ``load_snapshot_chunk``,
+    ``make_entry`` (:mod:`inmem.wal.fast`), ``put_version`` and ``key_heads``
     (:mod:`inmem.store`), ``encode_value`` and ``decode_value``
     (:mod:`inmem.codec`); an older build may lack the later ones.
     """

@@ -51,6 +51,7 @@ import gc
 import logging
 import os
 import time
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,7 +82,6 @@ log = logging.getLogger("inmem")
 #: LSN above any real one: "pass no record on" (no visitor).
 _NEVER = 1 << 64
 
-Writes = list[tuple[bytes, bytes | None]]
 
 
 class ReplayVisitor(Protocol):
@@ -91,12 +91,17 @@ class ReplayVisitor(Protocol):
     def wants(self, seq: int, first_lsn: int) -> int:
         """Segment ``seq`` is about to be replayed: the first LSN whose records to pass on."""
 
+    #: How to group the records passed on: by ``key[at:at + width]`` for ``(at, width)`` (the history
+    #: index: the run id, bytes 1..16).
+    key_head: tuple[int, int]
+
     def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int,
-                 keys: list[bytes | Writes]) -> None:
+                 groups: dict[bytes, array]) -> None:
         """Segment ``seq`` was replayed: its valid frames' offsets, where they end, the first LSN passed
-        on (the largest of its first LSN, the snapshot's and :meth:`wants`), and from it on, one item per
-        record in LSN order: its key if it wrote one key, else its writes. (Keys, not records, are batched:
-        a key is not tracked by the garbage collector, so a segment's worth costs no collection time.)"""
+        on (the largest of its first LSN, the snapshot's and :meth:`wants`), and from it on the records
+        grouped by key head: each head (per :attr:`key_head`) -> the LSNs of the records that wrote a
+        key with it, ascending (``array('Q')``; no object per record is built, so a segment's worth
+        costs no collection time)."""
 
 
 @dataclass
@@ -249,7 +254,7 @@ def recover(
         plan = _plan_segments(fs, dirpath, listing, base, salvage)
         replayed = _replay(fs, dirpath, listing.ident.db_id, plan.replay, base, salvage, read_only, progress,
                            visitor)
-        base.state.index_keys()  # filled through its dict part: one sort, now (inmem.store.SortedMap)
+        base.state.defer_index()  # filled through its dict part: sorted at the first ordered read (inmem.store.SortedMap)
     # every check has passed: from here on, the directory may change
     salvaged = _change_directory(fs, dirpath, listing, base, plan, replayed, read_only)
     tail = _wal_tail(fs, dirpath, listing, base, plan, replayed)
@@ -451,12 +456,11 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
 
         scan = SegmentScan(buf, header, version, skip_below=start_lsn)
         want = visitor.wants(seq, header.first_lsn) if visitor is not None else _NEVER
-        keys: list[bytes | Writes] = []
-        scan.replay(state, want, keys)
+        groups = scan.replay(state, want, visitor.key_head if visitor is not None else (0, 0))
         if visitor is not None:
             visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count],
-                             max(header.first_lsn, start_lsn, want), keys)
-        del keys
+                             max(header.first_lsn, start_lsn, want), groups)
+        del groups
         out.records += scan.count
         out.next_lsn = scan.next_lsn
         version = out.version = scan.last_version

@@ -32,7 +32,7 @@ from typing import Any
 
 from .codec import decode_value, encode_value
 from .errors import InvalidArgument, InvalidValue, RunClosed, RunNotFound
-from .keys import NS_RUN, TAG_RUN, new_run_id, prefix_end, run_id_bytes, run_id_of, run_prefix
+from .keys import NS_RUN, RUN_ID_BYTES, TAG_RUN, new_run_id, run_id_bytes, run_prefix
 from .store import UnifiedStore
 
 __all__ = ["END_STATUSES", "RunRegistry", "TenantScope", "check_tenant_id"]
@@ -123,20 +123,18 @@ class RunRegistry:
     def load(self, store: UnifiedStore) -> None:
         """Rebuild the table from the run records in ``store``.
 
-        Skips from run to run by bisection: O(runs * log n), not O(keys).
+        The run ids come from :meth:`UnifiedStore.key_heads` (the run namespace's
+        distinct 16-byte heads, ascending): by bisection from run to run,
+        O(runs * log n), or, right after recovery while the sorted index is
+        deferred, one C walk of the keys, O(n), which leaves it deferred.
         """
-        lo = bytes((NS_RUN,))
-        key = store.ceiling_key(lo)
-        while key is not None and key[0] == NS_RUN:
-            rid = run_id_of(key)
+        for rid in store.key_heads(NS_RUN, RUN_ID_BYTES):
             entry = store.get(run_record_key(rid))
             if entry is not None:
                 record = decode_value(entry[1])
                 self._add(str(uuid.UUID(bytes=rid)), rid, record["status"], record.get("tenant"))
                 if record.get("archived"):
                     self.archived.add(rid)
-            end = prefix_end(run_prefix(rid))
-            key = store.ceiling_key(end) if end is not None else None
 
     def _add(self, run: str, rid: bytes, status: str, tenant: str | None = None) -> None:
         self._status[run] = status

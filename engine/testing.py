@@ -15,7 +15,7 @@ from .database import Database
 from .kernel import Kernel, LockedView
 from .keys import TAG_EVENT, run_id_bytes, run_prefix
 
-__all__ = ["check_store", "kernel", "overwrite_value", "store_items", "tamper_event_payload"]
+__all__ = ["check_store", "kernel", "key_index_built", "overwrite_value", "store_items", "tamper_event_payload"]
 
 
 def kernel(db: Database) -> Kernel:
@@ -26,6 +26,11 @@ def kernel(db: Database) -> Kernel:
 def check_store(db: Database) -> None:
     """Assert the sorted map's internal invariants (sortedcontainers' ``_check``)."""
     kernel(db)._store._check()  # noqa: SLF001
+
+
+def key_index_built(db: Database) -> bool:
+    """Whether the store's sorted key index is built (``False`` after a recovery until the first ordered read)."""
+    return kernel(db)._store.sorted_map.indexed  # type: ignore[no-any-return]  # noqa: SLF001
 
 
 def overwrite_value(db: Database, key: bytes, raw: bytes) -> None:

@@ -186,10 +186,10 @@ static PyMethodDef inmem_py_method_table[] = {
      "Native encode_commit_frame(lsn, version, ts_us, writes) -> bytes (byte-identical)."},
     {"load_snapshot_chunk", (PyCFunction)(void (*)(void))inmem_load_snapshot_chunk, METH_FASTCALL,
      "load_snapshot_chunk(payload, count, state) -> entries inserted, or -1: not the plain shape (use cbor2)."},
-    {"group_runs", (PyCFunction)(void (*)(void))inmem_group_runs, METH_FASTCALL,
-     "group_runs(keys, first_lsn) -> {run id: [lsn, ...]}, or None: an item of another shape (use Python)."},
     {"make_entry", (PyCFunction)(void (*)(void))inmem_make_entry, METH_FASTCALL,
      "make_entry(version, value) -> a compact entry reading as (version, value) (or that tuple)."},
+    {"key_heads", (PyCFunction)(void (*)(void))inmem_key_heads, METH_FASTCALL,
+     "key_heads(map, lead, width) -> set of key[1:1 + width] over keys starting with byte lead, or None."},
     {"put_version", (PyCFunction)(void (*)(void))inmem_put_version, METH_FASTCALL,
      "put_version(map, fresh, limit, key, version, value): map[key] = make_entry(version, value); fresh keys."},
     {"encode_value", (PyCFunction)(void (*)(void))inmem_encode_value, METH_FASTCALL,
@@ -202,7 +202,7 @@ static PyMethodDef inmem_py_method_table[] = {
 /* The method table (for PyCFunction_NewEx) and its length. */
 void *inmem_py_methods(int *count)
 {
-    *count = 8;
+    *count = (int)(sizeof(inmem_py_method_table) / sizeof(inmem_py_method_table[0])) - 1; /* less the sentinel */
     return inmem_py_method_table;
 }
 

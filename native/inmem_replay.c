@@ -17,17 +17,19 @@
  * completely (every op inside the payload, op 1 put or 2 delete, ops ending
  * exactly at the payload's end), check its version is above the previous one,
  * and only then apply it: a put sets state[key] = (version, value), a delete
- * removes key if present; if the LSN is >= `want` (and `collect`), append to
- * `keys` the key (one-op record) or the list of (key, value-or-None) pairs.
+ * removes key if present; if the LSN is >= `want` (and `collect`), add the
+ * LSN under the head key[head_at:head_at + head_len] of each key it wrote
+ * (once per distinct head: the history index groups records by run id).
  *
  * The first frame that fails ANY check is left untouched: the function stops
  * at its offset and returns, and the Python reference continues from there,
  * raising the exact FrameError the pure path raises. So this function never
  * composes an error message, and a damaged frame costs nothing extra here.
  *
- * Returns (stop, next_lsn, last_version, skipped, count, offsets) where
- * `offsets` is a bytes object of native uint32 frame offsets (array('I')); a `buf` that
- * is not bytes is left wholly to the reference (stop = pos),
+ * Returns (stop, next_lsn, last_version, skipped, count, offsets, groups) where
+ * `offsets` is a bytes object of native uint32 frame offsets (array('I')) and
+ * `groups` {head: LSNs as packed native uint64 bytes} (empty unless collecting);
+ * a `buf` that is not bytes is left wholly to the reference (stop = pos),
  * or NULL with a Python exception set (MemoryError, a bad argument).
  */
 
@@ -260,9 +262,150 @@ static PyObject *inmem_put_version(PyObject *self, PyObject *const *args, Py_ssi
     Py_RETURN_NONE;
 }
 
+/*
+ * Grouping of record LSNs by key head (for the history index: the run id, key[1:17]), done while
+ * replaying so that no per-record list or int object is built: each distinct head (a bytes object)
+ * gets a slot, each slot a growable array of uint64 LSNs; a small direct-mapped cache of recent
+ * heads saves a bytes object and a dict lookup per key. A record's LSN is added to a slot once
+ * however many of its keys share the head (LSNs rise, so "last added == this LSN" detects it).
+ */
+
+#define INMEM_HEAD_CACHE 256
+
+typedef struct {
+    uint64_t *v;
+    size_t n, cap;
+} inmem_lsns;
+
+typedef struct {
+    Py_ssize_t at, len;  /* head = key[at:at + len], clipped as Python slicing does */
+    PyObject *index;     /* head -> slot (int) */
+    PyObject *order;     /* heads, in first-seen order; slot i is order[i] */
+    inmem_lsns *bufs;    /* slot -> its LSNs */
+    size_t nbufs, capbufs;
+    PyObject *cache_head[INMEM_HEAD_CACHE]; /* owned */
+    Py_ssize_t cache_slot[INMEM_HEAD_CACHE];
+} inmem_groups;
+
+static int inmem_groups_init(inmem_groups *g, Py_ssize_t at, Py_ssize_t len)
+{
+    memset(g, 0, sizeof(*g));
+    g->at = at;
+    g->len = len;
+    g->index = PyDict_New();
+    g->order = PyList_New(0);
+    return g->index != NULL && g->order != NULL ? 0 : -1;
+}
+
+static void inmem_groups_free(inmem_groups *g)
+{
+    size_t b;
+    int i;
+    for (i = 0; i < INMEM_HEAD_CACHE; i++)
+        Py_XDECREF(g->cache_head[i]);
+    for (b = 0; b < g->nbufs; b++)
+        PyMem_Free(g->bufs[b].v);
+    PyMem_Free(g->bufs);
+    Py_XDECREF(g->index);
+    Py_XDECREF(g->order);
+    memset(g, 0, sizeof(*g));
+}
+
+/* the slot of `head` (created on first sight), or -1 with an exception set */
+static Py_ssize_t inmem_groups_slot(inmem_groups *g, PyObject *head)
+{
+    PyObject *found = PyDict_GetItemWithError(g->index, head), *num;
+    if (found != NULL)
+        return PyLong_AsSsize_t(found);
+    if (PyErr_Occurred())
+        return -1;
+    if (g->nbufs == g->capbufs) {
+        size_t ncap = g->capbufs ? g->capbufs * 2 : 16;
+        inmem_lsns *grown = (inmem_lsns *)PyMem_Realloc(g->bufs, ncap * sizeof(inmem_lsns));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        g->bufs = grown;
+        g->capbufs = ncap;
+    }
+    num = PyLong_FromSize_t(g->nbufs);
+    if (num == NULL)
+        return -1;
+    if (PyDict_SetItem(g->index, head, num) != 0 || PyList_Append(g->order, head) != 0) {
+        Py_DECREF(num);
+        return -1;
+    }
+    Py_DECREF(num);
+    g->bufs[g->nbufs].v = NULL;
+    g->bufs[g->nbufs].n = g->bufs[g->nbufs].cap = 0;
+    return (Py_ssize_t)g->nbufs++;
+}
+
+/* add `lsn` under the head of the key k[0:klen]; 0, or -1 with an exception set */
+static int inmem_groups_add(inmem_groups *g, const uint8_t *k, Py_ssize_t klen, uint64_t lsn)
+{
+    Py_ssize_t start = g->at < klen ? g->at : klen;
+    Py_ssize_t hlen = klen - start < g->len ? klen - start : g->len;
+    const uint8_t *h = k + start;
+    unsigned c = hlen > 0 ? (unsigned)(h[hlen - 1] ^ (h[(hlen - 1) / 2] << 1) ^ (unsigned)hlen) % INMEM_HEAD_CACHE : 0;
+    PyObject *cached = g->cache_head[c];
+    Py_ssize_t slot;
+    inmem_lsns *l;
+    if (cached != NULL && PyBytes_Size(cached) == hlen && memcmp(PyBytes_AsString(cached), h, (size_t)hlen) == 0) {
+        slot = g->cache_slot[c];
+    } else {
+        PyObject *head = PyBytes_FromStringAndSize((const char *)h, hlen);
+        slot = head ? inmem_groups_slot(g, head) : -1;
+        if (slot < 0) {
+            Py_XDECREF(head);
+            return -1;
+        }
+        Py_XDECREF(g->cache_head[c]);
+        g->cache_head[c] = head; /* owns the reference */
+        g->cache_slot[c] = slot;
+    }
+    l = &g->bufs[slot];
+    if (l->n > 0 && l->v[l->n - 1] == lsn)
+        return 0; /* another key of this record with the same head */
+    if (l->n == l->cap) {
+        size_t ncap = l->cap ? l->cap * 2 : 64;
+        uint64_t *grown = (uint64_t *)PyMem_Realloc(l->v, ncap * sizeof(uint64_t));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        l->v = grown;
+        l->cap = ncap;
+    }
+    l->v[l->n++] = lsn;
+    return 0;
+}
+
+/* {head: LSNs packed as native uint64 bytes}, in first-seen order; NULL with an exception set */
+static PyObject *inmem_groups_result(inmem_groups *g)
+{
+    PyObject *out = PyDict_New();
+    size_t b;
+    if (out == NULL)
+        return NULL;
+    for (b = 0; b < g->nbufs; b++) {
+        PyObject *packed = PyBytes_FromStringAndSize((const char *)g->bufs[b].v,
+                                                     (Py_ssize_t)(g->bufs[b].n * sizeof(uint64_t)));
+        int rc = packed ? PyDict_SetItem(out, PyList_GetItem(g->order, (Py_ssize_t)b), packed) : -1;
+        Py_XDECREF(packed);
+        if (rc != 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long expected,
                           unsigned long long skip_below, unsigned long long last_version,
-                          unsigned long long want, int collect, PyObject *state, PyObject *keys)
+                          unsigned long long want, int collect, PyObject *state, Py_ssize_t head_at,
+                          Py_ssize_t head_len)
 {
     char *data;
     Py_ssize_t size;
@@ -270,16 +413,22 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
     size_t len, cap = 0, nofs = 0;
     uint32_t *ofs = NULL;
     unsigned long long skipped = 0, count = 0;
-    PyObject *result = NULL, *ofs_bytes = NULL;
+    PyObject *result = NULL, *ofs_bytes = NULL, *groups_out = NULL;
+    inmem_groups groups;
 
-    if (!PyDict_Check(state) || !PyList_Check(keys)) {
-        PyErr_SetString(PyExc_TypeError, "inmem_py_replay: state must be a dict and keys a list");
+    if (!PyDict_Check(state) || head_at < 0 || head_len < 0) {
+        PyErr_SetString(PyExc_TypeError, "inmem_py_replay: state must be a dict and the head bounds >= 0");
         return NULL;
     }
     /* bytes only (the limited API cffi compiles against has no buffer protocol before 3.11);
        anything else: stop at once and let the reference do it */
     if (!PyBytes_Check(bufobj))
-        return Py_BuildValue("(nKKKKy#)", pos, expected, last_version, skipped, count, "", (Py_ssize_t)0);
+        return Py_BuildValue("(nKKKKy#N)", pos, expected, last_version, skipped, count, "", (Py_ssize_t)0,
+                             PyDict_New());
+    if (inmem_groups_init(&groups, head_at, head_len) != 0) {
+        inmem_groups_free(&groups);
+        return NULL;
+    }
     if (PyBytes_AsStringAndSize(bufobj, &data, &size) != 0)
         return NULL;
     buf = (const uint8_t *)data;
@@ -332,12 +481,7 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                 break;
             /* apply */
             {
-                PyObject *writes = NULL;
                 int keep = collect && lsn >= want;
-                if (keep && n_ops != 1) {
-                    writes = PyList_New(0);
-                    if (writes == NULL) goto fail;
-                }
                 p = pstart + 20;
                 for (i = 0; i < n_ops; i++) {
                     uint8_t op = buf[p];
@@ -346,7 +490,11 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                     int rc;
                     p += 5;
                     key = PyBytes_FromStringAndSize((const char *)buf + p, klen);
-                    if (key == NULL) { Py_XDECREF(writes); goto fail; }
+                    if (key == NULL) goto fail;
+                    if (keep && inmem_groups_add(&groups, buf + p, (Py_ssize_t)klen, lsn) != 0) {
+                        Py_DECREF(key);
+                        goto fail;
+                    }
                     p += klen;
                     if (op == 1) {
                         uint32_t vlen = inmem_load32(buf + p);
@@ -366,22 +514,8 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                             rc = 0;
                         }
                     }
-                    if (rc == 0 && keep) {
-                        if (writes == NULL) {
-                            rc = PyList_Append(keys, key);
-                        } else {
-                            PyObject *pair = PyTuple_Pack(2, key, value ? value : Py_None);
-                            rc = pair ? PyList_Append(writes, pair) : -1;
-                            Py_XDECREF(pair);
-                        }
-                    }
                     Py_DECREF(key);
                     Py_XDECREF(value);
-                    if (rc != 0) { Py_XDECREF(writes); goto fail; }
-                }
-                if (writes != NULL) {
-                    int rc = PyList_Append(keys, writes);
-                    Py_DECREF(writes);
                     if (rc != 0)
                         goto fail;
                 }
@@ -403,10 +537,14 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
 
 done:
     ofs_bytes = PyBytes_FromStringAndSize((const char *)ofs, (Py_ssize_t)(nofs * sizeof(uint32_t)));
-    if (ofs_bytes != NULL)
-        result = Py_BuildValue("(nKKKKN)", pos, expected, last_version, skipped, count, ofs_bytes);
+    groups_out = ofs_bytes != NULL ? inmem_groups_result(&groups) : NULL;
+    if (groups_out != NULL)
+        result = Py_BuildValue("(nKKKKNN)", pos, expected, last_version, skipped, count, ofs_bytes, groups_out);
+    else
+        Py_XDECREF(ofs_bytes);
 fail:
     PyMem_Free(ofs);
+    inmem_groups_free(&groups);
     return result;
 }
 
@@ -532,138 +670,68 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
 }
 
 /*
- * The history collector's grouping (engine/history/collect.py, HistoryCollector.replayed): for each
- * item of `keys` (the i-th holds LSN first_lsn + i), the run ids it touched (bytes 1..16 of each key)
- * get that LSN appended: {run id: [lsn, ...]}. A bytes item is one key; a list item is a commit's
- * writes [(key, value), ...], whose run ids are taken as a set, in the order Python's
- * {key[1:17] for key, _ in writes} iterates. Returns the new dict, or None (nothing else done) if an
- * item is neither, so the caller runs the Python loop instead. A small cache of recent run ids saves
- * building a 16-byte object per key.
+ * The run table's question at open, without the sorted key index (engine/store.py,
+ * SortedMap.key_heads while the index is deferred): the set of distinct key[1:1 + width] over the
+ * dict's keys whose first byte is `lead`, in one walk of the dict (PyDict_Next: its entries in
+ * insertion order). A small direct-mapped cache of recent heads saves building a bytes object per
+ * key. Returns a set, or None (nothing else done) for arguments of another shape or a key that is
+ * not bytes, so the caller walks in Python instead.
  */
 
-#define INMEM_RID_CACHE 256
-
-static PyObject *inmem_rid_of(PyObject *key)
+static PyObject *inmem_key_heads(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t n = PyBytes_Size(key);
-    const char *s = PyBytes_AsString(key);
-    Py_ssize_t end = n < 17 ? n : 17;
-    if (end <= 1)
-        return PyBytes_FromStringAndSize("", 0);
-    return PyBytes_FromStringAndSize(s + 1, end - 1);
-}
-
-static int inmem_runs_append(PyObject *runs, PyObject *rid, PyObject *lsn, PyObject **list_out)
-{
-    PyObject *list = PyDict_GetItemWithError(runs, rid);
-    if (list == NULL) {
-        if (PyErr_Occurred())
-            return -1;
-        list = PyList_New(0);
-        if (list == NULL)
-            return -1;
-        if (PyDict_SetItem(runs, rid, list) != 0) {
-            Py_DECREF(list);
-            return -1;
-        }
-        Py_DECREF(list); /* the dict holds it */
-    }
-    if (list_out != NULL)
-        *list_out = list;
-    return PyList_Append(list, lsn);
-}
-
-static PyObject *inmem_group_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    PyObject *keys, *runs = NULL, *cache_rid[INMEM_RID_CACHE], *cache_list[INMEM_RID_CACHE];
-    Py_ssize_t n, i;
-    unsigned long long lsn;
+    PyObject *map, *heads, *key, *value, *cache[INMEM_HEAD_CACHE];
+    Py_ssize_t pos = 0, width, i;
+    long lead;
     (void)self;
-    if (nargs != 2 || !PyList_CheckExact(args[0]) || !PyLong_Check(args[1]))
+    if (nargs != 3 || !PyDict_Check(args[0]) || !PyLong_Check(args[1]) || !PyLong_Check(args[2]))
         Py_RETURN_NONE;
-    keys = args[0];
-    lsn = PyLong_AsUnsignedLongLong(args[1]);
+    map = args[0];
+    lead = PyLong_AsLong(args[1]);
+    width = PyLong_AsSsize_t(args[2]);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    n = PyList_Size(keys);
-    for (i = 0; i < n; i++) { /* check every item's shape first: the fallback must start from nothing */
-        PyObject *item = PyList_GetItem(keys, i);
-        if (!PyBytes_CheckExact(item)) {
-            Py_ssize_t j, m;
-            if (!PyList_CheckExact(item))
-                Py_RETURN_NONE;
-            m = PyList_Size(item);
-            for (j = 0; j < m; j++) {
-                PyObject *w = PyList_GetItem(item, j);
-                if (!PyTuple_CheckExact(w) || PyTuple_Size(w) != 2 || !PyBytes_CheckExact(PyTuple_GetItem(w, 0)))
-                    Py_RETURN_NONE;
-            }
-        }
-    }
-    memset(cache_rid, 0, sizeof(cache_rid));
-    memset(cache_list, 0, sizeof(cache_list));
-    runs = PyDict_New();
-    if (runs == NULL)
+    if (lead < 0 || lead > 255 || width < 0)
+        Py_RETURN_NONE;
+    heads = PySet_New(NULL);
+    if (heads == NULL)
         return NULL;
-    for (i = 0; i < n; i++, lsn++) {
-        PyObject *item = PyList_GetItem(keys, i);
-        PyObject *pylsn = PyLong_FromUnsignedLongLong(lsn);
-        int rc = 0;
-        if (pylsn == NULL)
-            goto fail;
-        if (PyBytes_CheckExact(item)) {
-            Py_ssize_t klen = PyBytes_Size(item);
-            const uint8_t *k = (const uint8_t *)PyBytes_AsString(item);
-            Py_ssize_t rlen = klen < 17 ? (klen > 1 ? klen - 1 : 0) : 16;
-            unsigned slot = rlen == 16 ? (unsigned)(k[9] ^ (k[13] << 1) ^ k[16]) % INMEM_RID_CACHE : 0;
-            PyObject *crid = cache_rid[slot];
-            if (crid != NULL && PyBytes_Size(crid) == rlen
-                && memcmp(PyBytes_AsString(crid), k + (rlen ? 1 : 0), (size_t)rlen) == 0) {
-                rc = PyList_Append(cache_list[slot], pylsn);
-            } else {
-                PyObject *rid = inmem_rid_of(item), *list = NULL;
-                rc = rid ? inmem_runs_append(runs, rid, pylsn, &list) : -1;
-                if (rc == 0) {
-                    Py_XDECREF(cache_rid[slot]);
-                    cache_rid[slot] = rid; /* owns the reference; the list is owned by `runs` */
-                    cache_list[slot] = list;
-                } else {
-                    Py_XDECREF(rid);
-                }
-            }
-        } else {
-            PyObject *set = PySet_New(NULL), *it, *rid;
-            Py_ssize_t j, m = PyList_Size(item);
-            rc = set ? 0 : -1;
-            for (j = 0; rc == 0 && j < m; j++) {
-                PyObject *r = inmem_rid_of(PyTuple_GetItem(PyList_GetItem(item, j), 0));
-                rc = r ? PySet_Add(set, r) : -1;
-                Py_XDECREF(r);
-            }
-            it = rc == 0 ? PyObject_GetIter(set) : NULL;
-            if (rc == 0 && it == NULL)
-                rc = -1;
-            while (rc == 0 && (rid = PyIter_Next(it)) != NULL) {
-                rc = inmem_runs_append(runs, rid, pylsn, NULL);
-                Py_DECREF(rid);
-            }
-            if (rc == 0 && PyErr_Occurred())
-                rc = -1;
-            Py_XDECREF(it);
-            Py_XDECREF(set);
+    memset(cache, 0, sizeof(cache));
+    while (PyDict_Next(map, &pos, &key, &value)) {
+        Py_ssize_t klen, hlen;
+        const uint8_t *k;
+        unsigned slot;
+        PyObject *cached, *head;
+        if (!PyBytes_CheckExact(key)) {
+            for (i = 0; i < INMEM_HEAD_CACHE; i++)
+                Py_XDECREF(cache[i]);
+            Py_DECREF(heads);
+            Py_RETURN_NONE;
         }
-        Py_DECREF(pylsn);
-        if (rc != 0)
-            goto fail;
+        klen = PyBytes_Size(key);
+        k = (const uint8_t *)PyBytes_AsString(key);
+        if (klen < 1 || k[0] != (uint8_t)lead)
+            continue;
+        hlen = klen - 1 < width ? klen - 1 : width;
+        slot = hlen > 0 ? (unsigned)(k[hlen] ^ (k[(hlen + 1) / 2] << 1) ^ (unsigned)hlen) % INMEM_HEAD_CACHE : 0;
+        cached = cache[slot];
+        if (cached != NULL && PyBytes_Size(cached) == hlen
+            && memcmp(PyBytes_AsString(cached), k + 1, (size_t)hlen) == 0)
+            continue;
+        head = PyBytes_FromStringAndSize((const char *)k + 1, hlen);
+        if (head == NULL || PySet_Add(heads, head) != 0) {
+            Py_XDECREF(head);
+            for (i = 0; i < INMEM_HEAD_CACHE; i++)
+                Py_XDECREF(cache[i]);
+            Py_DECREF(heads);
+            return NULL;
+        }
+        Py_XDECREF(cache[slot]);
+        cache[slot] = head; /* owns the reference */
     }
-    for (i = 0; i < INMEM_RID_CACHE; i++)
-        Py_XDECREF(cache_rid[i]);
-    return runs;
-fail:
-    for (i = 0; i < INMEM_RID_CACHE; i++)
-        Py_XDECREF(cache_rid[i]);
-    Py_XDECREF(runs);
-    return NULL;
+    for (i = 0; i < INMEM_HEAD_CACHE; i++)
+        Py_XDECREF(cache[i]);
+    return heads;
 }

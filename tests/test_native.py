@@ -180,6 +180,16 @@ def test_format_dispatches_to_native_and_keeps_python_versions():
     assert fmt._py_find_valid_frame.__globals__["check_frame"] is fmt._py_check_frame
 
 
+@needs_enabled
+def test_builtins_offers_every_function_of_the_method_table():
+    """A function missing from ``builtins()`` silently falls back to Python (an earlier build
+    returned a hard-coded count and lost the last entry of its table): every name must be there."""
+    names = {"encode_put_frame", "encode_commit_frame", "load_snapshot_chunk", "make_entry",
+             "key_heads", "put_version", "encode_value", "decode_value"}
+    assert set(native.builtins()) == names
+    assert all(callable(f) for f in native.builtins().values())
+
+
 # --- CRC-32C ------------------------------------------------------------------------------------
 
 

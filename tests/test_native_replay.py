@@ -6,7 +6,8 @@ no ops, duplicate keys, records below the snapshot LSN), intact or damaged
 out of order, a malformed payload behind a *valid* checksum). Each is
 replayed by :meth:`SegmentScan.replay` on the native path and with the native
 replay switched off; the state dict (keys, versions, values, insertion
-order), the keys handed to the history visitor, the frame offsets, ``end``,
+order), the records' LSNs grouped by key head (what the history visitor
+gets), the frame offsets, ``end``,
 ``next_lsn``, ``last_version``, ``skipped``/``count`` and the error (reason
 and offset) must all agree. Skipped when the extension is not built or
 ``INMEM_PURE=1``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import struct
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -37,9 +39,13 @@ pytestmark = pytest.mark.skipif(fast.replay is None, reason="native replay not b
 
 DB = b"\x11" * 16
 KEYS = [bytes([0]) + b"r" * 16 + bytes([t]) + s for t in (1, 2) for s in (b"a", b"b", b"cc", b"")]
+KEYS += [bytes([0]) + b"s" * 16 + b"\x01x", b"\x00short", b""]  # a second run id; heads cut short
+#: key heads to group by: the run id (what the history index asks), and heads past or across the end
+HEADS = [(1, 16), (0, 0), (0, 3), (17, 2), (20, 5), (40, 16)]
 
 
-def _replay(buf: bytes, first_lsn: int, last_version: int, skip_below: int, want: int, use_native: bool):
+def _replay(buf: bytes, first_lsn: int, last_version: int, skip_below: int, want: int, use_native: bool,
+            head: tuple[int, int] = (1, 16)):
     from inmem.wal.format import decode_segment_header
 
     header = decode_segment_header(buf)
@@ -50,18 +56,20 @@ def _replay(buf: bytes, first_lsn: int, last_version: int, skip_below: int, want
     try:
         scan = SegmentScan(buf, header, last_version, skip_below=skip_below)
         state = {b"pre-existing": (1, b"v")}
-        keys: list = []
-        scan.replay(state, want, keys)
+        groups = scan.replay(state, want, head)
     finally:
         fast.replay = saved
+    assert all(type(lsns) is array and lsns.typecode == "Q" for lsns in groups.values())
+    assert all(list(lsns) == sorted(set(lsns)) and lsns[0] >= want for lsns in groups.values())  # once each
     err = None if scan.error is None else (scan.error.reason, scan.error.offset)
-    return (list(state.items()), keys, list(scan.starts[: scan.skipped + scan.count]), list(scan.starts), scan.end,
+    return (list(state.items()), {h: list(lsns) for h, lsns in groups.items()},
+            list(scan.starts[: scan.skipped + scan.count]), list(scan.starts), scan.end,
             scan.next_lsn, scan.last_version, scan.skipped, scan.count, err)
 
 
-def _same(buf, first_lsn=1, last_version=0, skip_below=0, want=1):
-    a = _replay(buf, first_lsn, last_version, skip_below, want, True)
-    b = _replay(buf, first_lsn, last_version, skip_below, want, False)
+def _same(buf, first_lsn=1, last_version=0, skip_below=0, want=1, head=(1, 16)):
+    a = _replay(buf, first_lsn, last_version, skip_below, want, True, head)
+    b = _replay(buf, first_lsn, last_version, skip_below, want, False, head)
     assert a == b
     return a
 
@@ -117,20 +125,24 @@ def test_native_replay_matches_python(seg, data):
     skip_below = data.draw(st.integers(0, first_lsn + n + 1))
     want = data.draw(st.sampled_from([first_lsn, first_lsn + n // 2, 1 << 64]))
     last_version = data.draw(st.integers(0, 2))
-    _same(buf, first_lsn, last_version, skip_below, want)
+    _same(buf, first_lsn, last_version, skip_below, want, data.draw(st.sampled_from(HEADS)))
 
 
-def test_native_replay_applies_puts_deletes_and_collects_keys():
+def test_native_replay_applies_puts_deletes_and_groups_lsns_by_key_head():
     buf = encode_segment_header(DB, 1, 1)
     buf += encode_commit_frame(1, 5, 0, [(KEYS[0], b"a")])
-    buf += encode_commit_frame(2, 6, 0, [(KEYS[1], b"b"), (KEYS[0], None), (KEYS[1], b"b2")])
+    buf += encode_commit_frame(2, 6, 0, [(KEYS[1], b"b"), (KEYS[0], None), (KEYS[1], b"b2"), (KEYS[8], b"s")])
     buf += encode_commit_frame(3, 7, 0, [])
     buf += encode_commit_frame(4, 8, 0, [(b"pre-existing", None)])
-    items, keys, starts, _, end, nxt, last, skipped, count, err = _same(buf)
-    assert items == [(KEYS[1], (6, b"b2"))]
-    assert keys == [KEYS[0], [(KEYS[1], b"b"), (KEYS[0], None), (KEYS[1], b"b2")], [], b"pre-existing"]
-    assert (end, nxt, last, skipped, count, err) == (len(buf), 5, 8, 0, 4, None)
+    buf += encode_commit_frame(5, 9, 0, [(KEYS[8], None), (KEYS[2], b"c")])
+    items, groups, starts, _, end, nxt, last, skipped, count, err = _same(buf)
+    assert items == [(KEYS[1], (6, b"b2")), (KEYS[2], (9, b"c"))]
+    # each record once under each run id it touched (LSN 2 wrote three keys of run r); no record no LSN
+    assert groups == {b"r" * 16: [1, 2, 5], b"s" * 16: [2, 5], b"re-existing": [4]}
+    assert (end, nxt, last, skipped, count, err) == (len(buf), 6, 9, 0, 5, None)
     assert starts[0] == 48
+    assert _same(buf, want=3)[1] == {b"r" * 16: [5], b"s" * 16: [5], b"re-existing": [4]}
+    assert _same(buf, want=1 << 64)[1] == {}  # nothing wanted: nothing grouped
 
 
 def test_native_replay_stops_before_a_bad_payload_and_python_names_it():
@@ -152,7 +164,7 @@ def test_native_replay_tuples_are_untracked_and_state_survives_collection():
     header_state: dict = {}
     from inmem.wal.format import decode_segment_header
 
-    SegmentScan(buf, decode_segment_header(buf), 0).replay(header_state, 1 << 64, [])
+    SegmentScan(buf, decode_segment_header(buf), 0).replay(header_state, 1 << 64)
     gc.collect()
     assert len(header_state) == 200
     assert all(not gc.is_tracked(e) for e in header_state.values())
@@ -224,32 +236,3 @@ def test_snapshot_read_is_the_same_on_both_paths(tmp_path, monkeypatch):
     assert native_header == pure_header
     assert list(native_state.items()) == list(pure_state.items())
     assert len(native_state) == 5000  # 4,999 keys + the run record
-
-
-# --- the history collector's grouping by run -----------------------------------------------------
-
-from inmem.history.collect import HistoryCollector  # noqa: E402
-
-needs_group = pytest.mark.skipif(fast.group_runs is None, reason="native grouping not built")
-RIDS = [bytes([i]) * 16 for i in range(5)] + [bytes(range(16)), bytes(range(1, 17))]
-run_key = st.builds(lambda ns, rid, rest: bytes([ns]) + rid + rest, st.integers(0, 3), st.sampled_from(RIDS),
-                    st.binary(max_size=6))
-short_key = st.binary(max_size=16)
-any_key = st.one_of(run_key, run_key, short_key)
-
-
-@needs_group
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(any_key, st.lists(st.tuples(any_key, st.one_of(st.none(), st.binary(max_size=3))),
-                                            max_size=4)), max_size=40),
-       st.integers(1, 2**40))
-def test_group_runs_matches_python(keys, first_lsn):
-    got = fast.group_runs(keys, first_lsn)
-    want = HistoryCollector._group_runs(keys, first_lsn)  # noqa: SLF001 - the reference
-    assert got == want and list(got) == list(want)  # same lists, same run order
-
-
-@needs_group
-@pytest.mark.parametrize("keys", [[("k", None)], [[["k", None]]], [[(b"k",)]], [[("k", None)]], [1], "nope"])
-def test_group_runs_leaves_other_shapes_to_python(keys):
-    assert fast.group_runs(keys if isinstance(keys, list) else [keys], 1) is None

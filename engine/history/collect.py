@@ -5,8 +5,10 @@ This module owns :class:`HistoryCollector`, the visitor
 :class:`SegmentTail`, what it hands on to
 :meth:`inmem.history.index.HistoryIndex.load` for each retained segment.
 Recovery knows nothing of runs: it applies records to the state and passes
-on the keys of each segment's records; this module derives which runs each record
-touched (bytes 1..16 of every key, :func:`inmem.keys.run_id_of`).
+on each segment's records grouped by the key head this module asks for
+(:attr:`HistoryCollector.key_head`: bytes 1..16 of every key, the run id,
+:func:`inmem.keys.run_id_of`), so the grouping is done while replaying (in C
+on the native path), with no object built per record.
 
 Invariant: for each replayed segment, ``SegmentTail.runs`` holds every LSN in
 ``[decoded_from, end of the valid prefix)`` under each run the record touched,
@@ -20,8 +22,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..keys import run_id_of
-from ..wal import fast as _fast
+from ..keys import RUN_ID_BYTES, run_id_of
 
 __all__ = ["HistoryCollector", "RetainedSegment", "SegmentTail", "touched_runs"]
 
@@ -47,7 +48,7 @@ class SegmentTail:
     size: int  # bytes of the valid prefix
     offsets: array = field(default_factory=lambda: array("I"))
     decoded_from: int | None = None
-    runs: dict[bytes, list[int]] = field(default_factory=dict)
+    runs: dict[bytes, array] = field(default_factory=dict)  # LSNs ascending, array('Q')
 
 
 @dataclass
@@ -76,40 +77,14 @@ class HistoryCollector:
         (those its sidecar does not hold)."""
         return self._indexed_until(seq, first_lsn) if self._indexed_until is not None else first_lsn
 
-    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int,
-                 keys: list[bytes | Writes]) -> None:
-        """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end;
-        ``keys`` holds, for each record from LSN ``decoded_from`` on, its key (one-key commits) or writes."""
-        native = _fast.group_runs
-        runs = native(keys, decoded_from) if native is not None else None
-        if runs is None:
-            runs = self._group_runs(keys, decoded_from)
-        self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts), decoded_from, runs)
+    #: The records are grouped by run id: bytes 1..16 of each key (:func:`inmem.keys.run_id_of`).
+    key_head = (1, RUN_ID_BYTES)
 
-    @staticmethod
-    def _group_runs(keys: list[bytes | Writes], decoded_from: int) -> dict[bytes, list[int]]:
-        """run id -> LSNs of the records in ``keys`` that touched it (the pure-Python reference of
-        ``native/inmem_replay.c``'s ``group_runs``)."""
-        runs: dict[bytes, list[int]] = {}  # run id -> LSNs of its records here
-        get_run = runs.get
-        lsn = decoded_from
-        for item in keys:
-            if type(item) is bytes:
-                rid = run_id_of(item)
-                lsns = get_run(rid)
-                if lsns is None:
-                    runs[rid] = [lsn]
-                else:
-                    lsns.append(lsn)
-            else:
-                for rid in touched_runs(item):
-                    lsns = get_run(rid)
-                    if lsns is None:
-                        runs[rid] = [lsn]
-                    else:
-                        lsns.append(lsn)
-            lsn += 1
-        return runs
+    def replayed(self, seq: int, first_lsn: int, end: int, starts: Sequence[int], decoded_from: int,
+                 groups: dict[bytes, array]) -> None:
+        """Segment ``seq`` was replayed: ``starts`` are its valid frames' offsets, ``end`` where they end;
+        ``groups`` maps each run id to the LSNs (from ``decoded_from`` on) of the records that touched it."""
+        self._tails[seq] = SegmentTail(seq, first_lsn, end, array("I", starts), decoded_from, groups)
 
     def tails(self, retained: list[RetainedSegment], next_lsn: int) -> tuple[list[SegmentTail], int]:
         """The tails of the ``retained`` segments (oldest first) and the history floor.

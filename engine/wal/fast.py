@@ -39,19 +39,17 @@ _U64_MAX = (1 << 64) - 1
 _installed = False
 
 #: The native replay of one segment (``native/inmem_replay.c``), or ``None`` on the pure path:
-#: ``replay(buf, pos, expected_lsn, skip_below, last_version, want, collect, state, keys)
-#: -> (stop, next_lsn, last_version, skipped, count, offsets)``. Used by
+#: ``replay(buf, pos, expected_lsn, skip_below, last_version, want, collect, state, head_at, head_len)
+#: -> (stop, next_lsn, last_version, skipped, count, offsets, groups)``, ``groups`` mapping each
+#: key head ``key[head_at:head_at + head_len]`` to the LSNs (>= ``want``) of the records that wrote
+#: a key with it, packed as native uint64 (``array('Q').frombytes``). Used by
 #: :meth:`inmem.wal.reader.SegmentScan.replay`, which continues in Python from ``stop``.
-replay: Callable[..., tuple[int, int, int, int, int, bytes]] | None = None
+replay: Callable[..., tuple[int, int, int, int, int, bytes, dict[bytes, bytes]]] | None = None
 #: The native loader of one snapshot chunk, or ``None``: ``load_snapshot_chunk(payload, count, state)``
 #: inserts the chunk's entries into ``state`` and returns ``count``, or returns -1 having touched
 #: nothing when the payload is not the plain ``[[bstr]*count, [uint]*count, [bstr]*count]`` CBOR
 #: (then the caller decodes it with cbor2). Used by :func:`inmem.snapshot.read_snapshot`.
 load_snapshot_chunk: Callable[[bytes, int, dict[bytes, tuple[int, bytes]]], int] | None = None
-#: The native grouping of replayed keys by run, or ``None``: ``group_runs(keys, first_lsn)`` ->
-#: ``{run id: [lsn, ...]}`` as :meth:`inmem.history.collect.HistoryCollector.replayed` computes it,
-#: or ``None`` (nothing done) for an item of another shape.
-group_runs: Callable[[list[Any], int], dict[bytes, list[int]] | None] | None = None
 #: The compact store entry type the native replay and snapshot loader build (``inmem.Entry``,
 #: ``native/inmem_replay.c``), or ``None`` (pure path, or an older build: they build tuples). An
 #: entry reads as the tuple ``(version, value)`` it replaces (len, indexing, unpacking, ==, hash,
@@ -67,7 +65,7 @@ def install() -> bool:
 
     Idempotent: a second call finds the native functions already in place.
     """
-    global _installed, replay, load_snapshot_chunk, group_runs, entry_type, make_entry
+    global _installed, replay, load_snapshot_chunk, entry_type, make_entry
     if not native.ENABLED or _installed:
         return False
     _installed = True
@@ -147,7 +145,7 @@ def install() -> bool:
     _format.scan_frames = scan_frames
     encoders = _load_encoders(_format.encode_put_frame, _format.encode_commit_frame)
     if encoders is not None:
-        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, group_runs, make_entry = encoders
+        _format.encode_put_frame, _format.encode_commit_frame, load_snapshot_chunk, make_entry = encoders
     return True
 
 
@@ -177,11 +175,11 @@ def _load_replay() -> Callable[..., Any] | None:
     (an older build: the Python replay is used)."""
     return _py_function("inmem_py_replay", [  # type: ignore[no-any-return]
         ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_ulonglong,
-        ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.py_object])
+        ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ssize_t])
 
 
 def _load_encoders(py_put: Callable[..., bytes],
-                   py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any, Any] | None:
+                   py_commit: Callable[..., bytes]) -> tuple[Any, Any, Any, Any] | None:
     """The native commit-frame encoders and snapshot-chunk loader as builtin functions, or ``None``
     (an older build without them).
 
@@ -199,7 +197,7 @@ def _load_encoders(py_put: Callable[..., bytes],
     set_fallbacks.restype = None
     set_fallbacks.argtypes = [ctypes.py_object, ctypes.py_object]
     set_fallbacks(py_put, py_commit)
-    if "group_runs" not in table:
+    if "load_snapshot_chunk" not in table:
         return None
-    return (table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"], table["group_runs"],
+    return (table["encode_put_frame"], table["encode_commit_frame"], table["load_snapshot_chunk"],
             table.get("make_entry"))

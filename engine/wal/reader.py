@@ -66,30 +66,39 @@ class SegmentScan:
         """Parse the segment header. :raises FrameError: as :func:`decode_segment_header`."""
         return decode_segment_header(buf)
 
-    def replay(self, state: dict[bytes, tuple[int, bytes]], want: int, keys: list[bytes | Writes]) -> None:
+    def replay(self, state: dict[bytes, tuple[int, bytes]], want: int,
+               head: tuple[int, int] = (0, 0)) -> dict[bytes, array]:
         """Apply every valid frame's writes to ``state``, in LSN order, stopping at the first bad frame.
 
         A put sets ``state[key] = (version, value)``, a delete removes ``key``
         (if present), through the dict part of ``state`` alone (``dict.__setitem__``
-        and ``dict.pop`` even on a dict subclass, as the native path does). For each record with LSN >= ``want``, ``keys`` gets its
-        key if it wrote one key, else its writes. Afterwards the scan's fields
-        are as after :meth:`records` (``starts`` is an ``array('I')``).
+        and ``dict.pop`` even on a dict subclass, as the native path does).
+        Afterwards the scan's fields are as after :meth:`records` (``starts`` is
+        an ``array('I')``).
 
-        With the native path built, the valid prefix is checked, decoded and
-        applied in C (``native/inmem_replay.c``), which stops *before* the
-        first frame failing any check; :meth:`records` then continues from
-        there, so the same :class:`FrameError` (reason, offset) is recorded as
-        on the pure path, and the state is the same.
+        Returns the records grouped by key head: for ``head = (at, width)``,
+        each distinct ``key[at:at + width]`` of the keys written by records
+        with LSN >= ``want`` maps to those records' LSNs, ascending, once per
+        record (``array('Q')``); the history index asks for the run id, bytes
+        1..16. No list or int object is kept per record.
+
+        With the native path built, the valid prefix is checked, decoded,
+        applied and grouped in C (``native/inmem_replay.c``), which stops
+        *before* the first frame failing any check; :meth:`records` then
+        continues from there, so the same :class:`FrameError` (reason, offset)
+        is recorded as on the pure path, and the state and groups are the same.
 
         Complexity: O(segment bytes) checksums + O(records) dict updates (C or Python).
         """
+        at, width = head
+        groups: dict[bytes, array] = {}
         pos = SEGMENT_HEADER_SIZE
         native = _fast.replay
         if native is not None and type(self.buf) is bytes:
             collect = want <= _U64_MAX
-            stop, nxt, last, skipped, count, offsets = native(
+            stop, nxt, last, skipped, count, offsets, packed = native(
                 self.buf, pos, self.next_lsn, min(self.skip_below, _U64_MAX), self.last_version,
-                want if collect else _U64_MAX, collect, state, keys)
+                want if collect else _U64_MAX, collect, state, at, width)
             starts = array("I")
             starts.frombytes(offsets)
             self.starts = starts
@@ -98,30 +107,29 @@ class SegmentScan:
             self.last_version = last
             self.next_lsn = nxt
             self.end = stop
+            for key_head, lsns in packed.items():
+                groups[key_head] = group = array("Q")
+                group.frombytes(lsns)
             if stop >= len(self.buf):
-                return
+                return groups
             pos = stop
         # the dict part alone, as the native path does (a SortedMap's bulk load: inmem.store)
         pop = dict.pop
         put = dict.__setitem__
-        keep = keys.append
+        end = at + width
         for lsn, version, _ts, writes in self.records(pos):
-            if len(writes) == 1:
-                key, value = writes[0]
-                if value is None:
-                    pop(state, key, None)
-                else:
-                    put(state, key, (version, value))
-                if lsn >= want:
-                    keep(key)
-                continue
             for key, value in writes:
                 if value is None:
                     pop(state, key, None)
                 else:
                     put(state, key, (version, value))
             if lsn >= want:
-                keep(writes)
+                for key_head in {key[at:end] for key, _ in writes}:
+                    group = groups.get(key_head)
+                    if group is None:
+                        groups[key_head] = group = array("Q")
+                    group.append(lsn)
+        return groups
 
     def records(self, pos: int = SEGMENT_HEADER_SIZE) -> Iterator[Record]:
         """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one.
