@@ -23,6 +23,9 @@ warmth is shared) and times, with ``time.perf_counter``:
 
 * ``open``: ``Database.open(path)``;
 * ``first read``: open + one ``kv.get`` of the last key written;
+* ``first scan``: the above + the first 100 keys of one run by ``kv.scan``
+  (the first ordered read: it builds the sorted key index, which recovery
+  leaves to it);
 * ``all keys``: the above + ``kv.get`` of every key, run by run (checked);
 * ``open (CPU seconds)``: ``time.process_time`` of the open alone (less
   sensitive than wall time to other jobs on a shared machine).
@@ -41,6 +44,7 @@ repetition): this measures recovery CPU, not a cold disk.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -114,6 +118,9 @@ def measure(path: str, total: int, runs: list[str], profile: str | None) -> dict
     v = get(runs[last % RUNS], _key(last))
     t_first = time.perf_counter() - t0
     assert v == _value(last), v
+    scanned = list(itertools.islice(db.kv.scan(runs[0]), 100))
+    t_scan = time.perf_counter() - t0
+    assert len(scanned) == min(100, (total + RUNS - 1) // RUNS), len(scanned)
     for r in range(RUNS):
         run = runs[r]
         for n in range(r, total, RUNS):
@@ -126,7 +133,7 @@ def measure(path: str, total: int, runs: list[str], profile: str | None) -> dict
     rec = db.stats()["recovery"]
     # no close: the next repetition must find the files as the SIGKILL left them (a clean close
     # writes the history sidecars); the caller exits with os._exit
-    return {"open": t_open, "open_cpu": c_open, "first": t_first, "all": t_all, "recovery": rec}
+    return {"open": t_open, "open_cpu": c_open, "first": t_first, "scan": t_scan, "all": t_all, "recovery": rec}
 
 
 def _wal_bytes(path: str) -> int:
@@ -212,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f" {name} ({roots[name]}):")
             summary[name] = {}
             for k, label in (("open", "open"), ("open_cpu", "open (CPU seconds)"), ("first", "open + first read"),
-                             ("all", "open + all keys read")):
+                             ("scan", " + first scan"), ("all", "open + all keys read")):
+                if any(k not in r for r in res):
+                    continue  # an older checkout's script (--baseline) does not time it
                 xs = [r[k] for r in res]
                 summary[name][k] = statistics.median(xs)
                 print(f"  {label:<22} median {statistics.median(xs):.3f} s  ({min(xs):.3f}..{max(xs):.3f}, "

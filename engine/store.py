@@ -211,10 +211,16 @@ class SortedMap(SortedDict):
         super()._check()  # noqa: SLF001 - the base class's own invariant check
 
     def index_keys(self) -> None:
-        """Rebuild the sorted key list from the dict's keys now. Complexity: O(n log n), C sort."""
-        self._unindexed = False
+        """Rebuild the sorted key list from the dict's keys now. Complexity: O(n log n), C sort.
+
+        If the build fails (``MemoryError``, ``KeyboardInterrupt`` in the sort)
+        the index stays deferred, so the next ordered read builds it again
+        instead of reading a partial list.
+        """
         self._list_clear()
+        self._unindexed = True  # until the list is whole
         self._sorted.update(dict.__iter__(self))
+        self._unindexed = False
 
     def defer_index(self) -> None:
         """Rebuild the sorted key list from the dict's keys at the first operation that needs key order.

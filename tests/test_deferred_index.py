@@ -93,6 +93,37 @@ def test_a_snapshot_taken_before_any_scan_holds_every_key(tmp_path):
             assert dict(again.kv.scan(run)) == keys
 
 
+def test_a_failed_index_build_leaves_it_deferred_for_the_next_ordered_read(tmp_path, monkeypatch):
+    """A MemoryError (or KeyboardInterrupt) in the first scan's sort must not leave a partial key list
+    that later scans trust: the scan fails, the index stays deferred, the next scan builds it whole."""
+    from sortedcontainers import SortedList
+
+    path = str(tmp_path / "db")
+    model = _build(path, runs=3, per_run=200)
+    run = list(model)[0]
+    real_update = SortedList.update
+    calls = [0]
+
+    def failing_update(self, iterable):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 1:
+            self._lists.append([b"\x00partial"])  # as if the build got part-way
+            self._maxes.append(b"\x00partial")
+            raise MemoryError("injected")
+        return real_update(self, iterable)
+
+    with Database.open(path) as db:
+        assert not key_index_built(db)
+        monkeypatch.setattr(SortedList, "update", failing_update)
+        with pytest.raises(MemoryError):
+            list(db.kv.scan(run))
+        assert not key_index_built(db)
+        monkeypatch.setattr(SortedList, "update", real_update)
+        assert dict(db.kv.scan(run)) == model[run]
+        assert key_index_built(db)
+        check_store(db)
+
+
 def test_the_first_scans_race_a_writer_on_a_deferred_index(tmp_path):
     """Two readers' first scans build the index while a writer puts new keys and deletes old ones,
     the GIL switching every 10 µs: every scan sorted, no duplicate, nothing acknowledged missing, no
