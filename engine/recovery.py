@@ -50,6 +50,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
 import time
 from array import array
 from collections.abc import Sequence
@@ -407,6 +408,37 @@ def _plan_segments(fs: FileSystem, dirpath: str, listing: _Listing, base: _Base,
     return _Plan(segments[:first], firsts[:first], segments[first:], foreign)
 
 
+class _ReadAhead:
+    """``fs.read(path)`` on a helper thread, started at once; :meth:`result` waits for it.
+
+    A segment read is one ``read(2)`` of up to a segment's bytes, which releases
+    the GIL: recovery reads the next segment while it replays this one. If the
+    result is never taken (recovery stopped at a damaged segment), the thread
+    finishes its read and the bytes are dropped.
+    """
+
+    def __init__(self, fs: FileSystem, path: str):
+        self.path = path
+        self._data: bytes | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(fs,), name="inmem-recovery-read", daemon=True)
+        self._thread.start()
+
+    def _read(self, fs: FileSystem) -> None:
+        try:
+            self._data = fs.read(self.path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            self._error = exc
+
+    def result(self) -> bytes:
+        """The file's bytes. :raises OSError: (or whatever ``fs.read`` raised) as the read raised it."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
+
+
 def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, str]], base: _Base,
             salvage: bool, read_only: bool, progress: Progress | None, visitor: ReplayVisitor | None) -> _Replayed:
     """Step 4: replay the frames after the snapshot into ``base.state`` (rules 2-5), segment by segment.
@@ -416,7 +448,12 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
     covers it). A bad frame ends the valid prefix: a torn tail if it is in
     the last segment and no valid frame follows it; otherwise corruption
     (raised, or with ``salvage`` recorded in ``damage`` and replay stops).
-    ``visitor`` is handed, per segment, the keys of the records it wants.
+    ``visitor`` is handed, per segment, the records it wants, grouped by key head.
+
+    While a segment is replayed, the next one is read on a helper thread
+    (:class:`_ReadAhead`: the read releases the GIL, so on a second core the
+    file copy overlaps the replay); its bytes, or the error reading them,
+    are taken when its turn comes, so errors surface where they did.
 
     :raises CorruptionError: as :func:`recover` (not with ``salvage``).
     """
@@ -426,6 +463,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
     total_bytes = sum(fs.file_size(os.path.join(dirpath, n)) for _, n in replay)
     version = base.version
     first_seq = replay[0][0] if replay else 1
+    ahead: _ReadAhead | None = None
     for index, (seq, name) in enumerate(replay):
         path = os.path.join(dirpath, name)
         expected_seq = first_seq + index
@@ -434,7 +472,8 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
             _damaged(out, salvage, f"WAL segment {segment_name(expected_seq)} is missing (next is {name})", missing,
                      None, index, None)
             break
-        buf = fs.read(path)
+        buf = ahead.result() if ahead is not None and ahead.path == path else fs.read(path)
+        ahead = _ReadAhead(fs, os.path.join(dirpath, replay[index + 1][1])) if index + 1 < len(replay) else None
         out.bytes_read += len(buf)
         try:
             header = decode_segment_header(buf)

@@ -257,3 +257,66 @@ def test_recovery_reports_what_it_replayed(dbdir):
         assert rec["commit_version"] == db.stats()["commit_version"] == 10
         assert rec["segments"] == 1 and rec["bytes"] == db.stats()["wal_bytes"]
         assert rec["created"] is False and rec["seconds"] >= 0
+
+
+# --- reading ahead: the next segment is read on a helper thread while one is replayed -------------
+
+
+def _three_segments(path: str) -> list[str]:
+    from inmem.wal.format import parse_segment_name
+
+    db = Database.open(path, segment_bytes=4096)
+    run = db.begin_run("r")
+    for i in range(150):
+        db.kv.put(run, f"k{i:04d}", "x" * 40)
+    db.close()
+    names = sorted(n for n in os.listdir(path) if parse_segment_name(n) is not None)
+    assert len(names) >= 3
+    return names
+
+
+@pytest.mark.parametrize("which", [1, -1])
+def test_a_read_error_on_a_segment_read_ahead_is_raised_as_before_and_changes_nothing(tmp_path, which):
+    """EIO reading the second (or last) segment, which the helper thread reads while the one before is
+    replayed: the open raises that OSError, nothing on disk changes, and the next open recovers all."""
+    import errno
+
+    from inmem.fs import OSFileSystem
+
+    path = str(tmp_path / "db")
+    names = _three_segments(path)
+    victim = os.path.join(path, names[which])
+    before = {n: open(os.path.join(path, n), "rb").read() for n in os.listdir(path)}
+    reads: list[str] = []
+
+    class FailingRead(OSFileSystem):
+        def read(self, p: str) -> bytes:
+            reads.append(os.path.basename(p))
+            if p == victim:
+                raise OSError(errno.EIO, "Input/output error (injected)", p)
+            return super().read(p)
+
+    with pytest.raises(OSError) as info:
+        Database.open(path, fs=FailingRead())
+    assert info.value.errno == errno.EIO and info.value.filename == victim
+    assert [n for n in reads if n.startswith("wal-")] == names[: names.index(names[which]) + 1]
+    after = {n: open(os.path.join(path, n), "rb").read() for n in os.listdir(path) if n != "LOCK"}
+    assert after == {n: b for n, b in before.items() if n != "LOCK"}
+    with Database.open(path) as db:
+        assert len(list(db.kv.scan(db.runs.ids()[0]))) == 150
+
+
+def test_a_segment_read_ahead_is_dropped_when_recovery_stops_before_it(tmp_path):
+    """Corruption in the first segment (salvage): recovery stops there; the second segment, already
+    being read ahead, is neither applied nor waited for as an error."""
+    path = str(tmp_path / "db")
+    names = _three_segments(path)
+    first = os.path.join(path, names[0])
+    data = bytearray(open(first, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(first, "wb").write(bytes(data))
+    with pytest.raises(CorruptionError):
+        Database.open(path)
+    with Database.open(path, salvage=True) as db:
+        stats = db.stats()["recovery"]
+        assert stats["segments"] == 1 and stats["salvaged"]
