@@ -226,7 +226,8 @@ def recover(
 
     Complexity: O(snapshot bytes + WAL bytes after the snapshot) time (older
     segments are skipped after reading their 48-byte headers); O(live keys)
-    memory beyond one segment buffer (and its records' keys, if a ``visitor`` wants them).
+    memory beyond two segment buffers (the one replayed and the next, read
+    ahead) and, if a ``visitor`` wants them, 8 bytes per record and run it touched.
 
     :param progress: called as ``progress(phase, done, total)`` with phase
         ``"recovery-snapshot"`` or ``"recovery-wal"`` and byte counts.
