@@ -425,12 +425,12 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
     if (!PyBytes_Check(bufobj))
         return Py_BuildValue("(nKKKKy#N)", pos, expected, last_version, skipped, count, "", (Py_ssize_t)0,
                              PyDict_New());
+    if (PyBytes_AsStringAndSize(bufobj, &data, &size) != 0)
+        return NULL;
     if (inmem_groups_init(&groups, head_at, head_len) != 0) {
         inmem_groups_free(&groups);
         return NULL;
     }
-    if (PyBytes_AsStringAndSize(bufobj, &data, &size) != 0)
-        return NULL;
     buf = (const uint8_t *)data;
     len = (size_t)size;
     if (pos < 0 || (size_t)pos > len || len > 0xFFFFFFFFu)
