@@ -311,6 +311,25 @@ static void inmem_groups_free(inmem_groups *g)
     memset(g, 0, sizeof(*g));
 }
 
+/* Make room for one more element in the array *items of *cap elements of `size` bytes, holding n
+   (doubling, `first` elements at first); 0, or -1 with MemoryError set (the array unchanged). */
+static int inmem_reserve(void **items, size_t *cap, size_t n, size_t size, size_t first)
+{
+    size_t ncap;
+    void *grown;
+    if (n < *cap)
+        return 0;
+    ncap = *cap ? *cap * 2 : first;
+    grown = PyMem_Realloc(*items, ncap * size);
+    if (grown == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *items = grown;
+    *cap = ncap;
+    return 0;
+}
+
 /* the slot of `head` (created on first sight), or -1 with an exception set */
 static Py_ssize_t inmem_groups_slot(inmem_groups *g, PyObject *head)
 {
@@ -319,16 +338,8 @@ static Py_ssize_t inmem_groups_slot(inmem_groups *g, PyObject *head)
         return PyLong_AsSsize_t(found);
     if (PyErr_Occurred())
         return -1;
-    if (g->nbufs == g->capbufs) {
-        size_t ncap = g->capbufs ? g->capbufs * 2 : 16;
-        inmem_lsns *grown = (inmem_lsns *)PyMem_Realloc(g->bufs, ncap * sizeof(inmem_lsns));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        g->bufs = grown;
-        g->capbufs = ncap;
-    }
+    if (inmem_reserve((void **)&g->bufs, &g->capbufs, g->nbufs, sizeof(inmem_lsns), 16) != 0)
+        return -1;
     num = PyLong_FromSize_t(g->nbufs);
     if (num == NULL)
         return -1;
@@ -368,16 +379,8 @@ static int inmem_groups_add(inmem_groups *g, const uint8_t *k, Py_ssize_t klen, 
     l = &g->bufs[slot];
     if (l->n > 0 && l->v[l->n - 1] == lsn)
         return 0; /* another key of this record with the same head */
-    if (l->n == l->cap) {
-        size_t ncap = l->cap ? l->cap * 2 : 64;
-        uint64_t *grown = (uint64_t *)PyMem_Realloc(l->v, ncap * sizeof(uint64_t));
-        if (grown == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        l->v = grown;
-        l->cap = ncap;
-    }
+    if (inmem_reserve((void **)&l->v, &l->cap, l->n, sizeof(uint64_t), 64) != 0)
+        return -1;
     l->v[l->n++] = lsn;
     return 0;
 }
