@@ -228,6 +228,7 @@ def test_make_entry_gives_the_tuple_for_what_it_cannot_hold():
 # --- fresh keys: new keys join the sorted list when order is next needed --------------------------
 
 native_put = __import__("inmem.native", fromlist=["builtins"]).builtins().get("put_version")
+native_heads = __import__("inmem.native", fromlist=["builtins"]).builtins().get("key_heads")
 ORDER_OPS = ("irange", "irange_rev", "bisect_left", "bisect_right", "iter", "reversed", "items", "keys_index",
              "peekitem", "ceiling", "islice", "index", "check", "scan", "count", "last")
 fresh_ops = st.lists(st.one_of(
@@ -266,7 +267,8 @@ def test_fresh_keys_never_hide_from_an_ordered_read(ops, load):
         if op == "defer_index":
             m.defer_index()
             deferred = True
-        elif op == "key_heads":
+        elif op == "key_heads":  # the C walk leaves a deferred index deferred; without it, it is built
+            deferred = deferred and native_heads is not None
             lead = key[0] if key else 0
             want = sorted({k[1:3] for k in model if k[:1] == bytes((lead,))})
             assert m.key_heads(lead, 2) == store.key_heads(lead, 2) == want

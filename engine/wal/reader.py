@@ -117,7 +117,21 @@ class SegmentScan:
         pop = dict.pop
         put = dict.__setitem__
         end = at + width
+        get_group = groups.get
         for lsn, version, _ts, writes in self.records(pos):
+            if len(writes) == 1:  # most records: one put
+                key, value = writes[0]
+                if value is None:
+                    pop(state, key, None)
+                else:
+                    put(state, key, (version, value))
+                if lsn >= want:
+                    key_head = key[at:end]
+                    group = get_group(key_head)
+                    if group is None:
+                        groups[key_head] = group = array("Q")
+                    group.append(lsn)
+                continue
             for key, value in writes:
                 if value is None:
                     pop(state, key, None)
@@ -125,7 +139,7 @@ class SegmentScan:
                     put(state, key, (version, value))
             if lsn >= want:
                 for key_head in {key[at:end] for key, _ in writes}:
-                    group = groups.get(key_head)
+                    group = get_group(key_head)
                     if group is None:
                         groups[key_head] = group = array("Q")
                     group.append(lsn)
