@@ -84,7 +84,6 @@ log = logging.getLogger("inmem")
 _NEVER = 1 << 64
 
 
-
 class ReplayVisitor(Protocol):
     """Consumes the WAL replay, one segment at a time (the history index's
     :class:`~inmem.history.collect.HistoryCollector`). Recovery decides nothing on its answers."""
@@ -473,7 +472,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
             _damaged(out, salvage, f"WAL segment {segment_name(expected_seq)} is missing (next is {name})", missing,
                      None, index, None)
             break
-        buf = ahead.result() if ahead is not None and ahead.path == path else fs.read(path)
+        buf = ahead.result() if ahead is not None else fs.read(path)  # ahead: this path, started last turn
         ahead = _ReadAhead(fs, os.path.join(dirpath, replay[index + 1][1])) if index + 1 < len(replay) else None
         out.bytes_read += len(buf)
         try:

@@ -353,29 +353,37 @@ static Py_ssize_t inmem_groups_slot(inmem_groups *g, PyObject *head)
     return (Py_ssize_t)g->nbufs++;
 }
 
-/* add `lsn` under the head of the key k[0:klen]; 0, or -1 with an exception set */
-static int inmem_groups_add(inmem_groups *g, const uint8_t *k, Py_ssize_t klen, uint64_t lsn)
+/* the slot of the head of the key k[0:klen] (created on first sight; recent heads from the cache), or -1
+   with an exception set */
+static Py_ssize_t inmem_groups_find(inmem_groups *g, const uint8_t *k, Py_ssize_t klen)
 {
     Py_ssize_t start = g->at < klen ? g->at : klen;
     Py_ssize_t hlen = klen - start < g->len ? klen - start : g->len;
     const uint8_t *h = k + start;
     unsigned c = hlen > 0 ? (unsigned)(h[hlen - 1] ^ (h[(hlen - 1) / 2] << 1) ^ (unsigned)hlen) % INMEM_HEAD_CACHE : 0;
-    PyObject *cached = g->cache_head[c];
+    PyObject *cached = g->cache_head[c], *head;
     Py_ssize_t slot;
-    inmem_lsns *l;
-    if (cached != NULL && PyBytes_Size(cached) == hlen && memcmp(PyBytes_AsString(cached), h, (size_t)hlen) == 0) {
-        slot = g->cache_slot[c];
-    } else {
-        PyObject *head = PyBytes_FromStringAndSize((const char *)h, hlen);
-        slot = head ? inmem_groups_slot(g, head) : -1;
-        if (slot < 0) {
-            Py_XDECREF(head);
-            return -1;
-        }
-        Py_XDECREF(g->cache_head[c]);
-        g->cache_head[c] = head; /* owns the reference */
-        g->cache_slot[c] = slot;
+    if (cached != NULL && PyBytes_Size(cached) == hlen && memcmp(PyBytes_AsString(cached), h, (size_t)hlen) == 0)
+        return g->cache_slot[c];
+    head = PyBytes_FromStringAndSize((const char *)h, hlen);
+    slot = head ? inmem_groups_slot(g, head) : -1;
+    if (slot < 0) {
+        Py_XDECREF(head);
+        return -1;
     }
+    Py_XDECREF(g->cache_head[c]);
+    g->cache_head[c] = head; /* owns the reference */
+    g->cache_slot[c] = slot;
+    return slot;
+}
+
+/* add `lsn` under the head of the key k[0:klen]; 0, or -1 with an exception set */
+static int inmem_groups_add(inmem_groups *g, const uint8_t *k, Py_ssize_t klen, uint64_t lsn)
+{
+    Py_ssize_t slot = inmem_groups_find(g, k, klen);
+    inmem_lsns *l;
+    if (slot < 0)
+        return -1;
     l = &g->bufs[slot];
     if (l->n > 0 && l->v[l->n - 1] == lsn)
         return 0; /* another key of this record with the same head */
@@ -526,13 +534,8 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
             last_version = version;
             count++;
         }
-        if (nofs == cap) {
-            size_t ncap = cap ? cap * 2 : 4096;
-            uint32_t *grown = (uint32_t *)PyMem_Realloc(ofs, ncap * sizeof(uint32_t));
-            if (grown == NULL) { PyErr_NoMemory(); goto fail; }
-            ofs = grown;
-            cap = ncap;
-        }
+        if (inmem_reserve((void **)&ofs, &cap, nofs, sizeof(uint32_t), 4096) != 0)
+            goto fail;
         ofs[nofs++] = (uint32_t)pos;
         expected++;
         pos = (Py_ssize_t)end;
@@ -676,20 +679,21 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
  * The run table's question at open, without the sorted key index (engine/store.py,
  * SortedMap.key_heads while the index is deferred): the set of distinct key[1:1 + width] over the
  * dict's keys whose first byte is `lead`, in one walk of the dict (PyDict_Next: its entries in
- * insertion order). A small direct-mapped cache of recent heads saves building a bytes object per
- * key. Returns a set, or None (nothing else done) for arguments of another shape or a key that is
- * not bytes, so the caller walks in Python instead.
+ * insertion order), through the replay grouping's head table (inmem_groups_find: its cache of
+ * recent heads saves building a bytes object per key). Returns a set, or None (nothing else done)
+ * for arguments of another shape or a key that is not bytes, so the caller builds the index and
+ * bisects instead.
  */
 
 static PyObject *inmem_key_heads(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *map, *heads, *key, *value, *cache[INMEM_HEAD_CACHE];
-    Py_ssize_t pos = 0, width, i;
+    PyObject *key, *value, *heads = NULL;
+    Py_ssize_t pos = 0, width;
     long lead;
+    inmem_groups g;
     (void)self;
     if (nargs != 3 || !PyDict_Check(args[0]) || !PyLong_Check(args[1]) || !PyLong_Check(args[2]))
         Py_RETURN_NONE;
-    map = args[0];
     lead = PyLong_AsLong(args[1]);
     width = PyLong_AsSsize_t(args[2]);
     if (PyErr_Occurred()) {
@@ -698,43 +702,20 @@ static PyObject *inmem_key_heads(PyObject *self, PyObject *const *args, Py_ssize
     }
     if (lead < 0 || lead > 255 || width < 0)
         Py_RETURN_NONE;
-    heads = PySet_New(NULL);
-    if (heads == NULL)
-        return NULL;
-    memset(cache, 0, sizeof(cache));
-    while (PyDict_Next(map, &pos, &key, &value)) {
-        Py_ssize_t klen, hlen;
+    if (inmem_groups_init(&g, 1, width) != 0)
+        goto done;
+    while (PyDict_Next(args[0], &pos, &key, &value)) {
         const uint8_t *k;
-        unsigned slot;
-        PyObject *cached, *head;
         if (!PyBytes_CheckExact(key)) {
-            for (i = 0; i < INMEM_HEAD_CACHE; i++)
-                Py_XDECREF(cache[i]);
-            Py_DECREF(heads);
+            inmem_groups_free(&g);
             Py_RETURN_NONE;
         }
-        klen = PyBytes_Size(key);
         k = (const uint8_t *)PyBytes_AsString(key);
-        if (klen < 1 || k[0] != (uint8_t)lead)
-            continue;
-        hlen = klen - 1 < width ? klen - 1 : width;
-        slot = hlen > 0 ? (unsigned)(k[hlen] ^ (k[(hlen + 1) / 2] << 1) ^ (unsigned)hlen) % INMEM_HEAD_CACHE : 0;
-        cached = cache[slot];
-        if (cached != NULL && PyBytes_Size(cached) == hlen
-            && memcmp(PyBytes_AsString(cached), k + 1, (size_t)hlen) == 0)
-            continue;
-        head = PyBytes_FromStringAndSize((const char *)k + 1, hlen);
-        if (head == NULL || PySet_Add(heads, head) != 0) {
-            Py_XDECREF(head);
-            for (i = 0; i < INMEM_HEAD_CACHE; i++)
-                Py_XDECREF(cache[i]);
-            Py_DECREF(heads);
-            return NULL;
-        }
-        Py_XDECREF(cache[slot]);
-        cache[slot] = head; /* owns the reference */
+        if (PyBytes_Size(key) >= 1 && k[0] == (uint8_t)lead && inmem_groups_find(&g, k, PyBytes_Size(key)) < 0)
+            goto done;
     }
-    for (i = 0; i < INMEM_HEAD_CACHE; i++)
-        Py_XDECREF(cache[i]);
+    heads = PySet_New(g.order); /* the distinct heads */
+done:
+    inmem_groups_free(&g);
     return heads;
 }

@@ -10,7 +10,9 @@ and :mod:`inmem.recovery` decides what that means.
 from __future__ import annotations
 
 from array import array
+from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 
 from . import fast as _fast
 from . import format as _format
@@ -27,7 +29,6 @@ from .format import (
 __all__ = ["SegmentScan"]
 
 Record = tuple[int, int, int, list[tuple[bytes, bytes | None]]]  # lsn, version, ts_us, writes
-Writes = list[tuple[bytes, bytes | None]]
 _U64_MAX = (1 << 64) - 1
 
 
@@ -91,7 +92,7 @@ class SegmentScan:
         Complexity: O(segment bytes) checksums + O(records) dict updates (C or Python).
         """
         at, width = head
-        groups: dict[bytes, array] = {}
+        groups: defaultdict[bytes, array] = defaultdict(partial(array, "Q"))
         pos = SEGMENT_HEADER_SIZE
         native = _fast.replay
         if native is not None and type(self.buf) is bytes:
@@ -108,16 +109,14 @@ class SegmentScan:
             self.next_lsn = nxt
             self.end = stop
             for key_head, lsns in packed.items():
-                groups[key_head] = group = array("Q")
-                group.frombytes(lsns)
+                groups[key_head].frombytes(lsns)
             if stop >= len(self.buf):
-                return groups
+                return dict(groups)
             pos = stop
         # the dict part alone, as the native path does (a SortedMap's bulk load: inmem.store)
         pop = dict.pop
         put = dict.__setitem__
         end = at + width
-        get_group = groups.get
         for lsn, version, _ts, writes in self.records(pos):
             if len(writes) == 1:  # most records: one put
                 key, value = writes[0]
@@ -126,11 +125,7 @@ class SegmentScan:
                 else:
                     put(state, key, (version, value))
                 if lsn >= want:
-                    key_head = key[at:end]
-                    group = get_group(key_head)
-                    if group is None:
-                        groups[key_head] = group = array("Q")
-                    group.append(lsn)
+                    groups[key[at:end]].append(lsn)
                 continue
             for key, value in writes:
                 if value is None:
@@ -139,11 +134,8 @@ class SegmentScan:
                     put(state, key, (version, value))
             if lsn >= want:
                 for key_head in {key[at:end] for key, _ in writes}:
-                    group = get_group(key_head)
-                    if group is None:
-                        groups[key_head] = group = array("Q")
-                    group.append(lsn)
-        return groups
+                    groups[key_head].append(lsn)
+        return dict(groups)  # a plain dict: a lookup of an absent head must not add it
 
     def records(self, pos: int = SEGMENT_HEADER_SIZE) -> Iterator[Record]:
         """Yield ``(lsn, version, ts_us, writes)`` for each valid frame, stopping at the first bad one.
