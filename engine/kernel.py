@@ -51,7 +51,6 @@ so in the docstrings (WAL, LSN, segment).
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
