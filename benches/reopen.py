@@ -25,7 +25,8 @@ warmth is shared) and times, with ``time.perf_counter``:
 * ``first read``: open + one ``kv.get`` of the last key written;
 * ``first scan``: the above + the first 100 keys of one run by ``kv.scan``
   with the prefix ``step/00000`` (~125 keys; the first ordered read: it
-  builds the sorted key index, which recovery leaves to it);
+  drains the cold table into the dict and builds the sorted key index, which
+  recovery leaves to it);
 * ``all keys``: the above + ``kv.get`` of every key, run by run (checked);
 * ``open (CPU seconds)``: ``time.process_time`` of the open alone (less
   sensitive than wall time to other jobs on a shared machine).

@@ -458,6 +458,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
     :raises CorruptionError: as :func:`recover` (not with ``salvage``).
     """
     state = base.state
+    cold = state.open_cold() if replay else None  # the WAL's records go to a C table: inmem.store, "Cold table"
     start_lsn = base.start_lsn
     out = _Replayed(base.version, start_lsn if base.report is None else None)  # None: any first LSN <= start_lsn
     total_bytes = sum(fs.file_size(os.path.join(dirpath, n)) for _, n in replay)
@@ -495,7 +496,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
 
         scan = SegmentScan(buf, header, version, skip_below=start_lsn)
         want = visitor.wants(seq, header.first_lsn) if visitor is not None else _NEVER
-        groups = scan.replay(state, want, visitor.key_head if visitor is not None else (0, 0))
+        groups = scan.replay(state, want, visitor.key_head if visitor is not None else (0, 0), cold)
         if visitor is not None:
             visitor.replayed(seq, header.first_lsn, scan.end, scan.starts[:scan.skipped + scan.count],
                              max(header.first_lsn, start_lsn, want), groups)

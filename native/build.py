@@ -39,9 +39,11 @@ def make_ffibuilder():
 
     ffibuilder = FFI()
     ffibuilder.cdef(_read("cdef.h"))
-    # inmem_replay.c and inmem_encode.c use the CPython API; engine/wal/fast.py reaches them through ctypes
-    ffibuilder.set_source(MODULE, "\n".join(_read(n) for n in ("inmem_native.c", "inmem_replay.c", "inmem_cbor.c",
-                                                                "inmem_encode.c")),
+    # inmem_replay.c, inmem_cold*.c and inmem_encode.c use the CPython API; engine/wal/fast.py and
+    # inmem.native.builtins reach them through ctypes
+    sources = ("inmem_native.c", "inmem_replay.c", "inmem_cold.c", "inmem_cold_type.c", "inmem_cbor.c",
+               "inmem_encode.c")
+    ffibuilder.set_source(MODULE, "\n".join(_read(n) for n in sources),
                           extra_compile_args=["-O2", "-Werror=implicit-function-declaration", "-Werror=int-conversion"])
     return ffibuilder
 

@@ -35,6 +35,16 @@
 
 #include <Python.h>
 
+/* the cold table (native/inmem_cold.c, later in this compilation unit) */
+typedef struct InmemCold InmemCold;
+static int inmem_is_cold(PyObject *o);
+static int inmem_cold_backs(InmemCold *t, PyObject *map);
+static int inmem_cold_queue(InmemCold *t, const uint8_t *k, uint32_t klen, const uint8_t *v, uint32_t vlen,
+                            uint64_t version);
+static int inmem_cold_flush(InmemCold *t);
+static void inmem_cold_drop_pending(InmemCold *t);
+static void inmem_cold_forget(PyObject *cold, PyObject *key);
+
 /*
  * The compact store entry: what recovery builds for each live key instead of a (version, value)
  * tuple and an int. A tuple of two plus the int it holds take ~96 bytes on the heap (a GC-tracked
@@ -219,40 +229,46 @@ static PyObject *inmem_make_entry(PyObject *self, PyObject *const *args, Py_ssiz
     return PyTuple_Pack(2, args[0], args[1]);
 }
 
-/* put_version(map, fresh, limit, key, version, value): the commit path's store put
+/* put_version(map, fresh, limit, cold, key, version, value): the commit path's store put
    (inmem.store.UnifiedStore.put_version, METH_FASTCALL): map[key] = make_entry(version, value)
-   through the dict part of the store's SortedMap, and, if key was not in map, fresh.append(key)
-   (SortedMap's fresh keys, sorted in when order is next needed) and, once fresh holds `limit` keys,
-   map.sort_fresh(). The dict is updated first; if the append then fails (no memory) the key is
-   taken out again, so the map never holds a key that is neither sorted nor fresh. */
+   through the dict part of the store's SortedMap, and, if key was not in map's dict part, the key
+   taken out of the map's cold table `cold` (None: it has none; native/inmem_cold.c) after the dict is
+   updated, fresh.append(key) (SortedMap's fresh keys, sorted in when order is next needed) and, once
+   fresh holds `limit` keys, map.sort_fresh(). If the append fails (no memory) the key is taken out of
+   the dict again (it is no longer in the cold table either: the put failed, as the Python path's
+   would, but the key is gone too; only a MemoryError does this), so the map never holds a key that
+   is neither sorted nor fresh. */
 static PyObject *inmem_put_version(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *entry;
     Py_ssize_t limit;
     int had, rc;
-    if (nargs != 6 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) || !PyLong_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "put_version(map, fresh, limit, key, version, value)");
+    if (nargs != 7 || !PyDict_Check(args[0]) || !PyList_Check(args[1]) || !PyLong_CheckExact(args[2]) ||
+        !(args[3] == Py_None || inmem_is_cold(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "put_version(map, fresh, limit, cold, key, version, value)");
         return NULL;
     }
     limit = PyLong_AsSsize_t(args[2]);
     if (limit == -1 && PyErr_Occurred())
         return NULL;
-    had = PyDict_Contains(args[0], args[3]);
+    had = PyDict_Contains(args[0], args[4]);
     if (had < 0)
         return NULL;
-    entry = inmem_make_entry(self, args + 4, 2);
+    entry = inmem_make_entry(self, args + 5, 2);
     if (entry == NULL)
         return NULL;
-    rc = PyDict_SetItem(args[0], args[3], entry);
+    rc = PyDict_SetItem(args[0], args[4], entry);
     Py_DECREF(entry);
     if (rc != 0)
         return NULL;
     if (had)
         Py_RETURN_NONE;
-    if (PyList_Append(args[1], args[3]) != 0) {
+    if (args[3] != Py_None)
+        inmem_cold_forget(args[3], args[4]);
+    if (PyList_Append(args[1], args[4]) != 0) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (PyDict_DelItem(args[0], args[3]) != 0)
+        if (PyDict_DelItem(args[0], args[4]) != 0)
             PyErr_Clear();
         PyErr_Restore(type, value, tb);
         return NULL;
@@ -416,7 +432,7 @@ static PyObject *inmem_groups_result(inmem_groups *g)
 PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long expected,
                           unsigned long long skip_below, unsigned long long last_version,
                           unsigned long long want, int collect, PyObject *state, Py_ssize_t head_at,
-                          Py_ssize_t head_len)
+                          Py_ssize_t head_len, PyObject *cold_obj)
 {
     char *data;
     Py_ssize_t size;
@@ -426,10 +442,18 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
     unsigned long long skipped = 0, count = 0;
     PyObject *result = NULL, *ofs_bytes = NULL, *groups_out = NULL;
     inmem_groups groups;
+    InmemCold *cold = NULL;
 
     if (!PyDict_Check(state) || head_at < 0 || head_len < 0) {
         PyErr_SetString(PyExc_TypeError, "inmem_py_replay: state must be a dict and the head bounds >= 0");
         return NULL;
+    }
+    if (cold_obj != NULL && cold_obj != Py_None) {
+        if (!inmem_is_cold(cold_obj) || !inmem_cold_backs((InmemCold *)cold_obj, state)) {
+            PyErr_SetString(PyExc_TypeError, "inmem_py_replay: cold must be None or the cold table of state");
+            return NULL;
+        }
+        cold = (InmemCold *)cold_obj;
     }
     /* bytes only (the limited API cffi compiles against has no buffer protocol before 3.11);
        anything else: stop at once and let the reference do it */
@@ -500,6 +524,22 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
                     PyObject *key, *value = NULL;
                     int rc;
                     p += 5;
+                    if (cold != NULL) { /* into the cold table: no Python object per write */
+                        const uint8_t *k = buf + p;
+                        if (keep && inmem_groups_add(&groups, k, (Py_ssize_t)klen, lsn) != 0)
+                            goto fail;
+                        p += klen;
+                        if (op == 1) {
+                            uint32_t vlen = inmem_load32(buf + p);
+                            rc = inmem_cold_queue(cold, k, klen, buf + p + 4, vlen, version);
+                            p += 4 + (size_t)vlen;
+                        } else {
+                            rc = inmem_cold_queue(cold, k, klen, NULL, 0, version);
+                        }
+                        if (rc != 0)
+                            goto fail;
+                        continue;
+                    }
                     key = PyBytes_FromStringAndSize((const char *)buf + p, klen);
                     if (key == NULL) goto fail;
                     if (keep && inmem_groups_add(&groups, buf + p, (Py_ssize_t)klen, lsn) != 0) {
@@ -542,6 +582,8 @@ PyObject *inmem_py_replay(PyObject *bufobj, Py_ssize_t pos, unsigned long long e
     }
 
 done:
+    if (cold != NULL && inmem_cold_flush(cold) != 0)
+        goto fail;
     ofs_bytes = PyBytes_FromStringAndSize((const char *)ofs, (Py_ssize_t)(nofs * sizeof(uint32_t)));
     groups_out = ofs_bytes != NULL ? inmem_groups_result(&groups) : NULL;
     if (groups_out != NULL)
@@ -549,6 +591,8 @@ done:
     else
         Py_XDECREF(ofs_bytes);
 fail:
+    if (result == NULL && cold != NULL)
+        inmem_cold_drop_pending(cold); /* they point into buf */
     PyMem_Free(ofs);
     inmem_groups_free(&groups);
     return result;

@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "childproc"},
     {"keys", "codec", "checksum", "native", "_native", "locks", "filters", "embeddings", "jsondoc", "expiry", "channels"},
     {"fs", "wal.format", "wal.fast"},
-    {"store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal.follow", "wal"},
+    {"sortedmap", "store", "mvcc", "identity", "snapshot", "wal.reader", "wal.writer", "wal.readonly", "wal.follow", "wal"},
     {"history", "history.index", "history.sidecar", "history.retention", "history.collect"},
     {"recovery", "registry", "opening"},
     {"kernel"},

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from inmem import native
 from inmem.checksum import masked_crc32c
+from inmem.store import SortedMap
 from inmem.wal import fast
 from inmem.wal.format import (
     COMMIT_HEADER,
@@ -45,7 +46,7 @@ HEADS = [(1, 16), (0, 0), (0, 3), (17, 2), (20, 5), (40, 16)]
 
 
 def _replay(buf: bytes, first_lsn: int, last_version: int, skip_below: int, want: int, use_native: bool,
-            head: tuple[int, int] = (1, 16)):
+            head: tuple[int, int] = (1, 16), cold: bool = False):
     from inmem.wal.format import decode_segment_header
 
     header = decode_segment_header(buf)
@@ -55,8 +56,17 @@ def _replay(buf: bytes, first_lsn: int, last_version: int, skip_below: int, want
         fast.replay = None
     try:
         scan = SegmentScan(buf, header, last_version, skip_below=skip_below)
-        state = {b"pre-existing": (1, b"v")}
-        groups = scan.replay(state, want, head)
+        if cold:  # a SortedMap with a pre-existing (snapshot) key in its dict part, replayed into its cold table
+            state = SortedMap()
+            dict.__setitem__(state, b"pre-existing", (1, b"v"))
+            table = state.open_cold()
+            groups = scan.replay(state, want, head, table)
+            parts = [(k, tuple(v)) for k, v in dict.items(state)], [(k, tuple(v)) for k, v in table.items()]
+            assert not {k for k, _ in parts[0]} & {k for k, _ in parts[1]}  # disjoint parts
+            state = dict(sorted(parts[0] + parts[1]))
+        else:
+            state = {b"pre-existing": (1, b"v")}
+            groups = scan.replay(state, want, head)
     finally:
         fast.replay = saved
     assert all(type(lsns) is array and lsns.typecode == "Q" for lsns in groups.values())
@@ -71,10 +81,15 @@ def _same(buf, first_lsn=1, last_version=0, skip_below=0, want=1, head=(1, 16)):
     a = _replay(buf, first_lsn, last_version, skip_below, want, True, head)
     b = _replay(buf, first_lsn, last_version, skip_below, want, False, head)
     assert a == b
+    # into a cold table (native, and the Python replay's cold.load/unload): the same map, in key order
+    expected = (sorted((k, tuple(v)) for k, v in a[0]),) + a[1:]
+    for use_native in (True, False):
+        c = _replay(buf, first_lsn, last_version, skip_below, want, use_native, head, cold=True)
+        assert c == expected
     return a
 
 
-write = st.tuples(st.sampled_from(KEYS), st.one_of(st.none(), st.binary(max_size=12)))
+write = st.tuples(st.sampled_from(KEYS + [b"pre-existing"]), st.one_of(st.none(), st.binary(max_size=12)))
 record = st.lists(write, max_size=4)
 
 

@@ -175,7 +175,7 @@ def _load_replay() -> Callable[..., Any] | None:
     (an older build: the Python replay is used)."""
     return _py_function("inmem_py_replay", [  # type: ignore[no-any-return]
         ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_ulonglong,
-        ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ssize_t])
+        ctypes.c_ulonglong, ctypes.c_int, ctypes.py_object, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.py_object])
 
 
 def _load_encoders(py_put: Callable[..., bytes],

@@ -13,6 +13,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 from . import fast as _fast
 from . import format as _format
@@ -68,7 +69,7 @@ class SegmentScan:
         return decode_segment_header(buf)
 
     def replay(self, state: dict[bytes, tuple[int, bytes]], want: int,
-               head: tuple[int, int] = (0, 0)) -> dict[bytes, array]:
+               head: tuple[int, int] = (0, 0), cold: Any = None) -> dict[bytes, array]:
         """Apply every valid frame's writes to ``state``, in LSN order, stopping at the first bad frame.
 
         A put sets ``state[key] = (version, value)``, a delete removes ``key``
@@ -76,6 +77,12 @@ class SegmentScan:
         and ``dict.pop`` even on a dict subclass, as the native path does).
         Afterwards the scan's fields are as after :meth:`records` (``starts`` is
         an ``array('I')``).
+
+        With ``cold`` (the cold table of the SortedMap ``state``:
+        :meth:`inmem.store.SortedMap.open_cold`) a put goes into the table
+        and a delete removes the key from both parts, and a key the WAL writes
+        leaves the dict part (a snapshot's copy): the dict part then holds
+        only keys no replayed record touched.
 
         Returns the records grouped by key head: for ``head = (at, width)``,
         each distinct ``key[at:at + width]`` of the keys written by records
@@ -99,7 +106,7 @@ class SegmentScan:
             collect = want <= _U64_MAX
             stop, nxt, last, skipped, count, offsets, packed = native(
                 self.buf, pos, self.next_lsn, min(self.skip_below, _U64_MAX), self.last_version,
-                want if collect else _U64_MAX, collect, state, at, width)
+                want if collect else _U64_MAX, collect, state, at, width, cold)
             starts = array("I")
             starts.frombytes(offsets)
             self.starts = starts
@@ -113,9 +120,16 @@ class SegmentScan:
             if stop >= len(self.buf):
                 return dict(groups)
             pos = stop
-        # the dict part alone, as the native path does (a SortedMap's bulk load: inmem.store)
-        pop = dict.pop
-        put = dict.__setitem__
+        # the dict part alone, as the native path does (a SortedMap's bulk load: inmem.store), or the cold table
+        if cold is None:
+            pop = dict.pop
+            put = dict.__setitem__
+        else:
+            def pop(_state: object, key: bytes, _default: None) -> None:
+                cold.unload(key)
+
+            def put(_state: object, key: bytes, entry: tuple[int, bytes]) -> None:
+                cold.load(key, entry[0], entry[1])
         end = at + width
         for lsn, version, _ts, writes in self.records(pos):
             if len(writes) == 1:  # most records: one put
