@@ -59,6 +59,11 @@ typedef struct {
 } inmem_cold_slot;
 
 typedef struct {
+    uint8_t *base;
+    size_t size;
+} inmem_cold_chunk;
+
+typedef struct {
     const uint8_t *key, *value;
     uint64_t hash, version;
     uint32_t klen, vlen;
@@ -74,7 +79,7 @@ struct InmemCold {
     inmem_cold_rec *recs;     /* recs[0] unused: idx 0 marks an empty slot */
     size_t nrecs, caprecs;
     size_t live;              /* keys in the table */
-    uint8_t **chunks;
+    inmem_cold_chunk *chunks;
     size_t nchunks, capchunks;
     uint8_t *cursor;          /* the next free byte of the last chunk */
     size_t chunk_left;        /* free bytes from there */
@@ -87,6 +92,35 @@ struct InmemCold {
 };
 
 static PyTypeObject *inmem_cold_type = NULL;
+
+/* The table's big blocks (chunks, records, slots) come straight from the OS, zeroed, and go straight
+   back: through malloc, glibc raises its mmap threshold after the first big free and serves the next
+   blocks from the heap, which a drained table would then leave resident (W9 measured it). */
+#if defined(_WIN32)
+static void *inmem_cold_map(size_t n)
+{
+    return calloc(1, n ? n : 1);
+}
+
+static void inmem_cold_unmap(void *p, size_t n)
+{
+    (void)n;
+    free(p);
+}
+#else
+#include <sys/mman.h>
+static void *inmem_cold_map(size_t n)
+{
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void inmem_cold_unmap(void *p, size_t n)
+{
+    if (p != NULL)
+        munmap(p, n ? n : 1);
+}
+#endif
 
 static uint64_t inmem_cold_hash(uint64_t seed, const uint8_t *p, size_t n)
 {
@@ -114,10 +148,11 @@ static void inmem_cold_free_all(InmemCold *t)
 {
     size_t i;
     for (i = 0; i < t->nchunks; i++)
-        free(t->chunks[i]);
+        inmem_cold_unmap(t->chunks[i].base, t->chunks[i].size);
     free(t->chunks);
-    free(t->recs);
-    free(t->slots);
+    inmem_cold_unmap(t->recs, t->caprecs * sizeof(inmem_cold_rec));
+    if (t->slots != NULL)
+        inmem_cold_unmap(t->slots, (t->mask + 1) * sizeof(inmem_cold_slot));
     t->chunks = NULL;
     t->cursor = NULL;
     t->recs = NULL;
@@ -152,7 +187,7 @@ static size_t inmem_cold_find(InmemCold *t, const uint8_t *k, uint32_t klen, uin
    records in order and prefetching the slots a batch ahead. -1 (nothing changed) if out of memory. */
 static int inmem_cold_reslot(InmemCold *t, size_t cap)
 {
-    inmem_cold_slot *slots = calloc(cap, sizeof(inmem_cold_slot));
+    inmem_cold_slot *slots = inmem_cold_map(cap * sizeof(inmem_cold_slot));
     size_t mask = cap - 1, r, ahead;
     if (slots == NULL)
         return -1;
@@ -169,7 +204,8 @@ static int inmem_cold_reslot(InmemCold *t, size_t cap)
         slots[i].tag = (uint32_t)(rec->hash >> 32);
         slots[i].idx = (uint32_t)r;
     }
-    free(t->slots);
+    if (t->slots != NULL)
+        inmem_cold_unmap(t->slots, (t->mask + 1) * sizeof(inmem_cold_slot));
     t->slots = slots;
     t->mask = mask;
     return 0;
@@ -179,15 +215,16 @@ static int inmem_cold_reslot(InmemCold *t, size_t cap)
    -1 (nothing changed) if out of memory. */
 static int inmem_cold_compact(InmemCold *t)
 {
-    size_t bytes = t->live_bytes ? t->live_bytes : 1, n = 1, r, cap = 1024;
-    uint8_t *chunk = malloc(bytes), **chunks = malloc(sizeof(uint8_t *)), *p;
-    inmem_cold_rec *recs = malloc((t->live + 1) * sizeof(inmem_cold_rec));
-    inmem_cold_slot *old_slots;
-    size_t old_mask;
+    size_t bytes = t->live_bytes ? t->live_bytes : 1, n = 1, r, cap = 1024, old_n = t->nrecs;
+    size_t old_caprecs = t->caprecs, old_mask = t->mask;
+    uint8_t *chunk = inmem_cold_map(bytes), *p;
+    inmem_cold_chunk *chunks = malloc(sizeof(inmem_cold_chunk));
+    inmem_cold_rec *recs = inmem_cold_map((t->live + 1) * sizeof(inmem_cold_rec)), *old_recs = t->recs;
+    inmem_cold_slot *old_slots = t->slots;
     if (chunk == NULL || chunks == NULL || recs == NULL) {
-        free(chunk);
+        inmem_cold_unmap(chunk, bytes);
         free(chunks);
-        free(recs);
+        inmem_cold_unmap(recs, (t->live + 1) * sizeof(inmem_cold_rec));
         return -1;
     }
     for (p = chunk, r = 1; r < t->nrecs; r++) {
@@ -201,30 +238,26 @@ static int inmem_cold_compact(InmemCold *t)
     }
     while (cap < 2 * (t->live + 1))
         cap <<= 1;
-    old_slots = t->slots;
-    old_mask = t->mask;
-    {
-        inmem_cold_rec *old_recs = t->recs;
-        size_t old_n = t->nrecs;
-        t->recs = recs;
-        t->nrecs = n;
-        t->slots = NULL;
-        if (inmem_cold_reslot(t, cap) != 0) {
-            t->recs = old_recs;
-            t->nrecs = old_n;
-            t->slots = old_slots;
-            t->mask = old_mask;
-            free(chunk);
-            free(chunks);
-            free(recs);
-            return -1;
-        }
-        free(old_recs);
+    t->recs = recs;
+    t->nrecs = n;
+    t->slots = NULL; /* reslot builds a new slot array; the old one is unmapped below */
+    if (inmem_cold_reslot(t, cap) != 0) {
+        t->recs = old_recs;
+        t->nrecs = old_n;
+        t->slots = old_slots;
+        t->mask = old_mask;
+        inmem_cold_unmap(chunk, bytes);
+        free(chunks);
+        inmem_cold_unmap(recs, (t->live + 1) * sizeof(inmem_cold_rec));
+        return -1;
     }
+    inmem_cold_unmap(old_slots, (old_mask + 1) * sizeof(inmem_cold_slot));
+    inmem_cold_unmap(old_recs, old_caprecs * sizeof(inmem_cold_rec));
     for (r = 0; r < t->nchunks; r++)
-        free(t->chunks[r]);
+        inmem_cold_unmap(t->chunks[r].base, t->chunks[r].size);
     free(t->chunks);
-    chunks[0] = chunk;
+    chunks[0].base = chunk;
+    chunks[0].size = bytes;
     t->chunks = chunks;
     t->nchunks = t->capchunks = 1;
     t->caprecs = t->live + 1;
@@ -281,16 +314,18 @@ static uint8_t *inmem_cold_space(InmemCold *t, size_t n)
         size_t size = n > INMEM_COLD_CHUNK ? n : INMEM_COLD_CHUNK;
         if (t->nchunks == t->capchunks) {
             size_t cap = t->capchunks ? t->capchunks * 2 : 16;
-            uint8_t **chunks = realloc(t->chunks, cap * sizeof(uint8_t *));
+            inmem_cold_chunk *chunks = realloc(t->chunks, cap * sizeof(inmem_cold_chunk));
             if (chunks == NULL)
                 goto nomem;
             t->chunks = chunks;
             t->capchunks = cap;
         }
-        p = malloc(size);
+        p = inmem_cold_map(size);
         if (p == NULL)
             goto nomem;
-        t->chunks[t->nchunks++] = p;
+        t->chunks[t->nchunks].base = p;
+        t->chunks[t->nchunks].size = size;
+        t->nchunks++;
         t->cursor = p;
         t->chunk_left = size;
         t->arena_bytes += size;
@@ -331,11 +366,14 @@ static int inmem_cold_set(InmemCold *t, const uint8_t *k, uint32_t klen, const u
         }
         if (t->nrecs >= t->caprecs) {
             size_t cap = t->caprecs >= 512 ? t->caprecs * 2 : 1024;
-            inmem_cold_rec *recs = realloc(t->recs, cap * sizeof(inmem_cold_rec));
+            inmem_cold_rec *recs = inmem_cold_map(cap * sizeof(inmem_cold_rec));
             if (recs == NULL) {
                 PyErr_NoMemory();
                 return -1;
             }
+            if (t->recs != NULL)
+                memcpy(recs, t->recs, t->nrecs * sizeof(inmem_cold_rec));
+            inmem_cold_unmap(t->recs, t->caprecs * sizeof(inmem_cold_rec));
             t->recs = recs;
             t->caprecs = cap;
         }
