@@ -349,9 +349,11 @@ def _choose_snapshot(fs: FileSystem, dirpath: str, listing: _Listing, progress: 
     skipped: list[dict[str, Any]] = []
     for _v, name in listing.snapshots:
         t1 = time.perf_counter()
+        into = SortedMap()
+        cold = into.open_cold()  # the snapshot's entries to the C table too (None on the pure path)
         try:
             header, state = read_snapshot(fs, os.path.join(dirpath, name), listing.ident.db_id, progress,
-                                          into=SortedMap())
+                                          into=into, cold=cold)
         except SnapshotError as exc:
             skipped.append({"file": name, "reason": exc.reason, "offset": exc.offset})
             log.warning("inmem: snapshot %s is damaged (%s at offset %s); trying an older one", name, exc.reason,

@@ -27,7 +27,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cbor2
 import xxhash
@@ -37,6 +37,9 @@ from .fs import FileSystem, WritableFile, write_atomically
 from .store import Entry
 from .wal import fast as _fast
 from .wal.format import FORMAT_VERSION
+
+_U32_MAX = (1 << 32) - 1
+_U64_MAX = (1 << 64) - 1
 
 __all__ = [
     "SnapshotError",
@@ -230,12 +233,15 @@ def verify_snapshot(fs: FileSystem, path: str, db_id: bytes) -> SnapshotHeader:
 
 def read_snapshot(
     fs: FileSystem, path: str, db_id: bytes, progress: Progress | None = None, into: dict[bytes, Entry] | None = None,
+    cold: Any = None,
 ) -> tuple[SnapshotHeader, dict[bytes, Entry]]:
     """Read and fully verify a snapshot; return its header and the store state it holds.
 
     :param into: an empty dict (or dict subclass) to fill and return instead of a new dict;
         it is filled through the dict part alone (``dict.update``), as
-        :class:`~inmem.store.SortedMap`'s bulk load needs.
+        :class:`~inmem.sortedmap.SortedMap`'s bulk load needs.
+    :param cold: the cold table of ``into`` (:meth:`~inmem.sortedmap.SortedMap.open_cold`):
+        the entries go into it instead of the dict part (no Python object per entry).
 
     Checks, in order: size, xxh3-128 digest of the whole file, header
     (magic, checksum, format version, database id), each chunk's length and
@@ -261,14 +267,23 @@ def read_snapshot(
         if masked_crc32c(payload) != crc:
             raise SnapshotError("snapshot chunk checksum mismatch", pos)
         load = _fast.load_snapshot_chunk  # native: the plain chunk shape straight into the state
-        if load is None or load(payload, count, state) < 0:
+        if load is None or (load(payload, count, state) if cold is None else load(payload, count, state, cold)) < 0:
             try:
                 keys, versions, values = cbor2.loads(payload)
             except Exception as exc:  # behind a passing CRC: a bug or a format mismatch
                 raise SnapshotError(f"snapshot chunk malformed: {exc}", pos) from None
             if not len(keys) == len(versions) == len(values) == count:
                 raise SnapshotError("snapshot chunk entry count mismatch", pos)
-            dict.update(state, zip(keys, zip(versions, values)))
+            if not (all(type(k) is bytes and len(k) <= _U32_MAX for k in keys)
+                    and all(type(v) is bytes and len(v) <= _U32_MAX for v in values)
+                    and all(type(n) is int and 1 <= n <= _U64_MAX for n in versions)):
+                raise SnapshotError("snapshot chunk malformed: an entry is not (bytes key, version >= 1, bytes value)",
+                                    pos)
+            if cold is None:
+                dict.update(state, zip(keys, zip(versions, values)))
+            else:
+                for key, version, value in zip(keys, versions, values):
+                    cold.load(key, version, value)
         total += count
         chunks += 1
         pos = start + length

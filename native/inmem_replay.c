@@ -601,10 +601,12 @@ fail:
 /*
  * One snapshot chunk (engine/snapshot.py) into the state dict: the payload is the CBOR array
  * [keys: [bstr], versions: [uint], values: [bstr]], each of `count` items. Only that exact shape
- * (definite lengths, nothing after it) is taken here: the whole payload is checked first, then
- * state[key] = (version, value) for each entry, as compact entries as in inmem_py_replay.
+ * (definite lengths, nothing after it, every version >= 1, every key and value under 4 GiB) is
+ * taken here: the whole payload is checked first, then state[key] = (version, value) for each
+ * entry, as compact entries as in inmem_py_replay, or, given `cold` (the cold table of state,
+ * native/inmem_cold.c), each entry into the table with no Python object made.
  * Returns the int count inserted, or -1 (nothing touched, no error) for any other payload: the
- * caller then decodes it with cbor2 as before, which raises or accepts exactly as it always did.
+ * caller then decodes it with cbor2, whose checks raise or accept exactly as on the pure path.
  */
 
 /* Read a CBOR item head at *p: major type and argument. 0 on success, -1 if malformed or indefinite. */
@@ -653,8 +655,10 @@ static int inmem_cbor_array(const uint8_t **p, const uint8_t *end, uint64_t coun
     for (i = 0; i < count; i++) {
         if (inmem_cbor_head(p, end, &major, &arg) != 0 || major != want)
             return -1;
+        if (want == 0 && arg == 0)
+            return -1; /* version 0: no commit wrote it (the reference refuses it) */
         if (want == 2) {
-            if (arg > (uint64_t)(end - *p))
+            if (arg > (uint64_t)(end - *p) || arg > 0xFFFFFFFFu)
                 return -1;
             *p += arg;
         }
@@ -669,9 +673,17 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
     uint64_t i, arg;
     int major;
     PyObject *state;
+    InmemCold *cold = NULL;
     (void)self;
-    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1]) || !PyDict_Check(args[2]))
+    if (nargs < 3 || nargs > 4 || !PyBytes_CheckExact(args[0]) || !PyLong_Check(args[1]) || !PyDict_Check(args[2]))
         return PyLong_FromLong(-1);
+    if (nargs == 4 && args[3] != Py_None) {
+        if (!inmem_is_cold(args[3]) || !inmem_cold_backs((InmemCold *)args[3], args[2])) {
+            PyErr_SetString(PyExc_TypeError, "load_snapshot_chunk: cold must be None or the cold table of state");
+            return NULL;
+        }
+        cold = (InmemCold *)args[3];
+    }
     count = PyLong_AsSsize_t(args[1]);
     if (count < 0) {
         PyErr_Clear();
@@ -704,6 +716,14 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
         inmem_cbor_head(&kp, end, &major, &klen);
         inmem_cbor_head(&ip, end, &major, &version);
         inmem_cbor_head(&vp, end, &major, &vlen);
+        if (cold != NULL) {
+            rc = inmem_cold_queue(cold, kp, (uint32_t)klen, vp, (uint32_t)vlen, version);
+            kp += klen;
+            vp += vlen;
+            if (rc != 0)
+                return NULL;
+            continue;
+        }
         key = PyBytes_FromStringAndSize((const char *)kp, (Py_ssize_t)klen);
         value = PyBytes_FromStringAndSize((const char *)vp, (Py_ssize_t)vlen);
         kp += klen;
@@ -716,6 +736,8 @@ static PyObject *inmem_load_snapshot_chunk(PyObject *self, PyObject *const *args
         if (rc != 0)
             return NULL;
     }
+    if (cold != NULL && inmem_cold_flush(cold) != 0)
+        return NULL;
     return PyLong_FromSsize_t(count);
 }
 

@@ -209,6 +209,11 @@ def test_snapshot_chunk_loads_like_cbor2(entries):
     expected.update(zip(keys, zip(versions, values)))
     assert list(state.items()) == list(expected.items())
     assert not any(gc.is_tracked(v) for v in state.values())
+    # into a cold table: the same entries, none left in the dict part; a duplicate key kept once
+    m = SortedMap()
+    cold = m.open_cold()
+    assert fast.load_snapshot_chunk(payload, len(entries), m, cold) == len(entries)
+    assert dict.__len__(m) == 0 and {k: tuple(e) for k, e in cold.items()} == dict(zip(keys, zip(versions, values)))
 
 
 @needs_chunk
@@ -220,6 +225,7 @@ def test_snapshot_chunk_loads_like_cbor2(entries):
     (cbor2.dumps([[b"k"], [-1], [b"v"]]), 1),                    # a negative version
     (cbor2.dumps([[b"k"], [1.0], [b"v"]]), 1),                   # a float version
     (cbor2.dumps([[b"k"], [1], [None]]), 1),                     # a null value
+    (cbor2.dumps([[b"k"], [0], [b"v"]]), 1),                     # version 0: no commit wrote it
     (b"\x83\x9f\x41k\xff\x81\x01\x81\x41v", 1),                  # an indefinite-length array
     (cbor2.dumps([[b"k"], [1], [b"v"]])[:-1], 1),                # cut short
     (b"", 0),
@@ -228,6 +234,33 @@ def test_snapshot_chunk_leaves_anything_else_to_cbor2(payload, count):
     state: dict = {b"old": (1, b"o")}
     assert fast.load_snapshot_chunk(payload, count, state) == -1
     assert state == {b"old": (1, b"o")}
+    m = SortedMap()
+    cold = m.open_cold()
+    assert fast.load_snapshot_chunk(payload, count, m, cold) == -1
+    assert len(m) == 0
+
+
+@needs_chunk
+@pytest.mark.parametrize("entries", [([b"k"], [0], [b"v"]), (["k"], [1], [b"v"]), ([b"k"], [1], ["v"]),
+                                     ([b"k"], [2**64], [b"v"]), ([b"k"], [True], [b"v"])],
+                         ids=["version0", "text-key", "text-value", "version-2^64", "bool-version"])
+@pytest.mark.parametrize("use_cold", [False, True])
+def test_a_snapshot_entry_that_is_not_bytes_version_bytes_is_malformed_on_both_paths(tmp_path, monkeypatch, entries,
+                                                                                   use_cold):
+    """Behind passing checksums (a bug, not a flipped bit): refused as a damaged snapshot, native or not,
+    into the dict part or a cold table (which could not hold it)."""
+    from inmem.fs import OSFileSystem
+    from inmem.snapshot import SnapshotError, read_snapshot, write_snapshot
+
+    fs = OSFileSystem()
+    path, _size = write_snapshot(fs, str(tmp_path), DB, 5, 9, *entries)
+    for native_on in (True, False):
+        if not native_on:
+            monkeypatch.setattr(fast, "load_snapshot_chunk", None)
+        m = SortedMap()
+        cold = m.open_cold() if use_cold else None
+        with pytest.raises(SnapshotError, match="malformed"):
+            read_snapshot(fs, path, DB, into=m, cold=cold)
 
 
 @needs_chunk
@@ -246,8 +279,14 @@ def test_snapshot_read_is_the_same_on_both_paths(tmp_path, monkeypatch):
     fs = OSFileSystem()
     db_id = read_identity(fs, str(tmp_path / "db")).db_id
     native_header, native_state = read_snapshot(fs, path, db_id)
+    m = SortedMap()
+    cold_header, cold_state = read_snapshot(fs, path, db_id, into=m, cold=m.open_cold())
     monkeypatch.setattr(fast, "load_snapshot_chunk", None)
     pure_header, pure_state = read_snapshot(fs, path, db_id)
-    assert native_header == pure_header
+    m2 = SortedMap()
+    cold_pure_header, _ = read_snapshot(fs, path, db_id, into=m2, cold=m2.open_cold())  # cold.load, one by one
+    assert native_header == pure_header == cold_header == cold_pure_header
     assert list(native_state.items()) == list(pure_state.items())
     assert len(native_state) == 5000  # 4,999 keys + the run record
+    assert dict.__len__(m) == 0 and len(m) == len(m2) == 5000
+    assert list(m.items()) == list(m2.items()) == sorted(pure_state.items())  # drained, then in key order

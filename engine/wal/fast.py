@@ -45,10 +45,11 @@ _installed = False
 #: a key with it, packed as native uint64 (``array('Q').frombytes``). Used by
 #: :meth:`inmem.wal.reader.SegmentScan.replay`, which continues in Python from ``stop``.
 replay: Callable[..., tuple[int, int, int, int, int, bytes, dict[bytes, bytes]]] | None = None
-#: The native loader of one snapshot chunk, or ``None``: ``load_snapshot_chunk(payload, count, state)``
-#: inserts the chunk's entries into ``state`` and returns ``count``, or returns -1 having touched
-#: nothing when the payload is not the plain ``[[bstr]*count, [uint]*count, [bstr]*count]`` CBOR
-#: (then the caller decodes it with cbor2). Used by :func:`inmem.snapshot.read_snapshot`.
+#: The native loader of one snapshot chunk, or ``None``: ``load_snapshot_chunk(payload, count, state[, cold])``
+#: inserts the chunk's entries into ``state`` (or into ``cold``, the cold table of ``state``) and returns
+#: ``count``, or returns -1 having touched nothing when the payload is not the plain
+#: ``[[bstr]*count, [uint >= 1]*count, [bstr]*count]`` CBOR (then the caller decodes it with cbor2).
+#: Used by :func:`inmem.snapshot.read_snapshot`.
 load_snapshot_chunk: Callable[[bytes, int, dict[bytes, tuple[int, bytes]]], int] | None = None
 #: The compact store entry type the native replay and snapshot loader build (``inmem.Entry``,
 #: ``native/inmem_replay.c``), or ``None`` (pure path, or an older build: they build tuples). An
