@@ -304,7 +304,7 @@ class SortedMap(SortedDict):
         All or nothing (a ``MemoryError`` leaves the table attached and
         whole). The table object stays usable, empty, by whoever bound its
         ``get`` (:class:`UnifiedStore`). Complexity: O(keys in the table),
-        ~0.3 s per million here (a bytes key, entry and value, and a dict
+        ~0.35 s per million here (a bytes key, entry and value, and a dict
         insert each: what the open saved).
         """
         cold = self._cold
