@@ -485,18 +485,25 @@ static int inmem_cold_apply(InmemCold *t, const inmem_cold_op *op)
     return 0;
 }
 
+/* Apply the oldest queued write (there is one); on failure the rest of the queue is dropped too. */
+static int inmem_cold_apply_oldest(InmemCold *t)
+{
+    inmem_cold_op op = t->pending[t->head];
+    t->head = (t->head + 1) % INMEM_COLD_BATCH;
+    t->npending--;
+    if (inmem_cold_apply(t, &op) != 0) {
+        t->npending = 0;
+        return -1;
+    }
+    return 0;
+}
+
 /* Apply every queued write, oldest first. */
 static int inmem_cold_flush(InmemCold *t)
 {
-    while (t->npending > 0) {
-        inmem_cold_op op = t->pending[t->head];
-        t->head = (t->head + 1) % INMEM_COLD_BATCH;
-        t->npending--;
-        if (inmem_cold_apply(t, &op) != 0) {
-            t->npending = 0;
+    while (t->npending > 0)
+        if (inmem_cold_apply_oldest(t) != 0)
             return -1;
-        }
-    }
     return 0;
 }
 
@@ -513,15 +520,8 @@ static int inmem_cold_queue(InmemCold *t, const uint8_t *k, uint32_t klen, const
                             uint64_t version)
 {
     inmem_cold_op *op;
-    if (t->npending == INMEM_COLD_BATCH) {
-        inmem_cold_op oldest = t->pending[t->head];
-        t->head = (t->head + 1) % INMEM_COLD_BATCH;
-        t->npending--;
-        if (inmem_cold_apply(t, &oldest) != 0) {
-            t->npending = 0;
-            return -1;
-        }
-    }
+    if (t->npending == INMEM_COLD_BATCH && inmem_cold_apply_oldest(t) != 0)
+        return -1;
     op = &t->pending[(t->head + t->npending) % INMEM_COLD_BATCH];
     op->key = k;
     op->klen = klen;
