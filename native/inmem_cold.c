@@ -28,7 +28,9 @@
  * over 8-byte words with murmur3's finalizer: not a keyed PRF like CPython's SipHash, so a caller
  * who learned the seed could force collisions (probe chains get long: slower, never wrong).
  *
- * Python's view (a ColdTable object, inmem_cold_type.c): the table backs one dict, the dict
+ * Python's view (a ColdTable object, inmem_cold_type.c): the table backs one dict (held by a weak
+ * reference: the dict's SortedMap holds the table, so a strong one would make a reference cycle
+ * that only the cyclic collector could free), the dict
  * part of a SortedMap, and the two hold disjoint keys; "the map" is their union. Point reads that
  * answer for the map (get, getitem, has, total) look in the dict first, then the table, in one C
  * call (the GIL held throughout, no Python code run), so a lock-free reader never sees a key in
@@ -72,7 +74,7 @@ typedef struct {
 
 struct InmemCold {
     PyObject_HEAD
-    PyObject *map;            /* the dict this table backs (owned; cleared by GC) */
+    PyObject *mapref;         /* a weak reference to the dict this table backs (owned): no cycle */
     uint64_t seed;
     inmem_cold_slot *slots;   /* mask + 1 slots, or NULL */
     size_t mask;
@@ -462,15 +464,30 @@ static PyObject *inmem_cold_entry(const inmem_cold_rec *rec)
 
 /* ---- the replay's writes: queued, their slots prefetched a batch ahead ---------------------------- */
 
+/* The dict this table backs (a borrowed reference), or NULL with RuntimeError set if it is gone. */
+static PyObject *inmem_cold_dict(InmemCold *t)
+{
+    PyObject *map = t->mapref != NULL ? PyWeakref_GetObject(t->mapref) : NULL;
+    if (map == NULL || map == Py_None) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "cold table: its map is gone");
+        return NULL;
+    }
+    return map;
+}
+
 /* Apply one queued write: out of the dict part first (a snapshot's key the WAL rewrites or deletes),
    then into or out of the table. */
 static int inmem_cold_apply(InmemCold *t, const inmem_cold_op *op)
 {
-    if (PyDict_Size(t->map) > 0) {
+    PyObject *map = inmem_cold_dict(t);
+    if (map == NULL)
+        return -1;
+    if (PyDict_Size(map) > 0) {
         PyObject *key = PyBytes_FromStringAndSize((const char *)op->key, op->klen);
         if (key == NULL)
             return -1;
-        if (PyDict_DelItem(t->map, key) != 0) {
+        if (PyDict_DelItem(map, key) != 0) {
             if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
                 Py_DECREF(key);
                 return -1;

@@ -9,51 +9,25 @@
  * (get, getitem, has, total) read the dict part first, then the table.
  */
 
-static int inmem_cold_traverse(PyObject *self, visitproc visit, void *arg)
-{
-    InmemCold *t = (InmemCold *)self;
-    Py_VISIT(t->map);
-    Py_VISIT(Py_TYPE(self));
-    return 0;
-}
-
-static int inmem_cold_clear_refs(PyObject *self)
-{
-    InmemCold *t = (InmemCold *)self;
-    PyObject *map = t->map;
-    t->map = NULL;
-    Py_XDECREF(map);
-    return 0;
-}
-
 static void inmem_cold_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    inmem_cold_clear_refs(self);
-    inmem_cold_free_all((InmemCold *)self);
-    PyObject_GC_Del(self);
+    InmemCold *t = (InmemCold *)self;
+    Py_XDECREF(t->mapref);
+    inmem_cold_free_all(t);
+    PyObject_Free(self);
     Py_DECREF(tp);
-}
-
-static int inmem_cold_bound(InmemCold *t)
-{
-    if (t->map == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "cold table: its map is gone");
-        return -1;
-    }
-    return 0;
 }
 
 /* get(key) -> the map's entry for key (the dict part's, else a new one from the table), or None */
 static PyObject *inmem_cold_get(PyObject *self, PyObject *key)
 {
     InmemCold *t = (InmemCold *)self;
-    PyObject *found;
+    PyObject *found, *map = inmem_cold_dict(t);
     inmem_cold_rec *rec;
-    if (inmem_cold_bound(t) != 0)
+    if (map == NULL)
         return NULL;
-    found = PyDict_GetItemWithError(t->map, key);
+    found = PyDict_GetItemWithError(map, key);
     if (found != NULL) {
         Py_INCREF(found);
         return found;
@@ -82,10 +56,11 @@ static PyObject *inmem_cold_getitem(PyObject *self, PyObject *key)
 static PyObject *inmem_cold_has(PyObject *self, PyObject *key)
 {
     InmemCold *t = (InmemCold *)self;
+    PyObject *map = inmem_cold_dict(t);
     int in;
-    if (inmem_cold_bound(t) != 0)
+    if (map == NULL)
         return NULL;
-    in = PyDict_Contains(t->map, key);
+    in = PyDict_Contains(map, key);
     if (in < 0)
         return NULL;
     return PyBool_FromLong(in || inmem_cold_lookup(t, key, NULL) != NULL);
@@ -95,10 +70,11 @@ static PyObject *inmem_cold_has(PyObject *self, PyObject *key)
 static PyObject *inmem_cold_total(PyObject *self, PyObject *unused)
 {
     InmemCold *t = (InmemCold *)self;
+    PyObject *map = inmem_cold_dict(t);
     (void)unused;
-    if (inmem_cold_bound(t) != 0)
+    if (map == NULL)
         return NULL;
-    return PyLong_FromSize_t((size_t)PyDict_Size(t->map) + t->live);
+    return PyLong_FromSize_t((size_t)PyDict_Size(map) + t->live);
 }
 
 /* pop(key) -> the table's entry for key, taken out of the table; None if it is not there */
@@ -154,7 +130,7 @@ static PyObject *inmem_cold_load(PyObject *self, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "load(key: bytes, version: int, value: bytes)");
         return NULL;
     }
-    if (inmem_cold_bound(t) != 0 || inmem_cold_flush(t) != 0)
+    if (inmem_cold_dict(t) == NULL || inmem_cold_flush(t) != 0)
         return NULL;
     version = PyLong_AsUnsignedLongLong(args[1]);
     if (version == (unsigned long long)-1 && PyErr_Occurred())
@@ -185,9 +161,10 @@ static PyObject *inmem_cold_load(PyObject *self, PyObject *const *args, Py_ssize
 static PyObject *inmem_cold_unload(PyObject *self, PyObject *key)
 {
     InmemCold *t = (InmemCold *)self;
-    if (inmem_cold_bound(t) != 0 || inmem_cold_flush(t) != 0)
+    PyObject *map = inmem_cold_dict(t);
+    if (map == NULL || inmem_cold_flush(t) != 0)
         return NULL;
-    if (PyDict_DelItem(t->map, key) != 0) {
+    if (PyDict_DelItem(map, key) != 0) {
         if (!PyErr_ExceptionMatches(PyExc_KeyError))
             return NULL;
         PyErr_Clear();
@@ -200,10 +177,10 @@ static PyObject *inmem_cold_unload(PyObject *self, PyObject *key)
 static PyObject *inmem_cold_drain(PyObject *self, PyObject *unused)
 {
     InmemCold *t = (InmemCold *)self;
-    PyObject **keys;
+    PyObject **keys, *map = inmem_cold_dict(t);
     size_t r, n = 0;
     (void)unused;
-    if (inmem_cold_bound(t) != 0 || inmem_cold_flush(t) != 0)
+    if (map == NULL || inmem_cold_flush(t) != 0)
         return NULL;
     if (t->live == 0)
         Py_RETURN_NONE;
@@ -218,7 +195,7 @@ static PyObject *inmem_cold_drain(PyObject *self, PyObject *unused)
             continue;
         key = PyBytes_FromStringAndSize((const char *)rec->key, rec->klen);
         entry = key != NULL ? inmem_cold_entry(rec) : NULL;
-        rc = entry != NULL ? PyDict_SetItem(t->map, key, entry) : -1;
+        rc = entry != NULL ? PyDict_SetItem(map, key, entry) : -1;
         Py_XDECREF(entry);
         if (rc != 0) {
             PyObject *type, *value, *tb;
@@ -226,7 +203,7 @@ static PyObject *inmem_cold_drain(PyObject *self, PyObject *unused)
             PyErr_Fetch(&type, &value, &tb);
             while (n > 0) { /* the keys were in the table, so not in the dict: delete cannot fail */
                 n--;
-                if (PyDict_DelItem(t->map, keys[n]) != 0)
+                if (PyDict_DelItem(map, keys[n]) != 0)
                     PyErr_Clear();
                 Py_DECREF(keys[n]);
             }
@@ -358,8 +335,6 @@ static PyMethodDef inmem_cold_methods[] = {
 
 static PyType_Slot inmem_cold_slots[] = {
     {Py_tp_dealloc, (void *)inmem_cold_dealloc},
-    {Py_tp_traverse, (void *)inmem_cold_traverse},
-    {Py_tp_clear, (void *)inmem_cold_clear_refs},
     {Py_sq_length, (void *)inmem_cold_len},
     {Py_sq_contains, (void *)inmem_cold_contains},
     {Py_tp_methods, (void *)inmem_cold_methods},
@@ -368,7 +343,7 @@ static PyType_Slot inmem_cold_slots[] = {
 };
 
 static PyType_Spec inmem_cold_spec = {
-    "inmem.ColdTable", sizeof(InmemCold), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, inmem_cold_slots,
+    "inmem.ColdTable", sizeof(InmemCold), 0, Py_TPFLAGS_DEFAULT, inmem_cold_slots,
 };
 
 static int inmem_is_cold(PyObject *o)
@@ -379,7 +354,7 @@ static int inmem_is_cold(PyObject *o)
 /* Whether cold table `t` backs the dict `map` (the replay writes into a table only for its own map). */
 static int inmem_cold_backs(InmemCold *t, PyObject *map)
 {
-    return t->map != NULL && t->map == map;
+    return t->mapref != NULL && PyWeakref_GetObject(t->mapref) == map;
 }
 
 /* new_cold_table(map, seed[, slack]) -> an empty cold table backing the dict `map`, hashing with `seed`,
@@ -411,8 +386,11 @@ static PyObject *inmem_new_cold_table(PyObject *self, PyObject *const *args, Py_
     t = (InmemCold *)PyType_GenericAlloc(inmem_cold_type, 0);
     if (t == NULL)
         return NULL;
-    Py_INCREF(args[0]);
-    t->map = args[0];
+    t->mapref = PyWeakref_NewRef(args[0], NULL);
+    if (t->mapref == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
     t->seed = (uint64_t)seed;
     t->slack = slack;
     return (PyObject *)t;

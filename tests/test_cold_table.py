@@ -402,3 +402,27 @@ def test_a_cleared_or_drained_table_gives_its_memory_back_to_the_os():
             for i in range(50_000):
                 assert cold.pop(b"k%06d" % i) is not None
         assert rss() - before < grown // 4 and cold.nbytes() == 0
+
+
+def test_the_table_holds_its_map_weakly_so_no_cycle_keeps_a_dropped_store_alive():
+    """The map holds its table; the table holds the map by a weak reference, so a store dropped before
+    any drain is freed by reference counting alone (no cycle waits for a full collection), and a table
+    outliving its map says so instead of reading freed memory."""
+    import gc
+
+    m, _model = loaded({}, [(b"k%04d" % i, b"v") for i in range(1000)])
+    store = UnifiedStore(m)
+    cold_type = type(m.cold)
+    before = sys.getrefcount(cold_type)
+    gc.disable()
+    try:
+        del store, m
+        after = sys.getrefcount(cold_type)  # no collection ran
+    finally:
+        gc.enable()
+    assert after == before - 1
+    m = SortedMap()
+    get = m.open_cold().get
+    del m
+    with pytest.raises(RuntimeError, match="map is gone"):
+        get(b"k")
