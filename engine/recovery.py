@@ -255,7 +255,7 @@ def recover(
         plan = _plan_segments(fs, dirpath, listing, base, salvage)
         replayed = _replay(fs, dirpath, listing.ident.db_id, plan.replay, base, salvage, read_only, progress,
                            visitor)
-        base.state.defer_index()  # filled through its dict part: sorted at the first ordered read (inmem.store.SortedMap)
+        base.state.defer_index()  # filled through its dict part: sorted at the first ordered read (inmem.sortedmap.SortedMap)
     # every check has passed: from here on, the directory may change
     salvaged = _change_directory(fs, dirpath, listing, base, plan, replayed, read_only)
     tail = _wal_tail(fs, dirpath, listing, base, plan, replayed)
@@ -460,7 +460,7 @@ def _replay(fs: FileSystem, dirpath: str, db_id: bytes, replay: list[tuple[int, 
     :raises CorruptionError: as :func:`recover` (not with ``salvage``).
     """
     state = base.state
-    cold = state.open_cold() if replay else None  # the WAL's records go to a C table: inmem.store, "Cold table"
+    cold = state.open_cold() if replay else None  # the WAL's records go to a C table (inmem.sortedmap, SPEC §7)
     start_lsn = base.start_lsn
     out = _Replayed(base.version, start_lsn if base.report is None else None)  # None: any first LSN <= start_lsn
     total_bytes = sum(fs.file_size(os.path.join(dirpath, n)) for _, n in replay)

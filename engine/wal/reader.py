@@ -79,7 +79,7 @@ class SegmentScan:
         an ``array('I')``).
 
         With ``cold`` (the cold table of the SortedMap ``state``:
-        :meth:`inmem.store.SortedMap.open_cold`) a put goes into the table
+        :meth:`inmem.sortedmap.SortedMap.open_cold`) a put goes into the table
         and a delete removes the key from both parts, and a key the WAL writes
         leaves the dict part (a snapshot's copy): the dict part then holds
         only keys no replayed record touched.
