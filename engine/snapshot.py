@@ -267,7 +267,7 @@ def read_snapshot(
         if masked_crc32c(payload) != crc:
             raise SnapshotError("snapshot chunk checksum mismatch", pos)
         load = _fast.load_snapshot_chunk  # native: the plain chunk shape straight into the state
-        if load is None or (load(payload, count, state) if cold is None else load(payload, count, state, cold)) < 0:
+        if load is None or load(payload, count, state, cold) < 0:
             try:
                 keys, versions, values = cbor2.loads(payload)
             except Exception as exc:  # behind a passing CRC: a bug or a format mismatch

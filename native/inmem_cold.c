@@ -281,11 +281,12 @@ static void inmem_cold_tidy(InmemCold *t)
     /* a dead record's slot in the record array counts too: keys put and deleted over and over would
        otherwise grow the array without bound while making little garbage in the arena */
     if (t->used_bytes - t->live_bytes + (t->nrecs - 1 - t->live) * sizeof(inmem_cold_rec) >
-            t->live_bytes + t->live * sizeof(inmem_cold_rec) + t->slack && inmem_cold_compact(t) != 0)
-        PyErr_Clear();
+            t->live_bytes + t->live * sizeof(inmem_cold_rec) + t->slack)
+        (void)inmem_cold_compact(t); /* sets no exception: a failure keeps the garbage, nothing else */
 }
 
-/* Take the record out of slot i: its slot emptied by backward shift, the record marked dead. */
+/* Take the record out of slot i: its slot emptied by backward shift, the record marked dead, then the
+   table tidied (so slot indices are stale afterwards). */
 static void inmem_cold_unslot(InmemCold *t, size_t i)
 {
     inmem_cold_rec *rec = &t->recs[t->slots[i].idx];
@@ -306,6 +307,7 @@ static void inmem_cold_unslot(InmemCold *t, size_t i)
     }
     t->slots[i].idx = 0;
     t->slots[i].tag = 0;
+    inmem_cold_tidy(t);
 }
 
 /* Arena space for n bytes, or NULL (MemoryError set). */
@@ -423,7 +425,6 @@ static int inmem_cold_remove(InmemCold *t, const uint8_t *k, uint32_t klen, uint
     if (!found)
         return 0;
     inmem_cold_unslot(t, i);
-    inmem_cold_tidy(t);
     return 1;
 }
 

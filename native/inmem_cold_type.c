@@ -90,31 +90,29 @@ static PyObject *inmem_cold_pop(PyObject *self, PyObject *key)
     if (entry == NULL)
         return NULL;
     inmem_cold_unslot(t, slot);
-    inmem_cold_tidy(t);
     return entry;
+}
+
+/* Drop bytes key `key` from the table if there; 1 if it was (no error possible). */
+static int inmem_cold_drop(InmemCold *t, PyObject *key)
+{
+    size_t slot;
+    if (inmem_cold_lookup(t, key, &slot) == NULL)
+        return 0;
+    inmem_cold_unslot(t, slot);
+    return 1;
 }
 
 /* discard(key) -> whether the table held key (it does not any more) */
 static PyObject *inmem_cold_discard(PyObject *self, PyObject *key)
 {
-    InmemCold *t = (InmemCold *)self;
-    size_t slot;
-    if (inmem_cold_lookup(t, key, &slot) == NULL)
-        Py_RETURN_FALSE;
-    inmem_cold_unslot(t, slot);
-    inmem_cold_tidy(t);
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(inmem_cold_drop((InmemCold *)self, key));
 }
 
-/* For put_version: drop key from the table if there (no error possible). */
+/* For put_version: drop key from the table if there. */
 static void inmem_cold_forget(PyObject *cold, PyObject *key)
 {
-    InmemCold *t = (InmemCold *)cold;
-    size_t slot;
-    if (t->live != 0 && inmem_cold_lookup(t, key, &slot) != NULL) {
-        inmem_cold_unslot(t, slot);
-        inmem_cold_tidy(t);
-    }
+    (void)inmem_cold_drop((InmemCold *)cold, key);
 }
 
 /* load(key, version, value): a bulk load's put (the Python replay's): the map's key set to
